@@ -1,0 +1,94 @@
+"""Input checks shared by every public function: one clear ``ValueError`` per misuse."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def as_features(x, name: str, min_samples: int = 2, reason: str = "") -> Tensor:
+    """Return ``x`` as a 2-D floating tensor of finite values with at least ``min_samples`` rows."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array of shape (n, d), got {type(x).__name__}")
+    if x.ndim != 2:
+        hint = (
+            " flatten or pool it first, e.g. x.flatten(1) or x.mean(dim=(2, 3))"
+            if x.ndim > 2
+            else " reshape it to (n, 1)"
+        )
+        raise ValueError(f"{name} must be 2-D (samples, features), got shape {tuple(x.shape)};{hint}")
+    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    if not x.is_floating_point():
+        x = x.to(torch.float64)
+    n = x.shape[0]
+    if n < min_samples:
+        why = f" ({reason})" if reason else ""
+        raise ValueError(f"{name} has {n} samples but at least {min_samples} are needed{why}; pass more rows")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or Inf values; clean or drop those samples first")
+    return x
+
+
+def check_same_samples(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{names[0]} has {x.shape[0]} samples (rows) but {names[1]} has {y.shape[0]}; "
+            "both must hold features of the same samples in the same order"
+        )
+    if x.device != y.device:
+        raise ValueError(f"{names[0]} is on {x.device} but {names[1]} is on {y.device}; move both to one device")
+
+
+def check_not_constant(x: Tensor, name: str) -> None:
+    """Similarity is undefined (0/0) for features that do not vary across samples."""
+    if bool((x == x[:1]).all()):
+        raise ValueError(
+            f"{name} is constant across samples, so its similarity to anything is undefined (0/0); "
+            "check that the layer is not dead or the inputs are not all identical"
+        )
+
+
+def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "") -> list[Tensor]:
+    """Accept one tensor, a sequence of tensors or a mapping name -> tensor."""
+    if isinstance(xs, (Tensor, np.ndarray)):
+        items = [xs]
+    elif isinstance(xs, Mapping):
+        items = list(xs.values())
+    elif isinstance(xs, Sequence) and not isinstance(xs, str):
+        items = list(xs)
+    else:
+        raise ValueError(f"{name} must be a tensor, a list of tensors or a dict of tensors, got {type(xs).__name__}")
+    if not items:
+        raise ValueError(f"{name} is empty; pass at least one (n, d) feature tensor")
+    out = [as_features(x, f"{name}[{i}]", min_samples, reason) for i, x in enumerate(items)]
+    for i, x in enumerate(out[1:], start=1):
+        check_same_samples(out[0], x, (f"{name}[0]", f"{name}[{i}]"))
+    return out
+
+
+def resolve_dtype(dtype: torch.dtype | None, *tensors: Tensor) -> torch.dtype:
+    """The dtype the products run in: float64 by default, or the inputs' promoted float dtype."""
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype such as torch.float64, got {dtype}")
+        return dtype
+    out = tensors[0].dtype
+    for t in tensors[1:]:
+        out = torch.promote_types(out, t.dtype)
+    # Half precision products lose too much for similarity; float32 is the fastest honest choice.
+    return torch.float32 if out in (torch.float16, torch.bfloat16) else out
+
+
+def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value

@@ -1,0 +1,118 @@
+"""Gram matrices, cosine-similarity matrices and the alignment paper's Frobenius gap and bounds."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import as_features, check_same_samples, resolve_dtype
+from .hsic import double_center
+
+_ACC = torch.float64
+
+
+def center_columns(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Column-centred copy of ``x``; the mean is taken in float64 whatever ``dtype`` is.
+
+    Centring first is what keeps float32 products honest on post-ReLU features with a large mean.
+    """
+    x64 = x.to(_ACC)
+    return (x64 - x64.mean(dim=0, keepdim=True)).to(dtype)
+
+
+def squared_distances(x: Tensor) -> Tensor:
+    """Pairwise squared Euclidean distances of the rows, (n, n), non-negative, zero diagonal."""
+    xc = x - x.mean(dim=0, keepdim=True)  # translation-invariant; centring avoids cancellation
+    sq = xc.pow(2).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2 * xc @ xc.T).clamp_min_(0)  # rounding can dip below 0
+    return d.fill_diagonal_(0)
+
+
+def _median(values: Tensor) -> Tensor:
+    """numpy-style median (mean of the two middle values for even counts)."""
+    flat = values.flatten()
+    m = flat.numel()
+    lo = torch.kthvalue(flat, (m + 1) // 2).values
+    hi = torch.kthvalue(flat, m // 2 + 1).values
+    return (lo + hi) / 2
+
+
+def rbf_gram(x: Tensor, sigma: float = 0.8) -> Tensor:
+    """RBF Gram matrix exp(-|x_i - x_j|^2 / (2 s^2)) with s^2 = sigma^2 * median(|x_i - x_j|^2).
+
+    The bandwidth follows Kornblith et al.'s (2019) reference code: the median is over the full
+    n x n matrix of squared distances, diagonal included.
+    """
+    d = squared_distances(x)
+    med = _median(d)
+    if not bool(med > 0):
+        raise ValueError(
+            "the median squared distance between samples is 0 (more than half the pairs coincide), "
+            "so the RBF bandwidth is undefined; deduplicate the samples or use kernel='linear'"
+        )
+    return torch.exp(-d / (2 * sigma**2 * med))
+
+
+def _unit_rows(x: Tensor, name: str) -> Tensor:
+    norms = x.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero rows, whose cosine similarity is undefined")
+    return x / norms
+
+
+def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Sigma = Z Z^T with Z the L2-normalised rows of ``x``: entries in [-1, 1], ones on the diagonal."""
+    x = as_features(x, "x")
+    z = _unit_rows(x.to(resolve_dtype(dtype, x)), "x")
+    return z @ z.T
+
+
+class GramGap(NamedTuple):
+    """The Frobenius gap between two cosine-similarity matrices and the bounds it implies."""
+
+    frobenius_gap: Tensor
+    """|Sigma_A - Sigma_B|_F."""
+    relative_centered_gap: Tensor
+    """rho = |H Sigma_A H - H Sigma_B H|_F / |H Sigma_A H|_F."""
+    cka_lower_bound: Tensor
+    """max((1 - rho) / (1 + rho), 0): a lower bound on CKA(Sigma_A, Sigma_B)."""
+    rdm_distance_ratio: Tensor
+    """r = |b - a|_2 / (sqrt(M) sigma_a) over the M upper-triangle entries of the RDMs 11^T - Sigma."""
+    rsa_lower_bound: Tensor
+    """(1 - r) / (1 + r) for r < 1, else -1: a lower bound on the Pearson RSA of the (1 - cosine) RDMs."""
+
+
+def gram_gap(x: Tensor, y: Tensor) -> GramGap:
+    """Frobenius gap of the cosine-similarity matrices of ``x`` (n, p) and ``y`` (n, q).
+
+    Sigma = Z Z^T of the row-normalised features. The alignment paper (arXiv 2510.08852) bounds
+    this gap between CL and NSCL and turns it into lower bounds on representation similarity:
+    CKA(Sigma_A, Sigma_B) >= (1 - rho)/(1 + rho), the CKA between the kernels Sigma (linear CKA of
+    the row-normalised features), and RSA >= (1 - r)/(1 + r) for Pearson RSA of (1 - cosine) RDMs.
+    Once rho or r reaches 1 the bounds are vacuous and reported as the trivial values (0 for CKA,
+    -1 for RSA). ``x`` is the reference side (A): rho and r are relative to it.
+    """
+    x, y = as_features(x, "x", 3), as_features(y, "y", 3)
+    check_same_samples(x, y)
+    sa = _unit_rows(x.to(_ACC), "x") @ _unit_rows(x.to(_ACC), "x").T
+    sb = _unit_rows(y.to(_ACC), "y") @ _unit_rows(y.to(_ACC), "y").T
+    gap = (sa - sb).norm()
+    ca, cb = double_center(sa), double_center(sb)
+    ca_norm = ca.norm()
+    if not bool(ca_norm > 0):
+        raise ValueError("x has a constant cosine-similarity matrix (all rows parallel), so rho is undefined")
+    rho = (ca - cb).norm() / ca_norm
+    n = x.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=x.device)
+    a, b = 1 - sa[iu[0], iu[1]], 1 - sb[iu[0], iu[1]]
+    sigma_a = a.std(correction=0)
+    if not bool(sigma_a > 0):
+        raise ValueError("the RDM of x is constant, so the RSA ratio r is undefined")
+    r = (b - a).norm() / (a.numel() ** 0.5 * sigma_a)
+    # (1-r)/(1+r) bounds a correlation only while r < 1: beyond, b may point against a, so the
+    # honest bound is the trivial -1. CKA of two PSD kernels is >= 0 whatever rho is.
+    cka_bound = ((1 - rho) / (1 + rho)).clamp_min(0)
+    rsa_bound = torch.where(r < 1, (1 - r) / (1 + r), torch.full_like(r, -1.0))
+    return GramGap(gap, rho, cka_bound, r, rsa_bound)

@@ -1,0 +1,212 @@
+"""HSIC estimators, on Gram matrices and on feature moments, for whole layer grids at once.
+
+Notation (DESIGN.md): K, L are n x n Gram matrices, H = I - 11^T/n, K~ is K with its diagonal
+zeroed.
+
+* biased HSIC (Gretton et al. 2005):   tr(KHLH) / (n-1)^2
+* unbiased HSIC (Song et al. 2012), n >= 4:
+  [tr(K~L~) + (1^T K~ 1)(1^T L~ 1)/((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n(n-3))
+
+For linear kernels every term has an O(n d^2) feature-space form, so neither estimator needs the
+n x n Gram matrix: with per-sample squared norms a_i = |x_i|^2, b_i = |y_i|^2 and sums s_x = sum x_i,
+tr(K~L~) = |X^T Y|_F^2 - sum a_i b_i, 1^T K~ 1 = |s_x|^2 - sum a_i and
+1^T K~ L~ 1 = s_x^T (X^T Y) s_y - s_x^T (sum x_i b_i) - s_y^T (sum y_i a_i) + sum a_i b_i.
+The unbiased estimator is exactly invariant to shifting the features, so the moments may be
+taken about any fixed point (the streaming accumulators use the first batch's mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._validation import check_choice
+
+ESTIMATORS = ("biased", "unbiased")
+_ACC = torch.float64  # every reduction below runs in float64: the sums of squares cancel
+
+
+def _unbiased_combine(n: int, tr_kl: Tensor, k_sum: Tensor, l_sum: Tensor, kl_sum: Tensor) -> Tensor:
+    """Song et al.'s estimator from its four terms (broadcasts over layer grids)."""
+    return (tr_kl + k_sum * l_sum / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl_sum) / (n * (n - 3))
+
+
+def min_samples(estimator: str) -> int:
+    return 4 if estimator == "unbiased" else 2
+
+
+# --------------------------------------------------------------------------------------------
+# Gram space
+# --------------------------------------------------------------------------------------------
+def double_center(k: Tensor) -> Tensor:
+    """HKH for a (..., n, n) stack of Gram matrices."""
+    k = k - k.mean(dim=-2, keepdim=True)
+    return k - k.mean(dim=-1, keepdim=True)
+
+
+def _zero_diagonal(k: Tensor) -> Tensor:
+    return k - torch.diag_embed(torch.diagonal(k, dim1=-2, dim2=-1))
+
+
+def gram_hsic_grid(ks: Tensor, ls: Tensor, estimator: str) -> tuple[Tensor, Tensor, Tensor]:
+    """HSIC for every pair of two Gram stacks (L, n, n) and (M, n, n).
+
+    Returns (hsic_kl of shape (L, M), hsic_kk of shape (L,), hsic_ll of shape (M,)), in float64.
+    """
+    n = ks.shape[-1]
+    if estimator == "biased":
+        ks, ls = double_center(ks), double_center(ls)
+        scale = (n - 1) ** 2
+        flat_k, flat_l = ks.flatten(1), ls.flatten(1)
+        kl = (flat_k @ flat_l.T).to(_ACC) / scale
+        kk = flat_k.to(_ACC).pow(2).sum(1) / scale
+        ll = flat_l.to(_ACC).pow(2).sum(1) / scale
+        return kl, kk, ll
+    ks, ls = _zero_diagonal(ks), _zero_diagonal(ls)
+    k_rows, l_rows = ks.sum(-1).to(_ACC), ls.sum(-1).to(_ACC)  # K~1 and L~1
+    k_sum, l_sum = k_rows.sum(-1), l_rows.sum(-1)
+    tr_kl = (ks.flatten(1) @ ls.flatten(1).T).to(_ACC)
+    kl = _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], k_rows @ l_rows.T)
+    kk = _unbiased_combine(n, ks.to(_ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
+    ll = _unbiased_combine(n, ls.to(_ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
+    return kl, kk, ll
+
+
+def hsic(k: Tensor, l: Tensor, estimator: str = "biased") -> Tensor:
+    """HSIC between two (n, n) Gram matrices, as a float64 0-d tensor.
+
+    ``estimator="biased"``: tr(KHLH)/(n-1)^2 (Gretton et al. 2005).
+    ``estimator="unbiased"``: Song et al. (2012), needs n >= 4; it can be negative, and is not
+    clamped.
+    """
+    from .._validation import as_features, check_same_samples
+
+    check_choice(estimator, "estimator", ESTIMATORS)
+    need = min_samples(estimator)
+    k = as_features(k, "k", need, f"the {estimator} HSIC estimator needs n >= {need}")
+    l = as_features(l, "l", need, f"the {estimator} HSIC estimator needs n >= {need}")
+    for name, g in (("k", k), ("l", l)):
+        if g.shape[0] != g.shape[1]:
+            raise ValueError(f"{name} must be a square (n, n) Gram matrix, got shape {tuple(g.shape)}")
+    check_same_samples(k, l, ("k", "l"))
+    return gram_hsic_grid(k.to(_ACC)[None], l.to(_ACC)[None], estimator)[0][0, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Feature space: sufficient statistics of linear kernels
+# --------------------------------------------------------------------------------------------
+def _segments(sizes: list[int], device) -> Tensor:
+    """(L, P) indicator matrix: row l marks the columns of layer l in a concatenation."""
+    index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
+    return torch.nn.functional.one_hot(index, len(sizes)).T.to(_ACC)
+
+
+@dataclass
+class LayerMoments:
+    """Running sums over samples of one list of layers (features shifted by a fixed point).
+
+    ``total``: sum x (P,), concatenated over layers; ``grams``: sum x x^T per layer;
+    ``sq``: sum a (L,); ``sq2``: sum a^2 (L,); ``x_sq``: sum x a (P,), each layer with its own a.
+    """
+
+    sizes: list[int]
+    n: int
+    total: Tensor
+    grams: list[Tensor]
+    sq: Tensor
+    sq2: Tensor
+    x_sq: Tensor
+
+    @staticmethod
+    def of(xs: list[Tensor], need_unbiased: bool = True) -> tuple[LayerMoments, Tensor]:
+        """Moments of one batch, plus its per-sample squared norms (n, L) for the cross terms."""
+        sq_norms = torch.stack([x.to(_ACC).pow(2).sum(1) for x in xs], dim=1)
+        moments = LayerMoments(
+            sizes=[x.shape[1] for x in xs],
+            n=xs[0].shape[0],
+            total=torch.cat([x.to(_ACC).sum(0) for x in xs]),
+            grams=[(x.T @ x).to(_ACC) for x in xs],
+            sq=sq_norms.sum(0),
+            sq2=sq_norms.pow(2).sum(0),
+            x_sq=(
+                torch.cat([(x.T @ sq_norms[:, i].to(x.dtype)).to(_ACC) for i, x in enumerate(xs)])
+                if need_unbiased
+                else torch.zeros(sum(x.shape[1] for x in xs), dtype=_ACC, device=xs[0].device)
+            ),
+        )
+        return moments, sq_norms
+
+    def add(self, other: LayerMoments) -> None:
+        self.n += other.n
+        self.total += other.total
+        for g, h in zip(self.grams, other.grams, strict=True):
+            g += h
+        self.sq += other.sq
+        self.sq2 += other.sq2
+        self.x_sq += other.x_sq
+
+    def self_hsic(self, estimator: str) -> Tensor:
+        """HSIC(K_l, K_l) for every layer l, shape (L,)."""
+        n, out = self.n, []
+        offsets = [0, *torch.tensor(self.sizes).cumsum(0).tolist()]
+        for i, g in enumerate(self.grams):
+            s = self.total[offsets[i] : offsets[i + 1]]
+            if estimator == "biased":
+                out.append((g - torch.outer(s, s) / n).pow(2).sum() / (n - 1) ** 2)
+            else:
+                k_sum = s @ s - self.sq[i]
+                kl_sum = s @ g @ s - 2 * s @ self.x_sq[offsets[i] : offsets[i + 1]] + self.sq2[i]
+                out.append(_unbiased_combine(n, g.pow(2).sum() - self.sq2[i], k_sum, k_sum, kl_sum))
+        return torch.stack(out)
+
+
+@dataclass
+class CrossMoments:
+    """Running cross sums of two layer lists: sum x y^T (P, Q), sum x b (P, M), sum y a (Q, L), sum a b (L, M)."""
+
+    cross: Tensor
+    x_ysq: Tensor
+    y_xsq: Tensor
+    sq_sq: Tensor
+
+    @staticmethod
+    def of(xs: list[Tensor], ys: list[Tensor], x_sq: Tensor, y_sq: Tensor, need_unbiased: bool = True) -> CrossMoments:
+        x_cat, y_cat = torch.cat(xs, dim=1), torch.cat(ys, dim=1)
+        cross = (x_cat.T @ y_cat).to(_ACC)
+        if not need_unbiased:
+            zero = torch.zeros((), dtype=_ACC, device=cross.device)
+            return CrossMoments(cross, zero, zero, zero)
+        return CrossMoments(
+            cross=cross,
+            x_ysq=(x_cat.T @ y_sq.to(x_cat.dtype)).to(_ACC),
+            y_xsq=(y_cat.T @ x_sq.to(y_cat.dtype)).to(_ACC),
+            sq_sq=x_sq.T @ y_sq,
+        )
+
+    def add(self, other: CrossMoments) -> None:
+        self.cross += other.cross
+        self.x_ysq += other.x_ysq
+        self.y_xsq += other.y_xsq
+        self.sq_sq += other.sq_sq
+
+
+def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, estimator: str) -> Tensor:
+    """HSIC(K_l, L_m) for every layer pair from linear-kernel moments, shape (L, M)."""
+    n, device = mx.n, cross.cross.device
+    seg_x, seg_y = _segments(mx.sizes, device), _segments(my.sizes, device)
+    sx, sy = mx.total, my.total
+    if estimator == "biased":
+        centred = cross.cross - torch.outer(sx, sy) / n
+        return seg_x @ centred.pow(2) @ seg_y.T / (n - 1) ** 2
+    tr_kl = seg_x @ cross.cross.pow(2) @ seg_y.T - cross.sq_sq
+    k_sum = seg_x @ sx.pow(2) - mx.sq
+    l_sum = seg_y @ sy.pow(2) - my.sq
+    kl_sum = (
+        seg_x @ (cross.cross * torch.outer(sx, sy)) @ seg_y.T
+        - seg_x @ (sx[:, None] * cross.x_ysq)
+        - (seg_y @ (sy[:, None] * cross.y_xsq)).T
+        + cross.sq_sq
+    )
+    return _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], kl_sum)

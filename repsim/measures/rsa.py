@@ -1,0 +1,162 @@
+"""Representational similarity analysis: RDMs over samples and their comparison.
+
+An RDM holds a dissimilarity for every pair of samples: 1 - cosine similarity, 1 - Pearson
+correlation (across features), or Euclidean distance. Two RDMs are compared on their upper
+triangles (M = n(n-1)/2 entries) by Pearson correlation (what the alignment paper's code uses),
+Spearman correlation (average ranks for ties) or Kendall's tau_a.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+import torch
+from torch import Tensor
+
+from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
+from .gram import squared_distances
+
+RDMS = ("cosine", "correlation", "euclidean")
+COMPARATORS = ("pearson", "spearman", "kendall")
+_ACC = torch.float64
+
+
+def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d).
+
+    cosine: 1 - <x_i, x_j>/(|x_i||x_j|); correlation: 1 - Pearson r between rows x_i and x_j;
+    euclidean: |x_i - x_j|_2.
+    """
+    check_choice(method, "rdm", RDMS)
+    x = as_features(x, "x")
+    return _rdm(x.to(resolve_dtype(dtype, x)), method, "x")
+
+
+def _rdm(x: Tensor, method: str, name: str) -> Tensor:
+    if method == "euclidean":
+        return squared_distances(x).sqrt()
+    if method == "correlation":
+        if x.shape[1] < 2:
+            raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
+        x = x - x.mean(dim=1, keepdim=True)
+    norms = x.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        what = "constant" if method == "correlation" else "all-zero"
+        raise ValueError(
+            f"{name} has {int((norms == 0).sum())} {what} rows, for which a {method} RDM is undefined; "
+            "drop them or use rdm='euclidean'"
+        )
+    z = x / norms
+    return (1 - z @ z.T).fill_diagonal_(0)
+
+
+def _upper(m: Tensor) -> Tensor:
+    n = m.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=m.device)
+    return m[iu[0], iu[1]]
+
+
+def average_ranks(v: Tensor) -> Tensor:
+    """Ranks 1..M with ties given their average rank (as scipy.stats.rankdata), on any device."""
+    _, inverse, counts = torch.unique(v, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(_ACC)
+    return (ends - (counts.to(_ACC) - 1) / 2)[inverse]
+
+
+def _standardised(v: Tensor, name: str) -> Tensor:
+    v = v.to(_ACC) - v.to(_ACC).mean()
+    norm = v.norm()
+    if not bool(norm > 0):
+        raise ValueError(f"the RDM of {name} is constant, so its correlation with another RDM is undefined")
+    return v / norm
+
+
+def kendall_tau_a(a: Tensor, b: Tensor) -> Tensor:
+    """Kendall's tau_a = (concordant - discordant) / (M(M-1)/2), in O(M log M).
+
+    scipy computes tau_b = (C - D)/sqrt((n0 - n1)(n0 - n2)) with the O(M log M) algorithm of
+    Knight (1966); tau_a follows by rescaling with the tie counts n1, n2.
+    """
+    av, bv = a.detach().cpu().to(_ACC).numpy(), b.detach().cpu().to(_ACC).numpy()
+    m = av.size
+    n0 = m * (m - 1) / 2
+
+    def tied_pairs(v: np.ndarray) -> float:
+        counts = np.unique(v, return_counts=True)[1].astype(np.float64)
+        return float((counts * (counts - 1) / 2).sum())
+
+    n1, n2 = tied_pairs(av), tied_pairs(bv)
+    if n1 == n0 or n2 == n0:
+        raise ValueError("an RDM is constant, so Kendall's tau is undefined")
+    tau_b = scipy.stats.kendalltau(av, bv, variant="b").statistic
+    return torch.tensor(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0, dtype=_ACC, device=a.device)
+
+
+def _prepared(v: Tensor, compare: str, name: str) -> Tensor:
+    """What the comparator correlates: standardised entries (Pearson) or standardised ranks (Spearman)."""
+    if compare == "spearman":
+        v = average_ranks(v)
+    return _standardised(v, name)
+
+
+def rsa(
+    x: Tensor,
+    y: Tensor,
+    rdm: str = "cosine",
+    compare: str = "pearson",
+    dtype: torch.dtype | None = torch.float64,
+) -> Tensor:
+    """RSA: correlation between the upper triangles of the RDMs of ``x`` (n, p) and ``y`` (n, q).
+
+    Args:
+        rdm: "cosine" (1 - cosine similarity), "correlation" (1 - Pearson r) or "euclidean".
+        compare: "pearson", "spearman" or "kendall" (tau_a).
+    Returns a float64 0-d tensor. O(n^2) memory.
+    """
+    check_choice(rdm, "rdm", RDMS)
+    check_choice(compare, "compare", COMPARATORS)
+    x, y = as_features(x, "x", 3, _MIN_REASON), as_features(y, "y", 3, _MIN_REASON)
+    check_same_samples(x, y)
+    return rsa_grid_validated([x], [y], rdm, compare, dtype, (["x"], ["y"]))[0, 0]
+
+
+def rsa_grid(
+    xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = torch.float64
+) -> Tensor:
+    """RSA between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs`` itself), (L, M).
+
+    Each layer's RDM (and ranks, for Spearman) is computed once; Pearson and Spearman grids are
+    one matrix product of the standardised upper triangles.
+    """
+    check_choice(rdm, "rdm", RDMS)
+    check_choice(compare, "compare", COMPARATORS)
+    xs = as_feature_list(xs, "xs", 3, _MIN_REASON)
+    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON)
+    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    names = ([f"xs[{i}]" for i in range(len(xs))], [f"ys[{i}]" for i in range(len(ys))])
+    return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
+
+
+_MIN_REASON = "an RDM comparison needs at least 3 samples"
+
+
+def rsa_grid_validated(
+    xs: list[Tensor],
+    ys: list[Tensor],
+    rdm: str,
+    compare: str,
+    dtype: torch.dtype | None,
+    names: tuple[list[str], list[str]],
+) -> Tensor:
+    compute = resolve_dtype(dtype, *xs, *ys)
+
+    def vectors(group: list[Tensor], group_names: list[str]) -> list[Tensor]:
+        return [_upper(_rdm(t.to(compute), rdm, nm)) for t, nm in zip(group, group_names, strict=True)]
+
+    ax = vectors(xs, names[0])
+    by = ax if ys is xs else vectors(ys, names[1])
+    if compare == "kendall":
+        return torch.stack([torch.stack([kendall_tau_a(a, b) for b in by]) for a in ax])
+    px = torch.stack([_prepared(a, compare, nm) for a, nm in zip(ax, names[0], strict=True)])
+    py = px if by is ax else torch.stack([_prepared(b, compare, nm) for b, nm in zip(by, names[1], strict=True)])
+    return px @ py.T

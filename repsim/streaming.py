@@ -1,0 +1,167 @@
+"""Streaming accumulators: ``update(xs, ys)`` per batch, ``compute()`` at the end.
+
+Both serve a whole layer grid: pass lists (or dicts) of per-layer features of the same batch.
+Memory never grows with the number of batches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._validation import as_feature_list, check_same_samples, resolve_dtype
+from .measures.cka import _estimator, cka_from_hsic
+from .measures.gram import center_columns
+from .measures.hsic import CrossMoments, LayerMoments, gram_hsic_grid, min_samples, moment_hsic_grid
+
+_ACC = torch.float64
+
+
+class _GridAccumulator:
+    """Shared plumbing: input checks, a self-comparison shortcut, the grid/scalar return shape."""
+
+    def __init__(self, debiased: bool, dtype: torch.dtype | None) -> None:
+        self.debiased = debiased
+        self.dtype = dtype
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self._single: bool | None = None
+        self._first_rows: list[Tensor] | None = None  # constancy check across the whole stream
+        self._varies: list[bool] | None = None
+
+    def _inputs(self, xs, ys) -> tuple[list[Tensor], list[Tensor]]:
+        single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
+        if self._single is not None and single != self._single:
+            raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
+        self._single = single
+        xs = as_feature_list(xs, "xs", 1)
+        ys = xs if ys is None else as_feature_list(ys, "ys", 1)
+        check_same_samples(xs[0], ys[0], ("xs", "ys"))
+        both = xs if ys is xs else xs + ys
+        if self._first_rows is None:
+            self._first_rows = [t[:1].clone() for t in both]
+            self._varies = [False] * len(both)
+        elif len(both) != len(self._first_rows) or any(
+            t.shape[1] != r.shape[1] for t, r in zip(both, self._first_rows, strict=False)
+        ):
+            raise ValueError("update() got a different number of layers or feature sizes than the first batch")
+        self._varies = [v or bool((t != r).any()) for v, t, r in zip(self._varies, both, self._first_rows, strict=True)]
+        return xs, ys
+
+    def _finish(self, kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
+        need = min_samples(_estimator(self.debiased))
+        if self.n < need:
+            raise ValueError(f"only {self.n} samples were accumulated; this estimator needs at least {need}")
+        if not all(self._varies):
+            bad = self._varies.index(False)
+            raise ValueError(f"layer {bad} of the stream is constant across all samples, so CKA is undefined")
+        grid = cka_from_hsic(kl, kk, ll, self.debiased)
+        return grid[0, 0] if self._single else grid
+
+
+class StreamingLinearCKA(_GridAccumulator):
+    """Exact linear CKA (biased or debiased) over batches, from running moments in float64.
+
+    Keeps sum x, sum x x^T per layer and sum x y^T per layer pair (plus O(d) terms for the debiased
+    estimator): memory O(d^2) whatever the number of batches, and ``compute()`` equals
+    :func:`repsim.linear_cka` on the concatenated data (to ~1e-12 in float64). Features are shifted
+    by the first batch's mean before accumulating, so large offsets (post-ReLU activations) do
+    not cancel catastrophically; CKA and the unbiased HSIC are exactly shift-invariant.
+
+    Example:
+        >>> acc = StreamingLinearCKA()
+        >>> for xb, yb in batches:            # or lists of per-layer features for a grid
+        ...     acc.update(xb, yb)
+        >>> acc.compute()
+    """
+
+    def __init__(self, debiased: bool = False, dtype: torch.dtype | None = torch.float64) -> None:
+        super().__init__(debiased, dtype)
+
+    def reset(self) -> None:
+        super().reset()
+        self._shift_x: list[Tensor] | None = None
+        self._shift_y: list[Tensor] | None = None
+        self._mx = self._my = self._cross = None
+        self._same = False
+
+    def update(self, xs, ys=None) -> None:
+        """Add one batch: ``xs`` and ``ys`` are tensors (b, d) or lists/dicts of them; ``ys=None`` for xs vs xs."""
+        same = ys is None
+        xs, ys = self._inputs(xs, ys)
+        compute = resolve_dtype(self.dtype, *xs, *ys)
+        if self._shift_x is None:
+            self._same = same
+            self._shift_x = [x.to(_ACC).mean(0) for x in xs]
+            self._shift_y = self._shift_x if same else [y.to(_ACC).mean(0) for y in ys]
+        elif same != self._same:
+            raise ValueError("update() got ys=None after ys was given (or the reverse); keep one form per stream")
+        unbiased = self.debiased
+        xb = [(x.to(_ACC) - s).to(compute) for x, s in zip(xs, self._shift_x, strict=True)]
+        mx, x_sq = LayerMoments.of(xb, unbiased)
+        if same:
+            yb, my, y_sq = xb, mx, x_sq
+        else:
+            yb = [(y.to(_ACC) - s).to(compute) for y, s in zip(ys, self._shift_y, strict=True)]
+            my, y_sq = LayerMoments.of(yb, unbiased)
+        cross = CrossMoments.of(xb, yb, x_sq, y_sq, unbiased)
+        if self._mx is None:
+            self._mx, self._my, self._cross = mx, my, cross
+        else:
+            self._mx.add(mx)
+            if not same:
+                self._my.add(my)
+            self._cross.add(cross)
+        self.n += xs[0].shape[0]
+
+    def compute(self) -> Tensor:
+        """CKA over everything seen so far: 0-d for single tensors, (L, M) for layer lists."""
+        if self._mx is None:
+            raise ValueError("compute() called before any update(); feed at least one batch")
+        estimator = _estimator(self.debiased)
+        kl = moment_hsic_grid(self._mx, self._my, self._cross, estimator)
+        kk = self._mx.self_hsic(estimator)
+        ll = kk if self._same else self._my.self_hsic(estimator)
+        return self._finish(kl, kk, ll)
+
+
+class MinibatchCKA(_GridAccumulator):
+    """Minibatch CKA (Nguyen et al. 2021): sum_i HSIC(K_i, L_i) / sqrt(sum_i HSIC(K_i, K_i) sum_i HSIC(L_i, L_i)).
+
+    Each batch contributes the unbiased HSIC (Song et al. 2012) of its own b x b Gram matrices
+    (``debiased=False`` switches to the biased estimator). Each batch needs b >= 4 samples for the
+    unbiased estimator. The value estimates population CKA without the O(n^2) cost, but is not
+    equal to full-data CKA: use :class:`StreamingLinearCKA` for that.
+    """
+
+    def __init__(self, debiased: bool = True, dtype: torch.dtype | None = torch.float64) -> None:
+        super().__init__(debiased, dtype)
+
+    def reset(self) -> None:
+        super().reset()
+        self._sums: list[Tensor] | None = None
+
+    def update(self, xs, ys=None) -> None:
+        """Add one batch; see :meth:`StreamingLinearCKA.update`."""
+        same = ys is None
+        xs, ys = self._inputs(xs, ys)
+        need = min_samples(_estimator(self.debiased))
+        if xs[0].shape[0] < need:
+            raise ValueError(
+                f"this batch has {xs[0].shape[0]} samples but minibatch CKA with the "
+                f"{_estimator(self.debiased)} estimator needs at least {need} per batch; drop or merge small batches"
+            )
+        compute = resolve_dtype(self.dtype, *xs, *ys)
+        ks = torch.stack([(c := center_columns(x, compute)) @ c.T for x in xs])
+        ls = ks if same else torch.stack([(c := center_columns(y, compute)) @ c.T for y in ys])
+        terms = gram_hsic_grid(ks, ls, _estimator(self.debiased))
+        self._sums = list(terms) if self._sums is None else [a + b for a, b in zip(self._sums, terms, strict=True)]
+        self.n += xs[0].shape[0]
+
+    def compute(self) -> Tensor:
+        """Minibatch CKA over all batches so far: 0-d for single tensors, (L, M) for layer lists."""
+        if self._sums is None:
+            raise ValueError("compute() called before any update(); feed at least one batch")
+        return self._finish(*self._sums)

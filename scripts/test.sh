@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the environment, lint, and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+.venv/bin/python -m ruff check .
+.venv/bin/python -m pytest -q "$@"
