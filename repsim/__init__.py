@@ -9,6 +9,11 @@ from ._compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before anything in the project touches torchvision or timm
 
+from .checkpoints import CheckpointError, load_model, load_state_dict, save_state_dict  # noqa: E402
+from .compare import Comparison, compare  # noqa: E402
+from .features import extract_features  # noqa: E402
+from .hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
+from .many import compare_many  # noqa: E402
 from .measures import (  # noqa: E402
     GramGap,
     cka_grid,
@@ -23,21 +28,35 @@ from .measures import (  # noqa: E402
     rsa_grid,
 )
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
+from .weights import WeightDistance, weight_distance  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "Comparison",
+    "FeatureHooks",
     "GramGap",
     "MinibatchCKA",
     "StreamingLinearCKA",
+    "WeightDistance",
     "cka_grid",
+    "compare",
+    "compare_many",
     "cosine_similarity_matrix",
+    "default_layers",
+    "extract_features",
     "gram_gap",
     "hsic",
     "kernel_cka",
     "linear_cka",
+    "list_layers",
+    "load_model",
+    "load_state_dict",
     "rbf_gram",
     "rdm",
     "rsa",
     "rsa_grid",
+    "save_state_dict",
+    "weight_distance",
 ]

@@ -61,7 +61,9 @@ def ensure_torchvision_importable() -> bool:
     if "torchvision" in sys.modules:
         _state["guarded"] = False
         return False
-    path = _extension_path()
+    path = _extension_path()  # find_spec may re-enter through the import hook, which runs the guard
+    if _state["guarded"] is not None:
+        return bool(_state["guarded"])
     if path is None:
         _state["guarded"] = False
         return False

@@ -17,3 +17,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
     echo "$want" > "$stamp"
 fi
+# Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# Loaded by path so that interpreter start-up imports neither repsim nor torch.
+hook="$(pwd)/repsim/_import_hook.py"
+echo "import importlib.util as u; s = u.spec_from_file_location('_repsim_import_hook', '$hook'); m = u.module_from_spec(s); s.loader.exec_module(m); m.install()" > "$site/repsim_torchvision_guard.pth"

@@ -1,0 +1,173 @@
+"""The ``repsim`` command: ``layers``, ``compare`` and ``many``. Errors end in one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._io import atomic_save_figure, atomic_write_text
+from .checkpoints import build_arch, load_model
+from .compare import MEASURES, compare
+from .data import DatasetNotFoundError, reference_loader
+from .hooks import default_layers
+from .many import MANY_MEASURES, compare_many
+
+
+def input_channels(model: nn.Module) -> int | None:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else None
+
+
+class ChannelAdapter:
+    """Repeats single-channel images (digits) to the channel count a model's first conv expects."""
+
+    def __init__(self, loader: Iterable, channels: int | None) -> None:
+        self.loader, self.channels = loader, channels
+        self.batch_size = getattr(loader, "batch_size", None)
+        self.dataset = getattr(loader, "dataset", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            if self.channels and x.ndim == 4 and x.shape[1] == 1 and self.channels > 1:
+                x = x.expand(-1, self.channels, -1, -1)
+            yield x, y
+
+
+def _loader(args, model: nn.Module):
+    loader = reference_loader(
+        args.data, train=args.split == "train", batch_size=args.batch_size, image_size=args.image_size
+    )
+    return ChannelAdapter(loader, input_channels(model))
+
+
+def _layers(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def cmd_layers(args) -> None:
+    model = build_arch(args.arch, args.num_classes)
+    defaults = set(default_layers(model))
+    for name, module in model.named_modules():
+        if name and (args.all or not list(module.children()) or name in defaults or name.count(".") < 1):
+            mark = "  (default)" if name in defaults else ""
+            print(f"{name:40s} {type(module).__name__}{mark}")
+
+
+def cmd_compare(args) -> None:
+    model_a = load_model(args.a, args.arch, args.num_classes)
+    model_b = load_model(args.b, args.arch_b or args.arch, args.num_classes)
+    result = compare(
+        model_a,
+        model_b,
+        _loader(args, model_a),
+        layers_a=_layers(args.layers),
+        layers_b=_layers(args.layers_b) or _layers(args.layers),
+        measures=args.measures,
+        device=args.device,
+        max_samples=args.max_samples,
+        pool=args.pool,
+        sample_cap=args.sample_cap,
+    )
+    out = Path(args.out)
+    written = [result.to_csv(out / "comparison.csv")]
+    import matplotlib.pyplot as plt
+
+    for measure in result.measures:
+        print(f"\n{measure}:\n{result.matrix(measure).round(4).to_string()}")
+        ax = result.heatmap(measure)
+        written.append(atomic_save_figure(ax.figure, out / f"heatmap_{measure}.png", dpi=120))
+        plt.close(ax.figure)
+    print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def cmd_many(args) -> None:
+    if len(args.checkpoints) < 2:
+        raise ValueError("repsim many needs at least two checkpoints")
+    loader = _loader(args, load_model(args.checkpoints[0], args.arch, args.num_classes))
+    matrix = compare_many(
+        args.checkpoints,
+        loader,
+        layer=args.layer,
+        arch=args.arch,
+        measure=args.measure,
+        pool=args.pool,
+        device=args.device,
+        max_samples=args.max_samples,
+        cache_dir=args.cache,
+    )
+    out = Path(args.out)
+    from .plotting import heatmap
+
+    written = [atomic_write_text(out / f"many_{args.measure}.csv", matrix.to_csv())]
+    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}")
+    written.append(atomic_save_figure(ax.figure, out / f"many_{args.measure}.png", dpi=120))
+    print(matrix.round(4).to_string())
+    print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="digits | cifar10:ROOT | cifar100:ROOT | folder:ROOT")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=None, help="resize + centre crop (default: native size)")
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--pool", default="mean", choices=["mean", "flatten"], help="how conv maps become vectors")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from checkpoint)")
+    p.add_argument("--out", default="results", help="output folder")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="repsim", description="Representational similarity of neural networks.")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("layers", help="list the layer names of an architecture")
+    p.add_argument("arch", help="torchvision/timm name or package.module:function")
+    p.add_argument("--all", action="store_true", help="every module, not just leaves and top-level blocks")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("compare", help="compare two checkpoints layer by layer")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--arch-b", default=None, help="architecture of B when it differs from A")
+    p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
+    p.add_argument("--layers-b", default=None)
+    p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=MEASURES)
+    p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures")
+    _data_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("many", help="N x N matrix over many checkpoints at one layer")
+    p.add_argument("checkpoints", nargs="+")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--measure", default="linear_cka", choices=list(MANY_MEASURES))
+    p.add_argument("--cache", default=None, help="folder to cache extracted features in")
+    _data_args(p)
+    p.set_defaults(func=cmd_many, max_samples=5000)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "device", None) is None and hasattr(args, "device"):
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.func(args)
+    except (ValueError, DatasetNotFoundError, FileNotFoundError) as err:
+        print(f"repsim: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
