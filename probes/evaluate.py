@@ -1,0 +1,95 @@
+"""Run every probe on one layer of a model and return one tidy table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from repsim.features import extract_features
+from repsim.hooks import Pool
+
+from .knn import knn
+from .linear import linear_probe
+from .nccc import nccc
+
+
+def extract(
+    model: nn.Module,
+    loader: Iterable,
+    layer: str,
+    pool: Pool = "mean",
+    device=None,
+    max_samples: int | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Frozen features of one layer and the labels, through repsim's hooks."""
+    feats, labels = extract_features(
+        model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=progress
+    )
+    if labels is None:
+        raise ValueError("the loader yields no labels; probes need (x, y) batches or dicts with a 'label' key")
+    return feats[layer], labels
+
+
+def evaluate_features(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    shots=(1, 5),
+    episodes: int = 100,
+    seed: int = 0,
+    device=None,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> pd.DataFrame:
+    """All three probes on given features; tidy rows: probe, metric, value, ci_low, ci_high, setting."""
+    rows = []
+    lin = linear_probe(train_x, train_y, test_x, test_y, seed=seed, device=device)
+    rows.append({"probe": "linear", "metric": "top1", "value": lin.top1, "setting": f"l2={lin.l2:g}"})
+    if lin.top5 is not None:
+        rows.append({"probe": "linear", "metric": "top5", "value": lin.top5, "setting": f"l2={lin.l2:g}"})
+    nn_res = knn(train_x, train_y, test_x, test_y, k=k, temperature=temperature, device=device)
+    setting = f"k={nn_res.k},T={nn_res.temperature:g}"
+    rows.append({"probe": "knn", "metric": "top1", "value": nn_res.top1, "setting": setting})
+    if nn_res.top5 is not None:
+        rows.append({"probe": "knn", "metric": "top5", "value": nn_res.top5, "setting": setting})
+    few = nccc(train_x, train_y, test_x, test_y, shots=shots, episodes=episodes, seed=seed, device=device)
+    for r in few.itertuples():
+        rows.append(
+            {
+                "probe": "nccc",
+                "metric": f"{r.shots}-shot",
+                "value": r.accuracy,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "setting": f"episodes={r.episodes}",
+            }
+        )
+    return pd.DataFrame(rows, columns=["probe", "metric", "value", "ci_low", "ci_high", "setting"])
+
+
+def evaluate(
+    model: nn.Module,
+    train_loader: Iterable,
+    test_loader: Iterable,
+    layer: str,
+    pool: Pool = "mean",
+    device=None,
+    shots=(1, 5),
+    episodes: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Linear probe, kNN and NCCC few-shot accuracy of ``layer``'s frozen features, as one DataFrame."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    train_x, train_y = extract(model, train_loader, layer, pool, device, progress=progress)
+    test_x, test_y = extract(model, test_loader, layer, pool, device, progress=progress)
+    table = evaluate_features(
+        train_x, train_y, test_x, test_y, shots=shots, episodes=episodes, seed=seed, device=device
+    )
+    table.insert(0, "layer", layer)
+    return table
