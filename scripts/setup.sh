@@ -14,7 +14,8 @@ want=$(cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"} | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
+    # compat mode puts the checkout on sys.path, so packages added later import without reinstalling
+    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]" --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi
 # Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).

@@ -1,0 +1,161 @@
+"""Training data for the zoo: two augmented views per sample, class subsets, balanced batches.
+
+Readers come from :mod:`repsim.data` (digits, CIFAR-10/100 python pickles, ImageFolder roots);
+nothing is ever downloaded. Augmentations are torchvision transforms v2 presets: SimCLR's for
+32/64/224 px images and a mild affine + noise one for 8x8 digits. The trainer draws each batch
+once and feeds the same two views to every model (shared randomness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from repsim.data import NORMALIZATION, ArrayImages, digits_split, eval_transform, parse_spec, read_cifar
+
+
+def simclr_augment(size: int, kind: str = "cifar10", blur: bool | None = None):
+    """SimCLR (Chen et al. 2020): RandomResizedCrop(size, 0.08-1), flip, ColorJitter(0.4,0.4,0.4,0.1) p=0.8,
+    grayscale p=0.2, Gaussian blur at 224 px; then float and normalise."""
+    from torchvision.transforms import v2
+
+    mean, std = NORMALIZATION[kind]
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur if blur is not None else size >= 128:
+        steps.append(v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+def _digits_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 16.0
+
+
+def digits_augment(noise: float = 0.05):
+    """Mild augmentation for 8x8 digits: small affine (+-10 deg, 1 px shift, 0.9-1.1 scale), pixel noise."""
+    from torchvision.transforms import v2
+
+    mean, std = NORMALIZATION["digits"]
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1)),
+            v2.Lambda(_digits_float),
+            v2.GaussianNoise(mean=0.0, sigma=noise, clip=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def augmentation(kind: str, image_size: int):
+    return digits_augment() if kind == "digits" else simclr_augment(image_size, kind)
+
+
+class TwoViews(Dataset):
+    """(view1, view2, label): two independent draws of ``transform`` on one sample."""
+
+    def __init__(self, base: Dataset, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        img, label = self.base[i]
+        return self.transform(img), self.transform(img), label
+
+
+def class_subset(labels: np.ndarray, classes: Sequence[int] | int | None) -> tuple[np.ndarray, dict[int, int]]:
+    """Indices of the samples of ``classes`` (a list, or the first C classes) and the relabelling to 0..C'-1."""
+    present = np.unique(labels)
+    if classes is None:
+        chosen = present
+    elif isinstance(classes, int):
+        if not 2 <= classes <= len(present):
+            raise ValueError(f"classes must be between 2 and {len(present)}, got {classes}")
+        chosen = present[:classes]
+    else:
+        chosen = np.asarray(sorted(set(classes)))
+        unknown = sorted(set(chosen.tolist()) - set(present.tolist()))
+        if unknown or len(chosen) < 2:
+            raise ValueError(
+                f"classes {unknown} are not in the dataset (it has {present.tolist()})"
+                if unknown
+                else "pick at least two classes"
+            )
+    mapping = {int(c): i for i, c in enumerate(chosen)}
+    return np.flatnonzero(np.isin(labels, chosen)), mapping
+
+
+def load_split(
+    spec: str, train: bool, classes=None, seed: int = 0, image_size: int | None = None, augment: bool = False
+) -> tuple[Dataset, int]:
+    """A dataset of one split (un-augmented, or raw images for augmentation) and its number of classes."""
+    kind, root = parse_spec(spec)
+    if kind == "folder":
+        from torchvision.datasets import ImageFolder
+
+        from repsim.data import folder_split_root
+
+        base = ImageFolder(str(folder_split_root(root, train)))
+        labels = np.asarray(base.targets)
+        index, mapping = class_subset(labels, classes)
+        base.samples = [(base.samples[i][0], mapping[int(labels[i])]) for i in index]
+        base.targets = [t for _, t in base.samples]
+        base.transform = None if augment else eval_transform(kind, image_size or 64)
+        return base, len(mapping)
+    if kind == "digits":
+        (tr_x, tr_y), (te_x, te_y) = digits_split(seed)
+        images, labels = (tr_x, tr_y) if train else (te_x, te_y)
+    else:
+        images, labels = read_cifar(root, kind, train)
+    index, mapping = class_subset(labels, classes)
+    relabelled = np.asarray([mapping[int(c)] for c in labels[index]], dtype=np.int64)
+    transform = None if augment else eval_transform(kind, image_size)
+    return ArrayImages(images[index], relabelled, transform), len(mapping)
+
+
+def dataset_labels(ds: Dataset) -> np.ndarray:
+    if hasattr(ds, "labels"):
+        return np.asarray(ds.labels)
+    return np.asarray(ds.targets)
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Batches with the same number of samples from every class (B / C each), seeded per epoch.
+
+    Each epoch shuffles every class and deals out ``batch_size // n_classes`` per class per
+    batch until the smallest class runs out; the theory of arXiv 2510.08852 assumes balance.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0) -> None:
+        self.labels = np.asarray(labels)
+        self.classes = np.unique(self.labels)
+        if batch_size < len(self.classes):
+            raise ValueError(f"batch_size {batch_size} is smaller than the number of classes {len(self.classes)}")
+        self.per_class = batch_size // len(self.classes)
+        self.seed, self.epoch = seed, 0
+        self.n_batches = min((self.labels == c).sum() for c in self.classes) // self.per_class
+        if self.n_batches == 0:
+            raise ValueError("the smallest class has fewer samples than batch_size / n_classes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.n_batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        pools = [rng.permutation(np.flatnonzero(self.labels == c)) for c in self.classes]
+        for b in range(len(self)):
+            batch = np.concatenate([p[b * self.per_class : (b + 1) * self.per_class] for p in pools])
+            yield rng.permutation(batch).tolist()

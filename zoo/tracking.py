@@ -1,0 +1,68 @@
+"""Alignment of every model with the CL model, measured by repsim and probes (nothing re-implemented)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+import probes
+import repsim
+
+LAYERS = ("encoder", "projector")
+
+
+def model_features(model: nn.Module, loader: Iterable, device, layers=LAYERS) -> tuple[dict[str, Tensor], Tensor]:
+    feats, labels = repsim.extract_features(model, loader, list(layers), device=device, progress=False)
+    return feats, labels
+
+
+def alignment_rows(
+    features: dict[str, dict[str, Tensor]],
+    models: dict[str, nn.Module],
+    reference: str = "cl",
+) -> list[dict]:
+    """CKA, debiased CKA, RSA, the Frobenius gap and its bounds, and weight distance, each vs ``reference``."""
+    rows = []
+    base = features[reference]
+    for run, feats in features.items():
+        if run == reference:
+            continue
+        for layer, x in base.items():
+            y = feats[layer]
+            gap = repsim.gram_gap(x, y)
+            values = {
+                "linear_cka": repsim.linear_cka(x, y),
+                "debiased_cka": repsim.linear_cka(x, y, debiased=True),
+                "rsa": repsim.rsa(x, y),
+                "frobenius_gap": gap.frobenius_gap,
+                "relative_centered_gap": gap.relative_centered_gap,
+                "cka_lower_bound": gap.cka_lower_bound,
+                "rsa_lower_bound": gap.rsa_lower_bound,
+            }
+            rows += [{"objective": run, "layer": layer, "measure": m, "value": float(v)} for m, v in values.items()]
+        wd = repsim.weight_distance(models[reference].encoder, models[run].encoder)
+        rows.append({"objective": run, "layer": "encoder", "measure": "weight_distance", "value": wd.mean_relative})
+    return rows
+
+
+def knn_rows(bank: dict[str, tuple[Tensor, Tensor]], queries: dict[str, tuple[Tensor, Tensor]]) -> list[dict]:
+    """Weighted kNN top-1 of every model's encoder features (bank: train split, queries: reference set)."""
+    rows = []
+    for run, (bx, by) in bank.items():
+        qx, qy = queries[run]
+        res = probes.knn(bx, by, qx, qy)
+        rows.append({"objective": run, "layer": "encoder", "measure": "knn_top1", "value": res.top1})
+    return rows
+
+
+@torch.no_grad()
+def final_probe_rows(bank, queries, seed: int) -> list[dict]:
+    rows = []
+    for run, (bx, by) in bank.items():
+        qx, qy = queries[run]
+        table = probes.evaluate_features(bx, by, qx, qy, shots=(1, 5), episodes=50, seed=seed)
+        for r in table.to_dict("records"):
+            rows.append({"objective": run, **r})
+    return rows
