@@ -11,6 +11,8 @@ from repsim._io import atomic_save_figure, atomic_write_text
 from .config import TrainConfig
 
 PLOTTED = ("linear_cka", "rsa", "frobenius_gap", "weight_distance", "knn_top1")
+SUMMARY = ("linear_cka", "debiased_cka", "rsa", "frobenius_gap", "cka_lower_bound", "rsa_lower_bound",
+           "weight_distance")
 
 
 def final_alignment(log: pd.DataFrame) -> pd.DataFrame:
@@ -102,12 +104,12 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
             f"Shared-randomness control (a second CL run): encoder CKA {cka:.12f}, weight distance {wd:g} -> {ok}.",
             "",
         ]
-    md += [
-        "## Alignment with CL at the end",
-        "",
-        final.round(4).to_markdown() if _has_tabulate() else "```\n" + final.round(4).to_string() + "\n```",
-        "",
-    ]
+    md += ["## Alignment with CL at the end", ""]
+    for layer in ("encoder", "projector"):
+        if layer in final.columns.get_level_values(0):
+            table = final[layer].drop(index="cl", errors="ignore")
+            table = table[[c for c in SUMMARY if c in table.columns]]
+            md += [f"{layer} output:", "", "```", table.round(4).to_string(), "```", ""]
     if len(probes):
         table = probes.pivot_table(index="objective", columns=["probe", "metric"], values="value")
         md += ["## Frozen-feature probes (encoder)", "", "```", table.round(4).to_string(), "```", ""]
@@ -119,10 +121,3 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
     written.insert(0, atomic_write_text(out / "report.md", "\n".join(md)))
     return written
 
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
