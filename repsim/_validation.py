@@ -9,8 +9,12 @@ import torch
 from torch import Tensor
 
 
-def as_features(x, name: str, min_samples: int = 2, reason: str = "") -> Tensor:
-    """Return ``x`` as a 2-D floating tensor of finite values with at least ``min_samples`` rows."""
+def as_features(x, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> Tensor:
+    """Return ``x`` as a 2-D floating tensor of finite values with at least ``min_samples`` rows.
+
+    ``varying=True`` also refuses features that are constant across samples. Both checks come
+    from one pass (column minima and maxima: NaN propagates into them, and so does Inf).
+    """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
@@ -32,10 +36,20 @@ def as_features(x, name: str, min_samples: int = 2, reason: str = "") -> Tensor:
         raise ValueError(f"{name} has {n} samples but at least {min_samples} are needed{why}; pass more rows")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    lo, hi = torch.aminmax(x, dim=0)
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or Inf values; clean or drop those samples first")
+    if varying and bool((lo == hi).all()):
+        raise_constant(name)
     return x
+
+
+def raise_constant(name: str):
+    raise ValueError(
+        f"{name} is constant across samples, so its similarity to anything is undefined (0/0); "
+        "check that the layer is not dead or the inputs are not all identical"
+    )
 
 
 def check_same_samples(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> None:
@@ -51,13 +65,10 @@ def check_same_samples(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
 def check_not_constant(x: Tensor, name: str) -> None:
     """Similarity is undefined (0/0) for features that do not vary across samples."""
     if bool((x == x[:1]).all()):
-        raise ValueError(
-            f"{name} is constant across samples, so its similarity to anything is undefined (0/0); "
-            "check that the layer is not dead or the inputs are not all identical"
-        )
+        raise_constant(name)
 
 
-def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "") -> list[Tensor]:
+def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> list[Tensor]:
     """Accept one tensor, a sequence of tensors or a mapping name -> tensor."""
     if isinstance(xs, (Tensor, np.ndarray)):
         items = [xs]
@@ -69,7 +80,7 @@ def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "") -> li
         raise ValueError(f"{name} must be a tensor, a list of tensors or a dict of tensors, got {type(xs).__name__}")
     if not items:
         raise ValueError(f"{name} is empty; pass at least one (n, d) feature tensor")
-    out = [as_features(x, f"{name}[{i}]", min_samples, reason) for i, x in enumerate(items)]
+    out = [as_features(x, f"{name}[{i}]", min_samples, reason, varying) for i, x in enumerate(items)]
     for i, x in enumerate(out[1:], start=1):
         check_same_samples(out[0], x, (f"{name}[0]", f"{name}[{i}]"))
     return out

@@ -11,8 +11,15 @@ from repsim._io import atomic_save_figure, atomic_write_text
 from .config import TrainConfig
 
 PLOTTED = ("linear_cka", "rsa", "frobenius_gap", "weight_distance", "knn_top1")
-SUMMARY = ("linear_cka", "debiased_cka", "rsa", "frobenius_gap", "cka_lower_bound", "rsa_lower_bound",
-           "weight_distance")
+SUMMARY = (
+    "linear_cka",
+    "debiased_cka",
+    "rsa",
+    "frobenius_gap",
+    "cka_lower_bound",
+    "rsa_lower_bound",
+    "weight_distance",
+)
 
 
 def final_alignment(log: pd.DataFrame) -> pd.DataFrame:
@@ -74,6 +81,21 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         ax.set(ylabel="training loss", yscale="log")
         written.append(atomic_save_figure(ax.figure, out / "losses.png", dpi=110, bbox_inches="tight"))
         plt.close(ax.figure)
+    bound = log[
+        (log["measure"].isin(["frobenius_gap", "frobenius_gap_bound"]))
+        & (log["objective"] == "nscl")
+        & (log["layer"] == "projector")
+    ]
+    if bound["measure"].nunique() == 2:
+        _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+        sns.lineplot(data=bound, x="epoch", y="value", hue="measure", marker="o", ax=ax)
+        ax.set(
+            yscale="log",
+            ylabel="|Sigma_CL - Sigma_NSCL|_F (projector)",
+            title="measured gap vs the bound of arXiv 2510.08852",
+        )
+        written.append(atomic_save_figure(ax.figure, out / "theory.png", dpi=110, bbox_inches="tight"))
+        plt.close(ax.figure)
     probes_path = out / "final_probes.csv"
     probes = pd.read_csv(probes_path) if probes_path.exists() else pd.DataFrame()
     if len(probes):
@@ -96,6 +118,16 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         *claim_lines(final),
         "",
     ]
+    if ("projector", "frobenius_gap_bound") in final.columns and "nscl" in final.index:
+        row = final.loc["nscl", "projector"]
+        md += [
+            f"Theory (arXiv 2510.08852, delta = 0.05): measured projector gap |Sigma_CL - Sigma_NSCL|_F = "
+            f"{row['frobenius_gap']:.2f} on {cfg.reference_samples or 'all'} reference samples; the bound is "
+            f"{row['frobenius_gap_bound']:.3g}, which implies CKA >= {row['cka_bound_theory']:.3f} and RSA >= "
+            f"{row['rsa_bound_theory']:.3f} (measured {row['linear_cka']:.3f} and {row['rsa']:.3f}). "
+            "See theory.png.",
+            "",
+        ]
     if "cl_control" in final.index:
         cka = final.loc["cl_control", ("encoder", "linear_cka")]
         wd = final.loc["cl_control", ("encoder", "weight_distance")]
@@ -120,4 +152,3 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
     ]
     written.insert(0, atomic_write_text(out / "report.md", "\n".join(md)))
     return written
-

@@ -66,3 +66,21 @@ def final_probe_rows(bank, queries, seed: int) -> list[dict]:
         for r in table.to_dict("records"):
             rows.append({"objective": run, **r})
     return rows
+
+
+def theory_rows(
+    cl_projection: Tensor, lr_sum: float, steps: int, batch_size: int, n_classes: int, tau: float, delta: float = 0.05
+) -> list[dict]:
+    """The bound of arXiv 2510.08852 on |Sigma_CL - Sigma_NSCL|_F, and the CKA/RSA bounds it implies,
+    logged beside the measured projector-output gap of the NSCL model."""
+    from . import theory
+
+    z = torch.nn.functional.normalize(cl_projection.double(), dim=1)
+    sigma = z @ z.T
+    bound = theory.gap_bound_from_total(lr_sum, steps, batch_size, n_classes, tau, delta)
+    values = {
+        "frobenius_gap_bound": bound,
+        "cka_bound_theory": theory.cka_lower_bound(bound, sigma),
+        "rsa_bound_theory": theory.rsa_lower_bound(bound, sigma),
+    }
+    return [{"objective": "nscl", "layer": "projector", "measure": m, "value": v} for m, v in values.items()]

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .data import BalancedBatchSampler, TwoViews, augmentation, dataset_labels, load_split
 from .losses import balanced, contrastive, cross_entropy, supcon
 from .models import create_model
-from .tracking import alignment_rows, final_probe_rows, knn_rows, model_features
+from .tracking import alignment_rows, final_probe_rows, knn_rows, model_features, theory_rows
 
 _CKPT = re.compile(r"epoch_(\d+)\.pt$")
 
@@ -132,6 +132,7 @@ class Trainer:
         else:
             self.train_models = self.models
         self.epoch, self.step, self.log = 0, 0, []
+        self.lr_sum = 0.0  # sum of the CL model's learning rates over the steps taken (the theory's sum eta_t)
 
     def _eval_loader(self, ds, cap):
         if cap is not None and len(ds) > cap:
@@ -187,6 +188,7 @@ class Trainer:
             self.optim[run][0].load_state_dict(state["optimizers"][run])
             self.optim[run][1].load_state_dict(state["schedulers"][run])
         self.epoch, self.step, self.log = state["epoch"], state["step"], list(state["log"])
+        self.lr_sum = state["lr_sum"]
         return True
 
     # ---------------------------------------------------------------- training
@@ -210,6 +212,8 @@ class Trainer:
             y = y.to(self.device)
             for run, model in self.train_models.items():  # the same views for every model
                 opt, sched = self.optim[run]
+                if run == "cl":
+                    self.lr_sum += opt.param_groups[0]["lr"]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                     out = model(x)
                 loss = loss_for(run, out, y, cfg)
@@ -227,6 +231,10 @@ class Trainer:
         bank = {run: model_features(m, self.bank_loader, self.device, ["encoder"]) for run, m in self.models.items()}
         features = {run: f for run, (f, _) in ref.items()}
         rows = alignment_rows(features, self.models)
+        if "nscl" in features:
+            rows += theory_rows(
+                features["cl"]["projector"], self.lr_sum, self.step, self.cfg.batch_size, self.n_classes, self.cfg.tau
+            )
         rows += knn_rows(
             {r: (f["encoder"], y) for r, (f, y) in bank.items()}, {r: (f["encoder"], y) for r, (f, y) in ref.items()}
         )

@@ -16,7 +16,6 @@ from .._validation import (
     as_feature_list,
     as_features,
     check_choice,
-    check_not_constant,
     check_same_samples,
     resolve_dtype,
 )
@@ -82,10 +81,8 @@ def linear_cka_grid_validated(
 def _validated_pair(x, y, debiased: bool) -> tuple[Tensor, Tensor]:
     need = min_samples(_estimator(debiased))
     reason = "debiased CKA uses the unbiased HSIC estimator, which needs n >= 4" if debiased else "CKA needs n >= 2"
-    x, y = as_features(x, "x", need, reason), as_features(y, "y", need, reason)
+    x, y = as_features(x, "x", need, reason, varying=True), as_features(y, "y", need, reason, varying=True)
     check_same_samples(x, y)
-    check_not_constant(x, "x")
-    check_not_constant(y, "y")
     return x, y
 
 
@@ -151,10 +148,7 @@ def cka_grid(
     """
     check_choice(method, "method", METHODS)
     need = min_samples(_estimator(debiased))
-    xs = as_feature_list(xs, "xs", need)
-    ys = xs if ys is None else as_feature_list(ys, "ys", need)
+    xs = as_feature_list(xs, "xs", need, varying=True)
+    ys = xs if ys is None else as_feature_list(ys, "ys", need, varying=True)
     check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
-    for name, group in (("xs", xs), ("ys", ys)):
-        for i, t in enumerate(group):
-            check_not_constant(t, f"{name}[{i}]")
     return linear_cka_grid_validated(xs, ys, debiased, dtype, method)

@@ -18,8 +18,10 @@ def center_columns(x: Tensor, dtype: torch.dtype) -> Tensor:
 
     Centring first is what keeps float32 products honest on post-ReLU features with a large mean.
     """
-    x64 = x.to(_ACC)
-    return (x64 - x64.mean(dim=0, keepdim=True)).to(dtype)
+    mean = x.sum(dim=0, keepdim=True, dtype=_ACC) / x.shape[0]
+    centred = x.to(dtype, copy=True)
+    centred -= mean.to(dtype)  # in place: one allocation for the whole centring
+    return centred
 
 
 def squared_distances(x: Tensor) -> Tensor:

@@ -122,18 +122,22 @@ class LayerMoments:
     @staticmethod
     def of(xs: list[Tensor], need_unbiased: bool = True) -> tuple[LayerMoments, Tensor]:
         """Moments of one batch, plus its per-sample squared norms (n, L) for the cross terms."""
-        sq_norms = torch.stack([x.to(_ACC).pow(2).sum(1) for x in xs], dim=1)
+        n, device = xs[0].shape[0], xs[0].device
+        if need_unbiased:
+            sq_norms = torch.stack([torch.linalg.vector_norm(x, dim=1, dtype=_ACC) ** 2 for x in xs], dim=1)
+        else:  # the biased estimator needs no per-sample norms
+            sq_norms = torch.zeros(n, len(xs), dtype=_ACC, device=device)
         moments = LayerMoments(
             sizes=[x.shape[1] for x in xs],
-            n=xs[0].shape[0],
-            total=torch.cat([x.to(_ACC).sum(0) for x in xs]),
+            n=n,
+            total=torch.cat([x.sum(0, dtype=_ACC) for x in xs]),
             grams=[(x.T @ x).to(_ACC) for x in xs],
             sq=sq_norms.sum(0),
             sq2=sq_norms.pow(2).sum(0),
             x_sq=(
                 torch.cat([(x.T @ sq_norms[:, i].to(x.dtype)).to(_ACC) for i, x in enumerate(xs)])
                 if need_unbiased
-                else torch.zeros(sum(x.shape[1] for x in xs), dtype=_ACC, device=xs[0].device)
+                else torch.zeros(sum(x.shape[1] for x in xs), dtype=_ACC, device=device)
             ),
         )
         return moments, sq_norms
@@ -173,7 +177,8 @@ class CrossMoments:
 
     @staticmethod
     def of(xs: list[Tensor], ys: list[Tensor], x_sq: Tensor, y_sq: Tensor, need_unbiased: bool = True) -> CrossMoments:
-        x_cat, y_cat = torch.cat(xs, dim=1), torch.cat(ys, dim=1)
+        x_cat = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
+        y_cat = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
         cross = (x_cat.T @ y_cat).to(_ACC)
         if not need_unbiased:
             zero = torch.zeros((), dtype=_ACC, device=cross.device)
