@@ -130,7 +130,7 @@ class LayerMoments:
         moments = LayerMoments(
             sizes=[x.shape[1] for x in xs],
             n=n,
-            total=torch.cat([x.sum(0, dtype=_ACC) for x in xs]),
+            total=torch.cat([x.sum(0).to(_ACC) for x in xs]),  # summed in x's dtype: a dtype-converting sum is slow
             grams=[(x.T @ x).to(_ACC) for x in xs],
             sq=sq_norms.sum(0),
             sq2=sq_norms.pow(2).sum(0),
