@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ._io import atomic_write_text
-from .features import _to, eval_mode, limited, resolve_device, total_batches
+from .features import _to, eval_mode, progress_batches, resolve_device
 from .hooks import FeatureHooks, Pool, default_layers, forward_features
 from .measures.cka import kernel_cka
 from .measures.gram import gram_gap
@@ -144,14 +143,7 @@ def compare(
         FeatureHooks(model_a, hooked_a, pool) as hooks_a,
         contextlib.nullcontext() if same else FeatureHooks(model_b, layers_b, pool) as hooks_b,
     ):
-        bar = tqdm(
-            limited(loader, max_samples),
-            total=total_batches(loader, max_samples),
-            desc="compare",
-            disable=not progress,
-            leave=False,
-        )
-        for x, _ in bar:
+        for x, _ in progress_batches(loader, max_samples, "compare", progress):
             x = _to(x, device)
             feats_a = forward_features(model_a, hooks_a, x)
             feats_b = feats_a if same else forward_features(model_b, hooks_b, x)

@@ -72,6 +72,17 @@ def limited(loader: Iterable, max_samples: int | None) -> Iterator[tuple[Tensor,
         yield x, y
 
 
+def progress_batches(loader: Iterable, max_samples: int | None, desc: str, progress: bool):
+    """:func:`limited` batches behind a tqdm bar (silent when ``progress`` is False)."""
+    return tqdm(
+        limited(loader, max_samples),
+        total=total_batches(loader, max_samples),
+        desc=desc,
+        disable=not progress,
+        leave=False,
+    )
+
+
 def total_batches(loader, max_samples: int | None) -> int | None:
     try:
         n = len(loader)
@@ -108,14 +119,7 @@ def extract_features(
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
     with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        bar = tqdm(
-            limited(loader, max_samples),
-            total=total_batches(loader, max_samples),
-            desc="features",
-            disable=not progress,
-            leave=False,
-        )
-        for x, y in bar:
+        for x, y in progress_batches(loader, max_samples, "features", progress):
             feats = forward_features(model, hooks, _to(x, device))
             for name, f in feats.items():
                 chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))

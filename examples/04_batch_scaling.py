@@ -1,0 +1,31 @@
+"""Batch size x learning-rate scaling. Prediction: with lr scaled O(B) alignment falls as B grows;
+with O(sqrt B) or less it holds or rises."""
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from _common import base_config, final, parser, run, save, summarise
+
+args = parser(__doc__).parse_args()
+rows = []
+sizes = (64, 128, 256) if not args.full else (256, 512, 1024)
+for scaling in ("linear", "sqrt", "fourth_root"):
+    for batch in sizes:
+        # lr is given at B = 256; a common epoch budget so every run sees the data equally often
+        config, out = base_config(
+            args,
+            "04_batch_scaling",
+            objectives=["cl", "nscl"],
+            batch_size=batch,
+            lr_scaling=scaling,
+            epochs=args.epochs or 20,
+        )
+        for seed in range(args.seeds):
+            last = final(run(config, out, f"B{batch}_{scaling}", seed))
+            rows.append({"batch_size": batch, "scaling": scaling, "seed": seed, "value": float(last["value"].iloc[0])})
+table = pd.DataFrame(rows)
+ax = sns.pointplot(data=table, x="batch_size", y="value", hue="scaling", errorbar="sd", capsize=0.1, dodge=0.2)
+ax.set(ylabel="final encoder CKA(CL, NSCL)", title=f"batch size x lr scaling ({args.seeds} seeds)")
+print(summarise(table, ["scaling", "batch_size"]).to_string(index=False))
+save(table, ax.figure, out, "batch_scaling")
+plt.close("all")
