@@ -3,7 +3,8 @@ bound and the peer packages, each method in its own subprocess (clean peak-memor
 
     bash benchmarks/setup_env.sh && .benchvenv/bin/python benchmarks/measures.py [--device cuda] [--quick]
 
-Prints a markdown table; ratios are against the float32 matrix-product bound of the same case.
+Prints a markdown table; ratios are against the bare matrix products of the same case (float32
+and float64) and against repsim's float32 path.
 """
 
 from __future__ import annotations
@@ -195,19 +196,21 @@ def main() -> None:
                 results[name] = {"error": f"> {args.timeout} s"}
             print(f"  {case_name}: {name}: {results[name]}", file=sys.stderr)
         bound = results.get("bound: bare products float32", {}).get("seconds")
+        bound64 = results.get("bound: bare products float64", {}).get("seconds")
         ours = results.get("repsim float32 products", results.get("repsim rsa (correlation RDM, Pearson)", {}))
         n, d, layers = case["n"], case["dims"][0], case["layers"]
         print(f"### {case_name}: n = {n}, d = {d}, {layers}x{layers} layer pair(s)\n")
-        print("| method | seconds | x bound (f32) | x repsim f32 | peak MB | value [0,0] |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| method | seconds | x bound f32 | x bound f64 | x repsim f32 | peak MB | value [0,0] |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, r in results.items():
             if "error" in r:
-                print(f"| {name} | {r['error']} | | | | |")
+                print(f"| {name} | {r['error']} | | | | | |")
                 continue
             rb = f"{r['seconds'] / bound:.2f}" if bound else ""
+            rb64 = f"{r['seconds'] / bound64:.2f}" if bound64 else ""
             ro = f"{r['seconds'] / ours['seconds']:.2f}" if ours.get("seconds") else ""
             value = "" if r["value"] != r["value"] else f"{r['value']:.10f}"
-            print(f"| {name} | {r['seconds']:.3f} | {rb} | {ro} | {r['peak_mb']:.0f} | {value} |")
+            print(f"| {name} | {r['seconds']:.3f} | {rb} | {rb64} | {ro} | {r['peak_mb']:.0f} | {value} |")
         print()
 
 

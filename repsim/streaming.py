@@ -106,7 +106,7 @@ class StreamingLinearCKA(_GridAccumulator):
         else:
             yb = [(y.to(_ACC) - s).to(compute) for y, s in zip(ys, self._shift_y, strict=True)]
             my, y_sq = LayerMoments.of(yb, unbiased)
-        cross = CrossMoments.of(xb, yb, x_sq, y_sq, unbiased)
+        cross = CrossMoments.of(xb, yb, x_sq, y_sq, unbiased, accumulate=True)
         if self._mx is None:
             self._mx, self._my, self._cross = mx, my, cross
         else:

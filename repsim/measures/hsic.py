@@ -176,10 +176,21 @@ class CrossMoments:
     sq_sq: Tensor
 
     @staticmethod
-    def of(xs: list[Tensor], ys: list[Tensor], x_sq: Tensor, y_sq: Tensor, need_unbiased: bool = True) -> CrossMoments:
+    def of(
+        xs: list[Tensor],
+        ys: list[Tensor],
+        x_sq: Tensor,
+        y_sq: Tensor,
+        need_unbiased: bool = True,
+        accumulate: bool = False,
+    ) -> CrossMoments:
+        """Cross sums of one batch. The (P, Q) product stays in the features' dtype unless
+        ``accumulate`` (streaming sums need float64); reductions of it always run in float64."""
         x_cat = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
         y_cat = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
-        cross = (x_cat.T @ y_cat).to(_ACC)
+        cross = x_cat.T @ y_cat
+        if accumulate:
+            cross = cross.to(_ACC)
         if not need_unbiased:
             zero = torch.zeros((), dtype=_ACC, device=cross.device)
             return CrossMoments(cross, zero, zero, zero)
@@ -197,21 +208,36 @@ class CrossMoments:
         self.sq_sq += other.sq_sq
 
 
+def _block_sq_norms(m: Tensor, row_sizes: list[int], col_sizes: list[int]) -> Tensor:
+    """|M_lm|_F^2 of every block, accumulated in float64 without a full-size float64 copy."""
+    rows = [0, *torch.tensor(row_sizes).cumsum(0).tolist()]
+    cols = [0, *torch.tensor(col_sizes).cumsum(0).tolist()]
+    return torch.stack([
+        torch.stack([
+            torch.linalg.vector_norm(m[rows[i] : rows[i + 1], cols[j] : cols[j + 1]], dtype=_ACC) ** 2
+            for j in range(len(col_sizes))
+        ])
+        for i in range(len(row_sizes))
+    ])
+
+
 def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, estimator: str) -> Tensor:
-    """HSIC(K_l, L_m) for every layer pair from linear-kernel moments, shape (L, M)."""
-    n, device = mx.n, cross.cross.device
-    seg_x, seg_y = _segments(mx.sizes, device), _segments(my.sizes, device)
+    """HSIC(K_l, L_m) for every layer pair from linear-kernel moments, shape (L, M).
+
+    Expanded so that the (P, Q) cross product is only read, never copied:
+    |C_lm - s_l s_m^T / n|^2 = |C_lm|^2 - 2 s_l^T C_lm s_m / n + |s_l|^2 |s_m|^2 / n^2.
+    """
+    n, c = mx.n, cross.cross
+    seg_x, seg_y = _segments(mx.sizes, c.device), _segments(my.sizes, c.device)
     sx, sy = mx.total, my.total
+    block = _block_sq_norms(c, mx.sizes, my.sizes)
+    # s_l^T C_lm s_m for all pairs: (S_x^T C) with S_x the block-diagonal (P, L) matrix of sx, then per y-layer
+    s_blocks = (seg_x.T * sx[:, None]).to(c.dtype)
+    s_c_s = ((s_blocks.T @ c).to(_ACC) * sy) @ seg_y.T
+    sx2, sy2 = seg_x @ sx.pow(2), seg_y @ sy.pow(2)
     if estimator == "biased":
-        centred = cross.cross - torch.outer(sx, sy) / n
-        return seg_x @ centred.pow(2) @ seg_y.T / (n - 1) ** 2
-    tr_kl = seg_x @ cross.cross.pow(2) @ seg_y.T - cross.sq_sq
-    k_sum = seg_x @ sx.pow(2) - mx.sq
-    l_sum = seg_y @ sy.pow(2) - my.sq
-    kl_sum = (
-        seg_x @ (cross.cross * torch.outer(sx, sy)) @ seg_y.T
-        - seg_x @ (sx[:, None] * cross.x_ysq)
-        - (seg_y @ (sy[:, None] * cross.y_xsq)).T
-        + cross.sq_sq
-    )
+        return (block - 2 * s_c_s / n + torch.outer(sx2, sy2) / n**2) / (n - 1) ** 2
+    tr_kl = block - cross.sq_sq
+    k_sum, l_sum = sx2 - mx.sq, sy2 - my.sq
+    kl_sum = s_c_s - seg_x @ (sx[:, None] * cross.x_ysq) - (seg_y @ (sy[:, None] * cross.y_xsq)).T + cross.sq_sq
     return _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], kl_sum)
