@@ -21,7 +21,7 @@ for alpha in (1.0, 2.0, 5.0):
             objectives=["cl", "balanced"],
             balanced_alpha=alpha,
             balanced_lam=lam,
-            epochs=args.epochs or 20,
+            epochs=args.epochs or 15,
         )
         for seed in range(args.seeds):
             cfg = dataclasses.replace(config, seed=seed, out=str(out / "runs" / f"a{alpha}_l{lam}_seed{seed}"))
