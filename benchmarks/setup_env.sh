@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .benchvenv/bin/python ] || python3 -m venv .benchvenv
-.benchvenv/bin/python -m pip install --quiet -c constraints-cpu.txt -e . torch-cka pytorch-cka ckatorch rsatoolbox \
-    --config-settings editable_mode=compat
+.benchvenv/bin/python -m pip install --quiet -c constraints-cpu.txt -e . torch-cka pytorch-cka ckatorch rsatoolbox
 [ -d .benchvenv/peer_repsim/repsim ] || .benchvenv/bin/python -m pip install --quiet --no-deps \
     --target .benchvenv/peer_repsim repsim

@@ -3,11 +3,11 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, final, parser, run, save, summarise
+from _common import base_config, final, parser, run, save, summarise, sweep
 
 args = parser(__doc__).parse_args()
 rows = []
-for tau in (0.1, 0.5, 1.0):
+for tau in sweep((0.1, 0.5, 1.0), args):
     config, out = base_config(args, "02_temperature", objectives=["cl", "nscl"], tau=tau)
     for seed in range(args.seeds):
         for layer in ("encoder", "projector"):

@@ -3,11 +3,11 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, final, parser, run, save, summarise
+from _common import base_config, final, parser, run, save, summarise, sweep
 
 args = parser(__doc__).parse_args()
 rows = []
-for classes in (2, 4, 6, 8, 10):
+for classes in sweep((2, 4, 6, 8, 10), args):
     config, out = base_config(
         args, "03_classes", objectives=["cl", "nscl"], classes=classes, batch_size=128 if not args.full else 1024
     )

@@ -4,12 +4,12 @@ with O(sqrt B) or less it holds or rises."""
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, final, parser, run, save, summarise
+from _common import base_config, final, parser, run, save, summarise, sweep
 
 args = parser(__doc__).parse_args()
 rows = []
 sizes = (64, 256) if not args.full else (256, 1024)
-for scaling in ("linear", "sqrt", "fourth_root"):
+for scaling in sweep(("linear", "sqrt", "fourth_root"), args):
     for batch in sizes:
         # lr is given at B = 256; a common epoch budget so every run sees the data equally often
         config, out = base_config(

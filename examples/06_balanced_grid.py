@@ -5,7 +5,7 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, parser, save
+from _common import base_config, parser, save, sweep
 
 import probes
 import repsim
@@ -13,8 +13,8 @@ from zoo.train import Trainer
 
 args = parser(__doc__, default_seeds=3).parse_args()
 rows = []
-for alpha in (1.0, 2.0, 5.0):
-    for lam in (0.5, 1.0, 2.0):
+for alpha in sweep((1.0, 2.0, 5.0), args):
+    for lam in sweep((0.5, 1.0, 2.0), args):
         config, out = base_config(
             args,
             "06_balanced_grid",

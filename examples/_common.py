@@ -58,7 +58,13 @@ def parser(description: str, default_seeds: int = 3) -> argparse.ArgumentParser:
         help="full scale on a GPU: CIFAR-100 under ROOT with ResNet-50, B=1024, LARS",
     )
     p.add_argument("--out", default=None)
+    p.add_argument("--smoke", action="store_true", help="only the first and last value of each sweep (for tests)")
     return p
+
+
+def sweep(values: tuple, args) -> tuple:
+    """The values of one swept setting; with --smoke only its two ends."""
+    return (values[0], values[-1]) if args.smoke else values
 
 
 def base_config(args, name: str, **overrides) -> tuple[TrainConfig, Path]:

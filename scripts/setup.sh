@@ -10,12 +10,13 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.repsim-installed
-want=$(cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"} | cksum)
+# reinstall when the dependencies or the set of top-level packages change (an editable install
+# maps the packages that exist when it runs)
+want=$( (cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"}; ls -d */__init__.py) | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    # compat mode puts the checkout on sys.path, so packages added later import without reinstalling
-    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]" --config-settings editable_mode=compat
+    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
     echo "$want" > "$stamp"
 fi
 # Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).

@@ -1,4 +1,4 @@
-"""Smoke runs of the example scripts (one seed, one epoch) so they cannot rot."""
+"""Smoke runs of the example scripts (one seed, one epoch, the ends of each sweep) so they cannot rot."""
 
 import os
 import subprocess
@@ -13,8 +13,13 @@ EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/0*.py"))
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs(script, tmp_path):
     env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(script), "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--seeds", "1", "--epochs", "1", "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
     assert "wrote:" in proc.stdout
