@@ -61,7 +61,7 @@ def test_same_seed_same_run(tmp_path):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    cfg = tiny(tmp_path / "full", epochs=3, objectives=["cl", "balanced"], control=False, checkpoint_every=1)
+    cfg = tiny(tmp_path / "full", epochs=3, objectives=["cl", "nscl"], control=False, checkpoint_every=1)
     full = Trainer(cfg)
     full.run()
     killed_cfg = dataclasses.replace(cfg, out=str(tmp_path / "killed"))
@@ -72,6 +72,12 @@ def test_resume_is_bit_identical(tmp_path):
     resumed = Trainer(killed_cfg)
     resumed.run(resume=True)
     assert resumed.epoch == 3 and _equal(_weights(full), _weights(resumed))
+    assert resumed.lr_sum == full.lr_sum
+    # the killed run logged nothing before its checkpoint; what came after it must match exactly,
+    # the theory bound (which needs the learning-rate sum carried over) included
+    after = [pd.DataFrame(t.log).query("epoch == 3").reset_index(drop=True) for t in (full, resumed)]
+    assert "frobenius_gap_bound" in set(after[0]["measure"])
+    pd.testing.assert_frame_equal(after[0], after[1])
     with pytest.raises(ValueError, match=r"config differs in \[.*'tau'\]"):
         Trainer(dataclasses.replace(killed_cfg, tau=0.3)).run(resume=True)
 

@@ -160,6 +160,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "log": self.log,
+            "lr_sum": self.lr_sum,
             "config": dataclasses.asdict(self.cfg),
             "models": {r: m.state_dict() for r, m in self.models.items()},
             "optimizers": {r: o.state_dict() for r, (o, _) in self.optim.items()},
