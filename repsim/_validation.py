@@ -62,12 +62,6 @@ def check_same_samples(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
         raise ValueError(f"{names[0]} is on {x.device} but {names[1]} is on {y.device}; move both to one device")
 
 
-def check_not_constant(x: Tensor, name: str) -> None:
-    """Similarity is undefined (0/0) for features that do not vary across samples."""
-    if bool((x == x[:1]).all()):
-        raise_constant(name)
-
-
 def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> list[Tensor]:
     """Accept one tensor, a sequence of tensors or a mapping name -> tensor."""
     if isinstance(xs, (Tensor, np.ndarray)):
