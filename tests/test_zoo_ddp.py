@@ -55,6 +55,9 @@ def _worker(rank, world, init_file, result_file):
         results[objective] = (loss, _grads(model.module))
     if rank == 0:
         torch.save(results, result_file)
+    # Both ranks leave the last collective together: a rank tearing gloo down while the other
+    # still works aborts the process ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -64,3 +64,10 @@ def gather_labels(y: Tensor) -> Tensor:
 def shard(batch: list[int]) -> list[int]:
     """This rank's share of a global batch of indices (the sampler is seeded alike on every rank)."""
     return batch[rank() :: world_size()] if is_distributed() else batch
+
+
+def close() -> None:
+    """Leave together, then tear down: a rank that destroys gloo while another still works aborts it."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -273,6 +273,7 @@ class Trainer:
                     self.save_checkpoint()
         if main:
             self.finish()
+        D.close()
         return self.out
 
     def write_log(self) -> Path:
