@@ -3,7 +3,7 @@
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, final, parser, run, save, summarise, sweep
+from _common import base_config, final_rows, parser, save, summarise, sweep
 
 args = parser(__doc__).parse_args()
 rows = []
@@ -11,10 +11,7 @@ for classes in sweep((2, 4, 6, 8, 10), args):
     config, out = base_config(
         args, "03_classes", objectives=["cl", "nscl"], classes=classes, batch_size=128 if not args.full else 1024
     )
-    for seed in range(args.seeds):
-        for layer in ("encoder", "projector"):
-            last = final(run(config, out, f"C{classes}", seed), layer=layer)
-            rows.append({"classes": classes, "seed": seed, "layer": layer, "value": float(last["value"].iloc[0])})
+    rows += final_rows(config, out, f"C{classes}", args.seeds, classes=classes)
 table = pd.DataFrame(rows)
 ax = sns.pointplot(data=table, x="classes", y="value", hue="layer", errorbar="sd", capsize=0.1)
 ax.set(ylabel="final CKA(CL, NSCL)", xlabel="number of classes C'", title=f"classes ({args.seeds} seeds)")

@@ -4,7 +4,7 @@ with O(sqrt B) or less it holds or rises."""
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from _common import base_config, final, parser, run, save, summarise, sweep
+from _common import base_config, final_rows, parser, save, summarise, sweep
 
 args = parser(__doc__).parse_args()
 rows = []
@@ -20,9 +20,9 @@ for scaling in sweep(("linear", "sqrt", "fourth_root"), args):
             lr_scaling=scaling,
             epochs=args.epochs or 20,
         )
-        for seed in range(args.seeds):
-            last = final(run(config, out, f"B{batch}_{scaling}", seed))
-            rows.append({"batch_size": batch, "scaling": scaling, "seed": seed, "value": float(last["value"].iloc[0])})
+        rows += final_rows(
+            config, out, f"B{batch}_{scaling}", args.seeds, ("encoder",), batch_size=batch, scaling=scaling
+        )
 table = pd.DataFrame(rows)
 ax = sns.pointplot(data=table, x="batch_size", y="value", hue="scaling", errorbar="sd", capsize=0.1, dodge=0.2)
 ax.set(ylabel="final encoder CKA(CL, NSCL)", title=f"batch size x lr scaling ({args.seeds} seeds)")

@@ -91,6 +91,19 @@ def final(log: pd.DataFrame, measure: str = "linear_cka", layer: str = "encoder"
     return rows[rows["epoch"] == rows["epoch"].max()]
 
 
+def final_rows(
+    config: TrainConfig, out: Path, tag: str, seeds: int, layers=("encoder", "projector"), **labels
+) -> list[dict]:
+    """Train each seed once and return the final CL-NSCL CKA at every layer, tagged with ``labels``."""
+    rows = []
+    for seed in range(seeds):
+        log = run(config, out, tag, seed)
+        for layer in layers:
+            value = float(final(log, layer=layer)["value"].iloc[0])
+            rows.append({**labels, "seed": seed, "layer": layer, "value": value})
+    return rows
+
+
 def summarise(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
     """Mean, seed-to-seed standard deviation and count per group."""
     return table.groupby(by)[value].agg(["mean", "std", "count"]).reset_index()
