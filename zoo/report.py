@@ -123,7 +123,7 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         md += [
             f"Theory (arXiv 2510.08852, delta = 0.05): measured projector gap |Sigma_CL - Sigma_NSCL|_F = "
             f"{row['frobenius_gap']:.2f} on the reference set (the test split, at most {cfg.reference_samples} "
-               "samples); the bound is "
+            "samples); the bound is "
             f"{row['frobenius_gap_bound']:.3g}, which implies CKA >= {row['cka_bound_theory']:.3f} and RSA >= "
             f"{row['rsa_bound_theory']:.3f} (measured {row['linear_cka']:.3f} and {row['rsa']:.3f}). "
             "See theory.png.",

@@ -132,6 +132,7 @@ class Trainer:
         else:
             self.train_models = self.models
         self.epoch, self.step, self.log = 0, 0, []
+        self._features = None  # (epoch, reference features, bank features) of the last evaluation
         self.lr_sum = 0.0  # sum of the CL model's learning rates over the steps taken (the theory's sum eta_t)
 
     def _eval_loader(self, ds, cap):
@@ -227,19 +228,28 @@ class Trainer:
         self.epoch += 1
         return {run: s / self.steps_per_epoch for run, s in sums.items()}
 
+    def _reference_features(self):
+        """Encoder/projector features of the reference set and encoder features of the kNN bank, per run;
+        cached for the current epoch, so the final probes reuse the last evaluation's forward passes."""
+        if self._features is None or self._features[0] != self.epoch:
+            ref = {run: model_features(m, self.ref_loader, self.device) for run, m in self.models.items()}
+            bank = {
+                run: model_features(m, self.bank_loader, self.device, ["encoder"]) for run, m in self.models.items()
+            }
+            self._features = (self.epoch, ref, bank)
+        _, ref, bank = self._features
+        encoder = lambda feats: {r: (f["encoder"], y) for r, (f, y) in feats.items()}  # noqa: E731
+        return ref, encoder(bank), encoder(ref)
+
     def evaluate(self) -> list[dict]:
-        ref = {run: model_features(m, self.ref_loader, self.device) for run, m in self.models.items()}
-        bank = {run: model_features(m, self.bank_loader, self.device, ["encoder"]) for run, m in self.models.items()}
+        ref, bank, queries = self._reference_features()
         features = {run: f for run, (f, _) in ref.items()}
         rows = alignment_rows(features, self.models)
         if "nscl" in features:
             rows += theory_rows(
                 features["cl"]["projector"], self.lr_sum, self.step, self.cfg.batch_size, self.n_classes, self.cfg.tau
             )
-        rows += knn_rows(
-            {r: (f["encoder"], y) for r, (f, y) in bank.items()}, {r: (f["encoder"], y) for r, (f, y) in ref.items()}
-        )
-        return rows
+        return rows + knn_rows(bank, queries)
 
     def run(self, resume: bool = False) -> Path:
         cfg = self.cfg
@@ -287,13 +297,8 @@ class Trainer:
         if not self.cfg.final_probes:
             self.write_log()
             return
-        ref = {run: model_features(m, self.ref_loader, self.device, ["encoder"]) for run, m in self.models.items()}
-        bank = {run: model_features(m, self.bank_loader, self.device, ["encoder"]) for run, m in self.models.items()}
-        rows = final_probe_rows(
-            {r: (f["encoder"], y) for r, (f, y) in bank.items()},
-            {r: (f["encoder"], y) for r, (f, y) in ref.items()},
-            self.cfg.seed,
-        )
+        _, bank, queries = self._reference_features()
+        rows = final_probe_rows(bank, queries, self.cfg.seed)
         probes_path = atomic_write_text(self.out / "final_probes.csv", pd.DataFrame(rows).to_csv(index=False))
         written = [self.write_log(), probes_path, *write_report(self.out, self.cfg)]
         print("wrote:\n" + "\n".join(f"  {p}" for p in [*written, self.out / "models", self.out / "checkpoints"]))
