@@ -21,6 +21,7 @@ from .._validation import (
 )
 from .gram import center_columns, rbf_gram
 from .hsic import CrossMoments, LayerMoments, gram_hsic_grid, min_samples, moment_hsic_grid
+from .registry import register
 
 METHODS = ("auto", "feature", "gram")
 KERNELS = ("rbf", "linear")
@@ -152,3 +153,70 @@ def cka_grid(
     ys = xs if ys is None else as_feature_list(ys, "ys", need, varying=True)
     check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
     return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
+
+
+def linear_cka_from_moments(m, debiased: bool = False) -> Tensor:
+    """Biased linear CKA from centred scatter matrices: |S_xy|_F^2 / (|S_xx|_F |S_yy|_F)."""
+    if debiased:
+        raise ValueError("debiased CKA needs per-sample norms; stream it with StreamingLinearCKA(debiased=True)")
+    return m.sxy.pow(2).sum() / (m.sxx.norm() * m.syy.norm())
+
+
+_CKA_INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation")
+_KORNBLITH = "Kornblith et al. 2019, ICML; unbiased HSIC: Song et al. 2012"
+
+register(
+    "linear_cka",
+    fn=linear_cka,
+    family="cka",
+    larger_is_more_similar=True,
+    invariances=_CKA_INVARIANCES,
+    streaming=True,
+    from_moments=linear_cka_from_moments,
+    accumulator=lambda dtype=torch.float64, debiased=False, **_: _streaming_cka()(debiased=debiased, dtype=dtype),
+    cost="O(n d^2) or O(n^2 d), the cheaper",
+    identity_value=1.0,
+    grid=cka_grid,
+    reference=_KORNBLITH,
+)
+register(
+    "debiased_cka",
+    fn=linear_cka,
+    family="cka",
+    larger_is_more_similar=True,
+    invariances=_CKA_INVARIANCES,
+    streaming=True,
+    accumulator=lambda dtype=torch.float64, **_: _streaming_cka()(debiased=True, dtype=dtype),
+    cost="O(n d^2) or O(n^2 d), the cheaper",
+    identity_value=1.0,
+    grid=cka_grid,
+    defaults={"debiased": True},
+    reference=_KORNBLITH,
+)
+register(
+    "kernel_cka",
+    fn=kernel_cka,
+    family="cka",
+    larger_is_more_similar=True,
+    invariances=_CKA_INVARIANCES,
+    cost="O(n^2 d)",
+    identity_value=1.0,
+    reference=_KORNBLITH,
+)
+register(
+    "debiased_kernel_cka",
+    fn=kernel_cka,
+    family="cka",
+    larger_is_more_similar=True,
+    invariances=_CKA_INVARIANCES,
+    cost="O(n^2 d)",
+    identity_value=1.0,
+    defaults={"debiased": True},
+    reference=_KORNBLITH,
+)
+
+
+def _streaming_cka():  # imported late: streaming.py imports this module
+    from ..streaming import StreamingLinearCKA
+
+    return StreamingLinearCKA

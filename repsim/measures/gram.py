@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .._validation import as_features, check_same_samples, resolve_dtype
 from .hsic import double_center
+from .registry import register
 
 _ACC = torch.float64
 
@@ -120,3 +121,38 @@ def gram_gap(x: Tensor, y: Tensor) -> GramGap:
     cka_bound = ((1 - rho) / (1 + rho)).clamp_min(0)
     rsa_bound = torch.where(r < 1, (1 - r) / (1 + r), torch.full_like(r, -1.0))
     return GramGap(gap, rho, cka_bound, r, rsa_bound)
+
+
+def frobenius_gap(x: Tensor, y: Tensor) -> Tensor:
+    """|Sigma_x - Sigma_y|_F of the cosine-similarity matrices (see :func:`gram_gap`)."""
+    return gram_gap(x, y).frobenius_gap
+
+
+def cka_lower_bound(x: Tensor, y: Tensor) -> Tensor:
+    """max((1 - rho)/(1 + rho), 0), rho relative to ``x`` (see :func:`gram_gap`)."""
+    return gram_gap(x, y).cka_lower_bound
+
+
+_GAP_REFERENCE = "arXiv 2510.08852 (alignment of supervised and self-supervised CL)"
+register(
+    "frobenius_gap",
+    fn=frobenius_gap,
+    family="gram",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    cost="O(n^2 d)",
+    identity_value=0.0,
+    reference=_GAP_REFERENCE,
+)
+register(
+    "cka_lower_bound",
+    fn=cka_lower_bound,
+    family="gram",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    cost="O(n^2 d)",
+    symmetric=False,
+    identity_value=1.0,
+    reference=_GAP_REFERENCE,
+)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
 from .gram import squared_distances
+from .registry import register
 
 RDMS = ("cosine", "correlation", "euclidean")
 COMPARATORS = ("pearson", "spearman", "kendall")
@@ -160,3 +161,29 @@ def rsa_grid_validated(
     px = torch.stack([_prepared(a, compare, nm) for a, nm in zip(ax, names[0], strict=True)])
     py = px if by is ax else torch.stack([_prepared(b, compare, nm) for b, nm in zip(by, names[1], strict=True)])
     return px @ py.T
+
+
+register(
+    "rsa",
+    fn=rsa,
+    family="rsa",
+    larger_is_more_similar=True,
+    # with the default cosine RDM; rdm="euclidean" adds translation and loses isotropic scaling
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    cost="O(n^2 d + n^2 log n) (rank comparators)",
+    identity_value=1.0,
+    grid=rsa_grid,
+    reference="Kriegeskorte et al. 2008",
+)
+register(
+    "rsa_spearman",
+    fn=rsa,
+    family="rsa",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    cost="O(n^2 d + n^2 log n)",
+    identity_value=1.0,
+    grid=rsa_grid,
+    defaults={"compare": "spearman"},
+    reference="Kriegeskorte et al. 2008",
+)

@@ -1,0 +1,232 @@
+"""One registry for every measure: ``measure``, ``measure_grid``, ``list_measures``.
+
+Each family module registers its measures at import with :func:`register`, declaring what the
+measure is (similarity or distance, metric or not, the invariances it has, whether it streams
+exactly, its cost, what it needs). The tests read these declarations and check each one, so a
+declaration is a promise, not a comment.
+
+Invariances are of the *feature* space (the same map applied to every sample of one side):
+
+* ``orthogonal``: x -> x Q, Q orthogonal
+* ``isotropic_scaling``: x -> a x, a > 0
+* ``translation``: x -> x + b (one vector added to every sample)
+* ``permutation``: x -> x P, P a permutation of the features
+* ``invertible_linear``: x -> x A, A invertible
+* ``affine``: x -> x A + b, A invertible
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation", "invertible_linear", "affine")
+FAMILIES = ("cka", "rsa", "cca", "alignment", "rsm", "neighbours", "topology", "statistics", "functional", "gram")
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """What the registry knows about one measure."""
+
+    name: str
+    family: str
+    fn: Callable[..., Tensor]
+    """``fn(x, y, **options)`` -> float64 0-d tensor (validates its own inputs)."""
+    larger_is_more_similar: bool
+    metric: bool
+    """A distance satisfying the triangle inequality (on the equivalence classes of its invariances)."""
+    invariances: frozenset[str]
+    streaming: bool
+    """Exact from float64 second moments over batches (see :class:`repsim.StreamingMoments`)."""
+    cost: str
+    symmetric: bool = True
+    identity_value: float | None = None
+    """Value for identical inputs (1 for most similarities, 0 for distances); None if not fixed."""
+    needs_equal_widths: bool = False
+    needs_labels: bool = False
+    needs_outputs: bool = False
+    """Functional measure: inputs are model outputs (logits), not features."""
+    grid: Callable[..., Tensor] | None = None
+    """``grid(xs, ys, **options)`` -> (L, M) float64 tensor with per-layer work shared; ``ys=None`` = xs."""
+    from_moments: Callable[..., Tensor] | None = None
+    """``from_moments(m: Moments, **options)`` -> 0-d float64, for streaming measures; it takes the
+    subset of ``fn``'s options that matter to it (others, such as ``dtype``, are not passed)."""
+    accumulator: Callable[..., object] | None = None
+    """``accumulator(dtype=..., **options)`` -> an object with ``update(xs, ys)``/``compute()`` that
+    streams this measure exactly (for streaming measures whose state is not :class:`Moments`)."""
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    """Options fixed by this registry entry (aliases such as ``debiased_cka``)."""
+    reference: str = ""
+
+    def options(self) -> list[str]:
+        """The keyword options the measure takes (beyond x and y)."""
+        params = list(inspect.signature(self.fn).parameters.values())[2:]
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+_REGISTRY: dict[str, MeasureInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    larger_is_more_similar: bool,
+    metric: bool = False,
+    invariances: tuple[str, ...] | frozenset[str] = (),
+    streaming: bool = False,
+    cost: str,
+    symmetric: bool = True,
+    identity_value: float | None = None,
+    needs_equal_widths: bool = False,
+    needs_labels: bool = False,
+    needs_outputs: bool = False,
+    grid: Callable[..., Tensor] | None = None,
+    from_moments: Callable[..., Tensor] | None = None,
+    accumulator: Callable[..., object] | None = None,
+    defaults: Mapping[str, object] | None = None,
+    reference: str = "",
+    fn: Callable[..., Tensor] | None = None,
+):
+    """Register ``fn`` under ``name``; usable as a decorator (``@register("svcca", ...)``) or a call.
+
+    Raises at import time (a programming error, not a user one) for unknown families or
+    invariances and for duplicate names.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+    unknown = set(invariances) - set(INVARIANCES)
+    if unknown:
+        raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
+    if streaming and from_moments is None and accumulator is None:
+        raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
+
+    def add(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in _REGISTRY:
+            raise ValueError(f"measure {name!r} is registered twice")
+        _REGISTRY[name] = MeasureInfo(
+            name=name,
+            family=family,
+            fn=f,
+            larger_is_more_similar=larger_is_more_similar,
+            metric=metric,
+            invariances=frozenset(invariances),
+            streaming=streaming,
+            cost=cost,
+            symmetric=symmetric,
+            identity_value=identity_value,
+            needs_equal_widths=needs_equal_widths,
+            needs_labels=needs_labels,
+            needs_outputs=needs_outputs,
+            grid=grid,
+            from_moments=from_moments,
+            accumulator=accumulator,
+            defaults=dict(defaults or {}),
+            reference=reference,
+        )
+        return f
+
+    return add(fn) if fn is not None else add
+
+
+def get_measure(name: str) -> MeasureInfo:
+    """The registry entry of ``name``; a ValueError listing the registered names otherwise."""
+    _load_families()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown measure {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _options(info: MeasureInfo, options: dict) -> dict:
+    clash = sorted(set(options) & set(info.defaults))
+    if clash:
+        raise ValueError(f"{info.name} fixes {clash}; use the base measure to set them")
+    allowed = set(info.options())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"{info.name} takes no option(s) {unknown}; its options are {sorted(allowed)}")
+    return {**info.defaults, **options}
+
+
+def measure(name: str, x, y, **options) -> Tensor:
+    """The registered measure ``name`` between ``x`` (n, p) and ``y`` (n, q): a float64 0-d tensor.
+
+    Example:
+        >>> repsim.measure("svcca", x, y)
+        >>> repsim.measure("angular_shape", x, y, alpha=0.5)
+    """
+    info = get_measure(name)
+    return info.fn(x, y, **_options(info, options))
+
+
+def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
+    """``name`` between every layer of ``xs`` and every layer of ``ys``: an (L, M) float64 tensor.
+
+    ``xs``/``ys`` are lists (or dicts) of (n, d_l) tensors of the same samples; ``ys=None``
+    compares ``xs`` with itself. Per-layer work (centring, decompositions, neighbour lists) is
+    done once per layer where the measure has a batched grid.
+    """
+    from .._validation import as_feature_list
+
+    info = get_measure(name)
+    opts = _options(info, options)
+    if info.grid is not None:
+        return info.grid(xs, ys, **opts)
+    # Measures without a batched kernel (few, and said so in list_measures' "batched" column).
+    xs_list = as_feature_list(xs, "xs", 1)
+    ys_list = xs_list if ys is None else as_feature_list(ys, "ys", 1)
+    rows = [torch.stack([info.fn(x, y, **opts) for y in ys_list]) for x in xs_list]
+    return torch.stack(rows).to(torch.float64)
+
+
+def list_measures() -> pd.DataFrame:
+    """Every registered measure and its metadata, one row each, sorted by family and name."""
+    _load_families()
+    rows = []
+    for info in _REGISTRY.values():
+        row = {
+            "name": info.name,
+            "family": info.family,
+            "larger_is_more_similar": info.larger_is_more_similar,
+            "metric": info.metric,
+            "symmetric": info.symmetric,
+            "streaming": info.streaming,
+            "batched": info.grid is not None,
+            "cost": info.cost,
+            "needs_equal_widths": info.needs_equal_widths,
+            "needs_labels": info.needs_labels,
+            "needs_outputs": info.needs_outputs,
+            "identity_value": info.identity_value,
+            "options": ", ".join(info.options()),
+            "reference": info.reference,
+        }
+        row.update({f"inv_{inv}": inv in info.invariances for inv in INVARIANCES})
+        rows.append(row)
+    order = {f: i for i, f in enumerate(FAMILIES)}
+    df = pd.DataFrame(rows)
+    return df.sort_values(["family", "name"], key=lambda s: s.map(order) if s.name == "family" else s).reset_index(
+        drop=True
+    )
+
+
+def call_with_supported(fn: Callable[..., Tensor], *args, **options) -> Tensor:
+    """Call ``fn`` with the options its signature names (all of them if it takes ``**kwargs``)."""
+    params = inspect.signature(fn).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return fn(*args, **options)
+
+
+def registered_names() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def _load_families() -> None:
+    # Importing the package imports every family module, each of which registers its measures.
+    from .. import measures  # noqa: F401

@@ -1,0 +1,99 @@
+"""The registry's API and the shared moment accumulator (per-measure properties: test_measure_properties.py)."""
+
+import pytest
+import torch
+
+import repsim
+from repsim.measures.moments import StreamingMoments, moments_of
+
+from .conftest import related
+
+
+def test_list_measures_has_metadata_columns():
+    table = repsim.list_measures()
+    for col in (
+        "name",
+        "family",
+        "larger_is_more_similar",
+        "metric",
+        "streaming",
+        "batched",
+        "cost",
+        "needs_equal_widths",
+        "needs_labels",
+        "needs_outputs",
+        "inv_orthogonal",
+        "inv_affine",
+    ):
+        assert col in table.columns
+    assert {"linear_cka", "debiased_cka", "kernel_cka", "rsa"} <= set(table["name"])
+    assert table["name"].is_unique
+
+
+def test_unknown_measure_and_option_are_clear_errors(gen):
+    x, y = related(gen)
+    with pytest.raises(ValueError, match="unknown measure 'nope'; registered:"):
+        repsim.measure("nope", x, y)
+    with pytest.raises(ValueError, match="takes no option"):
+        repsim.measure("linear_cka", x, y, sigma=1.0)
+    with pytest.raises(ValueError, match="fixes"):
+        repsim.measure("debiased_cka", x, y, debiased=False)
+
+
+def test_alias_equals_base_with_option(gen):
+    x, y = related(gen)
+    assert repsim.measure("debiased_cka", x, y) == repsim.linear_cka(x, y, debiased=True)
+    grid = repsim.measure_grid("debiased_cka", [x, y], [y])
+    assert torch.allclose(grid[:, 0], torch.stack([repsim.linear_cka(x, y, debiased=True), torch.tensor(1.0).double()]))
+
+
+def test_grid_fallback_loops_over_pairs(gen):
+    x, y = related(gen)
+    grid = repsim.measure_grid("kernel_cka", [x, y], [y])
+    assert grid.shape == (2, 1) and grid.dtype == torch.float64
+    assert torch.allclose(grid[0, 0], repsim.kernel_cka(x, y))
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_streaming_moments_equal_one_shot_with_large_offset(gen, same):
+    x, y = related(gen, n=150)
+    x, y = torch.relu(x) + 1000.0, y + 500.0
+    acc = StreamingMoments()
+    for i in range(0, 150, 23):  # uneven batches
+        acc.update([x[i : i + 23], y[i : i + 23]], None if same else [y[i : i + 23]])
+    m = acc.moments(0, 1 if same else 0)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    assert m.n == 150
+    assert torch.allclose(m.sxx, xc.T @ xc, rtol=1e-10, atol=1e-8)
+    assert torch.allclose(m.sxy, xc.T @ yc, rtol=1e-10, atol=1e-8)
+    assert torch.allclose(m.mean_x, x.mean(0), rtol=1e-12)
+    assert torch.allclose(m.norm_sum_x, x.norm(dim=1).sum(), rtol=1e-12)
+    assert torch.allclose(acc.compute("linear_cka")[0, -1], repsim.linear_cka(x, y), rtol=0, atol=1e-10)
+
+
+def test_streaming_moments_merge_equals_single_pass(gen):
+    x, y = related(gen, n=90)
+    whole, a, b = StreamingMoments(), StreamingMoments(), StreamingMoments()
+    whole.update(x, y)
+    a.update(x[:31], y[:31])
+    b.update(x[31:], y[31:])
+    a.merge(b)
+    for u, v in zip(
+        (a.moments().sxx, a.moments().syy, a.moments().sxy),
+        (whole.moments().sxx, whole.moments().syy, whole.moments().sxy),
+        strict=True,
+    ):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-10)
+    assert torch.allclose(moments_of(x, y).sxy, whole.moments().sxy)
+
+
+def test_streaming_moments_refuses_non_moment_measure_and_empty(gen):
+    acc = StreamingMoments()
+    with pytest.raises(ValueError, match="no samples"):
+        acc.moments()
+    x, y = related(gen)
+    acc.update(x, y)
+    with pytest.raises(ValueError, match="all samples at once"):
+        acc.compute("rsa")
+    with pytest.raises(ValueError, match="own accumulator"):
+        acc.compute("debiased_cka")
