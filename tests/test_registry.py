@@ -97,3 +97,16 @@ def test_streaming_moments_refuses_non_moment_measure_and_empty(gen):
         acc.compute("rsa")
     with pytest.raises(ValueError, match="own accumulator"):
         acc.compute("debiased_cka")
+
+
+def test_choosing_guide_table_is_current():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "registry_table", Path(__file__).parent.parent / "scripts" / "registry_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.PAGE.read_text()
+    assert module.render(text) == text, "run: python scripts/registry_table.py"

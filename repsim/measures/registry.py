@@ -230,3 +230,31 @@ def registered_names() -> list[str]:
 def _load_families() -> None:
     # Importing the package imports every family module, each of which registers its measures.
     from .. import measures  # noqa: F401
+
+
+def registry_markdown() -> str:
+    """The registry as a Markdown table (what docs/guide/choosing.md embeds; a test keeps them equal)."""
+    table = list_measures()
+    short = {"orthogonal": "O", "isotropic_scaling": "S", "translation": "T", "permutation": "P",
+             "invertible_linear": "IL", "affine": "A"}  # fmt: skip
+    lines = [
+        "| measure | family | kind | metric | invariances | streaming | batched grid | cost | needs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples(index=False):
+        invs = " ".join(code for inv, code in short.items() if getattr(row, f"inv_{inv}")) or "none"
+        needs = [
+            what
+            for flag, what in (
+                (row.needs_equal_widths, "equal widths"),
+                (row.needs_labels, "labels"),
+                (row.needs_outputs, "model outputs"),
+            )
+            if flag
+        ]
+        lines.append(
+            f"| `{row.name}` | {row.family} | {'similarity' if row.larger_is_more_similar else 'distance'} "
+            f"| {'yes' if row.metric else 'no'} | {invs} | {'exact' if row.streaming else 'capped'} "
+            f"| {'yes' if row.batched else 'loop'} | {row.cost} | {', '.join(needs) or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
