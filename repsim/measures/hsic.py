@@ -212,13 +212,17 @@ def _block_sq_norms(m: Tensor, row_sizes: list[int], col_sizes: list[int]) -> Te
     """|M_lm|_F^2 of every block, accumulated in float64 without a full-size float64 copy."""
     rows = [0, *torch.tensor(row_sizes).cumsum(0).tolist()]
     cols = [0, *torch.tensor(col_sizes).cumsum(0).tolist()]
-    return torch.stack([
-        torch.stack([
-            torch.linalg.vector_norm(m[rows[i] : rows[i + 1], cols[j] : cols[j + 1]], dtype=_ACC) ** 2
-            for j in range(len(col_sizes))
-        ])
-        for i in range(len(row_sizes))
-    ])
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.linalg.vector_norm(m[rows[i] : rows[i + 1], cols[j] : cols[j + 1]], dtype=_ACC) ** 2
+                    for j in range(len(col_sizes))
+                ]
+            )
+            for i in range(len(row_sizes))
+        ]
+    )
 
 
 def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, estimator: str) -> Tensor:

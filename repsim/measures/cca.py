@@ -1,0 +1,173 @@
+"""The CCA family: mean CCA, SVCCA, PWCCA, all exact from second moments.
+
+With centred scatter matrices S_xx, S_yy, S_xy, the canonical correlations rho_1 >= rho_2 >= ...
+are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} (Hotelling 1936). Inverse square roots
+come from float64 eigendecompositions of the d x d scatters, with directions whose variance is
+below 1e-10 of the largest dropped (rank deficiency; whitening them would amplify rounding).
+
+The CCA family is invariant to every invertible linear map of either side, which is why it needs
+many more samples than features: with n <= rank(x) + rank(y) there is always a perfect linear
+match and every canonical correlation is 1. The measures refuse that case instead of returning
+a meaningless 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _moment_grid as mg
+from .registry import register
+
+_RAGHU = "Raghu et al. 2017, SVCCA (NeurIPS)"
+_MORCOS = "Morcos et al. 2018, Insights on representational similarity (NeurIPS)"
+
+
+class _Whitened(NamedTuple):
+    basis: Tensor  # (d, k) eigenvectors kept
+    inv_sqrt: Tensor  # (k,) lambda^{-1/2}
+    scatter: Tensor  # (d, d), for PWCCA's weights
+
+
+def _whiten(s: Tensor, n: int, variance: float | None = None, **_) -> _Whitened:
+    vals, vecs = mg.eigh_kept(s)
+    if variance is not None:  # SVCCA: the leading principal directions explaining `variance`
+        share = vals.cumsum(0) / vals.sum()
+        k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype, device=share.device))) + 1
+        vals, vecs = vals[:k], vecs[:, :k]
+    return _Whitened(vecs, vals.rsqrt(), s)
+
+
+def _check_rank(px: _Whitened, py: _Whitened, n: int) -> None:
+    kx, ky = px.inv_sqrt.numel(), py.inv_sqrt.numel()
+    if n <= kx + ky:
+        raise ValueError(
+            f"CCA needs more samples than the two ranks together: n = {n} but x has rank {kx} and y rank {ky}, "
+            "so every canonical correlation would be 1; use more samples, reduce the widths "
+            "(e.g. svcca, which keeps the leading principal components) or a measure without this need (linear_cka)"
+        )
+
+
+def _canonical(px: _Whitened, py: _Whitened, sxy: Tensor, n: int):
+    """SVD of the whitened cross-covariance: (U, rho, V) with rho descending, clipped to [0, 1]."""
+    _check_rank(px, py, n)
+    core = (px.basis * px.inv_sqrt).T @ sxy @ (py.basis * py.inv_sqrt)
+    u, rho, vh = torch.linalg.svd(core, full_matrices=False)
+    # rho <= 1 exactly; rounding can exceed it by ~1e-15
+    return u, rho.clamp(0.0, 1.0), vh
+
+
+def _mean_rho(px, py, sxy, n, **_) -> Tensor:
+    return _canonical(px, py, sxy, n)[1].mean()
+
+
+def _pwcca_pair(px: _Whitened, py: _Whitened, sxy: Tensor, n: int, **_) -> Tensor:
+    u, rho, _ = _canonical(px, py, sxy, n)
+    # Canonical weights of x: w_i = S_xx^{-1/2} u_i, variates h_i = Xc w_i; Morcos et al.'s weight
+    # alpha_i = sum_j |<h_i, x_j>| over x's neurons x_j, and <h_i, x_j> = (S_xx w_i)_j.
+    w = (px.basis * px.inv_sqrt) @ u
+    alpha = (px.scatter @ w).abs().sum(0)
+    return (alpha * rho).sum() / alpha.sum()
+
+
+def _check_variance(variance: float) -> None:
+    if not 0 < variance <= 1:
+        raise ValueError(f"variance must be in (0, 1] (the share of variance SVCCA keeps), got {variance}")
+
+
+def mean_cca(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Mean canonical correlation (1/k) sum_i rho_i, k = min(rank x, rank y).
+
+    rho_i are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} of the centred features
+    (Hotelling 1936; used for networks by Raghu et al. 2017). Needs n > rank(x) + rank(y).
+    Invariant to invertible linear maps and translations of either side. Exact from moments.
+    """
+    x, y = mg.validated_pair(x, y)
+    return mg.one_shot(x, y, dtype, _whiten, _mean_rho)
+
+
+def svcca(x: Tensor, y: Tensor, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
+    """SVCCA (Raghu et al. 2017): PCA of each side keeping the leading components that explain
+    ``variance`` of its variance, then the mean canonical correlation of the two reductions.
+
+    The number of components kept is the smallest k with sum_{i<=k} lambda_i >= variance *
+    sum lambda_i. (ReSi's implementation compares a normalised cumulative sum with 0.99 times the
+    total and so keeps a single component; this is the published rule.) Invariant to
+    orthogonal maps, isotropic scaling and translation, not to general linear maps (the PCA step
+    depends on the metric). Exact from moments.
+    """
+    _check_variance(variance)
+    x, y = mg.validated_pair(x, y)
+    return mg.one_shot(x, y, dtype, _whiten, _mean_rho, variance=variance)
+
+
+def pwcca(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Projection-weighted CCA (Morcos et al. 2018): sum_i alpha_i rho_i / sum_i alpha_i.
+
+    alpha_i = sum_j |<h_i, x_j>|: how much of ``x``'s centred neurons x_j the canonical variate
+    h_i of ``x`` accounts for; so PWCCA is not symmetric (``x`` is the reference). Works for
+    either side being wider (google/svcca raised when the first input was wider). Activations are
+    centred before weighting (ReSi weights with uncentred activations). Exact from moments:
+    <h_i, x_j> = (S_xx w_i)_j for the canonical weights w_i.
+    """
+    x, y = mg.validated_pair(x, y)
+    return mg.one_shot(x, y, dtype, _whiten, _pwcca_pair)
+
+
+def _mean_cca_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
+    return mg.grid(xs, ys, dtype, _whiten, _mean_rho)
+
+
+def _svcca_grid(xs, ys=None, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
+    _check_variance(variance)
+    return mg.grid(xs, ys, dtype, _whiten, _mean_rho, variance=variance)
+
+
+def _pwcca_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
+    return mg.grid(xs, ys, dtype, _whiten, _pwcca_pair)
+
+
+_COST = "O(n d^2 + d^3)"
+register(
+    "mean_cca",
+    fn=mean_cca,
+    family="cca",
+    larger_is_more_similar=True,
+    invariances=("invertible_linear", "affine"),
+    streaming=True,
+    from_moments=lambda m: mg.from_moments(m, _whiten, _mean_rho),
+    cost=_COST,
+    identity_value=1.0,
+    grid=_mean_cca_grid,
+    reference="Hotelling 1936; " + _RAGHU,
+)
+register(
+    "svcca",
+    fn=svcca,
+    family="cca",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
+    streaming=True,
+    from_moments=lambda m, variance=0.99: mg.from_moments(m, _whiten, _mean_rho, variance=variance),
+    cost=_COST,
+    identity_value=1.0,
+    grid=_svcca_grid,
+    reference=_RAGHU,
+)
+register(
+    "pwcca",
+    fn=pwcca,
+    family="cca",
+    larger_is_more_similar=True,
+    # the weights are sums of |.| over x's neurons: a rotation of x changes them (of y it does not)
+    invariances=("isotropic_scaling", "translation", "permutation"),
+    streaming=True,
+    from_moments=lambda m: mg.from_moments(m, _whiten, _pwcca_pair),
+    cost=_COST,
+    symmetric=False,
+    identity_value=1.0,
+    grid=_pwcca_grid,
+    reference=_MORCOS,
+)
