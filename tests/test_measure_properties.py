@@ -177,7 +177,7 @@ def test_grid_equals_pairwise_loop(name):
     x, y, kwargs, g = _data(3, name)
     x2 = x + 0.5 * torch.randn(x.shape, generator=g, dtype=x.dtype)
     y2 = y[:, : y.shape[1]] * 2 + torch.randn(y.shape, generator=g, dtype=y.dtype)
-    if info.needs_equal_widths:
+    if info.needs_equal_widths or info.needs_outputs:
         xs, ys = [x, x2], [y, y2]
     else:
         xs, ys = [x, x2[:, :3]], [y, y2, x]

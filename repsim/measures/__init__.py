@@ -16,11 +16,14 @@ from .alignment import (
 )
 from .cca import mean_cca, pwcca, svcca
 from .cka import cka_grid, kernel_cka, linear_cka
+from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
 from .moments import Moments, StreamingMoments, moments_of
 from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, register
 from .rsa import average_ranks, kendall_tau_a, rdm, rsa, rsa_grid
+from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
+from .statistics import concentricity_difference, magnitude_difference, uniformity_difference
 
 __all__ = [
     "INVARIANCES",
@@ -28,22 +31,30 @@ __all__ = [
     "MeasureInfo",
     "Moments",
     "StreamingMoments",
+    "abs_acc_diff",
     "aligned_cosine",
     "angular_shape",
     "average_ranks",
     "cka_grid",
     "cka_lower_bound",
+    "concentricity_difference",
     "cosine_similarity_matrix",
+    "disagreement",
+    "distance_correlation",
+    "eigenspace_overlap",
     "frobenius_gap",
     "get_measure",
     "gram_gap",
+    "gulp",
     "hard_correlation_match",
     "hsic",
+    "jsd",
     "kendall_tau_a",
     "kernel_cka",
     "linear_cka",
     "linear_regression",
     "list_measures",
+    "magnitude_difference",
     "mean_cca",
     "measure",
     "measure_grid",
@@ -57,6 +68,8 @@ __all__ = [
     "register",
     "rsa",
     "rsa_grid",
+    "rsm_norm_difference",
     "soft_correlation_match",
     "svcca",
+    "uniformity_difference",
 ]
