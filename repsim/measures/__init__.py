@@ -20,6 +20,7 @@ from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
 from .moments import Moments, StreamingMoments, moments_of
+from .neighbours import cknna, cycle_knn, jaccard_knn, knn_indices, mutual_knn, rank_similarity, second_order_cosine
 from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, register
 from .rsa import average_ranks, kendall_tau_a, rdm, rsa, rsa_grid
 from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
@@ -37,8 +38,10 @@ __all__ = [
     "average_ranks",
     "cka_grid",
     "cka_lower_bound",
+    "cknna",
     "concentricity_difference",
     "cosine_similarity_matrix",
+    "cycle_knn",
     "disagreement",
     "distance_correlation",
     "eigenspace_overlap",
@@ -48,9 +51,11 @@ __all__ = [
     "gulp",
     "hard_correlation_match",
     "hsic",
+    "jaccard_knn",
     "jsd",
     "kendall_tau_a",
     "kernel_cka",
+    "knn_indices",
     "linear_cka",
     "linear_regression",
     "list_measures",
@@ -59,16 +64,19 @@ __all__ = [
     "measure",
     "measure_grid",
     "moments_of",
+    "mutual_knn",
     "permutation_procrustes",
     "procrustes",
     "procrustes_size_shape",
     "pwcca",
+    "rank_similarity",
     "rbf_gram",
     "rdm",
     "register",
     "rsa",
     "rsa_grid",
     "rsm_norm_difference",
+    "second_order_cosine",
     "soft_correlation_match",
     "svcca",
     "uniformity_difference",

@@ -1,0 +1,313 @@
+"""Neighbourhood measures: do two representations put the same samples next to each other?
+
+Neighbours are by cosine similarity (ReSi's and the platonic-representation paper's default):
+N_k(i) is the set of the k samples j != i with the largest cos(x_i, x_j). Lists come from a
+blocked ``topk`` over row blocks, so the n x n similarity matrix never has to exist at once,
+and the sample itself is excluded by its index (not by assuming it is its own first neighbour,
+which duplicated samples break). Ties (exactly equal similarities) are ordered as
+``torch.topk`` returns them.
+
+In a layer grid each layer's neighbour lists are computed once; the overlaps of all L x M pairs
+are batched comparisons of (n, k) index lists. Nothing here streams: neighbours need all rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from .registry import register
+
+_ACC = torch.float64
+_RESI = "Klabunde et al. 2025, ReSi (ICLR)"
+_HUH = "Huh et al. 2024, The platonic representation hypothesis (ICML)"
+
+
+def _unit_rows(x: Tensor, name: str, dtype) -> Tensor:
+    x64 = x.to(_ACC)
+    norms = x64.norm(dim=1, keepdim=True)
+    if bool((norms <= 1e-12 * norms.max()).any()):
+        raise ValueError(f"{name} has all-zero rows, whose cosine similarity to anything is undefined")
+    return (x64 / norms).to(resolve_dtype(dtype, x))
+
+
+def knn_indices(z: Tensor, k: int, block_size: int = 4096) -> Tensor:
+    """(n, k) indices of each row's k most cosine-similar other rows (rows of ``z`` unit length), nearest first."""
+    n = z.shape[0]
+    out = torch.empty(n, k, dtype=torch.long, device=z.device)
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        sims = z[start:stop] @ z.T
+        rows = torch.arange(stop - start, device=z.device)
+        sims[rows, rows + start] = -math.inf  # exclude the sample itself, by index
+        out[start:stop] = sims.topk(k, dim=1).indices
+    return out
+
+
+def _check_k(k: int, n: int, minimum: int = 1) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < minimum:
+        raise ValueError(f"k must be an integer >= {minimum} (the number of neighbours), got {k!r}")
+    if k >= n:
+        raise ValueError(f"k = {k} neighbours need at least k + 1 = {k + 1} samples, got n = {n}; lower k")
+
+
+class _Layer:
+    """One layer's unit rows and neighbour lists, shared by every pair it takes part in."""
+
+    def __init__(self, x: Tensor, name: str, k: int, dtype, block_size: int) -> None:
+        self.z = _unit_rows(x, name, dtype)
+        self.knn = knn_indices(self.z, k, block_size)
+
+
+def _layers(xs, ys, k: int, dtype, block_size: int, min_samples: int = 2):
+    xs = as_feature_list(xs, "xs", min_samples, varying=True)
+    ys_list = xs if ys is None else as_feature_list(ys, "ys", min_samples, varying=True)
+    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    _check_k(k, xs[0].shape[0])
+    lx = [_Layer(x, f"xs[{i}]", k, dtype, block_size) for i, x in enumerate(xs)]
+    ly = lx if ys is None else [_Layer(y, f"ys[{j}]", k, dtype, block_size) for j, y in enumerate(ys_list)]
+    return lx, ly
+
+
+def _matches(a: Tensor, b: Tensor) -> Tensor:
+    """(..., n, k, k) boolean: a[..., i, r] == b[..., i, s] (neighbour lists hold distinct indices)."""
+    return a[..., :, :, None] == b[..., :, None, :]
+
+
+def _pairwise_lists(lx, ly) -> tuple[Tensor, Tensor]:
+    """Neighbour lists broadcast over the grid: (L, 1, n, k) and (1, M, n, k)."""
+    return torch.stack([layer.knn for layer in lx])[:, None], torch.stack([layer.knn for layer in ly])[None]
+
+
+def _grid_from(per_pair_stat):
+    def grid(xs, ys=None, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+        lx, ly = _layers(xs, ys, k, dtype, block_size)
+        return per_pair_stat(lx, ly, k).to(_ACC)
+
+    return grid
+
+
+def _single(grid_fn):
+    def one(x, y, **opts):
+        x, y = as_features(x, "x", 2, varying=True), as_features(y, "y", 2, varying=True)
+        check_same_samples(x, y)
+        return grid_fn([x], [y], **opts)[0, 0]
+
+    return one
+
+
+# -------------------------------------------------------------------------------- overlap measures
+def _jaccard(lx, ly, k):
+    a, b = _pairwise_lists(lx, ly)
+    common = _matches(a, b).sum((-2, -1)).to(_ACC)  # (L, M, n)
+    return (common / (2 * k - common)).mean(-1)
+
+
+def _mutual(lx, ly, k):
+    a, b = _pairwise_lists(lx, ly)
+    return (_matches(a, b).sum((-2, -1)).to(_ACC) / k).mean(-1)
+
+
+def _rank(lx, ly, k):
+    a, b = _pairwise_lists(lx, ly)
+    eq = _matches(a, b)  # (L, M, n, k, k): rank r in x's list equals rank s in y's list
+    r = torch.arange(1, k + 1, device=eq.device, dtype=_ACC)
+    weight = 2.0 / ((1 + (r[:, None] - r[None, :]).abs()) * (r[:, None] + r[None, :]))
+    score = (eq * weight).sum((-2, -1))
+    common = eq.sum((-2, -1))
+    harmonic = torch.cat([torch.zeros(1, dtype=_ACC, device=eq.device), (1.0 / r).cumsum(0)])
+    norm = harmonic[common]
+    return torch.where(common > 0, score / norm.clamp_min(1e-300), torch.zeros_like(score)).mean(-1)
+
+
+def _cycle(lx, ly, k):
+    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].knn.device)
+    n = lx[0].knn.shape[0]
+    self_index = torch.arange(n, device=out.device)[:, None, None]
+    for i, a in enumerate(lx):
+        for j, b in enumerate(ly):
+            # i -> its neighbours j in y -> their neighbours in x: does the cycle come back to i?
+            back = a.knn[b.knn]  # (n, k, k)
+            out[i, j] = (back == self_index).flatten(1).any(1).to(_ACC).mean()
+    return out
+
+
+def _second_order(lx, ly, k):
+    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].knn.device)
+    for i, a in enumerate(lx):
+        for j, b in enumerate(ly):
+            # the union of both lists: x's k neighbours, then y's that x's list lacks (weight 0 for repeats)
+            joint = torch.cat([a.knn, b.knn], dim=1)  # (n, 2k)
+            keep = torch.cat([torch.ones_like(a.knn, dtype=torch.bool), ~_matches(b.knn, a.knn).any(-1)], dim=1)
+            sx = (a.z[:, None, :] * a.z[joint]).sum(-1).to(_ACC) * keep
+            sy = (b.z[:, None, :] * b.z[joint]).sum(-1).to(_ACC) * keep
+            cos = (sx * sy).sum(1) / (sx.norm(dim=1) * sy.norm(dim=1)).clamp_min(1e-300)
+            out[i, j] = cos.mean()
+    return out
+
+
+def jaccard_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+    """Mean Jaccard similarity of the k-NN sets: mean_i |N_k(i) ∩ N'_k(i)| / |N_k(i) ∪ N'_k(i)| (ReSi).
+
+    Cosine neighbours; invariant to rotations, isotropic scaling and feature permutations, not to
+    translation. O(n^2 d) time, O(block_size n) memory.
+    """
+    return _single(_grid_from(_jaccard))(x, y, k=k, block_size=block_size, dtype=dtype)
+
+
+def mutual_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+    """Mutual k-NN alignment of the platonic-representation paper: mean_i |N_k(i) ∩ N'_k(i)| / k.
+
+    Neighbours by cosine similarity (the paper L2-normalises features and ranks inner products).
+    """
+    return _single(_grid_from(_mutual))(x, y, k=k, block_size=block_size, dtype=dtype)
+
+
+def rank_similarity(
+    x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Rank similarity (Wang et al. 2022, as defined in ReSi's survey): neighbours shared by both
+    lists, weighted by how high and how equally they rank.
+
+    For sample i with common neighbours C_i = N_k(i) ∩ N'_k(i) and 1-based ranks r_j, r'_j:
+    v_i = [sum_{j in C_i} 2 / ((1 + |r_j - r'_j|)(r_j + r'_j))] / sum_{m=1}^{|C_i|} 1/m  (0 if C_i is empty);
+    the measure is mean_i v_i, in [0, 1].
+    """
+    return _single(_grid_from(_rank))(x, y, k=k, block_size=block_size, dtype=dtype)
+
+
+def cycle_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+    """Cycle k-NN (Huh et al. 2024): the fraction of samples i for which some neighbour j of i in y
+    has i among its neighbours in x (i -> N'_k(i) -> N_k(j) returns to i). Not symmetric."""
+    return _single(_grid_from(_cycle))(x, y, k=k, block_size=block_size, dtype=dtype)
+
+
+def second_order_cosine(
+    x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Second-order cosine similarity (Hamilton et al. 2016).
+
+    For each sample i, with U_i = N_k(i) ∪ N'_k(i): the cosine similarity between the vectors
+    (cos(x_i, x_j))_{j in U_i} and (cos(y_i, y_j))_{j in U_i}; averaged over i. These are
+    cosine *similarities*, as published (ReSi uses cosine distances in the vectors).
+    """
+    return _single(_grid_from(_second_order))(x, y, k=k, block_size=block_size, dtype=dtype)
+
+
+# -------------------------------------------------------------------------------- CKNNA
+def _masked_kernel(layer: _Layer) -> tuple[Tensor, Tensor]:
+    n = layer.z.shape[0]
+    mask = torch.zeros(n, n, dtype=torch.bool, device=layer.z.device)
+    mask.scatter_(1, layer.knn, True)
+    return (layer.z @ layer.z.T).to(_ACC), mask
+
+
+def _song_hsic(k: Tensor, l: Tensor) -> Tensor:
+    """Song et al.'s unbiased HSIC of zero-diagonal (possibly non-symmetric) kernels, with tr(K L)."""
+    n = k.shape[0]
+    return ((k * l.T).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k.sum(0) @ l.sum(1))) / (
+        n * (n - 3)
+    )
+
+
+def _cknna(lx, ly, k):
+    kx = [_masked_kernel(a) for a in lx]
+    ky = kx if ly is lx else [_masked_kernel(b) for b in ly]
+    self_x = [_song_hsic(g * m, g * m) for g, m in kx]
+    self_y = self_x if ly is lx else [_song_hsic(g * m, g * m) for g, m in ky]
+    for name, values in (("x", self_x), ("y", self_y)):
+        if any(not bool(v > 0) for v in values):
+            raise ValueError(
+                f"CKNNA is undefined: the masked self-similarity of {name} is not positive (too few samples or "
+                "neighbours); use more samples or a larger k"
+            )
+    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].z.device)
+    for i, (ga, ma) in enumerate(kx):
+        for j, (gb, mb) in enumerate(ky):
+            both = ma & mb
+            out[i, j] = _song_hsic(ga * both, gb * both) / (self_x[i] * self_y[j]).sqrt()
+    return out
+
+
+def _cknna_grid(xs, ys=None, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+    _check_k(k, 10**18, minimum=2)
+    lx, ly = _layers(xs, ys, k, dtype, block_size, min_samples=4)
+    return _cknna(lx, ly, k)
+
+
+def cknna(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+    """CKNNA (Huh et al. 2024): CKA restricted to pairs that are mutual k-nearest neighbours.
+
+    K = Z_x Z_x^T, L = Z_y Z_y^T of the unit rows; M_ij = 1 if j is among i's k nearest neighbours
+    in both x and y. CKNNA = HSIC_u(M∘K, M∘L) / sqrt(HSIC_u(M_x∘K, M_x∘K) HSIC_u(M_y∘L, M_y∘L)) with
+    Song et al.'s unbiased HSIC. Because the kNN relation is not symmetric, neither are the masked
+    kernels nor (slightly) the measure: cknna(x, y) != cknna(y, x) in general. No epsilon is
+    added to the denominator (the paper's code adds 1e-6); an undefined value is refused. O(n^2) memory per layer.
+    """
+    x, y = as_features(x, "x", 4, varying=True), as_features(y, "y", 4, varying=True)
+    check_same_samples(x, y)
+    return _cknna_grid([x], [y], k=k, block_size=block_size, dtype=dtype)[0, 0]
+
+
+_COSINE_KNN = ("orthogonal", "isotropic_scaling", "permutation")
+_KNN_COST = "O(n^2 d), O(block_size n) memory"
+_NEIGHBOURS = {"family": "neighbours", "larger_is_more_similar": True, "invariances": _COSINE_KNN}
+register(
+    "jaccard_knn",
+    fn=jaccard_knn,
+    cost=_KNN_COST,
+    identity_value=1.0,
+    grid=_grid_from(_jaccard),
+    reference=_RESI,
+    **_NEIGHBOURS,
+)
+register(
+    "second_order_cosine",
+    fn=second_order_cosine,
+    cost=_KNN_COST,
+    identity_value=1.0,
+    grid=_grid_from(_second_order),
+    reference="Hamilton et al. 2016, Cultural shift or linguistic drift? (EMNLP); " + _RESI,
+    **_NEIGHBOURS,
+)
+register(
+    "rank_similarity",
+    fn=rank_similarity,
+    cost=_KNN_COST,
+    identity_value=1.0,
+    grid=_grid_from(_rank),
+    reference="Wang et al. 2022; " + _RESI,
+    **_NEIGHBOURS,
+)
+register(
+    "mutual_knn",
+    fn=mutual_knn,
+    cost=_KNN_COST,
+    identity_value=1.0,
+    grid=_grid_from(_mutual),
+    reference=_HUH,
+    **_NEIGHBOURS,
+)
+register(
+    "cycle_knn",
+    fn=cycle_knn,
+    cost=_KNN_COST,
+    symmetric=False,
+    identity_value=None,  # kNN is not a symmetric relation: even cycle_knn(x, x) can be below 1
+    grid=_grid_from(_cycle),
+    reference=_HUH,
+    **_NEIGHBOURS,
+)
+register(
+    "cknna",
+    fn=cknna,
+    cost="O(n^2 d), O(n^2) memory",
+    symmetric=False,  # the kNN masks are not symmetric, and 1^T K L 1 uses K's column and L's row sums
+    identity_value=1.0,
+    grid=_cknna_grid,
+    reference=_HUH,
+    **_NEIGHBOURS,
+)
