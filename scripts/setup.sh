@@ -16,7 +16,7 @@ want=$( (cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"}; ls -d */__init__.py)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test]"
+    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology]"
     echo "$want" > "$stamp"
 fi
 # Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).

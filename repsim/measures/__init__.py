@@ -25,6 +25,7 @@ from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, meas
 from .rsa import average_ranks, kendall_tau_a, rdm, rsa, rsa_grid
 from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
 from .statistics import concentricity_difference, magnitude_difference, uniformity_difference
+from .topology import imd, rtd
 
 __all__ = [
     "INVARIANCES",
@@ -51,6 +52,7 @@ __all__ = [
     "gulp",
     "hard_correlation_match",
     "hsic",
+    "imd",
     "jaccard_knn",
     "jsd",
     "kendall_tau_a",
@@ -76,6 +78,7 @@ __all__ = [
     "rsa",
     "rsa_grid",
     "rsm_norm_difference",
+    "rtd",
     "second_order_cosine",
     "soft_correlation_match",
     "svcca",
