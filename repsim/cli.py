@@ -12,10 +12,10 @@ from torch import nn
 
 from ._io import atomic_save_figure, atomic_write_text
 from .checkpoints import build_arch, load_model
-from .compare import MEASURES, compare
+from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
 from .hooks import default_layers
-from .many import MANY_MEASURES, compare_many
+from .many import compare_many, many_measures
 
 
 def input_channels(model: nn.Module) -> int | None:
@@ -141,7 +141,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, help="architecture of B when it differs from A")
     p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
     p.add_argument("--layers-b", default=None)
-    p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=MEASURES)
+    p.add_argument(
+        "--measures",
+        nargs="+",
+        default=["linear_cka", "debiased_cka", "rsa"],
+        choices=available_measures(),
+        metavar="MEASURE",
+        help="any of `repsim.list_measures()` (default: %(default)s)",
+    )
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures")
     _data_args(p)
     p.set_defaults(func=cmd_compare)
@@ -150,7 +157,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--arch", required=True)
     p.add_argument("--layer", required=True)
-    p.add_argument("--measure", default="linear_cka", choices=list(MANY_MEASURES))
+    p.add_argument(
+        "--measure",
+        default="linear_cka",
+        choices=many_measures(),
+        metavar="MEASURE",
+        help="any measure of representations in `repsim.list_measures()` (default: %(default)s)",
+    )
     p.add_argument("--cache", default=None, help="folder to cache extracted features in")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,34 +13,18 @@ from torch import Tensor, nn
 
 from ._io import atomic_write_text
 from .features import _to, eval_mode, progress_batches, resolve_device
-from .hooks import FeatureHooks, Pool, default_layers, forward_features
-from .measures.cka import kernel_cka
-from .measures.gram import gram_gap
-from .measures.rsa import rsa_grid
-from .streaming import MinibatchCKA, StreamingLinearCKA
+from .hooks import OUTPUT, FeatureHooks, Pool, default_layers, forward_features
+from .measures.moments import StreamingMoments
+from .measures.registry import MeasureInfo, get_measure, measure_grid, registered_names
+from .streaming import MinibatchCKA
 
-# Measures that stream over every sample in O(d^2) memory.
-STREAMING: dict[str, Callable[[torch.dtype | None], object]] = {
-    "linear_cka": lambda dtype: StreamingLinearCKA(debiased=False, dtype=dtype),
-    "debiased_cka": lambda dtype: StreamingLinearCKA(debiased=True, dtype=dtype),
-    "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=dtype),
-}
+# compare-only: an estimator of population CKA from per-batch Gram matrices, not a function of (x, y)
+MINIBATCH = "minibatch_cka"
 
 
-def _pairwise(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[list[Tensor], list[Tensor]], Tensor]:
-    return lambda xs, ys: torch.tensor([[fn(x, y).item() for y in ys] for x in xs], dtype=torch.float64)
-
-
-# Measures that need all samples at once (O(n^2) memory): computed on the first ``sample_cap`` samples.
-CAPPED: dict[str, Callable[[list[Tensor], list[Tensor]], Tensor]] = {
-    "rsa": lambda xs, ys: rsa_grid(xs, ys, rdm="cosine", compare="pearson"),
-    "rsa_spearman": lambda xs, ys: rsa_grid(xs, ys, rdm="cosine", compare="spearman"),
-    "kernel_cka": _pairwise(lambda x, y: kernel_cka(x, y)),
-    "debiased_kernel_cka": _pairwise(lambda x, y: kernel_cka(x, y, debiased=True)),
-    "frobenius_gap": _pairwise(lambda x, y: gram_gap(x, y).frobenius_gap),
-    "cka_lower_bound": _pairwise(lambda x, y: gram_gap(x, y).cka_lower_bound),
-}
-MEASURES = (*STREAMING, *CAPPED)
+def available_measures() -> list[str]:
+    """Every name ``compare`` accepts: the whole measure registry plus ``minibatch_cka``."""
+    return [*registered_names(), MINIBATCH]
 
 
 @dataclass
@@ -68,14 +52,17 @@ class Comparison:
         measure = self._measure(measure)
         sub = self.table[self.table["measure"] == measure]
         m = sub.pivot(index="layer_a", columns="layer_b", values="value")
-        return m.loc[self.layers_a or list(m.index), self.layers_b or list(m.columns)]
+        rows = [layer for layer in self.layers_a if layer in m.index] or list(m.index)
+        cols = [layer for layer in self.layers_b if layer in m.columns] or list(m.columns)
+        return m.loc[rows, cols]
 
     def heatmap(self, measure: str | None = None, ax=None, **kwargs):
         """Seaborn heatmap of one measure over the layer grid; returns the Axes."""
         from .plotting import heatmap
 
         measure = self._measure(measure)
-        bounded = measure not in ("frobenius_gap",)
+        info = get_measure(measure) if measure != MINIBATCH else None
+        bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
         return heatmap(
             self.matrix(measure), title=measure, ax=ax, **({"vmin": 0.0, "vmax": 1.0} if bounded else {}), **kwargs
         )
@@ -88,10 +75,19 @@ class Comparison:
 def _check_measures(measures: Sequence[str]) -> list[str]:
     if isinstance(measures, str):
         measures = [measures]
-    unknown = [m for m in measures if m not in MEASURES]
+    known = available_measures()
+    unknown = [m for m in measures if m not in known]
     if unknown or not measures:
-        raise ValueError(f"unknown measure(s) {unknown}; choose from {list(MEASURES)}")
+        raise ValueError(f"unknown measure(s) {unknown}; choose from {known} (see repsim.list_measures())")
     return list(dict.fromkeys(measures))
+
+
+def _check_options(measures: list[str], options: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    options = {k: dict(v) for k, v in (options or {}).items()}
+    stray = sorted(set(options) - set(measures))
+    if stray:
+        raise ValueError(f"measure_options names measures that are not requested: {stray}")
+    return options
 
 
 @torch.no_grad()
@@ -108,6 +104,7 @@ def compare(
     sample_cap: int = 5000,
     dtype: torch.dtype | None = torch.float64,
     progress: bool = True,
+    measure_options: Mapping[str, Mapping] | None = None,
 ) -> Comparison:
     """Compare two models layer by layer on the samples of ``loader``.
 
@@ -115,14 +112,24 @@ def compare(
     ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
     default :func:`repsim.hooks.default_layers`), conv maps become vectors by ``pool`` ("mean":
     global average pool, the default; "flatten"; or a callable), and every layer pair is
-    accumulated in streaming form. Streaming measures (``linear_cka``, ``debiased_cka``,
-    ``minibatch_cka``) see every sample in O(d^2) memory; measures that need all samples at once
-    (``rsa``, ``rsa_spearman``, ``kernel_cka``, ``debiased_kernel_cka``, ``frobenius_gap``,
-    ``cka_lower_bound``) use the first ``sample_cap`` samples (O(sample_cap^2) memory). The
-    table's ``n`` column says which. Hooks are removed and training flags restored afterwards,
-    also after an exception. Passing the same module twice runs it once per batch.
+    accumulated in streaming form.
+
+    ``measures``: any name of :func:`repsim.list_measures` (plus ``minibatch_cka``), with options
+    per measure in ``measure_options`` (e.g. ``{"svcca": {"variance": 0.95}}``). Streaming
+    measures see every sample in O(d^2) memory: all the second-moment measures (CKA, the CCA
+    family, Procrustes and shape metrics, regression, GULP, ...) share one float64 moment
+    accumulator per layer pair, so adding one costs no extra pass. Measures that need all samples
+    at once (RSA, kernel CKA, neighbourhood, topology, ...) use the first ``sample_cap`` samples.
+    The table's ``n`` column says which. Functional measures (``jsd``, ``disagreement``,
+    ``abs_acc_diff``) compare the models' outputs (row ``layer_a = layer_b = "output"``);
+    ``abs_acc_diff`` uses the loader's labels. Hooks are removed and training flags restored
+    afterwards, also after an exception. Passing the same module twice runs it once per batch.
     """
     measures = _check_measures(measures)
+    options = _check_options(measures, measure_options)
+    infos = {m: get_measure(m) for m in measures if m != MINIBATCH}
+    functional = [m for m, info in infos.items() if info.needs_outputs]
+    representational = [m for m in measures if m not in functional]
     if sample_cap < 4:
         raise ValueError(f"sample_cap must be at least 4, got {sample_cap}")
     same = model_a is model_b
@@ -131,10 +138,16 @@ def compare(
     device = resolve_device(device, model_a)
     model_a.to(device)
     model_b.to(device)
-    streams = {m: STREAMING[m](dtype) for m in measures if m in STREAMING}
-    capped = [m for m in measures if m in CAPPED]
+    moment_measures = [m for m in representational if m in infos and infos[m].from_moments is not None]
+    moments = StreamingMoments(dtype=dtype) if moment_measures else None
+    streams = {m: _accumulator(infos.get(m), dtype, options.get(m, {})) for m in representational}
+    streams = {m: acc for m, acc in streams.items() if acc is not None and m not in moment_measures}
+    capped = [m for m in representational if m not in streams and m not in moment_measures]
     kept_a: list[list[Tensor]] = [[] for _ in layers_a]
     kept_b: list[list[Tensor]] = [[] for _ in layers_b]
+    kept_out: list[list[Tensor]] = [[], []]
+    kept_labels: list[Tensor] = []
+    needs_labels = any(infos[m].needs_labels for m in functional)
     n_seen = n_kept = 0
     # One model on both sides runs once per batch, with the union of both layer lists hooked.
     hooked_a = list(dict.fromkeys(layers_a + layers_b)) if same else layers_a
@@ -143,18 +156,29 @@ def compare(
         FeatureHooks(model_a, hooked_a, pool) as hooks_a,
         contextlib.nullcontext() if same else FeatureHooks(model_b, layers_b, pool) as hooks_b,
     ):
-        for x, _ in progress_batches(loader, max_samples, "compare", progress):
+        for x, labels in progress_batches(loader, max_samples, "compare", progress):
             x = _to(x, device)
-            feats_a = forward_features(model_a, hooks_a, x)
-            feats_b = feats_a if same else forward_features(model_b, hooks_b, x)
+            feats_a = forward_features(model_a, hooks_a, x, keep_output=bool(functional))
+            feats_b = feats_a if same else forward_features(model_b, hooks_b, x, keep_output=bool(functional))
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
+            self_grid = same and layers_a == layers_b
+            if moments is not None:
+                moments.update(xs, None if self_grid else ys)
             for acc in streams.values():
-                acc.update(xs, None if (same and layers_a == layers_b) else ys)
-            if capped and n_kept < sample_cap:
+                acc.update(xs, None if self_grid else ys)
+            if (capped or functional) and n_kept < sample_cap:
                 take = min(sample_cap - n_kept, xs[0].shape[0])
-                for keep, f in zip(kept_a + kept_b, xs + ys, strict=True):
-                    keep.append(f[:take])
+                if capped:
+                    for keep, f in zip(kept_a + kept_b, xs + ys, strict=True):
+                        keep.append(f[:take])
+                if functional:
+                    kept_out[0].append(feats_a[OUTPUT][:take])
+                    kept_out[1].append(feats_b[OUTPUT][:take])
+                    if needs_labels:
+                        if labels is None:
+                            raise ValueError("abs_acc_diff needs labels: the loader must yield (x, y) or dict batches")
+                        kept_labels.append(labels[:take])
                 n_kept += take
             n_seen += xs[0].shape[0]
     if n_seen == 0:
@@ -166,11 +190,34 @@ def compare(
             for j, lb in enumerate(layers_b):
                 rows.append({"layer_a": la, "layer_b": lb, "measure": measure, "value": float(grid[i, j]), "n": n})
 
-    for measure, acc in streams.items():
-        add(measure, acc.compute().cpu(), n_seen)
+    for measure in representational:
+        if measure in moment_measures:
+            grid = moments.compute(measure, **options.get(measure, {}))
+        elif measure in streams:
+            grid = streams[measure].compute()
+        else:
+            continue
+        add(measure, grid.reshape(len(layers_a), len(layers_b)).cpu(), n_seen)
     if capped:
         xa = [torch.cat(chunks) for chunks in kept_a]
         xb = [torch.cat(chunks) for chunks in kept_b]
         for measure in capped:
-            add(measure, CAPPED[measure](xa, xb).cpu(), n_kept)
+            opts = options.get(measure, {})
+            if "dtype" in infos[measure].options() and "dtype" not in opts:
+                opts = {**opts, "dtype": dtype}  # compare's precision applies to every measure that has one
+            add(measure, measure_grid(measure, xa, xb, **opts).cpu(), n_kept)
+    for measure in functional:
+        out_a, out_b = torch.cat(kept_out[0]), torch.cat(kept_out[1])
+        extra = {"labels": torch.cat(kept_labels).to(out_a.device)} if infos[measure].needs_labels else {}
+        value = get_measure(measure).fn(out_a, out_b, **{**options.get(measure, {}), **extra})
+        rows.append({"layer_a": OUTPUT, "layer_b": OUTPUT, "measure": measure, "value": float(value), "n": n_kept})
     return Comparison(pd.DataFrame(rows), layers_a, layers_b)
+
+
+def _accumulator(info: MeasureInfo | None, dtype, options: dict):
+    """A streaming accumulator for measures that have their own (None: moments or capped)."""
+    if info is None:  # minibatch_cka
+        return MinibatchCKA(debiased=True, dtype=dtype)
+    if info.from_moments is None and info.accumulator is not None:
+        return info.accumulator(dtype=dtype, **{**info.defaults, **options})
+    return None

@@ -7,24 +7,22 @@ is computed from them in one grid call, so N models cost N forward passes, not N
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import load_model, save_state_dict
 from .features import extract_features
 from .hooks import Pool
-from .measures.cka import cka_grid
-from .measures.rsa import rsa_grid
+from .measures.registry import get_measure, measure_grid, registered_names
 
-MANY_MEASURES: dict[str, Callable[[list[Tensor]], Tensor]] = {
-    "linear_cka": lambda xs: cka_grid(xs),
-    "debiased_cka": lambda xs: cka_grid(xs, debiased=True),
-    "rsa": lambda xs: rsa_grid(xs),
-}
+
+def many_measures() -> list[str]:
+    """The measures ``compare_many`` accepts: every registered measure of representations."""
+    return [m for m in registered_names() if not get_measure(m).needs_outputs]
 
 
 def _cache_key(path: Path, layer: str, pool, max_samples, loader) -> str:
@@ -46,17 +44,20 @@ def compare_many(
     max_samples: int | None = 5000,
     cache_dir=None,
     progress: bool = True,
+    measure_options: dict | None = None,
 ) -> pd.DataFrame:
     """N x N matrix of ``measure`` between the ``layer`` features of many models.
 
     ``models_or_paths``: nn.Modules, or checkpoint paths loaded with ``arch`` (see
     :func:`repsim.load_model`). The loader must yield the samples in the same order every pass
     (no shuffling). ``max_samples`` caps the samples (all features of all models are held in
-    memory). ``cache_dir``: features of checkpoint files are cached there, keyed by file, size,
-    mtime, layer, pooling and sample count.
+    memory). ``measure`` is any registered measure of representations (:func:`repsim.list_measures`),
+    with its options in ``measure_options``; the N x N matrix is one :func:`repsim.measure_grid`
+    call, so per-model work is done once. ``cache_dir``: features of checkpoint files are cached
+    there, keyed by file, size, mtime, layer, pooling and sample count.
     """
-    if measure not in MANY_MEASURES:
-        raise ValueError(f"measure must be one of {list(MANY_MEASURES)}, got {measure!r}")
+    if measure not in many_measures():
+        raise ValueError(f"measure must be one of {many_measures()} (see repsim.list_measures()), got {measure!r}")
     if len(models_or_paths) < 2:
         raise ValueError("compare_many needs at least two models or checkpoints")
     if names is None:
@@ -88,5 +89,5 @@ def compare_many(
         features.append(feats[layer])
         if cached is not None:
             save_state_dict({"features": feats[layer]}, cached)
-    grid = MANY_MEASURES[measure](features).cpu().numpy()
+    grid = measure_grid(measure, features, **(measure_options or {})).cpu().numpy()
     return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))

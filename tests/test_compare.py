@@ -131,3 +131,61 @@ def test_compare_many_matches_pairwise(tmp_path, batches):
     assert len(list(cache.iterdir())) == 3
     second = repsim.compare_many(paths, batches, layer="block2", arch=TinyConvNet, cache_dir=cache, progress=False)
     assert np.allclose(first.to_numpy(), m.to_numpy(), atol=1e-12) and np.allclose(second, first)
+
+
+def test_compare_accepts_the_whole_registry(batches):
+    """Every registered measure through compare (on the logit layer: block2 has a dead ReLU unit,
+    which the correlation-match measures rightly refuse): streaming ones over all samples equal the
+    one-shot value on the extracted features; capped ones equal it on the first sample_cap samples;
+    functional ones compare the logits (and labels)."""
+    a, b = seeded(TinyConvNet, 0), seeded(TinyConvNet, 1)
+    names = [n for n in repsim.list_measures()["name"] if n not in ("rtd", "imd")]  # slow; tested alone
+    options = {"svcca": {"variance": 0.95}}
+    res = repsim.compare(
+        a,
+        b,
+        batches,
+        layers_a=["head"],
+        layers_b=["head"],
+        measures=names,
+        sample_cap=120,
+        measure_options=options,
+        progress=False,
+    )
+    fa, labels = extract_features(a, batches, ["head"], progress=False)
+    fb, _ = extract_features(b, batches, ["head"], progress=False)
+    fa, fb = fa["head"].double(), fb["head"].double()  # compare's products run in float64 by default
+    table = res.table.set_index("measure")
+    assert set(table.index) == set(names)
+    for name in names:
+        info = repsim.get_measure(name)
+        row = table.loc[name]
+        if info.needs_outputs:
+            extra = {"labels": labels[:120]} if info.needs_labels else {}
+            want = repsim.measure(name, fa[:120], fb[:120], **extra)
+            assert row["layer_a"] == "output" and row["n"] == 120
+        elif info.streaming:
+            want = repsim.measure(name, fa, fb, **options.get(name, {}))
+            assert row["n"] == 200, name
+        else:
+            want = repsim.measure(name, fa[:120], fb[:120], **options.get(name, {}))
+            assert row["n"] == 120, name
+        assert abs(row["value"] - float(want)) < 1e-9 * max(1.0, abs(float(want))), name
+
+
+def test_compare_measure_errors(batches):
+    a = seeded(TinyConvNet, 0)
+    with pytest.raises(ValueError, match="unknown measure"):
+        repsim.compare(a, a, batches, measures=["nope"], progress=False)
+    with pytest.raises(ValueError, match="not requested"):
+        repsim.compare(a, a, batches, measures=["svcca"], measure_options={"gulp": {"lam": 1.0}}, progress=False)
+
+
+def test_compare_many_takes_any_registered_measure(batches):
+    models = [seeded(TinyConvNet, s) for s in range(3)]
+    table = repsim.compare_many(models, batches, layer="block2", measure="procrustes", progress=False)
+    feats = [extract_features(m, batches, ["block2"], progress=False)[0]["block2"] for m in models]
+    assert table.values[0, 1] == pytest.approx(float(repsim.procrustes(feats[0], feats[1])), abs=1e-10)
+    assert np.allclose(np.diag(table.values), 0.0)
+    with pytest.raises(ValueError, match="measure must be one of"):
+        repsim.compare_many(models, batches, layer="block2", measure="jsd", progress=False)
