@@ -13,6 +13,15 @@ from .checkpoints import CheckpointError, load_model, load_state_dict, save_stat
 from .compare import Comparison, compare  # noqa: E402
 from .features import extract_features  # noqa: E402
 from .hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
+from .inference import (  # noqa: E402
+    BootstrapResult,
+    PairedResult,
+    PermutationResult,
+    adjust_p_values,
+    bootstrap,
+    compare_paired,
+    permutation_test,
+)
 from .many import compare_many  # noqa: E402
 from .measures import (  # noqa: E402
     INVARIANCES,
@@ -72,6 +81,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "INVARIANCES",
+    "BootstrapResult",
     "CheckpointError",
     "Comparison",
     "FeatureHooks",
@@ -79,16 +89,21 @@ __all__ = [
     "MeasureInfo",
     "MinibatchCKA",
     "Moments",
+    "PairedResult",
+    "PermutationResult",
     "StreamingLinearCKA",
     "StreamingMoments",
     "WeightDistance",
     "abs_acc_diff",
+    "adjust_p_values",
     "aligned_cosine",
     "angular_shape",
+    "bootstrap",
     "cka_grid",
     "cknna",
     "compare",
     "compare_many",
+    "compare_paired",
     "concentricity_difference",
     "cosine_similarity_matrix",
     "cycle_knn",
@@ -119,6 +134,7 @@ __all__ = [
     "moments_of",
     "mutual_knn",
     "permutation_procrustes",
+    "permutation_test",
     "procrustes",
     "procrustes_size_shape",
     "pwcca",

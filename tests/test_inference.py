@@ -1,0 +1,136 @@
+"""Calibration of the inference procedures by simulation (small, seeded versions of the acceptance tests;
+the full-size runs are in benchmarks/inference.py), plus exactness, seeds and bad inputs."""
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import repsim
+from repsim.inference.permutation import _shift_statistics
+
+
+def _independent(seed, n=200, p=50, q=50):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, p, generator=g, dtype=torch.float64), torch.randn(n, q, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa"])
+def test_null_p_values_are_uniform(measure):
+    """Acceptance test 1: 500 simulations, n = 200, p = q = 50, independent Gaussians."""
+    ps = np.array([repsim.permutation_test(*_independent(s), measure, 199, seed=s).p_value for s in range(500)])
+    assert scipy.stats.kstest(ps, "uniform").pvalue > 0.01
+    assert 0.03 <= np.mean(ps <= 0.05) <= 0.07
+
+
+def _joint(seed, n, p=8, q=6, noise=1.5):
+    g = torch.Generator().manual_seed(1000 + seed)
+    a = torch.linspace(0.2, 1.0, p * q, dtype=torch.float64).reshape(p, q)
+    x = torch.randn(n, p, generator=g, dtype=torch.float64)
+    y = x @ a + noise * torch.randn(n, q, generator=g, dtype=torch.float64)
+    # population moments: Sxx = I, Sxy = A, Syy = A^T A + noise^2 I
+    syy = a.T @ a + noise**2 * torch.eye(q, dtype=torch.float64)
+    truth = float(a.pow(2).sum() / (torch.eye(p, dtype=torch.float64).norm() * syy.norm()))
+    return x, y, truth
+
+
+def test_debiased_cka_interval_covers_the_population_value():
+    """Acceptance test 2 (reduced: 120 simulations at n = 300; the full 500 x n = 500 run is in benchmarks)."""
+    hits = {"debiased_cka": 0, "linear_cka": 0}
+    for s in range(120):
+        x, y, truth = _joint(s, 300)
+        for m in hits:
+            res = repsim.bootstrap(x, y, m, n_resamples=100, seed=s)
+            hits[m] += res.ci_low <= truth <= res.ci_high
+    assert 0.88 <= hits["debiased_cka"] / 120 <= 1.0
+    # the biased estimator's coverage is reported by benchmarks/inference.py (it falls as d/n grows)
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa"])
+def test_batched_subsamples_equal_the_measure_on_each_subsample(measure):
+    x, y = _independent(10, n=40, p=6, q=5)
+    res = repsim.bootstrap(x, y, measure, n_resamples=12, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    for value in res.resamples:
+        idx = torch.randperm(40, generator=gen)[:20]
+        assert abs(float(value) - float(repsim.measure(measure, x[idx], y[idx]))) < 1e-12
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa"])
+def test_power_for_a_weak_shared_signal(measure):
+    """Acceptance test 3: a weak shared signal (one shared direction among 20) is detected at n = 200."""
+    detected = 0
+    for s in range(40):
+        g = torch.Generator().manual_seed(500 + s)
+        shared = torch.randn(200, 1, generator=g, dtype=torch.float64)
+        x = torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.8 * shared
+        y = torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.8 * shared
+        detected += repsim.permutation_test(x, y, measure, 199, seed=s).p_value < 0.05
+    assert detected / 40 >= 0.8
+
+
+def test_seeds_give_bit_identical_results():
+    x, y = _independent(3, n=60, p=5, q=5)
+    a = repsim.permutation_test(x, y, "debiased_cka", 100, seed=7)
+    b = repsim.permutation_test(x, y, "debiased_cka", 100, seed=7)
+    assert torch.equal(a.null, b.null) and a.p_value == b.p_value
+    c = repsim.bootstrap(x, y, "rsa", 50, seed=7)
+    d = repsim.bootstrap(x, y, "rsa", 50, seed=7)
+    assert torch.equal(c.resamples, d.resamples) and (c.ci_low, c.ci_high) == (d.ci_low, d.ci_high)
+    assert not torch.equal(a.null, repsim.permutation_test(x, y, "debiased_cka", 100, seed=8).null)
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa", "rsa_spearman"])
+def test_shift_statistics_are_the_measure_of_shifted_data(measure):
+    x, y = _independent(4, n=30, p=6, q=4)
+    shifts = _shift_statistics(measure, dict(repsim.get_measure(measure).defaults))(x, y)
+    for s in (0, 1, 17):
+        moved = y[(torch.arange(30) + s) % 30]
+        assert abs(float(shifts[s]) - float(repsim.measure(measure, x, moved))) < 1e-12
+
+
+def test_random_scheme_for_any_measure_and_distance_tail():
+    x, y = _independent(5, n=40, p=4, q=4)
+    res = repsim.permutation_test(x, x + 0.1 * y, "procrustes", 99, seed=0)
+    assert res.scheme == "random" and res.alternative == "less"
+    assert res.p_value == pytest.approx(1 / 100)  # a near-copy: no permutation is as close
+    sim = repsim.permutation_test(x, x + 0.1 * y, "linear_cka", 99, seed=0, scheme="random")
+    assert sim.scheme == "random" and sim.p_value == pytest.approx(1 / 100)
+
+
+def test_paired_difference_detects_the_closer_representation():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(150, 10, generator=g, dtype=torch.float64)
+    near = x + 0.5 * torch.randn(150, 10, generator=g, dtype=torch.float64)
+    far = x + 2.0 * torch.randn(150, 10, generator=g, dtype=torch.float64)
+    res = repsim.compare_paired(x, near, far, "debiased_cka", n_resamples=200)
+    assert res.difference > 0 and res.ci_low > 0 and res.p_value < 0.05
+    same = repsim.compare_paired(x, near, near.clone(), "debiased_cka", n_resamples=100)
+    assert same.difference == 0 and same.p_value == 1.0
+
+
+def test_adjustments_match_hand_computed_values():
+    p = [0.01, 0.04, 0.03, 0.2]
+    # Holm: sorted 0.01*4, 0.03*3, 0.04*2, 0.2*1 -> 0.04, 0.09, 0.08 -> monotone 0.09, 0.2
+    assert np.allclose(repsim.adjust_p_values(p, "holm"), [0.04, 0.09, 0.09, 0.2])
+    # BH: sorted 0.01*4/1, 0.03*4/2, 0.04*4/3, 0.2*4/4 -> 0.04, 0.06, 0.0533, 0.2 -> step-up min
+    assert np.allclose(repsim.adjust_p_values(p, "bh"), [0.04, 0.16 / 3, 0.16 / 3, 0.2])
+    assert repsim.adjust_p_values(np.array([[0.5, 0.9]]), "holm").shape == (1, 2)
+
+
+def test_bad_inputs():
+    x, y = _independent(6, n=20, p=3, q=3)
+    with pytest.raises(ValueError, match="n_permutations must be"):
+        repsim.permutation_test(x, y, n_permutations=0)
+    with pytest.raises(ValueError, match="no shift form"):
+        repsim.permutation_test(x, y, "procrustes", scheme="shifts")
+    with pytest.raises(ValueError, match="duplicated samples"):
+        repsim.bootstrap(x, y, "rsa", scheme="replacement")
+    with pytest.raises(ValueError, match="bca"):
+        repsim.bootstrap(x, y, "linear_cka", method="bca")
+    with pytest.raises(ValueError, match="ci must be"):
+        repsim.bootstrap(x, y, ci=95)
+    with pytest.raises(ValueError, match="model outputs"):
+        repsim.permutation_test(x, y, "jsd")
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        repsim.adjust_p_values([0.5, 1.5])
