@@ -75,6 +75,11 @@ def cmd_compare(args) -> None:
         max_samples=args.max_samples,
         pool=args.pool,
         sample_cap=args.sample_cap,
+        inference=(
+            {"permutations": args.permutations, "bootstrap": args.bootstrap, "adjust": args.adjust}
+            if args.permutations or args.bootstrap
+            else None
+        ),
     )
     out = Path(args.out)
     written = [result.to_csv(out / "comparison.csv")]
@@ -82,6 +87,10 @@ def cmd_compare(args) -> None:
 
     for measure in result.measures:
         print(f"\n{measure}:\n{result.matrix(measure).round(4).to_string()}")
+        if "p_adjusted" in result.table:
+            sub = result.table[result.table["measure"] == measure]
+            adjusted = sub.pivot(index="layer_a", columns="layer_b", values="p_adjusted")
+            print(f"adjusted p-values ({args.adjust}):\n{adjusted.round(4).to_string()}")
         ax = result.heatmap(measure)
         written.append(atomic_save_figure(ax.figure, out / f"heatmap_{measure}.png", dpi=120))
         plt.close(ax.figure)
@@ -149,7 +158,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="MEASURE",
         help="any of `repsim.list_measures()` (default: %(default)s)",
     )
-    p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures")
+    p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures and inference")
+    p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
+    p.add_argument("--bootstrap", type=int, default=0, help="confidence intervals from this many resamples")
+    p.add_argument("--adjust", default="holm", choices=["holm", "bh", "none"], help="p-value adjustment over the grid")
     _data_args(p)
     p.set_defaults(func=cmd_compare)
 

@@ -63,9 +63,27 @@ class Comparison:
         measure = self._measure(measure)
         info = get_measure(measure) if measure != MINIBATCH else None
         bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
+        marks = self._not_significant(measure)
         return heatmap(
-            self.matrix(measure), title=measure, ax=ax, **({"vmin": 0.0, "vmax": 1.0} if bounded else {}), **kwargs
+            self.matrix(measure),
+            title=measure,
+            ax=ax,
+            marks=marks,
+            **({"vmin": 0.0, "vmax": 1.0} if bounded else {}),
+            **kwargs,
         )
+
+    def _not_significant(self, measure: str, alpha: float = 0.05) -> pd.DataFrame | None:
+        """Cells to hatch: adjusted p >= alpha, or (without p-values) an interval that includes 0."""
+        sub = self.table[self.table["measure"] == measure]
+        if "p_adjusted" in sub and sub["p_adjusted"].notna().any():
+            flags = sub.assign(flag=sub["p_adjusted"] >= alpha)
+        elif "ci_low" in sub and sub["ci_low"].notna().any():
+            flags = sub.assign(flag=(sub["ci_low"] <= 0) & (sub["ci_high"] >= 0))
+        else:
+            return None
+        m = flags.pivot(index="layer_a", columns="layer_b", values="flag")
+        return m.loc[self.matrix(measure).index, self.matrix(measure).columns]
 
     def to_csv(self, path) -> Path:
         """Write the tidy table atomically; returns the path."""
@@ -105,6 +123,7 @@ def compare(
     dtype: torch.dtype | None = torch.float64,
     progress: bool = True,
     measure_options: Mapping[str, Mapping] | None = None,
+    inference: Mapping | None = None,
 ) -> Comparison:
     """Compare two models layer by layer on the samples of ``loader``.
 
@@ -124,8 +143,14 @@ def compare(
     ``abs_acc_diff``) compare the models' outputs (row ``layer_a = layer_b = "output"``);
     ``abs_acc_diff`` uses the loader's labels. Hooks are removed and training flags restored
     afterwards, also after an exception. Passing the same module twice runs it once per batch.
+
+    ``inference={"permutations": 1000, "bootstrap": 1000}`` (optional keys ``ci``, ``adjust``:
+    "holm" | "bh" | "none", ``seed``) adds ``p_value``, ``p_adjusted`` (within each measure's
+    grid), ``ci_low``, ``ci_high`` and ``n_inference`` columns, computed on the first
+    ``sample_cap`` samples (see :mod:`repsim.inference`).
     """
     measures = _check_measures(measures)
+    inference = _check_inference(inference)
     options = _check_options(measures, measure_options)
     infos = {m: get_measure(m) for m in measures if m != MINIBATCH}
     functional = [m for m, info in infos.items() if info.needs_outputs]
@@ -167,9 +192,9 @@ def compare(
                 moments.update(xs, None if self_grid else ys)
             for acc in streams.values():
                 acc.update(xs, None if self_grid else ys)
-            if (capped or functional) and n_kept < sample_cap:
+            if (capped or functional or inference) and n_kept < sample_cap:
                 take = min(sample_cap - n_kept, xs[0].shape[0])
-                if capped:
+                if capped or inference:
                     for keep, f in zip(kept_a + kept_b, xs + ys, strict=True):
                         keep.append(f[:take])
                 if functional:
@@ -198,7 +223,7 @@ def compare(
         else:
             continue
         add(measure, grid.reshape(len(layers_a), len(layers_b)).cpu(), n_seen)
-    if capped:
+    if capped or inference:
         xa = [torch.cat(chunks) for chunks in kept_a]
         xb = [torch.cat(chunks) for chunks in kept_b]
         for measure in capped:
@@ -211,7 +236,42 @@ def compare(
         extra = {"labels": torch.cat(kept_labels).to(out_a.device)} if infos[measure].needs_labels else {}
         value = get_measure(measure).fn(out_a, out_b, **{**options.get(measure, {}), **extra})
         rows.append({"layer_a": OUTPUT, "layer_b": OUTPUT, "measure": measure, "value": float(value), "n": n_kept})
-    return Comparison(pd.DataFrame(rows), layers_a, layers_b)
+    table = pd.DataFrame(rows)
+    if inference:
+        from .inference import inference_table
+
+        extra = inference_table(
+            xa,
+            xb,
+            layers_a,
+            layers_b,
+            [m for m in measures if m != MINIBATCH],
+            permutations=inference["permutations"],
+            bootstrap_resamples=inference["bootstrap"],
+            ci=inference["ci"],
+            adjust=inference["adjust"],
+            seed=inference["seed"],
+            measure_options=options,
+            progress=progress,
+        )
+        if len(extra):
+            table = table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
+    return Comparison(table, layers_a, layers_b)
+
+
+INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm", "seed": 0}
+
+
+def _check_inference(inference: Mapping | None) -> dict | None:
+    if not inference:
+        return None
+    unknown = sorted(set(inference) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"inference takes the keys {sorted(INFERENCE_KEYS)}; got unknown {unknown}")
+    spec = {**INFERENCE_KEYS, **inference}
+    if not (spec["permutations"] or spec["bootstrap"]):
+        raise ValueError("inference needs permutations > 0 or bootstrap > 0 (e.g. {'permutations': 1000})")
+    return spec
 
 
 def _accumulator(info: MeasureInfo | None, dtype, options: dict):

@@ -5,8 +5,21 @@ from __future__ import annotations
 import pandas as pd
 
 
-def heatmap(matrix: pd.DataFrame, title: str = "", ax=None, annot: bool | None = None, vmin=None, vmax=None, **kwargs):
-    """Annotated heatmap of a layer-by-layer matrix; returns the matplotlib Axes."""
+def heatmap(
+    matrix: pd.DataFrame,
+    title: str = "",
+    ax=None,
+    annot: bool | None = None,
+    vmin=None,
+    vmax=None,
+    marks: pd.DataFrame | None = None,
+    **kwargs,
+):
+    """Annotated heatmap of a layer-by-layer matrix; returns the matplotlib Axes.
+
+    ``marks``: a boolean frame of the same shape; True cells are hatched (``compare`` marks cells
+    whose adjusted p-value is not significant, or whose interval includes 0).
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -27,7 +40,14 @@ def heatmap(matrix: pd.DataFrame, title: str = "", ax=None, annot: bool | None =
         cbar_kws={"label": title or None},
         **kwargs,
     )
-    ax.set_title(title)
+    if marks is not None:
+        from matplotlib.patches import Rectangle
+
+        for i, j in zip(*marks.to_numpy().astype(bool).nonzero(), strict=True):
+            ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="///", edgecolor="0.6", linewidth=0))
+        ax.set_title(f"{title}\n(hatched: not significant)" if title else "hatched: not significant")
+    else:
+        ax.set_title(title)
     return ax
 
 

@@ -189,3 +189,27 @@ def test_compare_many_takes_any_registered_measure(batches):
     assert np.allclose(np.diag(table.values), 0.0)
     with pytest.raises(ValueError, match="measure must be one of"):
         repsim.compare_many(models, batches, layer="block2", measure="jsd", progress=False)
+
+
+def test_compare_with_inference_columns_and_marked_heatmap(batches, tmp_path):
+    a, b = seeded(TinyConvNet, 0), seeded(TinyConvNet, 1)
+    res = repsim.compare(
+        a,
+        b,
+        batches,
+        layers_a=["block1", "block2"],
+        layers_b=["block2"],
+        measures=["debiased_cka", "rsa"],
+        sample_cap=120,
+        inference={"permutations": 99, "bootstrap": 50, "adjust": "bh"},
+        progress=False,
+    )
+    for col in ("p_value", "p_adjusted", "ci_low", "ci_high", "n_inference"):
+        assert col in res.table and res.table[col].notna().all()
+    assert set(res.table["n_inference"]) == {120}
+    assert (res.table["p_adjusted"] >= res.table["p_value"]).all()
+    assert (res.table["ci_low"] <= res.table["ci_high"]).all()
+    ax = res.heatmap("rsa")
+    assert "not significant" in ax.get_title()
+    with pytest.raises(ValueError, match="inference takes the keys"):
+        repsim.compare(a, b, batches, inference={"perms": 10}, progress=False)
