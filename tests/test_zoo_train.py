@@ -125,6 +125,13 @@ def test_cli_end_to_end_two_epochs(tmp_path, capsys):
         assert (out / name).exists() and str(out / name) in printed
     report = (out / "report.md").read_text()
     assert "Does NSCL track CL more closely" in report and "control" in report
+    assert "With 95 % paired intervals" in report and "NSCL - ce" in report
+    log = pd.read_csv(out / "alignment.csv")
+    paired = log[log["measure"] == "paired_debiased_cka"]
+    assert set(paired["objective"]) == {"nscl-ce", "nscl-supcon"}
+    assert (paired["ci_low"] <= paired["value"]).all() and (paired["value"] <= paired["ci_high"]).all()
+    last = log[(log["epoch"] == 2) & (log["measure"] == "linear_cka") & (log["objective"] == "ce")]
+    assert last[["ci_low", "ci_high"]].notna().all().all()
     assert TrainConfig.load(out / "config.json").epochs == 2
     probes = pd.read_csv(out / "final_probes.csv")
     assert set(probes["objective"]) == {"cl", "nscl", "supcon", "ce", "balanced", "cl_control"}

@@ -61,6 +61,8 @@ class TrainConfig:
     progress: bool = True
     final_probes: bool = True
     """Linear probe, kNN and NCCC of every encoder at the end, plus the plots and report.md."""
+    inference_resamples: int = 200
+    """Half-sample resamples for the final alignment intervals and the paired claim intervals (0: off)."""
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.objectives if o not in OBJECTIVES]

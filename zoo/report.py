@@ -24,7 +24,7 @@ SUMMARY = (
 
 def final_alignment(log: pd.DataFrame) -> pd.DataFrame:
     """objective x (layer, measure) at the last evaluated epoch."""
-    evals = log[log["measure"] != "loss"]
+    evals = log[(log["measure"] != "loss") & ~log["measure"].astype(str).str.startswith("paired_")]
     last = evals[evals["epoch"] == evals["epoch"].max()]
     return last.pivot_table(index="objective", columns=["layer", "measure"], values="value")
 
@@ -45,6 +45,23 @@ def claim_lines(final: pd.DataFrame) -> list[str]:
             others = ", ".join(f"CL-{o} {v:.3f}" for o, v in rivals.items())
             verdict = "holds" if closer else "does NOT hold"
             lines.append(f"- {layer} {measure}: CL-NSCL {nscl:.3f} vs {others} -> the claim {verdict}")
+    return lines
+
+
+def claim_interval_lines(log: pd.DataFrame) -> list[str]:
+    """The claim with its interval: NSCL - rival alignment differences whose paired CI excludes 0."""
+    if "p_value" not in log.columns:
+        return []
+    paired = log[log["measure"].astype(str).str.startswith("paired_")]
+    lines = []
+    for (layer, measure), rows in paired.groupby(["layer", "measure"], sort=False):
+        parts, holds = [], True
+        for row in rows.itertuples():
+            rival = row.objective.split("-", 1)[1]
+            parts.append(f"NSCL - {rival} {row.value:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+            holds &= row.ci_low > 0
+        verdict = "holds with its interval" if holds else "is NOT established by the intervals"
+        lines.append(f"- {layer} {measure.removeprefix('paired_')}: {'; '.join(parts)} -> the claim {verdict}")
     return lines
 
 
@@ -118,6 +135,15 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         *claim_lines(final),
         "",
     ]
+    interval_lines = claim_interval_lines(log)
+    if interval_lines:
+        md += [
+            f"With 95 % paired intervals ({cfg.inference_resamples} half-sample resamples of the reference set; "
+            "the difference of CL-NSCL and CL-rival alignment on the same samples):",
+            "",
+            *interval_lines,
+            "",
+        ]
     if ("projector", "frobenius_gap_bound") in final.columns and "nscl" in final.index:
         row = final.loc["nscl", "projector"]
         md += [

@@ -84,3 +84,45 @@ def theory_rows(
         "rsa_bound_theory": theory.rsa_lower_bound(bound, sigma),
     }
     return [{"objective": "nscl", "layer": "projector", "measure": m, "value": v} for m, v in values.items()]
+
+
+CLAIM_MEASURES = ("linear_cka", "debiased_cka", "rsa")
+
+
+def final_inference_rows(features: dict[str, dict[str, Tensor]], resamples: int, seed: int, reference: str = "cl"):
+    """Intervals for every objective's alignment with ``reference`` and paired intervals for the claim.
+
+    Returns (interval rows keyed objective/layer/measure with ci_low, ci_high; paired rows for
+    NSCL - CE and NSCL - SupCon with value, ci_low, ci_high, p_value), from
+    :func:`repsim.bootstrap` and :func:`repsim.compare_paired` on the reference set.
+    """
+    intervals, paired = [], []
+    base = features[reference]
+    for layer, x in base.items():
+        for measure in CLAIM_MEASURES:
+            for run, feats in features.items():
+                if run == reference:
+                    continue
+                res = repsim.bootstrap(x, feats[layer], measure, n_resamples=resamples, seed=seed)
+                intervals.append({"objective": run, "layer": layer, "measure": measure,
+                                  "ci_low": res.ci_low, "ci_high": res.ci_high})  # fmt: skip
+            if "nscl" not in features:
+                continue
+            for rival in ("ce", "supcon"):
+                if rival not in features:
+                    continue
+                res = repsim.compare_paired(
+                    x, features["nscl"][layer], features[rival][layer], measure, n_resamples=resamples, seed=seed
+                )
+                paired.append(
+                    {
+                        "objective": f"nscl-{rival}",
+                        "layer": layer,
+                        "measure": f"paired_{measure}",
+                        "value": res.difference,
+                        "ci_low": res.ci_low,
+                        "ci_high": res.ci_high,
+                        "p_value": res.p_value,
+                    }
+                )
+    return intervals, paired

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
@@ -28,7 +28,14 @@ from .config import TrainConfig
 from .data import BalancedBatchSampler, TwoViews, augmentation, dataset_labels, load_split
 from .losses import balanced, contrastive, cross_entropy, supcon
 from .models import create_model
-from .tracking import alignment_rows, final_probe_rows, knn_rows, model_features, theory_rows
+from .tracking import (
+    alignment_rows,
+    final_inference_rows,
+    final_probe_rows,
+    knn_rows,
+    model_features,
+    theory_rows,
+)
 
 _CKPT = re.compile(r"epoch_(\d+)\.pt$")
 
@@ -286,6 +293,17 @@ class Trainer:
         D.close()
         return self.out
 
+    def _add_final_intervals(self, features: dict[str, dict[str, Tensor]]) -> None:
+        """CIs on the last evaluation's alignment rows, and the paired NSCL - rival rows (alignment.csv)."""
+        intervals, paired = final_inference_rows(features, self.cfg.inference_resamples, self.cfg.seed)
+        last = max(row["epoch"] for row in self.log)
+        index = {(r["objective"], r["layer"], r["measure"]): r for r in intervals}
+        for row in self.log:
+            key = (row.get("objective"), row.get("layer"), row.get("measure"))
+            if row["epoch"] == last and key in index:
+                row.update(ci_low=index[key]["ci_low"], ci_high=index[key]["ci_high"])
+        self.log += [{"epoch": last, "step": self.step, **row} for row in paired]
+
     def write_log(self) -> Path:
         return atomic_write_text(self.out / "alignment.csv", pd.DataFrame(self.log).to_csv(index=False))
 
@@ -297,7 +315,9 @@ class Trainer:
         if not self.cfg.final_probes:
             self.write_log()
             return
-        _, bank, queries = self._reference_features()
+        ref, bank, queries = self._reference_features()
+        if self.cfg.inference_resamples:
+            self._add_final_intervals({run: f for run, (f, _) in ref.items()})
         rows = final_probe_rows(bank, queries, self.cfg.seed)
         probes_path = atomic_write_text(self.out / "final_probes.csv", pd.DataFrame(rows).to_csv(index=False))
         written = [self.write_log(), probes_path, *write_report(self.out, self.cfg)]
