@@ -114,67 +114,88 @@ def _interval(estimate: float, values: Tensor, level: float, method: str, scheme
 
 
 # -------------------------------------------------------------------------------- batched fast paths
-def _double_centred(k: Tensor) -> Tensor:
-    return k - k.mean(1, keepdim=True) - k.mean(2, keepdim=True) + k.mean((1, 2), keepdim=True)
+# A half-sample is a 0/1 weight vector w over the n samples (m ones). Every term of the biased or
+# unbiased HSIC and of Pearson RSA restricted to it is a quadratic form w^T M w or a weighted sum
+# sum_i w_i (K w)_i (L w)_i of full-sample n x n matrices, so all B resamples come from a few
+# (n x n) @ (n x B) products instead of B gathered submatrices.
 
 
-def _cka_batch(kb: Tensor, lb: Tensor, debiased: bool) -> Tensor:
-    """CKA of a stack of (m, m) Gram submatrices, (b,)."""
-    if not debiased:
-        kc, lc = _double_centred(kb), _double_centred(lb)
-        return (kc * lc).sum((1, 2)) / ((kc * kc).sum((1, 2)) * (lc * lc).sum((1, 2))).sqrt()
-    m = kb.shape[-1]
-    kb = kb - torch.diag_embed(torch.diagonal(kb, dim1=1, dim2=2))
-    lb = lb - torch.diag_embed(torch.diagonal(lb, dim1=1, dim2=2))
-    kr, lr = kb.sum(2), lb.sum(2)
-
-    def hsic(a, b, ar, br):
-        tr = (a * b).sum((1, 2))
-        return (tr + ar.sum(1) * br.sum(1) / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * (ar * br).sum(1)) / (m * (m - 3))
-
-    return hsic(kb, lb, kr, lr) / (hsic(kb, kb, kr, kr) * hsic(lb, lb, lr, lr)).sqrt()
+def _quadratic_terms(mats: tuple[Tensor, ...], w: Tensor) -> dict[str, Tensor]:
+    k, l, kk, ll, kl = mats
+    kw, lw = k @ w, l @ w
+    return {
+        "kk": (w * (kk @ w)).sum(0),
+        "ll": (w * (ll @ w)).sum(0),
+        "kl": (w * (kl @ w)).sum(0),
+        "k": (w * kw).sum(0),
+        "l": (w * lw).sum(0),
+        "kwkw": (w * kw * kw).sum(0),
+        "lwlw": (w * lw * lw).sum(0),
+        "kwlw": (w * kw * lw).sum(0),
+    }
 
 
-def _pearson_batch(ab: Tensor, bb: Tensor) -> Tensor:
-    """Pearson correlation of the off-diagonal entries of stacks of symmetric (m, m) matrices, (b,)."""
-    m = ab.shape[-1]
-    off = ~torch.eye(m, dtype=torch.bool, device=ab.device)
-    a, b = ab[:, off], bb[:, off]
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+def _cka_weights(t: dict[str, Tensor], m: int, debiased: bool) -> Tensor:
+    if not debiased:  # tr(K H L H) on the subsample, up to a common factor
+
+        def h(ab, aa_w, a, b):
+            return ab - 2.0 / m * aa_w + a * b / m**2
+
+        return (
+            h(t["kl"], t["kwlw"], t["k"], t["l"])
+            / (h(t["kk"], t["kwkw"], t["k"], t["k"]) * h(t["ll"], t["lwlw"], t["l"], t["l"])).sqrt()
+        )
+
+    def u(ab, a, b, ab_w):  # Song et al.'s estimator on zero-diagonal kernels
+        return (ab + a * b / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * ab_w) / (m * (m - 3))
+
+    return (
+        u(t["kl"], t["k"], t["l"], t["kwlw"])
+        / (u(t["kk"], t["k"], t["k"], t["kwkw"]) * u(t["ll"], t["l"], t["l"], t["lwlw"])).sqrt()
+    )
+
+
+def _pearson_weights(t: dict[str, Tensor], m: int) -> Tensor:
+    pairs = m * (m - 1)  # off-diagonal entries of a zero-diagonal m x m matrix
+    cov = t["kl"] - t["k"] * t["l"] / pairs
+    return cov / ((t["kk"] - t["k"] ** 2 / pairs) * (t["ll"] - t["l"] ** 2 / pairs)).sqrt()
 
 
 def _fast_subsamples(name: str, opts: dict):
-    """A batched evaluator (x, y, idx (B, m)) -> (B,) for the measures whose value on a subsample is
-    a function of the full-sample n x n matrices restricted to it; None otherwise."""
+    """(build, statistic) for measures whose value on a subsample is a function of full-sample n x n
+    matrices restricted to it; None otherwise."""
     opts = {k: v for k, v in opts.items() if k != "dtype"}
     if name in ("linear_cka", "debiased_cka") and set(opts) <= {"debiased", "method"}:
         debiased = bool(opts.get("debiased", False))
 
         def grams(x, y):
             xc, yc = x.to(_ACC) - x.to(_ACC).mean(0), y.to(_ACC) - y.to(_ACC).mean(0)
-            return xc @ xc.T, yc @ yc.T
+            k, l = xc @ xc.T, yc @ yc.T
+            if debiased:
+                k.fill_diagonal_(0.0)
+                l.fill_diagonal_(0.0)
+            return k, l
 
-        return grams, lambda kb, lb: _cka_batch(kb, lb, debiased)
+        return grams, lambda t, m: _cka_weights(t, m, debiased)
     if name in ("rsa", "rsa_spearman") and opts.get("compare", "pearson") == "pearson":
         from ..measures.rsa import rdm
 
         method = opts.get("rdm", "cosine")
-        return (lambda x, y: (rdm(x, method), rdm(y, method))), _pearson_batch
+        return (lambda x, y: (rdm(x, method), rdm(y, method))), _pearson_weights
     return None
 
 
-def _batched_values(x: Tensor, y: Tensor, indices: Tensor, fast, chunk_bytes: float = 2e8) -> Tensor:
+def _batched_values(x: Tensor, y: Tensor, indices: Tensor, fast, chunk: int = 256) -> Tensor:
     build, stat = fast
     k, l = build(x, y)
+    mats = (k, l, k * k, l * l, k * l)  # the elementwise products once, shared by every chunk
     b, m = indices.shape
-    chunk = max(1, int(chunk_bytes // (2 * 8 * m * m)))
     out = []
     for start in range(0, b, chunk):
         ib = indices[start : start + chunk].to(k.device)
-        rows, cols = ib[:, :, None], ib[:, None, :]
-        out.append(stat(k[rows, cols], l[rows, cols]))
+        w = torch.zeros(k.shape[0], ib.shape[0], dtype=k.dtype, device=k.device)
+        w.scatter_(0, ib.T, 1.0)
+        out.append(stat(_quadratic_terms(mats, w), m))
     return torch.cat(out)
 
 
