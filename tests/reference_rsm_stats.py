@@ -1,90 +1,113 @@
-"""Float64 numpy references for the RSM, statistics and functional families, from the papers' formulas."""
+"""Float64 numpy references written from the papers' definitions (not from repsim's code).
 
-import itertools
+Deliberately naive: explicit distance matrices, explicit SVD bases, explicit inverses, double loops.
+"""
+
+from __future__ import annotations
+
+import math
 
 import numpy as np
+from scipy.special import rel_entr
 
 
-def dist(x):
-    x = np.asarray(x, np.float64)
+def distance_matrix(x: np.ndarray) -> np.ndarray:
     return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
 
 
-def dcor(x, y):
-    """Székely et al. 2007 with explicit double centring."""
+def dcor(x: np.ndarray, y: np.ndarray, bias_corrected: bool = False) -> float:
+    """Szekely, Rizzo & Bakirov (2007) dCor; Szekely & Rizzo (2013) bias-corrected R* (estimates dCor^2)."""
+    a, b = distance_matrix(x), distance_matrix(y)
+    n = len(x)
 
-    def dc(a):
-        return a - a.mean(0) - a.mean(1)[:, None] + a.mean()
-
-    a, b = dc(dist(x)), dc(dist(y))
-    v = lambda p, q: (p * q).mean()  # noqa: E731
-    return np.sqrt(v(a, b) / np.sqrt(v(a, a) * v(b, b)))
-
-
-def dcor2_unbiased(x, y):
-    """Székely & Rizzo 2014: U-centred matrices, sum over i != j / (n (n - 3))."""
-
-    def uc(a):
-        n = len(a)
-        u = a - a.sum(0) / (n - 2) - a.sum(1)[:, None] / (n - 2) + a.sum() / ((n - 1) * (n - 2))
+    def centre(m):
+        if not bias_corrected:
+            return m - m.mean(0, keepdims=True) - m.mean(1, keepdims=True) + m.mean()
+        u = m - m.sum(0, keepdims=True) / (n - 2) - m.sum(1, keepdims=True) / (n - 2) + m.sum() / ((n - 1) * (n - 2))
         np.fill_diagonal(u, 0)
         return u
 
-    a, b = uc(dist(x)), uc(dist(y))
-    n = len(a)
-    v = lambda p, q: (p * q).sum() / (n * (n - 3))  # noqa: E731
-    return v(a, b) / np.sqrt(v(a, a) * v(b, b))
+    ac, bc = centre(a), centre(b)
+    if bias_corrected:
+        scale = 1 / (n * (n - 3))
+        cov, vx, vy = (ac * bc).sum() * scale, (ac * ac).sum() * scale, (bc * bc).sum() * scale
+        return cov / math.sqrt(vx * vy)
+    cov, vx, vy = (ac * bc).mean(), (ac * ac).mean(), (bc * bc).mean()
+    return math.sqrt(cov / math.sqrt(vx * vy))
 
 
-def eos(x, y):
-    u = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)[0]
-    v = np.linalg.svd(np.asarray(y, np.float64), full_matrices=False)[0]
-    return np.linalg.norm(u.T @ v) ** 2 / max(u.shape[1], v.shape[1])
+def eigenspace_overlap(x: np.ndarray, y: np.ndarray, normalizer: str = "rank") -> float:
+    """May et al. (2019): |U^T V|_F^2 / max(., .), U, V left singular vectors spanning the column spaces."""
+    rx, ry = np.linalg.matrix_rank(x), np.linalg.matrix_rank(y)
+    u = np.linalg.svd(x, full_matrices=False)[0][:, :rx]
+    v = np.linalg.svd(y, full_matrices=False)[0][:, :ry]
+    norm = max(rx, ry) if normalizer == "rank" else max(x.shape[1], y.shape[1])
+    return float(np.linalg.norm(u.T @ v) ** 2 / norm)
 
 
-def gulp(x, y, lam):
-    def prep(a):
-        a = np.asarray(a, np.float64)
-        a = a - a.mean(0)
-        return a * np.sqrt(len(a)) / np.linalg.norm(a)
+def gulp(x: np.ndarray, y: np.ndarray, lam: float = 0.0) -> float:
+    """Boix-Adsera et al. (2022): centred representations scaled so that tr(Sigma) = 1, then
+    d^2 = tr(R_x S_x R_x S_x) + tr(R_y S_y R_y S_y) - 2 tr(R_x S_xy R_y S_yx), R = (S + lam I)^{-1}."""
+    n = len(x)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    xc = xc * math.sqrt(n) / np.linalg.norm(xc)
+    yc = yc * math.sqrt(n) / np.linalg.norm(yc)
+    sx, sy, sxy = xc.T @ xc / n, yc.T @ yc / n, xc.T @ yc / n
 
-    a, b = prep(x), prep(y)
-    n = len(a)
-    sa, sb, sab = a.T @ a / n, b.T @ b / n, a.T @ b / n
-    ra = np.linalg.inv(sa + lam * np.eye(len(sa)))
-    rb = np.linalg.inv(sb + lam * np.eye(len(sb)))
-    d2 = np.trace(sa @ ra @ sa @ ra) + np.trace(sb @ rb @ sb @ rb) - 2 * np.trace(ra @ sab @ rb @ sab.T)
-    return np.sqrt(max(d2, 0.0))
+    def inv(s):
+        if lam > 0:
+            return np.linalg.inv(s + lam * np.eye(len(s)))
+        return np.linalg.pinv(s, rcond=1e-10, hermitian=True)
 
-
-def rsm_norm_difference(x, y):
-    return np.linalg.norm(dist(x) - dist(y)) / len(x)
-
-
-def magnitude_difference(x, y):
-    return abs(np.linalg.norm(np.mean(x, 0)) - np.linalg.norm(np.mean(y, 0)))
+    rx, ry = inv(sx), inv(sy)
+    d2 = np.trace(rx @ sx @ rx @ sx) + np.trace(ry @ sy @ ry @ sy) - 2 * np.trace(rx @ sxy @ ry @ sxy.T)
+    return math.sqrt(max(d2, 0.0))
 
 
-def concentricity(x):
-    x = np.asarray(x, np.float64)
-    m = x.mean(0)
-    return np.mean([xi @ m / (np.linalg.norm(xi) * np.linalg.norm(m)) for xi in x])
+def rsm_norm_difference(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.linalg.norm(distance_matrix(x) - distance_matrix(y), "fro"))
 
 
-def uniformity(x, t=2.0):
-    z = np.asarray(x, np.float64)
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
-    vals = [np.exp(-t * np.sum((z[i] - z[j]) ** 2)) for i, j in itertools.permutations(range(len(z)), 2)]
-    return np.log(np.mean(vals))
+def mean_row_norm(x: np.ndarray) -> float:
+    return float(np.mean([np.linalg.norm(row) for row in x]))
 
 
-def softmax(a):
-    e = np.exp(a - a.max(1, keepdims=True))
+def norm_of_mean(x: np.ndarray) -> float:
+    return float(np.linalg.norm(x.mean(0)))
+
+
+def concentricity(x: np.ndarray) -> float:
+    mu = x.mean(0)
+    return float(np.mean([row @ mu / (np.linalg.norm(row) * np.linalg.norm(mu)) for row in x]))
+
+
+def uniformity(x: np.ndarray, t: float = 2.0, normalize: bool = True) -> float:
+    """Wang & Isola (2020): log of the mean over pairs i < j of exp(-t |z_i - z_j|^2), by a double loop."""
+    z = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
+    n = len(z)
+    total, count = 0.0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            total += math.exp(-t * float(((z[i] - z[j]) ** 2).sum()))
+            count += 1
+    return math.log(total / count)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
 
 
-def jsd(x, y):
-    p, q = softmax(np.asarray(x, np.float64)), softmax(np.asarray(y, np.float64))
+def jsd(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over samples of JSD(p, q) = KL(p || m)/2 + KL(q || m)/2, m = (p + q)/2, natural log."""
+    p, q = softmax(x), softmax(y)
     m = (p + q) / 2
-    kl = lambda a, b: np.sum(a * np.log(a / b), 1)  # noqa: E731
-    return np.mean((kl(p, m) + kl(q, m)) / 2)
+    return float(np.mean(0.5 * rel_entr(p, m).sum(1) + 0.5 * rel_entr(q, m).sum(1)))
+
+
+def disagreement(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(x.argmax(1) != y.argmax(1)))
+
+
+def abs_acc_diff(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
+    return float(abs(np.mean(x.argmax(1) == labels) - np.mean(y.argmax(1) == labels)))

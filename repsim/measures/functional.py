@@ -1,68 +1,186 @@
-"""Functional measures: compare what two models output (logits of the same samples), not how
-they represent it (Klabunde et al. 2025, ReSi's functional measures)."""
+"""Functional measures: compare two models' OUTPUTS (logits, (n, C)) on the same samples.
+
+``jsd`` (mean Jensen-Shannon divergence of the softmax outputs), ``disagreement`` (fraction of
+samples whose predicted class differs) and ``abs_acc_diff`` (|accuracy difference| given the
+labels), as in Klabunde et al.'s survey and ReSi. Registered with ``needs_outputs=True``.
+"""
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import as_features, check_same_samples
+from .._validation import as_features
 from .registry import register
 
 _ACC = torch.float64
-_RESI = "Klabunde et al. 2025, ReSi (ICLR)"
 
 
-def _logits(x, y, min_samples: int = 1) -> tuple[Tensor, Tensor]:
-    x = as_features(x, "x", min_samples)
-    y = as_features(y, "y", min_samples)
-    check_same_samples(x, y)
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be logits over the same classes; got {x.shape[1]} and {y.shape[1]} columns")
+def _logits(x, name: str) -> Tensor:
+    x = as_features(x, name, 1)
     if x.shape[1] < 2:
-        raise ValueError("functional measures need logits over at least 2 classes (shape (n, C), C >= 2)")
-    return x.to(_ACC), y.to(_ACC)
+        raise ValueError(f"{name} has {x.shape[1]} class (column); logits need at least 2 classes, shape (n, C)")
+    return x
+
+
+def _logit_pair(x, y) -> tuple[Tensor, Tensor]:
+    x, y = _logits(x, "x"), _logits(y, "y")
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but y has {tuple(y.shape)}; both must be logits (n, C) of the same "
+            "samples over the same classes"
+        )
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}; move both to one device")
+    return x, y
+
+
+def _logit_layers(xs, ys) -> tuple[list[Tensor], list[Tensor]]:
+    def as_list(v, name):
+        if isinstance(v, (Tensor, np.ndarray)):
+            v = [v]
+        v = list(v.values()) if isinstance(v, dict) else list(v)
+        if not v:
+            raise ValueError(f"{name} is empty; pass at least one (n, C) logit tensor")
+        return [_logits(t, f"{name}[{i}]") for i, t in enumerate(v)]
+
+    xs_list = as_list(xs, "xs")
+    ys_list = xs_list if ys is None else as_list(ys, "ys")
+    for t in xs_list + ys_list:
+        _logit_pair(xs_list[0], t)
+    return xs_list, ys_list
+
+
+def _jsd_rows(lp: Tensor, lq: Tensor) -> Tensor:
+    """Per-sample JSD(p, q) in nats from log-probabilities (..., n, C); never forms log(0).
+
+    With delta = log q - log p and m = (p + q)/2: log p - log m = -f(delta), log q - log m = -f(-delta),
+    f(delta) = log((1 + e^delta)/2) = relu(delta) + log1p(expm1(-|delta|)/2) (no overflow, exactly 0
+    at delta = 0). Each class's term p log(p/m) + q log(q/m) = phi(p) + phi(q) - 2 phi(m) >= 0
+    (convexity of phi(t) = t log t), so a negative term is rounding and is set to 0.
+    """
+    delta = lq - lp
+    h = torch.log1p(torch.expm1(-delta.abs()) / 2)
+    p, q = lp.exp(), lq.exp()
+    term = -(p * (delta.clamp_min(0) + h) + q * ((-delta).clamp_min(0) + h))
+    return 0.5 * term.clamp_min(0).sum(-1)
 
 
 def jsd(x: Tensor, y: Tensor) -> Tensor:
-    """Mean Jensen-Shannon divergence between the two models' predictive distributions (natural log).
+    """mean_i JSD(softmax(x_i), softmax(y_i)), natural log (in [0, log 2]).
 
-    JSD(p, q) = (KL(p | m) + KL(q | m)) / 2, m = (p + q)/2, with p = softmax(x_i), q = softmax(y_i);
-    in [0, log 2]. Computed from log-softmax and logsumexp, so no log(0) or 0/0 even for
-    saturated logits.
+    JSD(p, q) = KL(p || m)/2 + KL(q || m)/2, m = (p + q)/2, from log-softmax in float64.
+    Invariant only to adding the same constant to all logits of a sample (not a feature-space
+    map; none of the registry's invariances holds). Cost O(n C).
     """
-    x, y = _logits(x, y)
-    lp, lq = torch.log_softmax(x, 1), torch.log_softmax(y, 1)
-    lm = torch.logaddexp(lp, lq) - math.log(2)
-    kl_pm = (lp.exp() * (lp - lm)).sum(1)
-    kl_qm = (lq.exp() * (lq - lm)).sum(1)
-    return ((kl_pm + kl_qm) / 2).clamp_min(0.0).mean()
+    x, y = _logit_pair(x, y)
+    return _jsd_rows(torch.log_softmax(x.to(_ACC), 1), torch.log_softmax(y.to(_ACC), 1)).mean()
+
+
+def jsd_grid(xs, ys=None) -> Tensor:
+    """:func:`jsd` for every pair of output sets: log-softmax once per set, all pairs by broadcasting."""
+    xs, ys = _logit_layers(xs, ys)
+    lx = torch.stack([torch.log_softmax(x.to(_ACC), 1) for x in xs])
+    ly = lx if ys is xs else torch.stack([torch.log_softmax(y.to(_ACC), 1) for y in ys])
+    return torch.stack([_jsd_rows(lx[i][None], ly).mean(-1) for i in range(len(xs))])
 
 
 def disagreement(x: Tensor, y: Tensor) -> Tensor:
-    """Fraction of samples on which the two models' top-1 predictions (argmax of the logits) differ."""
-    x, y = _logits(x, y)
+    """Fraction of samples whose predicted classes differ: mean_i [argmax x_i != argmax y_i].
+
+    Ties go to the first maximal class (torch.argmax). Invariant to positive scaling of the
+    logits. Cost O(n C).
+    """
+    x, y = _logit_pair(x, y)
     return (x.argmax(1) != y.argmax(1)).to(_ACC).mean()
 
 
-def abs_acc_diff(x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
-    """|accuracy(x) - accuracy(y)| of the two models' top-1 predictions against ``labels`` (n,)."""
-    x, y = _logits(x, y)
+def disagreement_grid(xs, ys=None) -> Tensor:
+    xs, ys = _logit_layers(xs, ys)
+    px = torch.stack([x.argmax(1) for x in xs])
+    py = px if ys is xs else torch.stack([y.argmax(1) for y in ys])
+    return (px[:, None, :] != py[None, :, :]).to(_ACC).mean(-1)
+
+
+def _labels(labels, n: int, classes: int, device) -> Tensor:
     if labels is None:
-        raise ValueError("abs_acc_diff needs labels=: the (n,) true class indices of the samples")
-    labels = torch.as_tensor(labels, device=x.device)
-    if labels.shape != (x.shape[0],) or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {tuple(labels.shape)}")
-    if bool((labels < 0).any() or (labels >= x.shape[1]).any()):
-        raise ValueError(f"labels must lie in [0, {x.shape[1]}) (one per logit column)")
-    acc_x = (x.argmax(1) == labels).to(_ACC).mean()
-    acc_y = (y.argmax(1) == labels).to(_ACC).mean()
-    return (acc_x - acc_y).abs()
+        raise ValueError("abs_acc_diff needs the true classes: pass labels= (an (n,) integer tensor)")
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    elif isinstance(labels, (list, tuple)):
+        labels = torch.tensor(labels)
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"labels must be a tensor, numpy array or list of shape (n,), got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels has shape {tuple(labels.shape)} but the logits have {n} samples; pass shape ({n},)")
+    labels = labels.to(device=device, dtype=torch.int64)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        raise ValueError(f"labels must lie in [0, {classes - 1}] for logits with {classes} classes; got [{lo}, {hi}]")
+    return labels
 
 
-_FUNC = {"family": "functional", "larger_is_more_similar": False, "needs_outputs": True, "identity_value": 0.0}
-register("jsd", fn=jsd, cost="O(n C)", reference=_RESI + "; Lin 1991", **_FUNC)
-register("disagreement", fn=disagreement, metric=True, cost="O(n C)", reference=_RESI, **_FUNC)
-register("abs_acc_diff", fn=abs_acc_diff, metric=True, needs_labels=True, cost="O(n C)", reference=_RESI, **_FUNC)
+def _accuracy(x: Tensor, labels: Tensor) -> Tensor:
+    return (x.argmax(1) == labels).to(_ACC).mean()
+
+
+def abs_acc_diff(x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
+    """|acc(x) - acc(y)| with acc = mean_i [argmax x_i == labels_i]. Invariant to positive scaling
+    of the logits. Cost O(n C)."""
+    x, y = _logit_pair(x, y)
+    labels = _labels(labels, x.shape[0], x.shape[1], x.device)
+    return (_accuracy(x, labels) - _accuracy(y, labels)).abs()
+
+
+def abs_acc_diff_grid(xs, ys=None, labels: Tensor | None = None) -> Tensor:
+    xs, ys = _logit_layers(xs, ys)
+    labels = _labels(labels, xs[0].shape[0], xs[0].shape[1], xs[0].device)
+    ax = torch.stack([_accuracy(x, labels) for x in xs])
+    ay = ax if ys is xs else torch.stack([_accuracy(y, labels) for y in ys])
+    return (ax[:, None] - ay[None, :]).abs()
+
+
+_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
+
+register(
+    "jsd",
+    fn=jsd,
+    family="functional",
+    larger_is_more_similar=False,
+    cost="O(n C)",
+    identity_value=0.0,
+    needs_outputs=True,
+    needs_equal_widths=True,  # the same classes on both sides
+    grid=jsd_grid,
+    reference="Lin 1991, IEEE Trans. Inf. Theory; " + _SURVEY,
+)
+register(
+    "disagreement",
+    fn=disagreement,
+    family="functional",
+    larger_is_more_similar=False,
+    invariances=("isotropic_scaling",),
+    cost="O(n C)",
+    identity_value=0.0,
+    needs_outputs=True,
+    needs_equal_widths=True,  # the same classes on both sides
+    grid=disagreement_grid,
+    reference=_SURVEY,
+)
+register(
+    "abs_acc_diff",
+    fn=abs_acc_diff,
+    family="functional",
+    larger_is_more_similar=False,
+    invariances=("isotropic_scaling",),
+    cost="O(n C)",
+    identity_value=0.0,
+    needs_labels=True,
+    needs_outputs=True,
+    needs_equal_widths=True,  # the same classes on both sides
+    grid=abs_acc_diff_grid,
+    reference=_SURVEY,
+)

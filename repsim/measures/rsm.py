@@ -1,194 +1,486 @@
-"""Measures on representational similarity matrices and subspaces: distance correlation,
-eigenspace overlap, GULP and the RSM norm difference.
+"""Measures built on n x n distance matrices or on column spaces: distance correlation, eigenspace
+overlap, GULP, RSM norm difference.
 
-Eigenspace overlap and GULP are functions of second moments and stream exactly; distance
-correlation and the RSM norm difference need all n x n distances (O(n^2) memory).
+* ``distance_correlation`` (Szekely, Rizzo & Bakirov 2007): dCor = sqrt(dCov^2(X, Y) /
+  sqrt(dVar^2(X) dVar^2(Y))) with dCov^2 = (1/n^2) sum_ij A_ij B_ij of the double-centred Euclidean
+  distance matrices; ``bias_corrected=True`` gives the U-centred estimate R* of dCor^2
+  (Szekely & Rizzo 2013), which may be negative and is never clamped.
+* ``eigenspace_overlap`` (May et al. 2019): EOS = |U^T V|_F^2 / max(r_x, r_y) with U, V orthonormal
+  bases of the (uncentred) column spaces of x and y, r their ranks.
+* ``gulp`` (Boix-Adsera et al. 2022): the distance between the ridge predictors of the two
+  representations, on centred representations scaled to tr(Sigma) = 1 (the authors' code).
+* ``rsm_norm_difference``: |D_x - D_y|_F of the Euclidean distance matrices.
+
+Distance-matrix measures are computed in row blocks, so only a (layers x block x n) slab is in
+memory at once; eigenspace overlap and GULP need only d x d moments and stream exactly.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
 
 import torch
 from torch import Tensor
 
 from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
-from . import _moment_grid as mg
-from .gram import squared_distances
 from .registry import register
 
 _ACC = torch.float64
-_ROUNDING = 1e-13
-DCOR_ESTIMATORS = ("biased", "unbiased")
+_BLOCK_ELEMENTS = 1 << 25  # float64 entries of distance blocks held at once (256 MiB)
 
 
-def _distances(x: Tensor, dtype) -> Tensor:
-    compute = resolve_dtype(dtype, x)
-    xc = (x.to(_ACC) - x.to(_ACC).mean(0)).to(compute)  # centred in float64 first: no cancellation
-    return squared_distances(xc).to(_ACC).sqrt()
+# ---------------------------------------------------------------------------- shared helpers
+def _layers(xs, ys, min_samples: int, reason: str, varying: bool) -> tuple[list[Tensor], list[Tensor]]:
+    xs = as_feature_list(xs, "xs", min_samples, reason, varying=varying)
+    ys_list = xs if ys is None else as_feature_list(ys, "ys", min_samples, reason, varying=varying)
+    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    return xs, ys_list
 
 
-def _pairs(xs, ys, min_samples: int) -> tuple[list[Tensor], list[Tensor] | None]:
-    xs = as_feature_list(xs, "xs", min_samples, varying=True)
-    ys = None if ys is None else as_feature_list(ys, "ys", min_samples, varying=True)
-    check_same_samples(xs[0], (ys or xs)[0], ("xs[0]", "ys[0]"))
-    return xs, ys
-
-
-# -------------------------------------------------------------------------------- distance correlation
-def _double_centred(d: Tensor) -> Tensor:
-    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
-
-
-def _u_centred(d: Tensor) -> Tensor:
-    """Székely & Rizzo's (2014) U-centring: unbiased inner products, zero diagonal."""
-    n = d.shape[0]
-    u = d - d.sum(0, keepdim=True) / (n - 2) - d.sum(1, keepdim=True) / (n - 2) + d.sum() / ((n - 1) * (n - 2))
-    return u.fill_diagonal_(0.0)
-
-
-def _dcor_grid(xs, ys=None, estimator: str = "biased", dtype: torch.dtype | None = None) -> Tensor:
-    check_choice(estimator, "estimator", DCOR_ESTIMATORS)
-    xs, ys = _pairs(xs, ys, 4)
-    centre = _double_centred if estimator == "biased" else _u_centred
-    flat_x = torch.stack([centre(_distances(x, dtype)).flatten() for x in xs])
-    flat_y = flat_x if ys is None else torch.stack([centre(_distances(y, dtype)).flatten() for y in ys])
-    cross = flat_x @ flat_y.T  # the n-free normalisers cancel in the ratio
-    vx, vy = flat_x.pow(2).sum(1), flat_y.pow(2).sum(1)
-    dcor2 = cross / (vx[:, None] * vy[None, :]).sqrt()
-    return dcor2.clamp_min(0.0).sqrt() if estimator == "biased" else dcor2
-
-
-def distance_correlation(x: Tensor, y: Tensor, estimator: str = "biased", dtype: torch.dtype | None = None) -> Tensor:
-    """Distance correlation (Székely, Rizzo & Bakirov 2007).
-
-    With Euclidean distance matrices a_ij = |x_i - x_j|, b_ij = |y_i - y_j| and their double-centred
-    A, B (A_ij = a_ij - a_i. - a_.j + a_..): dCov^2 = mean(A * B), dCor = sqrt(dCov^2(x, y) /
-    sqrt(dCov^2(x, x) dCov^2(y, y))), in [0, 1], 0 iff independent (in the population).
-    ``estimator="unbiased"`` returns the bias-corrected *squared* distance correlation of
-    Székely & Rizzo (2014) (U-centred matrices), which is near 0 for independent data even when
-    d >> n and can be slightly negative; it is not clamped. O(n^2 d) time, O(n^2) memory.
-    """
-    check_choice(estimator, "estimator", DCOR_ESTIMATORS)
-    x = as_features(x, "x", 4, "distance correlation needs n >= 4", varying=True)
-    y = as_features(y, "y", 4, "distance correlation needs n >= 4", varying=True)
+def _pair(x, y, min_samples: int, reason: str, varying: bool) -> tuple[Tensor, Tensor]:
+    x = as_features(x, "x", min_samples, reason, varying=varying)
+    y = as_features(y, "y", min_samples, reason, varying=varying)
     check_same_samples(x, y)
-    return _dcor_grid([x], [y], estimator, dtype)[0, 0]
+    return x, y
 
 
-# -------------------------------------------------------------------------------- RSM norm difference
-def _rsm_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
-    xs, ys = _pairs(xs, ys, 2)
-    dx = [_distances(x, dtype) for x in xs]
-    dy = dx if ys is None else [_distances(y, dtype) for y in ys]
-    n = dx[0].shape[0]
-    return torch.stack([torch.stack([(a - b).norm() / n for b in dy]) for a in dx])
+def _centred(x: Tensor, compute: torch.dtype) -> Tensor:
+    """Column-centred copy in ``compute``; the mean is taken in float64 so large offsets do not cancel."""
+    x64 = x.to(_ACC)
+    return (x64 - x64.mean(0)).to(compute)
+
+
+class _DistanceRows:
+    """Euclidean distance matrices of several layers, produced in row blocks (never n x n at once
+    unless it fits the block budget). Distances come from the Gram identity on centred features,
+    |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, products in ``compute``, the rest float64."""
+
+    def __init__(self, layers: list[Tensor], compute: torch.dtype) -> None:
+        self.layers = [_centred(x, compute) for x in layers]
+        self.sq = [x.to(_ACC).pow(2).sum(1) for x in self.layers]
+        self.n = layers[0].shape[0]
+
+    def block(self, k: int, i0: int, i1: int) -> Tensor:
+        x = self.layers[k]
+        g = (x[i0:i1] @ x.T).to(_ACC)
+        d2 = (self.sq[k][i0:i1, None] + self.sq[k][None, :] - 2 * g).clamp_min_(0)
+        rows = torch.arange(i1 - i0, device=d2.device)
+        d2[rows, rows + i0] = 0  # exact zero self-distances
+        return d2.sqrt_()
+
+
+def _block_size(n: int, layers: int) -> int:
+    return max(1, min(n, _BLOCK_ELEMENTS // max(1, layers * n)))
+
+
+# ---------------------------------------------------------------------------- distance correlation
+def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype) -> Tensor:
+    compute = resolve_dtype(dtype, *xs, *ys)
+    same = ys is xs
+    dist = _DistanceRows(xs if same else xs + ys, compute)
+    n, nl = dist.n, len(dist.layers)
+    b = _block_size(n, nl)
+    # Pass 1 (per layer, once): row sums and the grand sum of each distance matrix. When every
+    # layer's whole matrix fits the block budget it is kept for pass 2 instead of rebuilt.
+    keep = b >= n
+    kept: list[Tensor] = []
+    row_sums = torch.zeros(nl, n, dtype=_ACC, device=xs[0].device)
+    for i0 in range(0, n, b):
+        i1 = min(n, i0 + b)
+        for k in range(nl):
+            block = dist.block(k, i0, i1)
+            row_sums[k, i0:i1] = block.sum(1)
+            if keep:
+                kept.append(block)
+    total = row_sums.sum(1)
+    if bias_corrected:  # U-centring (Szekely & Rizzo 2013): zero diagonal, 1/(n-2) row terms
+        row_term, grand = row_sums / (n - 2), total / ((n - 1) * (n - 2))
+    else:  # double centring A = a - a_i. - a_.j + a_..
+        row_term, grand = row_sums / n, total / n**2
+    # Pass 2: centred blocks of every layer; all pair inner products from one product per block.
+    lx = len(xs)
+    var = torch.zeros(nl, dtype=_ACC, device=xs[0].device)
+    cross = torch.zeros(lx, lx if same else nl - lx, dtype=_ACC, device=xs[0].device)
+    for i0 in range(0, n, b):
+        i1 = min(n, i0 + b)
+        blocks = []
+        for k in range(nl):
+            c = (kept[k] if keep else dist.block(k, i0, i1)) - row_term[k, i0:i1, None] - row_term[k, None, :]
+            c += grand[k]
+            if bias_corrected:
+                rows = torch.arange(i1 - i0, device=c.device)
+                c[rows, rows + i0] = 0
+            blocks.append(c.flatten())
+        flat = torch.stack(blocks)
+        var += flat.pow(2).sum(1)
+        cross += flat[:lx] @ (flat[:lx] if same else flat[lx:]).T
+    vx, vy = var[:lx], (var[:lx] if same else var[lx:])
+    if not bool((vx > 0).all() and (vy > 0).all()):
+        raise ValueError(
+            "the distance variance of a layer is not positive (all samples coincide"
+            + (", or too few distinct samples for the bias-corrected estimate" if bias_corrected else "")
+            + "); pass distinct samples"
+        )
+    r2 = cross / torch.sqrt(vx[:, None] * vy[None, :])
+    if bias_corrected:
+        return r2
+    # The V-statistic dCov^2 is a squared norm, >= 0; only rounding can make it negative.
+    if not bool((r2 >= -1e-12).all()):
+        raise ValueError("distance covariance came out negative beyond rounding; please report this input")
+    return r2.clamp_min(0).sqrt()
+
+
+def distance_correlation(x: Tensor, y: Tensor, bias_corrected: bool = False, dtype: torch.dtype | None = None):
+    """Distance correlation of ``x`` (n, p) and ``y`` (n, q) (Szekely, Rizzo & Bakirov 2007).
+
+    a_ij = |x_i - x_j|, A = a - a_i. - a_.j + a_.. (double centring), likewise B from y;
+    dCov^2 = (1/n^2) sum A_ij B_ij, dCor = sqrt(dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))),
+    in [0, 1], 1 for x = y. ``bias_corrected=True`` (n >= 4) returns Szekely & Rizzo's (2013)
+    R*: U-centred matrices (zero diagonal, a_i./(n-2), a../((n-1)(n-2))), the bias-corrected
+    estimate of dCor^2 (the square, not its root); it is near 0 for independent data even when
+    d >> n and can be negative (never clamped).
+
+    Cost O(n^2 (p + q)) time; memory O(block x n): the n x n matrices are built in row blocks,
+    twice (once for the row means, once for the products).
+    """
+    need = 4 if bias_corrected else 2
+    x, y = _pair(x, y, need, "distance correlation needs n >= 4 for the bias-corrected estimate", True)
+    return _dcor_grid([x], [y], bias_corrected, dtype)[0, 0]
+
+
+def distance_correlation_grid(xs, ys=None, bias_corrected: bool = False, dtype: torch.dtype | None = None):
+    """:func:`distance_correlation` for every layer pair: (L, M). Each layer's distance matrix
+    (row sums, then centred row blocks) is built once; all pair products come from one matrix
+    product per row block."""
+    need = 4 if bias_corrected else 2
+    xs, ys = _layers(xs, ys, need, "distance correlation needs n >= 4 for the bias-corrected estimate", True)
+    return _dcor_grid(xs, ys, bias_corrected, dtype)
+
+
+# ---------------------------------------------------------------------------- column-space bases
+def _default_rtol(compute: torch.dtype) -> float:
+    # Second moments resolve eigenvalues to ~eps * lambda_max; float32 products to ~1e-7.
+    return 1e-10 if compute == torch.float64 else 1e-5
+
+
+def _whitener(s: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+    """(V_r, lambda_r) of the symmetric PSD ``s`` keeping eigenvalues > rtol * lambda_max."""
+    lam, vec = torch.linalg.eigh(s)
+    keep = lam > rtol * lam[-1].clamp_min(0)
+    return vec[:, keep], lam[keep]
+
+
+class _ColumnSpace:
+    """An orthonormal basis of the uncentred column space of X (n x p), from its moments only.
+
+    X = Q A with Q = [Xc V_r L_r^{-1/2}, 1/sqrt(n)] orthonormal (n x (r+1)) and
+    A = [[L_r^{1/2} V_r^T], [sqrt(n) mu^T]]: the centred scatter S = Xc^T Xc = V L V^T and the mean
+    give A exactly, and A's left singular vectors U_A (singular values of A are those of X) give
+    the basis Q U_A. Working through the centred scatter keeps the conditioning of X's own
+    directions instead of squaring a large mean into the Gram matrix.
+    """
+
+    def __init__(self, sxx: Tensor, mean: Tensor, n: int, rtol: float) -> None:
+        v, lam = _whitener(sxx, rtol)
+        self.whiten = v / lam.sqrt()  # p x r: Xc @ whiten has orthonormal columns
+        a = torch.cat([lam.sqrt()[:, None] * v.T, math.sqrt(n) * mean[None, :]])
+        u, sv, _ = torch.linalg.svd(a, full_matrices=False)
+        keep = sv.pow(2) > rtol * sv[0].pow(2) if sv.numel() else sv > 0
+        self.coef = u[:, keep]  # (r+1) x rank
+        self.rank = int(keep.sum())
+
+    def basis(self, xc: Tensor, n: int) -> Tensor:
+        """The (n, rank) orthonormal basis, in the dtype of ``xc``."""
+        q = torch.cat([xc @ self.whiten.to(xc.dtype), torch.full((n, 1), n**-0.5, dtype=xc.dtype, device=xc.device)], 1)
+        return q @ self.coef.to(xc.dtype)
+
+
+def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tensor:
+    """|U_x^T U_y|_F^2 from moments: Q_x^T Q_y = blockdiag(W_x^T S_xy W_y, 1) (1 is orthogonal to Xc)."""
+    k = cs_x.whiten.T @ sxy @ cs_y.whiten
+    g = torch.zeros(k.shape[0] + 1, k.shape[1] + 1, dtype=_ACC, device=k.device)
+    g[:-1, :-1] = k
+    g[-1, -1] = 1
+    return (cs_x.coef.T @ g @ cs_y.coef).pow(2).sum()
+
+
+NORMALIZERS = ("rank", "width")
+
+
+def _block_sums(products: Tensor, sizes_x: list[int], sizes_y: list[int]) -> Tensor:
+    """Sum of squares of each (i, j) block of ``products`` (sum sizes_x, sum sizes_y) -> (L, M)."""
+    sq = products.to(_ACC).pow(2)
+    dev = sq.device
+    ix = torch.repeat_interleave(torch.arange(len(sizes_x), device=dev), torch.tensor(sizes_x, device=dev))
+    iy = torch.repeat_interleave(torch.arange(len(sizes_y), device=dev), torch.tensor(sizes_y, device=dev))
+    rows = torch.zeros(len(sizes_x), sq.shape[1], dtype=_ACC, device=dev).index_add_(0, ix, sq)
+    return torch.zeros(len(sizes_x), len(sizes_y), dtype=_ACC, device=dev).index_add_(1, iy, rows)
+
+
+def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float) -> tuple[list[Tensor], list[int]]:
+    n = xs[0].shape[0]
+    bases, ranks = [], []
+    for k, x in enumerate(xs):
+        mean = x.to(_ACC).mean(0)
+        xc = _centred(x, compute)
+        cs = _ColumnSpace((xc.T @ xc).to(_ACC), mean, n, rtol)
+        if cs.rank == 0:
+            raise ValueError(f"layer {k} is all zeros, so its column space is empty and the overlap undefined")
+        bases.append(cs.basis(xc, n))
+        ranks.append(cs.rank)
+    return bases, ranks
+
+
+def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype) -> Tensor:
+    check_choice(normalizer, "normalizer", NORMALIZERS)
+    compute = resolve_dtype(dtype, *xs, *ys)
+    rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
+    bx, rx = _eos_layers(xs, compute, rtol)
+    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol)
+    overlap = _block_sums(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
+    if normalizer == "rank":
+        norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
+    else:
+        norm = torch.maximum(torch.tensor([x.shape[1] for x in xs])[:, None], torch.tensor([y.shape[1] for y in ys]))
+    return overlap / norm.to(device=overlap.device, dtype=_ACC)
+
+
+def _check_rtol(rtol: float) -> float:
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1) (relative eigenvalue cut-off), got {rtol}")
+    return float(rtol)
+
+
+def eigenspace_overlap(
+    x: Tensor, y: Tensor, normalizer: str = "rank", rtol: float | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Eigenspace overlap score (May et al. 2019): |U^T V|_F^2 / max(r_x, r_y) = tr(P_x P_y) / max(r_x, r_y).
+
+    U (n x r_x), V (n x r_y): orthonormal bases of the column spaces of the uncentred ``x``, ``y``
+    (May et al. compare embedding matrices as they are; no centring). In [0, 1], 1 when the
+    column spaces coincide (e.g. y = x A with A invertible).
+
+    Args:
+        normalizer: "rank" (default): max of the numerical ranks. May et al. define the score for
+            full-column-rank matrices, where rank = width, so this is their definition and keeps
+            EOS(x, x) = 1 for rank-deficient or wide (p > n) inputs. "width": max(p, q), what ReSi
+            divides by (its EOS(x, x) is rank/p < 1 when x is rank-deficient).
+        rtol: eigenvalues of the centred scatter (and squared singular values of x) below
+            rtol * largest count as zero; default 1e-10 in float64, 1e-5 for float32 products.
+        dtype: precision of the n x d products (default: the inputs'); decompositions are float64.
+
+    Cost O(n d^2 + d^3); exact from streamed moments (``tr(P_x P_y)`` needs only the means and
+    the centred scatter and cross-scatter matrices).
+    """
+    x, y = _pair(x, y, 1, "", True)
+    return _eos_grid([x], [y], normalizer, rtol, dtype)[0, 0]
+
+
+def eigenspace_overlap_grid(xs, ys=None, normalizer: str = "rank", rtol: float | None = None, dtype=None):
+    """:func:`eigenspace_overlap` for every layer pair: one basis per layer, one product for all pairs."""
+    xs, ys = _layers(xs, ys, 1, "", True)
+    return _eos_grid(xs, ys, normalizer, rtol, dtype)
+
+
+def eigenspace_overlap_from_moments(m, normalizer: str = "rank", rtol: float | None = None) -> Tensor:
+    """Eigenspace overlap from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
+    check_choice(normalizer, "normalizer", NORMALIZERS)
+    rtol = _default_rtol(_ACC) if rtol is None else _check_rtol(rtol)
+    cx = _ColumnSpace(m.sxx, m.mean_x, m.n, rtol)
+    cy = _ColumnSpace(m.syy, m.mean_y, m.n, rtol)
+    if cx.rank == 0 or cy.rank == 0:
+        raise ValueError("a layer is all zeros, so its column space is empty and the overlap undefined")
+    norm = max(cx.rank, cy.rank) if normalizer == "rank" else max(m.sxx.shape[0], m.syy.shape[0])
+    return _cross_of_bases(cx, cy, m.sxy) / norm
+
+
+# ---------------------------------------------------------------------------- GULP
+class _RidgeWeights:
+    """Sigma = S / n of the centred representation scaled to tr(Sigma) = 1; W = V (Lambda + lam)^{-1/2}
+    (lam = 0: pseudo-inverse over eigenvalues > rtol * largest)."""
+
+    def __init__(self, s: Tensor, lam: float, rtol: float) -> None:
+        trace = torch.trace(s)
+        # x -> x sqrt(n) / |Xc|_F, so Sigma = S / tr(S) has unit trace
+        self.scale2 = 1.0 / trace
+        sigma = s * self.scale2
+        if lam > 0:
+            ev, v = torch.linalg.eigh(sigma)
+            self.w = v / (ev.clamp_min(0) + lam).sqrt()
+        else:
+            v, ev = _whitener(sigma, rtol)
+            self.w = v / ev.sqrt()
+
+    def whitened(self, cross: Tensor, other: _RidgeWeights) -> Tensor:
+        """|W_x^T Sigma_xy W_y|_F^2 for the cross-scatter ``cross`` = Xc^T Yc."""
+        sigma_xy = cross * torch.sqrt(self.scale2 * other.scale2)
+        return (self.w.T @ sigma_xy @ other.w).pow(2).sum()
+
+
+def _gulp_tol(compute: torch.dtype) -> float:
+    return 10 * torch.finfo(compute).eps ** 0.5
+
+
+def _gulp_distance(t_xx: Tensor, t_yy: Tensor, t_xy: Tensor, compute: torch.dtype) -> Tensor:
+    """sqrt(T_xx + T_yy - 2 T_xy), T_ab = |W_a^T Sigma_ab W_b|_F^2.
+
+    The square is a difference of O(T) terms, known only to ~eps (T_xx + T_yy): below
+    64 eps (T_xx + T_yy) (including small negatives) it is rounding and gives 0, so equal inputs
+    give exactly 0; a negative square beyond 10 sqrt(eps) (T_xx + T_yy) is refused (ill-conditioning).
+    """
+    d2 = t_xx + t_yy - 2 * t_xy
+    scale = t_xx + t_yy
+    if not bool((d2 >= -_gulp_tol(compute) * scale).all()):
+        raise ValueError(
+            "the squared GULP distance came out negative beyond rounding (ill-conditioned inputs); "
+            "use lam > 0 or float64 (dtype=torch.float64)"
+        )
+    noise = 64 * torch.finfo(compute).eps * scale
+    return torch.where(d2 > noise, d2, torch.zeros_like(d2)).sqrt()
+
+
+def _check_lam(lam: float) -> float:
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0 (the ridge penalty), got {lam!r}")
+    return float(lam)
+
+
+def _gulp_layers(xs, compute, lam, rtol):
+    ts, selfs = [], []
+    for x in xs:
+        xc = _centred(x, compute)
+        rw = _RidgeWeights((xc.T @ xc).to(_ACC), lam, rtol)
+        t = xc @ (rw.w * torch.sqrt(rw.scale2)).to(compute)  # columns of Sigma-whitened predictors
+        ts.append(t)
+        selfs.append((t.T @ t).to(_ACC).pow(2).sum())
+    return ts, torch.stack(selfs)
+
+
+def _gulp_grid(xs, ys, lam, rtol, dtype) -> Tensor:
+    lam = _check_lam(lam)
+    compute = resolve_dtype(dtype, *xs, *ys)
+    rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
+    tx, sx = _gulp_layers(xs, compute, lam, rtol)
+    ty, sy = (tx, sx) if ys is xs else _gulp_layers(ys, compute, lam, rtol)
+    cross = _block_sums(torch.cat(tx, 1).T @ torch.cat(ty, 1), [t.shape[1] for t in tx], [t.shape[1] for t in ty])
+    return _gulp_distance(sx[:, None], sy[None, :], cross, compute)
+
+
+def gulp(x: Tensor, y: Tensor, lam: float = 0.0, rtol: float | None = None, dtype: torch.dtype | None = None):
+    """GULP distance (Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS).
+
+    With Sigma_x, Sigma_y, Sigma_xy the covariances of the centred representations, each scaled
+    to tr(Sigma) = 1 (as the authors' code does), and R_x = (Sigma_x + lam I)^{-1}:
+        d_lam^2 = tr(R_x Sigma_x R_x Sigma_x) + tr(R_y Sigma_y R_y Sigma_y) - 2 tr(R_x Sigma_xy R_y Sigma_yx),
+    it measures how differently lam-ridge regression on the two representations predicts targets.
+    Returns d_lam (not its square, which ReSi returns). ``lam = 0`` (default, as ReSi and the
+    authors' function) uses the pseudo-inverse over eigenvalues > rtol * largest; then
+    d_0^2 = r_x + r_y - 2 sum rho_i^2 (canonical correlations) and the distance is invariant to
+    invertible linear maps; lam > 0 only to orthogonal maps, scaling and shifts.
+
+    The square is a difference of terms T of order min(d, 1/lam): squares below 64 eps T (and
+    negatives down to -10 sqrt(eps) T) are rounding and give 0; a more negative square is refused.
+    Cost O(n d^2 + d^3); exact from streamed moments.
+    """
+    x, y = _pair(x, y, 2, "GULP centres the features", True)
+    return _gulp_grid([x], [y], lam, rtol, dtype)[0, 0]
+
+
+def gulp_grid(xs, ys=None, lam: float = 0.0, rtol: float | None = None, dtype: torch.dtype | None = None):
+    """:func:`gulp` for every layer pair: one eigendecomposition per layer, one product for all pairs."""
+    xs, ys = _layers(xs, ys, 2, "GULP centres the features", True)
+    return _gulp_grid(xs, ys, lam, rtol, dtype)
+
+
+def gulp_from_moments(m, lam: float = 0.0, rtol: float | None = None) -> Tensor:
+    """GULP from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
+    lam = _check_lam(lam)
+    rtol = _default_rtol(_ACC) if rtol is None else _check_rtol(rtol)
+    for name, s in (("x", m.sxx), ("y", m.syy)):
+        if not bool(torch.trace(s) > 0):
+            raise ValueError(f"{name} is constant across samples, so GULP's normalisation is undefined")
+    rx = _RidgeWeights(m.sxx, lam, rtol)
+    ry = _RidgeWeights(m.syy, lam, rtol)
+    return _gulp_distance(rx.whitened(m.sxx, rx), ry.whitened(m.syy, ry), rx.whitened(m.sxy, ry), _ACC)
+
+
+# ---------------------------------------------------------------------------- RSM norm difference
+def _rsm_norm_grid(xs, ys, dtype) -> Tensor:
+    compute = resolve_dtype(dtype, *xs, *ys)
+    same = ys is xs
+    dist = _DistanceRows(xs if same else xs + ys, compute)
+    n, lx = dist.n, len(xs)
+    iy = range(lx) if same else range(lx, len(dist.layers))
+    b = _block_size(n, len(dist.layers))
+    sq = torch.zeros(lx, len(iy), dtype=_ACC, device=xs[0].device)
+    for i0 in range(0, n, b):
+        i1 = min(n, i0 + b)
+        bx = torch.stack([dist.block(k, i0, i1).flatten() for k in range(lx)])
+        by = bx if same else torch.stack([dist.block(k, i0, i1).flatten() for k in iy])
+        # Differences taken entry by entry (not |a|^2 + |b|^2 - 2ab), so near-equal RSMs keep precision.
+        sq += torch.cdist(bx, by, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    return sq.sqrt()
 
 
 def rsm_norm_difference(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Root-mean-square difference of the Euclidean distance matrices: |D_x - D_y|_F / n.
+    """|D_x - D_y|_F, D the (n, n) Euclidean distance matrix of the rows (Shahbazi et al. 2021; ReSi).
 
-    D_ij = |x_i - x_j|_2. The Frobenius norm is what the measure means (ReSi computes the spectral
-    norm, O(n^3)); dividing by n makes it an RMS over the n^2 entries that does not grow with n.
-    A metric between representations up to rotations and translations; not scale invariant.
+    The Frobenius norm of the difference of the full matrices; the norm of the condensed upper
+    triangles is this divided by sqrt(2). ReSi takes the spectral norm (``ord=2`` of the matrix,
+    O(n^3)) where its comment says the vector norm was meant. A metric on configurations up to
+    rigid motions (orthogonal maps and shifts); not scale-invariant. Cost O(n^2 (p + q)), memory
+    O(block x n).
     """
-    x, y = as_features(x, "x", 2, varying=True), as_features(y, "y", 2, varying=True)
-    check_same_samples(x, y)
-    return _rsm_grid([x], [y], dtype)[0, 0]
+    x, y = _pair(x, y, 2, "a distance matrix needs two samples", True)
+    return _rsm_norm_grid([x], [y], dtype)[0, 0]
 
 
-# -------------------------------------------------------------------------------- eigenspace overlap
-class _Range(NamedTuple):
-    basis: Tensor
-    inv_sqrt: Tensor
+def rsm_norm_difference_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
+    """:func:`rsm_norm_difference` for every layer pair, distance blocks built once per layer and block."""
+    xs, ys = _layers(xs, ys, 2, "a distance matrix needs two samples", True)
+    return _rsm_norm_grid(xs, ys, dtype)
 
 
-def _range(s: Tensor, n: int, **_) -> _Range:
-    vals, vecs = mg.eigh_kept(s)
-    return _Range(vecs, vals.rsqrt())
-
-
-def _overlap_pair(px: _Range, py: _Range, sxy: Tensor, n, **_) -> Tensor:
-    # U^T V for orthonormal bases U = X V_x L_x^{-1/2} of range(X) and likewise for Y
-    core = (px.basis * px.inv_sqrt).T @ sxy @ (py.basis * py.inv_sqrt)
-    return core.pow(2).sum() / max(px.inv_sqrt.numel(), py.inv_sqrt.numel())
-
-
-def eigenspace_overlap(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Eigenspace overlap score (May et al. 2019): |U^T V|_F^2 / max(rank x, rank y).
-
-    U, V: orthonormal bases of the column spaces of the (uncentred, as published) n x d
-    representations. For full-rank inputs the normaliser is max(d, d'), the published one; with
-    rank-deficient inputs (redundant or dead features) the ranks are what the score means (ReSi
-    divides by the widths there). In [0, 1]; invariant to every invertible linear map, not to
-    translation. Exact from uncentred second moments: |U^T V|_F^2 = tr(S_xx^+ S_xy S_yy^+ S_yx).
-    """
-    x, y = mg.validated_pair(x, y, 2)
-    return mg.one_shot(x, y, dtype, _range, _overlap_pair, centre=False)
-
-
-# -------------------------------------------------------------------------------- GULP
-class _Ridge(NamedTuple):
-    basis: Tensor
-    vals: Tensor  # eigenvalues of the normalised covariance
-    inv: Tensor  # 1 / (vals + lam)
-    trace: Tensor  # tr(S), to normalise cross-covariances
-    self_term: Tensor  # tr((Sigma (Sigma + lam)^-1)^2)
-
-
-def _ridge(s: Tensor, n: int, lam: float = 0.0, **_) -> _Ridge:
-    trace = torch.diagonal(s).sum()
-    vals, vecs = mg.eigh_kept(s / trace)  # covariance of the representation scaled to mean squared norm 1
-    inv = (vals + lam).reciprocal()
-    return _Ridge(vecs, vals, inv, trace, (vals * inv).pow(2).sum())
-
-
-def _gulp_pair(pa: _Ridge, pb: _Ridge, sxy: Tensor, n, **_) -> Tensor:
-    cross = sxy / (pa.trace * pb.trace).sqrt()
-    core = (pa.basis * pa.inv.sqrt()).T @ cross @ (pb.basis * pb.inv.sqrt())
-    d2 = pa.self_term + pb.self_term - 2 * core.pow(2).sum()
-    scale = pa.self_term + pb.self_term
-    if bool(d2 < -1e-8 * scale):
-        raise ValueError(f"GULP's squared distance came out negative ({float(d2):.3g}) beyond rounding; report this")
-    return torch.where(d2 <= _ROUNDING * scale, torch.zeros_like(d2), d2).sqrt()
-
-
-def _check_lam(lam: float) -> None:
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0 (the ridge penalty of GULP's linear predictors), got {lam}")
-
-
-def gulp(x: Tensor, y: Tensor, lam: float = 0.0, dtype: torch.dtype | None = None) -> Tensor:
-    """GULP distance (Boix-Adserà et al. 2022) between the ridge-regression predictors of x and y.
-
-    Each side is centred and scaled to mean squared row norm 1 (as the paper's experiments do);
-    with Sigma_x, Sigma_y, Sigma_xy the covariances and R_x = (Sigma_x + lam I)^{-1}:
-    d^2 = tr((Sigma_x R_x)^2) + tr((Sigma_y R_y)^2) - 2 tr(R_x Sigma_xy R_y Sigma_yx), d = sqrt(d^2).
-    Returns the distance (ReSi returns d^2). ``lam=0`` uses pseudo-inverses with a relative
-    eigenvalue tolerance (redundant columns do not change the value) and is invariant to every
-    invertible linear map; ``lam > 0`` only to rotations, scaling and translation. A metric.
-    Exact from moments.
-    """
-    _check_lam(lam)
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _ridge, _gulp_pair, lam=lam)
-
-
-def _gulp_grid(xs, ys=None, lam: float = 0.0, dtype: torch.dtype | None = None) -> Tensor:
-    _check_lam(lam)
-    return mg.grid(xs, ys, dtype, _ridge, _gulp_pair, lam=lam)
-
-
+# ---------------------------------------------------------------------------- registry
 register(
     "distance_correlation",
     fn=distance_correlation,
     family="rsm",
     larger_is_more_similar=True,
     invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
-    cost="O(n^2 d), O(n^2) memory",
+    cost="O(n^2 d) time, O(block n) memory",
     identity_value=1.0,
-    grid=_dcor_grid,
-    reference="Székely, Rizzo & Bakirov 2007 (Ann. Statist.); Székely & Rizzo 2014 (unbiased)",
+    grid=distance_correlation_grid,
+    reference="Szekely, Rizzo & Bakirov 2007, Ann. Stat.; bias-corrected: Szekely & Rizzo 2013, J. Multivar. Anal.",
+)
+register(
+    "eigenspace_overlap",
+    fn=eigenspace_overlap,
+    family="rsm",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "permutation", "invertible_linear"),
+    streaming=True,
+    from_moments=eigenspace_overlap_from_moments,
+    cost="O(n d^2 + d^3)",
+    identity_value=1.0,
+    grid=eigenspace_overlap_grid,
+    reference="May, Zhang, Dao & Re 2019, NeurIPS",
+)
+register(
+    "gulp",
+    fn=gulp,
+    family="rsm",
+    larger_is_more_similar=False,
+    metric=True,
+    # lam = 0 (default): the predictor spaces are the centred column spaces, so any affine map of
+    # the features leaves it unchanged; lam > 0 keeps only orthogonal, scaling, translation, permutation.
+    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation", "invertible_linear", "affine"),
+    streaming=True,
+    from_moments=gulp_from_moments,
+    cost="O(n d^2 + d^3)",
+    identity_value=0.0,
+    grid=gulp_grid,
+    reference="Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS",
 )
 register(
     "rsm_norm_difference",
@@ -197,35 +489,8 @@ register(
     larger_is_more_similar=False,
     metric=True,
     invariances=("orthogonal", "translation", "permutation"),
-    cost="O(n^2 d), O(n^2) memory",
+    cost="O(n^2 d) time, O(block n) memory",
     identity_value=0.0,
-    grid=_rsm_grid,
-    reference="Klabunde et al. 2025 (ReSi)",
-)
-register(
-    "eigenspace_overlap",
-    fn=eigenspace_overlap,
-    family="rsm",
-    larger_is_more_similar=True,
-    invariances=("invertible_linear",),
-    streaming=True,
-    from_moments=lambda m: mg.from_moments(m, _range, _overlap_pair, centre=False),
-    cost="O(n d^2 + d^3)",
-    identity_value=1.0,
-    grid=lambda xs, ys=None, dtype=None: mg.grid(xs, ys, dtype, _range, _overlap_pair, min_samples=2, centre=False),
-    reference="May et al. 2019, On the downstream performance of compressed word embeddings (NeurIPS)",
-)
-register(
-    "gulp",
-    fn=gulp,
-    family="rsm",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=("affine",),  # lam = 0
-    streaming=True,
-    from_moments=lambda m, lam=0.0: mg.from_moments(m, _ridge, _gulp_pair, lam=lam),
-    cost="O(n d^2 + d^3)",
-    identity_value=0.0,
-    grid=_gulp_grid,
-    reference="Boix-Adserà, Lawrence, Stepaniants & Rigollet 2022, GULP (NeurIPS)",
+    grid=rsm_norm_difference_grid,
+    reference="Shahbazi et al. 2021, NeuroImage; Klabunde et al. 2025 (ReSi)",
 )

@@ -1,9 +1,10 @@
-"""Differences of one summary statistic per representation (magnitude, concentricity, uniformity).
+"""Differences of one summary statistic of each representation (the descriptive-statistics
+measures of Klabunde et al.'s survey and ReSi): magnitude, concentricity, uniformity.
 
-Each statistic summarises a representation by a single number; the measure is the absolute
-difference of the two numbers (Klabunde et al. 2025, ReSi). Two representations that encode
-entirely different things can have equal statistics, so these measures are necessary but not
-sufficient signs of similarity. Each is a pseudo-metric (|a - b| of scalars).
+Each is |s(x) - s(y)| for a scalar statistic s: symmetric, 0 at y = x and satisfying the
+triangle inequality, but 0 for any two representations whose statistic happens to agree, so
+only a pseudometric (declared ``metric=False``). Each is invariant to every feature map that
+leaves its statistic unchanged (declared per measure).
 """
 
 from __future__ import annotations
@@ -13,115 +14,258 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import as_features, check_same_samples, resolve_dtype
+from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
 from .registry import register
 
 _ACC = torch.float64
-_RESI = "Klabunde et al. 2025, ReSi (ICLR)"
+_BLOCK_ELEMENTS = 1 << 24
+
+MAGNITUDES = ("mean_row_norm", "norm_of_mean")
 
 
-def _pair(x, y, min_samples: int = 2) -> tuple[Tensor, Tensor]:
-    x, y = as_features(x, "x", min_samples, varying=True), as_features(y, "y", min_samples, varying=True)
+def _pair(x, y, min_samples: int, reason: str = "") -> tuple[Tensor, Tensor]:
+    # a representation constant across samples says nothing about the samples: refused, as everywhere
+    x = as_features(x, "x", min_samples, reason, varying=True)
+    y = as_features(y, "y", min_samples, reason, varying=True)
     check_same_samples(x, y)
     return x, y
 
 
-def magnitude(x: Tensor) -> Tensor:
-    """|mean_i x_i|_2: the length of the mean representation (Wang et al. 2020, as ReSi computes it)."""
-    return x.to(_ACC).mean(0).norm()
+def _layers(xs, ys, min_samples: int, reason: str = ""):
+    xs = as_feature_list(xs, "xs", min_samples, reason, varying=True)
+    ys = xs if ys is None else as_feature_list(ys, "ys", min_samples, reason, varying=True)
+    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    return xs, ys
 
 
-def magnitude_difference(x: Tensor, y: Tensor) -> Tensor:
-    """| |mean_i x_i|_2 - |mean_i y_i|_2 |, the difference of the mean representations' lengths.
+def _difference_grid(sx: Tensor, sy: Tensor) -> Tensor:
+    return (sx[:, None] - sy[None, :]).abs()
 
-    Invariant to rotations and permutations; not to scaling or translation. Exact from moments
-    (the means).
+
+# ---------------------------------------------------------------------------- magnitude
+def magnitude(x: Tensor, statistic: str = "mean_row_norm") -> Tensor:
+    """mean_i |x_i|_2 (default), or |mean_i x_i|_2 with ``statistic="norm_of_mean"`` (ReSi's code)."""
+    check_choice(statistic, "statistic", MAGNITUDES)
+    x64 = as_features(x, "x", 1).to(_ACC)
+    if statistic == "mean_row_norm":
+        return torch.linalg.vector_norm(x64, dim=1).mean()
+    return torch.linalg.vector_norm(x64.mean(0))
+
+
+def magnitude_difference(x: Tensor, y: Tensor, statistic: str = "mean_row_norm") -> Tensor:
+    """|mean_i |x_i| - mean_i |y_i||: the difference of the mean Euclidean row norms (Klabunde et al. 2025).
+
+    ``statistic="norm_of_mean"`` gives ReSi's implementation, | |mean x| - |mean y| |, the norms
+    of the mean representations. Both stream exactly (sum of row norms, means). Invariant to
+    orthogonal maps and permutations of the features only; in the units of the features (a
+    scale difference shows up as a difference). Cost O(n d).
     """
-    x, y = _pair(x, y)
-    return (magnitude(x) - magnitude(y)).abs()
+    x, y = _pair(x, y, 1)
+    return (magnitude(x, statistic) - magnitude(y, statistic)).abs()
 
 
-def _unit_rows(x: Tensor, name: str) -> Tensor:
-    norms = x.norm(dim=1, keepdim=True)
-    if bool((norms <= 1e-12 * norms.max()).any()):
-        raise ValueError(f"{name} has all-zero rows, whose direction (and cosine similarity) is undefined")
-    return x / norms
+def magnitude_difference_grid(xs, ys=None, statistic: str = "mean_row_norm") -> Tensor:
+    xs, ys = _layers(xs, ys, 1)
+    sx = torch.stack([magnitude(x, statistic) for x in xs])
+    sy = sx if ys is xs else torch.stack([magnitude(y, statistic) for y in ys])
+    return _difference_grid(sx, sy)
+
+
+def magnitude_difference_from_moments(m, statistic: str = "mean_row_norm") -> Tensor:
+    check_choice(statistic, "statistic", MAGNITUDES)
+    if statistic == "mean_row_norm":
+        return ((m.norm_sum_x - m.norm_sum_y) / m.n).abs()
+    return (torch.linalg.vector_norm(m.mean_x) - torch.linalg.vector_norm(m.mean_y)).abs()
+
+
+# ---------------------------------------------------------------------------- concentricity
+def _unit_rows(x64: Tensor, name: str) -> Tensor:
+    norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise ValueError(
+            f"{name} has {int((norms == 0).sum())} all-zero rows, whose direction (cosine) is undefined; "
+            "drop them or add a small offset"
+        )
+    return x64 / norms
 
 
 def concentricity(x: Tensor) -> Tensor:
-    """mean_i cos(x_i, mean_j x_j): how tightly the samples point along their mean (Wang et al. 2020)."""
-    x = x.to(_ACC)
-    mean = x.mean(0)
-    if not bool(mean.norm() > 1e-12 * x.norm(dim=1).max()):
-        raise ValueError("the mean representation is zero, so concentricity (cosine to the mean) is undefined")
-    return (_unit_rows(x, "x") @ (mean / mean.norm())).mean()
+    """mean_i cos(x_i, mean_j x_j): how tightly the samples point along the mean representation."""
+    x64 = as_features(x, "x", 1).to(_ACC)
+    mean = x64.mean(0)
+    mean_norm = torch.linalg.vector_norm(mean)
+    unit = _unit_rows(x64, "x")
+    # A mean that is zero up to rounding (centred features) has no direction to measure cosines to.
+    if not bool(mean_norm > 1e-12 * x64.pow(2).sum(1).mean().sqrt()):
+        raise ValueError(
+            "the mean representation of x is the zero vector (up to rounding, e.g. centred features), so its "
+            "cosine with the samples is undefined; concentricity needs uncentred features"
+        )
+    return (unit @ mean).mean() / mean_norm
 
 
 def concentricity_difference(x: Tensor, y: Tensor) -> Tensor:
-    """|concentricity(x) - concentricity(y)| with concentricity = mean_i cos(x_i, mean x).
+    """|mean_i cos(x_i, x_bar) - mean_i cos(y_i, y_bar)| (Klabunde et al. 2025; as ReSi).
 
-    Invariant to rotations, isotropic scaling and permutations; not to translation.
+    Invariant to orthogonal maps, permutations and isotropic scaling of the features (cosines
+    do not see them); not to shifts. Refuses all-zero rows and a zero mean. Cost O(n d).
     """
-    x, y = _pair(x, y)
+    x, y = _pair(x, y, 1)
     return (concentricity(x) - concentricity(y)).abs()
 
 
-def uniformity(x: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None) -> Tensor:
-    """Wang & Isola's (2020) uniformity log E_{i != j} exp(-t |z_i - z_j|^2), z_i = x_i / |x_i|.
+def concentricity_difference_grid(xs, ys=None) -> Tensor:
+    xs, ys = _layers(xs, ys, 1)
+    sx = torch.stack([concentricity(x) for x in xs])
+    sy = sx if ys is xs else torch.stack([concentricity(y) for y in ys])
+    return _difference_grid(sx, sy)
 
-    Computed with logsumexp over the n(n-1) ordered pairs, so it never underflows (a direct
-    exp(-t d^2) underflows for unnormalised CNN features). ``normalize=False`` uses the raw rows
-    (ReSi's variant, which also includes the i = j terms: not done here).
+
+class StreamingConcentricity:
+    """Exact concentricity difference over batches: keeps n, sum_i x_i and sum_i x_i/|x_i| per layer.
+
+    mean_i cos(x_i, x_bar) = <mean_i x_i/|x_i|, x_bar> / |x_bar|, so these first moments suffice.
+    ``update(xs, ys=None)`` takes tensors or lists of per-layer tensors; ``compute()`` gives a
+    0-d tensor for single tensors, else (L, M). Memory O(sum of widths).
     """
-    x = x.to(_ACC)
-    z = _unit_rows(x, "x") if normalize else x - x.mean(0)  # centring leaves distances unchanged
-    compute = resolve_dtype(dtype, z)
+
+    def __init__(self, dtype: torch.dtype | None = None, **_) -> None:
+        self.n = 0
+        self._single: bool | None = None
+        self._sums: list[list[Tensor]] | None = None  # [x layers, y layers] of (sum x, sum unit x)
+
+    def update(self, xs, ys=None) -> None:
+        single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
+        if self._single is not None and single != self._single:
+            raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
+        self._single = single
+        xs = as_feature_list(xs, "xs", 1)
+        ys_list = xs if ys is None else as_feature_list(ys, "ys", 1)
+        check_same_samples(xs[0], ys_list[0], ("xs", "ys"))
+        stats = [
+            [(t.to(_ACC).sum(0), _unit_rows(t.to(_ACC), f"{side}[{i}]").sum(0)) for i, t in enumerate(layers)]
+            for side, layers in (("xs", xs), ("ys", ys_list))
+        ]
+        if self._sums is None:
+            self._sums = stats
+        else:
+            if [len(v) for v in stats] != [len(v) for v in self._sums] or any(
+                a[0].shape != b[0].shape
+                for old, new in zip(self._sums, stats, strict=True)
+                for a, b in zip(old, new, strict=True)
+            ):
+                raise ValueError("update() got a different number of layers or feature sizes than the first batch")
+            self._sums = [
+                [(a[0] + b[0], a[1] + b[1]) for a, b in zip(old, new, strict=True)]
+                for old, new in zip(self._sums, stats, strict=True)
+            ]
+        self.n += xs[0].shape[0]
+
+    def compute(self) -> Tensor:
+        if self._sums is None:
+            raise ValueError("no samples were accumulated; call update() with at least one batch first")
+
+        def conc(total: Tensor, unit_total: Tensor) -> Tensor:
+            norm = torch.linalg.vector_norm(total)
+            if not bool(norm > 0):
+                raise ValueError("a layer's mean representation is the zero vector, so concentricity is undefined")
+            return unit_total @ total / (norm * self.n)
+
+        sx = torch.stack([conc(*v) for v in self._sums[0]])
+        sy = torch.stack([conc(*v) for v in self._sums[1]])
+        grid = _difference_grid(sx, sy)
+        return grid[0, 0] if self._single else grid
+
+
+# ---------------------------------------------------------------------------- uniformity
+def uniformity(x: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None) -> Tensor:
+    """log mean_{i<j} exp(-t |z_i - z_j|^2) (Wang & Isola 2020), z_i = x_i / |x_i| by default.
+
+    Computed as a running log-sum-exp over row blocks, so it never underflows (ReSi's
+    log(mean(exp(...))) gives log 0 = -inf once the distances are large). Cost O(n^2 d); the
+    n x n products run in ``dtype`` (default: the inputs' precision), the rest in float64.
+    """
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"t must be a positive number (the uniformity temperature), got {t!r}")
+    x = as_features(x, "x", 2, "uniformity averages over pairs of samples")
+    compute = resolve_dtype(dtype, x)
+    x64 = x.to(_ACC)
+    z = _unit_rows(x64, "x") if normalize else x64 - x64.mean(0)  # centring: distances unchanged, less cancellation
+    n = z.shape[0]
+    sq = z.pow(2).sum(1)
     zc = z.to(compute)
-    sq = zc.pow(2).sum(1)
-    d2 = (sq[:, None] + sq[None, :] - 2 * zc @ zc.T).to(_ACC).clamp_min(0.0)
-    n = x.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    return torch.logsumexp(-t * d2[off], dim=0) - math.log(n * (n - 1))
+    b = max(1, min(n, _BLOCK_ELEMENTS // n))
+    parts = []
+    for i0 in range(0, n - 1, b):
+        i1 = min(n - 1, i0 + b)
+        gram = (zc[i0:i1] @ zc.T).to(_ACC)
+        d2 = (sq[i0:i1, None] + sq[None, :] - 2 * gram).clamp_min_(0)
+        cols = torch.arange(n, device=z.device)[None, :]
+        rows = torch.arange(i0, i1, device=z.device)[:, None]
+        logits = torch.where(cols > rows, -t * d2, torch.tensor(-math.inf, dtype=_ACC, device=z.device))
+        parts.append(torch.logsumexp(logits.flatten(), 0))
+    return torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1) / 2)
 
 
 def uniformity_difference(
     x: Tensor, y: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
 ) -> Tensor:
-    """|uniformity(x) - uniformity(y)| (Wang & Isola 2020 uniformity, t = 2, on L2-normalised rows).
+    """|U(x) - U(y)| with U the uniformity of Wang & Isola (2020) over pairs i < j, on L2-normalised rows.
 
-    Invariant to rotations, isotropic scaling and permutations (with ``normalize=True``).
-    O(n^2 d) time and memory.
+    ``normalize=False`` uses the raw features as ReSi does (ReSi also averages over all n^2
+    ordered pairs, diagonal included; that variant is not offered). With the default the measure is invariant to
+    orthogonal maps, permutations and isotropic scaling; with ``normalize=False`` to orthogonal
+    maps, permutations and shifts. Cost O(n^2 d), memory O(block n).
     """
-    if not t > 0:
-        raise ValueError(f"t must be positive, got {t}")
-    x, y = _pair(x, y)
+    x, y = _pair(x, y, 2, "uniformity averages over pairs of samples")
     return (uniformity(x, t, normalize, dtype) - uniformity(y, t, normalize, dtype)).abs()
 
 
-_STAT = {"family": "statistics", "larger_is_more_similar": False, "metric": True, "identity_value": 0.0}
+def uniformity_difference_grid(
+    xs, ys=None, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
+) -> Tensor:
+    xs, ys = _layers(xs, ys, 2, "uniformity averages over pairs of samples")
+    sx = torch.stack([uniformity(x, t, normalize, dtype) for x in xs])
+    sy = sx if ys is xs else torch.stack([uniformity(y, t, normalize, dtype) for y in ys])
+    return _difference_grid(sx, sy)
+
+
+_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
+
 register(
     "magnitude_difference",
     fn=magnitude_difference,
+    family="statistics",
+    larger_is_more_similar=False,
     invariances=("orthogonal", "permutation"),
     streaming=True,
-    from_moments=lambda m: (m.mean_x.norm() - m.mean_y.norm()).abs(),
+    from_moments=magnitude_difference_from_moments,
     cost="O(n d)",
-    reference=_RESI + "; Wang et al. 2020",
-    **_STAT,
+    identity_value=0.0,
+    grid=magnitude_difference_grid,
+    reference=_SURVEY,
 )
 register(
     "concentricity_difference",
     fn=concentricity_difference,
+    family="statistics",
+    larger_is_more_similar=False,
     invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    streaming=True,
+    accumulator=StreamingConcentricity,
     cost="O(n d)",
-    reference=_RESI + "; Wang et al. 2020",
-    **_STAT,
+    identity_value=0.0,
+    grid=concentricity_difference_grid,
+    reference=_SURVEY,
 )
 register(
     "uniformity_difference",
     fn=uniformity_difference,
+    family="statistics",
+    larger_is_more_similar=False,
     invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d), O(n^2) memory",
-    reference=_RESI + "; Wang & Isola 2020 (ICML)",
-    **_STAT,
+    cost="O(n^2 d) time, O(block n) memory",
+    identity_value=0.0,
+    grid=uniformity_difference_grid,
+    reference="Wang & Isola 2020, ICML; " + _SURVEY,
 )
