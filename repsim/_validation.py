@@ -12,8 +12,10 @@ from torch import Tensor
 def as_features(x, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> Tensor:
     """Return ``x`` as a 2-D floating tensor of finite values with at least ``min_samples`` rows.
 
-    ``varying=True`` also refuses features that are constant across samples. Both checks come
-    from one pass (column minima and maxima: NaN propagates into them, and so does Inf).
+    ``varying=True`` also refuses features that are constant across samples *up to rounding*
+    (every column's range within 64 machine epsilons of its magnitude, see :func:`is_constant`),
+    where a measure would return a number made of rounding noise. Both checks come from one pass
+    (column minima and maxima: NaN propagates into them, and so does Inf).
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -40,15 +42,22 @@ def as_features(x, name: str, min_samples: int = 2, reason: str = "", varying: b
     if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or Inf values; clean or drop those samples first")
-    if varying and bool((lo == hi).all()):
+    if varying and is_constant(lo, hi):
         raise_constant(name)
     return x
 
 
+def is_constant(lo: Tensor, hi: Tensor) -> bool:
+    """True if every column's range (hi - lo) is within rounding of its magnitude."""
+    tol = 64 * torch.finfo(lo.dtype).eps
+    scale = torch.maximum(lo.abs(), hi.abs())
+    return bool(((hi - lo) <= tol * scale).all())
+
+
 def raise_constant(name: str):
     raise ValueError(
-        f"{name} is constant across samples, so its similarity to anything is undefined (0/0); "
-        "check that the layer is not dead or the inputs are not all identical"
+        f"{name} is constant across samples (up to rounding), so its similarity to anything is undefined or made "
+        "of rounding noise; check that the layer is not dead and the inputs are not all identical"
     )
 
 

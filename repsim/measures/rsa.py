@@ -116,7 +116,7 @@ def rsa(
     """
     check_choice(rdm, "rdm", RDMS)
     check_choice(compare, "compare", COMPARATORS)
-    x, y = as_features(x, "x", 3, _MIN_REASON), as_features(y, "y", 3, _MIN_REASON)
+    x, y = as_features(x, "x", 3, _MIN_REASON, varying=True), as_features(y, "y", 3, _MIN_REASON, varying=True)
     check_same_samples(x, y)
     return rsa_grid_validated([x], [y], rdm, compare, dtype, (["x"], ["y"]))[0, 0]
 
@@ -131,8 +131,8 @@ def rsa_grid(
     """
     check_choice(rdm, "rdm", RDMS)
     check_choice(compare, "compare", COMPARATORS)
-    xs = as_feature_list(xs, "xs", 3, _MIN_REASON)
-    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON)
+    xs = as_feature_list(xs, "xs", 3, _MIN_REASON, varying=True)
+    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON, varying=True)
     check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
     names = ([f"xs[{i}]" for i in range(len(xs))], [f"ys[{i}]" for i in range(len(ys))])
     return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
