@@ -67,7 +67,7 @@ def _unit_rows(x: Tensor, name: str) -> Tensor:
     return x / norms
 
 
-def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Sigma = Z Z^T with Z the L2-normalised rows of ``x``: entries in [-1, 1], ones on the diagonal."""
     x = as_features(x, "x")
     z = _unit_rows(x.to(resolve_dtype(dtype, x)), "x")

@@ -57,7 +57,7 @@ class Moments:
         )
 
 
-def moments_of(x: Tensor, y: Tensor, dtype: torch.dtype | None = torch.float64) -> Moments:
+def moments_of(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Moments:
     """One-shot :class:`Moments` of validated-or-not ``x`` (n, p) and ``y`` (n, q)."""
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
@@ -86,7 +86,7 @@ class StreamingMoments:
     inputs' precision); centring and accumulation are always float64.
     """
 
-    def __init__(self, dtype: torch.dtype | None = torch.float64) -> None:
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype
         self.reset()
 

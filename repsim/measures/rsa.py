@@ -22,7 +22,7 @@ COMPARATORS = ("pearson", "spearman", "kendall")
 _ACC = torch.float64
 
 
-def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = torch.float64) -> Tensor:
+def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = None) -> Tensor:
     """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d).
 
     cosine: 1 - <x_i, x_j>/(|x_i||x_j|); correlation: 1 - Pearson r between rows x_i and x_j;
@@ -105,7 +105,7 @@ def rsa(
     y: Tensor,
     rdm: str = "cosine",
     compare: str = "pearson",
-    dtype: torch.dtype | None = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """RSA: correlation between the upper triangles of the RDMs of ``x`` (n, p) and ``y`` (n, q).
 
@@ -116,13 +116,13 @@ def rsa(
     """
     check_choice(rdm, "rdm", RDMS)
     check_choice(compare, "compare", COMPARATORS)
-    x, y = as_features(x, "x", 3, _MIN_REASON), as_features(y, "y", 3, _MIN_REASON)
+    x, y = as_features(x, "x", 3, _MIN_REASON, varying=True), as_features(y, "y", 3, _MIN_REASON, varying=True)
     check_same_samples(x, y)
     return rsa_grid_validated([x], [y], rdm, compare, dtype, (["x"], ["y"]))[0, 0]
 
 
 def rsa_grid(
-    xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = torch.float64
+    xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = None
 ) -> Tensor:
     """RSA between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs`` itself), (L, M).
 
@@ -131,8 +131,8 @@ def rsa_grid(
     """
     check_choice(rdm, "rdm", RDMS)
     check_choice(compare, "compare", COMPARATORS)
-    xs = as_feature_list(xs, "xs", 3, _MIN_REASON)
-    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON)
+    xs = as_feature_list(xs, "xs", 3, _MIN_REASON, varying=True)
+    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON, varying=True)
     check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
     names = ([f"xs[{i}]" for i in range(len(xs))], [f"ys[{i}]" for i in range(len(ys))])
     return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
