@@ -32,9 +32,10 @@ def _estimator(debiased: bool) -> str:
 
 
 def cka_from_hsic(kl: Tensor, kk: Tensor, ll: Tensor, debiased: bool) -> Tensor:
-    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN."""
-    for name, values in (("x", kk), ("y", ll)):
-        if not bool((values > 0).all()):
+    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN (one host sync)."""
+    positive = torch.stack([(kk > 0).all(), (ll > 0).all()]).tolist()
+    for name, values, ok in (("x", kk, positive[0]), ("y", ll, positive[1])):
+        if not ok:
             bad = int((values <= 0).nonzero()[0, 0])
             why = (
                 "the debiased estimate of its self-similarity is not positive, which happens with very few "
