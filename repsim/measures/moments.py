@@ -82,8 +82,8 @@ class StreamingMoments:
     pair (i, j); ``compute(name, **options)`` evaluates a registered streaming measure: 0-d for
     single tensors, (L, M) for layer lists. Memory: O(sum_l d_l^2 + P Q) whatever n.
 
-    ``dtype`` is the precision of the per-batch products (float64 by default; ``None``: the
-    inputs' precision); centring and accumulation are always float64.
+    ``dtype`` is the precision of the per-batch products (``None``, the default: the inputs' precision,
+    half raised to float32; ``torch.float64``: exact); centring and accumulation are always float64.
     """
 
     def __init__(self, dtype: torch.dtype | None = None) -> None:
