@@ -83,11 +83,13 @@ def methods():
         return out
 
     return {
+        "repsim default (dtype=None)": (ours(None), "biased"),
+        "repsim debiased default": (ours(None, True), "debiased"),
         "repsim float64": (ours(torch.float64), "biased"),
         "repsim float32 products": (ours(torch.float32), "biased"),
         "repsim debiased float64": (ours(torch.float64, True), "debiased"),
         "repsim debiased float32": (ours(torch.float32, True), "debiased"),
-        "reference float64 (numpy loop)": (reference, "biased"),
+        "Kornblith numpy float64 (loop)": (reference, "biased"),
         "bound: bare products float32": (bound(torch.float32), None),
         "bound: bare products float64": (bound(torch.float64), None),
         "ckatorch (float64, Gram)": (lambda xs, ys: peers.ckatorch_grid(xs, ys), "biased"),

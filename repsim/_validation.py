@@ -9,13 +9,32 @@ import torch
 from torch import Tensor
 
 
-def as_features(x, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> Tensor:
+def constant_tolerance(dtype: torch.dtype) -> float:
+    """Relative spread below which a feature column counts as constant up to rounding."""
+    return _CONSTANT_RTOL.get(dtype, 8 * torch.finfo(dtype).eps if dtype.is_floating_point else 1e-10)
+
+
+# float32: ~8 ulps; float64: far above rounding yet far below any real signal (1e-10 of the magnitude)
+_CONSTANT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+
+def near_constant(lo: Tensor, hi: Tensor, dtype: torch.dtype) -> Tensor:
+    """Device-side bool per column: max - min is within rounding of the column's largest magnitude."""
+    return (hi - lo) <= constant_tolerance(dtype) * torch.maximum(lo.abs(), hi.abs())
+
+
+def as_features(
+    x, name: str, min_samples: int = 2, reason: str = "", varying: bool = False, check_values: bool = True
+) -> Tensor:
     """Return ``x`` as a 2-D floating tensor of finite values with at least ``min_samples`` rows.
 
-    ``varying=True`` also refuses features that are constant across samples *up to rounding*
-    (every column's range within 64 machine epsilons of its magnitude, see :func:`is_constant`),
-    where a measure would return a number made of rounding noise. Both checks come from one pass
-    (column minima and maxima: NaN propagates into them, and so does Inf).
+    ``varying=True`` also refuses features that are constant across samples up to rounding: every
+    column's range is below :func:`constant_tolerance` times its largest magnitude (exact equality
+    would let rows that equal one vector plus rounding noise through, and a measure would return
+    a number made of rounding). Both checks come from one pass (column minima and maxima: NaN
+    propagates into them, and so does Inf) and one host synchronisation.
+    ``check_values=False`` checks only type and shape (no host synchronisation): for streaming
+    accumulators, which track extremes on the device and check them once at the end.
     """
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
@@ -38,26 +57,25 @@ def as_features(x, name: str, min_samples: int = 2, reason: str = "", varying: b
         raise ValueError(f"{name} has {n} samples but at least {min_samples} are needed{why}; pass more rows")
     if x.shape[1] == 0:
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    if not check_values:
+        return x
     lo, hi = x.amin(dim=0), x.amax(dim=0)  # 10x faster than torch.aminmax(dim=0) on CPU (torch 2.13)
-    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+    finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()
+    constant = near_constant(lo, hi, x.dtype).all() if varying else torch.zeros((), dtype=torch.bool, device=x.device)
+    finite_ok, is_constant = torch.stack([finite, constant]).tolist()  # the one host synchronisation
+    if not finite_ok:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {bad} NaN or Inf values; clean or drop those samples first")
-    if varying and is_constant(lo, hi):
+    if is_constant:
         raise_constant(name)
     return x
 
 
-def is_constant(lo: Tensor, hi: Tensor) -> bool:
-    """True if every column's range (hi - lo) is within rounding of its magnitude."""
-    tol = 64 * torch.finfo(lo.dtype).eps
-    scale = torch.maximum(lo.abs(), hi.abs())
-    return bool(((hi - lo) <= tol * scale).all())
-
-
 def raise_constant(name: str):
     raise ValueError(
-        f"{name} is constant across samples (up to rounding), so its similarity to anything is undefined or made "
-        "of rounding noise; check that the layer is not dead and the inputs are not all identical"
+        f"{name} is constant across samples (up to rounding), so its similarity to anything is undefined "
+        "(0/0, or a number made of rounding noise); "
+        "check that the layer is not dead or the inputs are not all identical"
     )
 
 
@@ -71,7 +89,9 @@ def check_same_samples(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")
         raise ValueError(f"{names[0]} is on {x.device} but {names[1]} is on {y.device}; move both to one device")
 
 
-def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "", varying: bool = False) -> list[Tensor]:
+def as_feature_list(
+    xs, name: str, min_samples: int = 2, reason: str = "", varying: bool = False, check_values: bool = True
+) -> list[Tensor]:
     """Accept one tensor, a sequence of tensors or a mapping name -> tensor."""
     if isinstance(xs, (Tensor, np.ndarray)):
         items = [xs]
@@ -83,14 +103,21 @@ def as_feature_list(xs, name: str, min_samples: int = 2, reason: str = "", varyi
         raise ValueError(f"{name} must be a tensor, a list of tensors or a dict of tensors, got {type(xs).__name__}")
     if not items:
         raise ValueError(f"{name} is empty; pass at least one (n, d) feature tensor")
-    out = [as_features(x, f"{name}[{i}]", min_samples, reason, varying) for i, x in enumerate(items)]
+    out = [as_features(x, f"{name}[{i}]", min_samples, reason, varying, check_values) for i, x in enumerate(items)]
     for i, x in enumerate(out[1:], start=1):
         check_same_samples(out[0], x, (f"{name}[0]", f"{name}[{i}]"))
     return out
 
 
 def resolve_dtype(dtype: torch.dtype | None, *tensors: Tensor) -> torch.dtype:
-    """The dtype the products run in: float64 by default, or the inputs' promoted float dtype."""
+    """The dtype the big products run in (the library's precision policy).
+
+    ``None`` (the default everywhere): the inputs' promoted float dtype, with float16/bfloat16
+    raised to float32; float32 features give float32 products, float64 features float64 products.
+    Centring and every reduction still run in float64 and results are float64, so the measured
+    error of the float32 path stays at the 1e-6 level (docs/guide/measures.md, "Precision").
+    An explicit dtype (``torch.float64`` for the exact path) is used as given.
+    """
     if dtype is not None:
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating dtype such as torch.float64, got {dtype}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._validation import as_feature_list, check_same_samples, resolve_dtype
+from ._validation import as_feature_list, check_same_samples, near_constant, resolve_dtype
 from .measures.cka import _estimator, cka_from_hsic
 from .measures.gram import center_columns
 from .measures.hsic import CrossMoments, LayerMoments, gram_hsic_grid, min_samples, moment_hsic_grid
@@ -28,35 +28,52 @@ class _GridAccumulator:
     def reset(self) -> None:
         self.n = 0
         self._single: bool | None = None
-        self._first_rows: list[Tensor] | None = None  # constancy check across the whole stream
-        self._varies: list[bool] | None = None
+        # per-layer column extremes over the whole stream, on the device: the NaN/Inf and constancy
+        # checks happen once in compute(), so update() never synchronises with the host
+        self._lo: list[Tensor] | None = None
+        self._hi: list[Tensor] | None = None
 
     def _inputs(self, xs, ys) -> tuple[list[Tensor], list[Tensor]]:
         single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
         if self._single is not None and single != self._single:
             raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
         self._single = single
-        xs = as_feature_list(xs, "xs", 1)
-        ys = xs if ys is None else as_feature_list(ys, "ys", 1)
+        xs = as_feature_list(xs, "xs", 1, check_values=False)
+        ys = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
         check_same_samples(xs[0], ys[0], ("xs", "ys"))
         both = xs if ys is xs else xs + ys
-        if self._first_rows is None:
-            self._first_rows = [t[:1].clone() for t in both]
-            self._varies = [False] * len(both)
-        elif len(both) != len(self._first_rows) or any(
-            t.shape[1] != r.shape[1] for t, r in zip(both, self._first_rows, strict=False)
-        ):
+        lows = [t.amin(0).to(_ACC) for t in both]
+        highs = [t.amax(0).to(_ACC) for t in both]
+        if self._lo is None:
+            self._lo, self._hi, self._dtypes = lows, highs, [t.dtype for t in both]
+        elif len(both) != len(self._lo) or any(t.shape[1] != r.shape[0] for t, r in zip(both, self._lo, strict=False)):
             raise ValueError("update() got a different number of layers or feature sizes than the first batch")
-        self._varies = [v or bool((t != r).any()) for v, t, r in zip(self._varies, both, self._first_rows, strict=True)]
+        else:  # torch.minimum/maximum propagate NaN, and Inf stays Inf
+            self._lo = [torch.minimum(a, b) for a, b in zip(self._lo, lows, strict=True)]
+            self._hi = [torch.maximum(a, b) for a, b in zip(self._hi, highs, strict=True)]
         return xs, ys
+
+    def _check_values(self) -> None:
+        """The stream's NaN/Inf and constancy checks, with one host synchronisation."""
+        flags = torch.stack(
+            [torch.isfinite(lo).all() & torch.isfinite(hi).all() for lo, hi in zip(self._lo, self._hi, strict=True)]
+            + [~near_constant(lo, hi, dt).all() for lo, hi, dt in zip(self._lo, self._hi, self._dtypes, strict=True)]
+        ).tolist()
+        layers = len(self._lo)
+        if not all(flags[:layers]):
+            bad = flags.index(False)
+            raise ValueError(f"layer {bad} of the stream contains NaN or Inf values; clean or drop those samples first")
+        if not all(flags[layers:]):
+            bad = flags[layers:].index(False)
+            raise ValueError(
+                f"layer {bad} of the stream is constant across all samples (up to rounding), so CKA is undefined"
+            )
 
     def _finish(self, kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
         need = min_samples(_estimator(self.debiased))
         if self.n < need:
             raise ValueError(f"only {self.n} samples were accumulated; this estimator needs at least {need}")
-        if not all(self._varies):
-            bad = self._varies.index(False)
-            raise ValueError(f"layer {bad} of the stream is constant across all samples, so CKA is undefined")
+        self._check_values()
         grid = cka_from_hsic(kl, kk, ll, self.debiased)
         return grid[0, 0] if self._single else grid
 
@@ -77,7 +94,7 @@ class StreamingLinearCKA(_GridAccumulator):
         >>> acc.compute()
     """
 
-    def __init__(self, debiased: bool = False, dtype: torch.dtype | None = torch.float64) -> None:
+    def __init__(self, debiased: bool = False, dtype: torch.dtype | None = None) -> None:
         super().__init__(debiased, dtype)
 
     def reset(self) -> None:
@@ -136,7 +153,7 @@ class MinibatchCKA(_GridAccumulator):
     equal to full-data CKA: use :class:`StreamingLinearCKA` for that.
     """
 
-    def __init__(self, debiased: bool = True, dtype: torch.dtype | None = torch.float64) -> None:
+    def __init__(self, debiased: bool = True, dtype: torch.dtype | None = None) -> None:
         super().__init__(debiased, dtype)
 
     def reset(self) -> None:

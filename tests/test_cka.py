@@ -147,7 +147,7 @@ def test_property_shapes_and_dtypes(n, p, q, dtype, debiased, seed):
     x = torch.randn(n, p, generator=g).to(dtype)
     y = torch.randn(n, q, generator=g).to(dtype)
     try:
-        value = repsim.linear_cka(x, y, debiased=debiased)
+        value = repsim.linear_cka(x, y, debiased=debiased, dtype=torch.float64)
     except ValueError as err:  # only a refusal that says why, never a NaN
         assert "CKA is undefined" in str(err) or "constant" in str(err)
         return

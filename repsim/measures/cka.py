@@ -32,9 +32,10 @@ def _estimator(debiased: bool) -> str:
 
 
 def cka_from_hsic(kl: Tensor, kk: Tensor, ll: Tensor, debiased: bool) -> Tensor:
-    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN."""
-    for name, values in (("x", kk), ("y", ll)):
-        if not bool((values > 0).all()):
+    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN (one host sync)."""
+    positive = torch.stack([(kk > 0).all(), (ll > 0).all()]).tolist()
+    for name, values, ok in (("x", kk, positive[0]), ("y", ll, positive[1])):
+        if not ok:
             bad = int((values <= 0).nonzero()[0, 0])
             why = (
                 "the debiased estimate of its self-similarity is not positive, which happens with very few "
@@ -88,7 +89,7 @@ def _validated_pair(x, y, debiased: bool) -> tuple[Tensor, Tensor]:
 
 
 def linear_cka(
-    x: Tensor, y: Tensor, debiased: bool = False, dtype: torch.dtype | None = torch.float64, method: str = "auto"
+    x: Tensor, y: Tensor, debiased: bool = False, dtype: torch.dtype | None = None, method: str = "auto"
 ) -> Tensor:
     """Linear CKA between features ``x`` (n, p) and ``y`` (n, q) of the same n samples.
 
@@ -98,9 +99,10 @@ def linear_cka(
     Args:
         debiased: use the unbiased HSIC estimator (n >= 4). Recommended when n is small or
             comparable to the feature dimension.
-        dtype: dtype of the matrix products. The default float64 is exact to ~1e-12. ``torch.float32``
-            is the fast path: centring and every reduction still run in float64, only the products
-            are float32 (relative error ~1e-6). ``None`` uses the inputs' dtype.
+        dtype: dtype of the big matrix products. ``None`` (default): the inputs' precision
+            (float32 features -> float32 products, half -> float32); centring and every reduction
+            still run in float64 and the result is float64 (measured error bound in
+            docs/guide/measures.md, "Precision"). ``torch.float64`` is the exact path (~1e-12).
         method: "feature" (O(n d^2)), "gram" (O(n^2 d)) or "auto" (the cheaper one).
 
     Returns:
@@ -117,7 +119,7 @@ def kernel_cka(
     kernel: str = "rbf",
     sigma: float = 0.8,
     debiased: bool = False,
-    dtype: torch.dtype | None = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Kernel CKA with an RBF (or linear) kernel, HSIC(K, L)/sqrt(HSIC(K, K) HSIC(L, L)).
 
@@ -137,9 +139,7 @@ def kernel_cka(
     return cka_from_hsic(kl, kk, ll, debiased)[0, 0]
 
 
-def cka_grid(
-    xs, ys=None, debiased: bool = False, dtype: torch.dtype | None = torch.float64, method: str = "auto"
-) -> Tensor:
+def cka_grid(xs, ys=None, debiased: bool = False, dtype: torch.dtype | None = None, method: str = "auto") -> Tensor:
     """Linear CKA between every layer in ``xs`` and every layer in ``ys``: an (L, M) tensor.
 
     ``xs``/``ys`` are lists (or dicts) of (n, d_l) feature tensors of the same n samples; ``ys=None``
@@ -173,7 +173,7 @@ register(
     invariances=_CKA_INVARIANCES,
     streaming=True,
     from_moments=linear_cka_from_moments,
-    accumulator=lambda dtype=torch.float64, debiased=False, **_: _streaming_cka()(debiased=debiased, dtype=dtype),
+    accumulator=lambda dtype=None, debiased=False, **_: _streaming_cka()(debiased=debiased, dtype=dtype),
     cost="O(n d^2) or O(n^2 d), the cheaper",
     identity_value=1.0,
     grid=cka_grid,
@@ -186,7 +186,7 @@ register(
     larger_is_more_similar=True,
     invariances=_CKA_INVARIANCES,
     streaming=True,
-    accumulator=lambda dtype=torch.float64, **_: _streaming_cka()(debiased=True, dtype=dtype),
+    accumulator=lambda dtype=None, **_: _streaming_cka()(debiased=True, dtype=dtype),
     cost="O(n d^2) or O(n^2 d), the cheaper",
     identity_value=1.0,
     grid=cka_grid,

@@ -15,15 +15,18 @@ _ACC = torch.float64
 
 
 def center_columns(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Column-centred copy of ``x`` in ``dtype`` (one allocation; the subtraction is in place).
+    """Column-centred copy of ``x`` in ``dtype``: one read for the column sums, one read+write for
+    the subtraction (no intermediate converted copy).
 
-    Centring first is what keeps float32 products honest on post-ReLU features with a large mean.
-    The mean is a cascade-summed reduction in ``dtype``; what rounding leaves of it is harmless,
-    because CKA and the unbiased HSIC are shift-invariant and the moment formulas use the actual
-    column sums of the centred data.
+    Centring before the products is what keeps float32 products honest on post-ReLU features with
+    a large mean (the rank-one correction X^T Y - n mu_x mu_y^T of uncentred float32 products
+    cancels catastrophically at offsets of 1e3). The column sums are cascade-summed in the input's
+    dtype; what rounding leaves of the mean is harmless, because CKA and the unbiased HSIC are
+    shift-invariant and the moment formulas use the actual column sums of the centred data.
     """
-    centred = x.to(dtype, copy=True)
-    centred -= centred.mean(dim=0, keepdim=True)
+    if x.dtype != dtype:  # e.g. float16 inputs: their sums could overflow in float16
+        x = x.to(dtype)
+    centred = x - x.sum(dim=0, keepdim=True) / x.shape[0]
     return centred
 
 
@@ -67,7 +70,7 @@ def _unit_rows(x: Tensor, name: str) -> Tensor:
     return x / norms
 
 
-def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = torch.float64) -> Tensor:
+def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Sigma = Z Z^T with Z the L2-normalised rows of ``x``: entries in [-1, 1], ones on the diagonal."""
     x = as_features(x, "x")
     z = _unit_rows(x.to(resolve_dtype(dtype, x)), "x")

@@ -17,6 +17,7 @@ taken about any fixed point (the streaming accumulators use the first batch's me
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -154,7 +155,7 @@ class LayerMoments:
     def self_hsic(self, estimator: str) -> Tensor:
         """HSIC(K_l, K_l) for every layer l, shape (L,)."""
         n, out = self.n, []
-        offsets = [0, *torch.tensor(self.sizes).cumsum(0).tolist()]
+        offsets = [0, *itertools.accumulate(self.sizes)]  # host ints: no device round trip
         for i, g in enumerate(self.grams):
             s = self.total[offsets[i] : offsets[i + 1]]
             if estimator == "biased":
@@ -210,8 +211,8 @@ class CrossMoments:
 
 def _block_sq_norms(m: Tensor, row_sizes: list[int], col_sizes: list[int]) -> Tensor:
     """|M_lm|_F^2 of every block, accumulated in float64 without a full-size float64 copy."""
-    rows = [0, *torch.tensor(row_sizes).cumsum(0).tolist()]
-    cols = [0, *torch.tensor(col_sizes).cumsum(0).tolist()]
+    rows = [0, *itertools.accumulate(row_sizes)]
+    cols = [0, *itertools.accumulate(col_sizes)]
     return torch.stack(
         [
             torch.stack(

@@ -57,7 +57,7 @@ class Moments:
         )
 
 
-def moments_of(x: Tensor, y: Tensor, dtype: torch.dtype | None = torch.float64) -> Moments:
+def moments_of(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Moments:
     """One-shot :class:`Moments` of validated-or-not ``x`` (n, p) and ``y`` (n, q)."""
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
@@ -82,11 +82,11 @@ class StreamingMoments:
     pair (i, j); ``compute(name, **options)`` evaluates a registered streaming measure: 0-d for
     single tensors, (L, M) for layer lists. Memory: O(sum_l d_l^2 + P Q) whatever n.
 
-    ``dtype`` is the precision of the per-batch products (float64 by default; ``None``: the
-    inputs' precision); centring and accumulation are always float64.
+    ``dtype`` is the precision of the per-batch products (``None``, the default: the inputs' precision,
+    half raised to float32; ``torch.float64``: exact); centring and accumulation are always float64.
     """
 
-    def __init__(self, dtype: torch.dtype | None = torch.float64) -> None:
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype
         self.reset()
 
@@ -111,8 +111,10 @@ class StreamingMoments:
         same = ys is None
         if self._single is not None and (single != self._single or same != self._same):
             raise ValueError("update() changed form (single tensor vs list, or ys given vs None); keep one per stream")
-        xs = as_feature_list(xs, "xs", 1)
-        ys_list = xs if same else as_feature_list(ys, "ys", 1)
+        # values (NaN/Inf) are checked once at the end, from the float64 means they propagate into:
+        # update() never synchronises with the host
+        xs = as_feature_list(xs, "xs", 1, check_values=False)
+        ys_list = xs if same else as_feature_list(ys, "ys", 1, check_values=False)
         check_same_samples(xs[0], ys_list[0], ("xs", "ys"))
         if self._single is None:
             self._single, self._same = single, same
@@ -179,10 +181,20 @@ class StreamingMoments:
         )
 
     # ---------------------------------------------------------------- results
-    def moments(self, i: int = 0, j: int = 0) -> Moments:
-        """The :class:`Moments` of x-layer ``i`` and y-layer ``j``."""
+    def _check_finite(self) -> None:
         if self.n == 0:
             raise ValueError("no samples were accumulated; call update() with at least one batch first")
+        finite = torch.isfinite(self._mean_x).all() & torch.isfinite(self._mean_y).all()
+        finite = finite & torch.isfinite(self._norm_x).all() & torch.isfinite(self._norm_y).all()
+        if not finite.item():  # one host synchronisation per result, never per batch
+            raise ValueError("the stream contains NaN or Inf values; clean or drop those samples first")
+
+    def moments(self, i: int = 0, j: int = 0) -> Moments:
+        """The :class:`Moments` of x-layer ``i`` and y-layer ``j``."""
+        self._check_finite()
+        return self._moments(i, j)
+
+    def _moments(self, i: int, j: int) -> Moments:
         ox = sum(self._sizes_x[:i])
         oy = sum(self._sizes_y[:j])
         px, qy = self._sizes_x[i], self._sizes_y[j]
@@ -212,11 +224,12 @@ class StreamingMoments:
                 )
             )
         opts = _options(info, options)
+        self._check_finite()
         grid = torch.stack(
             [
                 torch.stack(
                     [
-                        call_with_supported(info.from_moments, self.moments(i, j), **opts)
+                        call_with_supported(info.from_moments, self._moments(i, j), **opts)
                         for j in range(len(self._sizes_y))
                     ]
                 )

@@ -22,7 +22,7 @@ COMPARATORS = ("pearson", "spearman", "kendall")
 _ACC = torch.float64
 
 
-def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = torch.float64) -> Tensor:
+def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = None) -> Tensor:
     """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d).
 
     cosine: 1 - <x_i, x_j>/(|x_i||x_j|); correlation: 1 - Pearson r between rows x_i and x_j;
@@ -30,12 +30,20 @@ def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = torch.flo
     """
     check_choice(method, "rdm", RDMS)
     x = as_features(x, "x")
-    return _rdm(x.to(resolve_dtype(dtype, x)), method, "x")
+    return _rdm(x, method, "x", resolve_dtype(dtype, x))
 
 
-def _rdm(x: Tensor, method: str, name: str) -> Tensor:
+def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
+    """The RDM with its (n, n) product in ``compute``; normalising and centring run in float64.
+
+    Cosine and correlation RDMs use 1 - <z_i, z_j> = |z_i - z_j|^2 / 2 for unit rows z, with z
+    column-centred first (pairwise differences do not change): on features with a large common
+    offset every cosine is within float32 rounding of 1, so 1 - z z^T in float32 would be rounding
+    noise, while the centred rows keep the differences at full relative precision.
+    """
     if method == "euclidean":
-        return squared_distances(x).sqrt()
+        return squared_distances(x.to(compute)).sqrt()
+    x = x.to(_ACC)
     if method == "correlation":
         if x.shape[1] < 2:
             raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
@@ -48,7 +56,11 @@ def _rdm(x: Tensor, method: str, name: str) -> Tensor:
             "drop them or use rdm='euclidean'"
         )
     z = x / norms
-    return (1 - z @ z.T).fill_diagonal_(0)
+    z = z - z.mean(dim=0, keepdim=True)
+    sq = z.pow(2).sum(1)
+    zc = z.to(compute)
+    d = ((sq[:, None] + sq[None, :]) / 2 - (zc @ zc.T).to(_ACC)).clamp_min_(0)  # rounding can dip below 0
+    return d.fill_diagonal_(0)
 
 
 def _upper(m: Tensor) -> Tensor:
@@ -105,7 +117,7 @@ def rsa(
     y: Tensor,
     rdm: str = "cosine",
     compare: str = "pearson",
-    dtype: torch.dtype | None = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """RSA: correlation between the upper triangles of the RDMs of ``x`` (n, p) and ``y`` (n, q).
 
@@ -121,9 +133,7 @@ def rsa(
     return rsa_grid_validated([x], [y], rdm, compare, dtype, (["x"], ["y"]))[0, 0]
 
 
-def rsa_grid(
-    xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = torch.float64
-) -> Tensor:
+def rsa_grid(xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = None) -> Tensor:
     """RSA between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs`` itself), (L, M).
 
     Each layer's RDM (and ranks, for Spearman) is computed once; Pearson and Spearman grids are
@@ -152,7 +162,7 @@ def rsa_grid_validated(
     compute = resolve_dtype(dtype, *xs, *ys)
 
     def vectors(group: list[Tensor], group_names: list[str]) -> list[Tensor]:
-        return [_upper(_rdm(t.to(compute), rdm, nm)) for t, nm in zip(group, group_names, strict=True)]
+        return [_upper(_rdm(t, rdm, nm, compute)) for t, nm in zip(group, group_names, strict=True)]
 
     ax = vectors(xs, names[0])
     by = ax if ys is xs else vectors(ys, names[1])
