@@ -6,17 +6,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 CONSTRAINTS=${REPSIM_CONSTRAINTS-constraints-cpu.txt}
+log=.venv-install.log  # pip's output goes here; shown only when the install fails
+quietly() {  # run a step with its output captured; on failure print the log and stop
+    if ! "$@" >>"$log" 2>&1; then
+        echo "repsim setup failed; the installer's output follows (also in $log):" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+}
 if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
+    : >"$log"
+    quietly "$PY" -m venv .venv
 fi
 stamp=.venv/.repsim-installed
 # reinstall when the dependencies or the set of top-level packages change (an editable install
 # maps the packages that exist when it runs)
 want=$( (cat pyproject.toml ${CONSTRAINTS:+"$CONSTRAINTS"}; ls -d */__init__.py) | cksum)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
+    echo "installing repsim into .venv (first run, ~2 min)..." >&2
+    : >"$log"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore
+    quietly .venv/bin/python -m pip install --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    .venv/bin/python -m pip install --quiet ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology]"
+    quietly .venv/bin/python -m pip install ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology]"
+    unset PYTHONWARNINGS
     echo "$want" > "$stamp"
 fi
 # Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).
