@@ -233,8 +233,9 @@ for info in tqdm(list(usable.itertuples()), desc="measures"):
         {
             **base,
             "test": "layer monotonicity",
-            "score": np.mean(mono) if mono else math.nan,
-            "sd": np.std(mono, ddof=1) if len(mono) > 1 else math.nan,
+            "score": 2 * np.mean(mono) - 1 if mono else math.nan,  # 2 conformity - 1: chance 0, perfect 1
+            "conformity": np.mean(mono) if mono else math.nan,
+            "sd": 2 * np.std(mono, ddof=1) if len(mono) > 1 else math.nan,
         }
     )
     # 2 and 4: group ordering (Spearman with -gap; AUPRC in the CSV)
@@ -273,7 +274,13 @@ for info in tqdm(list(usable.itertuples()), desc="measures"):
         if len(close) and len(far):
             sep = grounding.separation(close, far, up)
             rows.append(
-                {**base, "test": f"objectives ({layer})", "score": sep["superiority"], "cohens_d": sep["cohens_d"]}
+                {
+                    **base,
+                    "test": f"objectives ({layer})",
+                    "score": 2 * sep["superiority"] - 1,  # chance 0, perfect 1
+                    "superiority": sep["superiority"],
+                    "cohens_d": sep["cohens_d"],
+                }
             )
 
 table = pd.DataFrame(rows)
@@ -285,7 +292,7 @@ ax.set_xticks(range(heat.shape[1]), heat.columns, rotation=30, ha="right")
 ax.set_yticks(range(heat.shape[0]), heat.index)
 for (i, j), v in np.ndenumerate(heat.to_numpy(dtype=float)):
     ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=7)
-fig.colorbar(im, ax=ax, label="score (1 = follows the known answer)")
+fig.colorbar(im, ax=ax, label="score (1 = follows the known answer, 0 = chance)")
 ax.set_title(f"grounding scores ({len(seeds)} seeds, {cfg.kind})")
 print(heat.round(3).to_string())
 if failures:
