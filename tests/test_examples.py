@@ -23,3 +23,14 @@ def test_example_runs(script, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
     assert "wrote:" in proc.stdout
+    if script.stem == "07_grounding":  # the integrator's path: rescore every measure from the cached features
+        again = subprocess.run(
+            [sys.executable, str(script), "--seeds", "1", "--smoke", "--out", str(tmp_path), "--rescore"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "training and features" not in again.stdout and "wrote:" in again.stdout
+        assert list((tmp_path / "features").glob("*.safetensors"))

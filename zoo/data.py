@@ -40,19 +40,62 @@ def _digits_float(t: torch.Tensor) -> torch.Tensor:
     return t.float() / 16.0
 
 
-def digits_augment(noise: float = 0.05):
-    """Mild augmentation for 8x8 digits: small affine (+-10 deg, 1 px shift, 0.9-1.1 scale), pixel noise."""
+def digits_augment(noise: float = 0.05, strength: float = 1.0):
+    """Mild augmentation for 8x8 digits: small affine (+-10 deg, 1 px shift, 0.9-1.1 scale), pixel noise.
+
+    ``strength`` scales every range (0 = no augmentation, 2 = +-20 deg, 2 px, 0.8-1.2, twice the noise).
+    """
     from torchvision.transforms import v2
 
+    if not 0 <= strength <= 4:
+        raise ValueError(f"strength must be in [0, 4] (the shift reaches half the 8-px image at 4), got {strength}")
     mean, std = NORMALIZATION["digits"]
     return v2.Compose(
         [
-            v2.RandomAffine(degrees=10, translate=(0.125, 0.125), scale=(0.9, 1.1)),
+            v2.RandomAffine(
+                degrees=10 * strength,
+                translate=(0.125 * strength, 0.125 * strength) if strength else None,
+                scale=(1 - 0.1 * strength, 1 + 0.1 * strength) if strength else None,
+            ),
             v2.Lambda(_digits_float),
-            v2.GaussianNoise(mean=0.0, sigma=noise, clip=True),
+            v2.GaussianNoise(mean=0.0, sigma=noise * strength, clip=True),
             v2.Normalize(mean, std),
         ]
     )
+
+
+def randomise_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: int = 0) -> np.ndarray:
+    """A copy of ``labels`` with a ``fraction`` of the samples (chosen with ``seed``) given a uniformly
+    random class (Zhang et al. 2017's label randomisation; a random class may hit the true one)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, 1])
+    out = np.array(labels, dtype=np.int64, copy=True)
+    chosen = rng.permutation(len(out))[: round(fraction * len(out))]
+    out[chosen] = rng.integers(0, n_classes, size=len(chosen))
+    return out
+
+
+def add_shortcut(images: np.ndarray, labels: np.ndarray, probability: float, seed: int = 0) -> np.ndarray:
+    """A copy of ``images`` (N, H, W[, C], uint8) where each sample carries, with ``probability``, a
+    class-coded shortcut: a bright k x k block (k = max(1, W // 16)) at a class-specific place on the
+    border (class c: top row at column k c, the bottom row for the classes that do not fit on top).
+    The draw is fixed per sample by ``seed``; a shortcut-free copy is ``probability=0``."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    out = np.array(images, copy=True)
+    k = max(1, out.shape[2] // 16)
+    slots = out.shape[2] // k
+    if labels.max() >= 2 * slots:
+        raise ValueError(f"{int(labels.max()) + 1} classes do not fit the {2 * slots} border slots")
+    bright = 16 if out.max() <= 16 else 255  # digits are 0..16, other images 0..255
+    carry = np.random.default_rng([seed, 2]).random(len(out)) < probability
+    for i in np.flatnonzero(carry):
+        c = int(labels[i])
+        row = 0 if c < slots else out.shape[1] - k
+        col = k * (c % slots)
+        out[i, row : row + k, col : col + k] = bright
+    return out
 
 
 def augmentation(kind: str, image_size: int):
