@@ -3,44 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from . import distributed as D
 from ._io import atomic_write_text
-from .features import _to, eval_mode, progress_batches, resolve_device
-from .hooks import FeatureHooks, Pool, default_layers, forward_features
-from .measures.cka import kernel_cka
-from .measures.gram import gram_gap
-from .measures.rsa import rsa_grid
-from .streaming import MinibatchCKA, StreamingLinearCKA
+from .features import _LABEL_KEYS, eval_mode, resolve_device, split_batch, total_batches
+from .hooks import FeatureHooks, Pool, default_layers, first_tensor, pool_features
+from .measures.moments import StreamingMoments
+from .measures.registry import call_with_supported, get_measure, measure_grid, registered_names
+from .streaming import MinibatchCKA
 
-# Measures that stream over every sample in O(d^2) memory.
-STREAMING: dict[str, Callable[[torch.dtype | None], object]] = {
-    "linear_cka": lambda dtype: StreamingLinearCKA(debiased=False, dtype=dtype),
-    "debiased_cka": lambda dtype: StreamingLinearCKA(debiased=True, dtype=dtype),
+# minibatch CKA (Nguyen et al. 2021) is compare-only: its value depends on the batches, so it is
+# not a registry measure. Every other name comes from the registry (repsim.measures.registry).
+COMPARE_ONLY: dict[str, Callable[[torch.dtype | None], object]] = {
     "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=dtype),
 }
+OUTPUT_LAYER = "<output>"  # layer name of a functional measure's rows (the models' outputs)
 
 
-def _pairwise(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[list[Tensor], list[Tensor]], Tensor]:
-    return lambda xs, ys: torch.tensor([[fn(x, y).item() for y in ys] for x in xs], dtype=torch.float64)
+def available_measures() -> list[str]:
+    """Every name ``compare`` accepts: the whole registry plus ``minibatch_cka``."""
+    return sorted({*registered_names(), *COMPARE_ONLY})
 
 
-# Measures that need all samples at once (O(n^2) memory): computed on the first ``sample_cap`` samples.
-CAPPED: dict[str, Callable[[list[Tensor], list[Tensor]], Tensor]] = {
-    "rsa": lambda xs, ys: rsa_grid(xs, ys, rdm="cosine", compare="pearson"),
-    "rsa_spearman": lambda xs, ys: rsa_grid(xs, ys, rdm="cosine", compare="spearman"),
-    "kernel_cka": _pairwise(lambda x, y: kernel_cka(x, y)),
-    "debiased_kernel_cka": _pairwise(lambda x, y: kernel_cka(x, y, debiased=True)),
-    "frobenius_gap": _pairwise(lambda x, y: gram_gap(x, y).frobenius_gap),
-    "cka_lower_bound": _pairwise(lambda x, y: gram_gap(x, y).cka_lower_bound),
-}
-MEASURES = (*STREAMING, *CAPPED)
+def __getattr__(name: str):  # MEASURES is computed on access: the registry grows as families register
+    if name == "MEASURES":
+        return tuple(available_measures())
+    raise AttributeError(name)
 
 
 @dataclass
@@ -88,13 +85,111 @@ class Comparison:
 def _check_measures(measures: Sequence[str]) -> list[str]:
     if isinstance(measures, str):
         measures = [measures]
-    unknown = [m for m in measures if m not in MEASURES]
+    known = available_measures()
+    unknown = [m for m in measures if m not in known]
     if unknown or not measures:
-        raise ValueError(f"unknown measure(s) {unknown}; choose from {list(MEASURES)}")
+        raise ValueError(f"unknown measure(s) {unknown}; choose from {known}")
     return list(dict.fromkeys(measures))
 
 
-@torch.no_grad()
+def _keyword_names(model: nn.Module) -> set[str] | None:
+    """Keyword parameters of ``model.forward`` (None: it takes ``**kwargs``)."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _model_inputs(batch, model: nn.Module):
+    """What ``model`` is called with: a dict batch's entries it takes by keyword, else the batch's inputs."""
+    if isinstance(batch, Mapping):
+        names = _keyword_names(model)
+        kwargs = {k: v for k, v in batch.items() if k not in _LABEL_KEYS and (names is None or k in names)}
+        if kwargs:
+            return kwargs
+    if isinstance(batch, (Tensor, Mapping)) or (isinstance(batch, Sequence) and batch and isinstance(batch[0], Tensor)):
+        return split_batch(batch)[0] if not isinstance(batch, Tensor) else batch
+    return batch
+
+
+def _labels(batch) -> Tensor | None:
+    try:
+        return split_batch(batch)[1]
+    except (ValueError, TypeError):
+        return None
+
+
+def _size(inputs) -> int:
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    if isinstance(inputs, Mapping):
+        return next(v.shape[0] for v in inputs.values() if isinstance(v, Tensor))
+    raise ValueError(f"cannot tell the batch size of inputs of type {type(inputs).__name__}; give tensors or dicts")
+
+
+def _head(inputs, k: int):
+    if isinstance(inputs, Tensor):
+        return inputs[:k]
+    if isinstance(inputs, Mapping):
+        return {key: (v[:k] if isinstance(v, Tensor) else v) for key, v in inputs.items()}
+    return inputs
+
+
+def _to_device(inputs, device: torch.device, channels_last: bool):
+    """Host-to-device copy that overlaps compute on CUDA (pinned source, ``non_blocking``)."""
+    if isinstance(inputs, Mapping):
+        return {k: _to_device(v, device, channels_last) for k, v in inputs.items()}
+    if not isinstance(inputs, Tensor):
+        return inputs
+    if device.type == "cuda" and inputs.device.type == "cpu" and not inputs.is_pinned():
+        inputs = inputs.pin_memory()
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def _forward(model: nn.Module, hooks: FeatureHooks, inputs, want_output: bool, pool: Pool):
+    hooks._captured.clear()
+    hooks.mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    feats = hooks.pop()
+    if want_output:
+        if isinstance(out, Mapping) and "logits" in out:
+            out = out["logits"]
+        feats[OUTPUT_LAYER] = pool_features(first_tensor(out).detach(), pool, hooks.mask).float()
+    return feats
+
+
+class _Plan:
+    """How each requested measure is computed, from the registry's metadata."""
+
+    def __init__(self, measures: list[str], dtype: torch.dtype | None) -> None:
+        self.moments: list[str] = []  # streaming through StreamingMoments.compute(name)
+        self.accumulators: dict[str, object] = {}  # streaming through their own accumulator
+        self.capped: list[str] = []  # all-samples measures on the first sample_cap samples
+        self.functional: list[str] = []  # needs_outputs: on the models' outputs (capped)
+        self.needs_labels: set[str] = set()
+        self.order = list(measures)
+        for name in measures:
+            if name in COMPARE_ONLY:
+                self.accumulators[name] = COMPARE_ONLY[name](dtype)
+                continue
+            info = get_measure(name)
+            if info.needs_labels:
+                self.needs_labels.add(name)
+            if info.needs_outputs:
+                self.functional.append(name)
+            elif info.streaming and info.from_moments is not None:
+                self.moments.append(name)
+            elif info.streaming:
+                self.accumulators[name] = call_with_supported(info.accumulator, dtype=dtype)
+            else:
+                self.capped.append(name)
+        self.stream = StreamingMoments(dtype=dtype) if self.moments else None
+
+
+@torch.inference_mode()
 def compare(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -108,69 +203,223 @@ def compare(
     sample_cap: int = 5000,
     dtype: torch.dtype | None = torch.float64,
     progress: bool = True,
-) -> Comparison:
+    inputs_a: Callable | None = None,
+    inputs_b: Callable | None = None,
+    paired: bool = False,
+    autocast: bool = False,
+    channels_last: bool = False,
+    distributed: bool | None = None,
+    result_on: str = "all",
+) -> Comparison | None:
     """Compare two models layer by layer on the samples of ``loader``.
 
-    One pass over the loader: each batch goes through both models (eval mode, no gradients, on
-    ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
-    default :func:`repsim.hooks.default_layers`), conv maps become vectors by ``pool`` ("mean":
-    global average pool, the default; "flatten"; or a callable), and every layer pair is
-    accumulated in streaming form. Streaming measures (``linear_cka``, ``debiased_cka``,
-    ``minibatch_cka``) see every sample in O(d^2) memory; measures that need all samples at once
-    (``rsa``, ``rsa_spearman``, ``kernel_cka``, ``debiased_kernel_cka``, ``frobenius_gap``,
-    ``cka_lower_bound``) use the first ``sample_cap`` samples (O(sample_cap^2) memory). The
-    table's ``n`` column says which. Hooks are removed and training flags restored afterwards,
-    also after an exception. Passing the same module twice runs it once per batch.
+    One pass over the loader: each batch goes through both models (eval mode, ``inference_mode``,
+    on ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
+    default :func:`repsim.hooks.default_layers`), outputs become (n, d) vectors by ``pool`` ("mean":
+    global average pool, the default; "flatten"; "mask_mean"/"first"/"last" for token sequences,
+    see :func:`repsim.hooks.pool_features`; or a callable).
+
+    ``measures``: any name of the registry (:func:`repsim.list_measures`) or ``minibatch_cka``.
+    Streaming entries see every sample in O(d^2) memory (through
+    :class:`~repsim.measures.moments.StreamingMoments` or the entry's own accumulator); the others
+    use the first ``sample_cap`` samples (O(sample_cap^2) memory). Functional measures
+    (``needs_outputs``) compare the models' outputs (a ``logits`` entry of a dict output, else the
+    first tensor), in rows whose layer is ``"<output>"``; ``needs_labels`` measures get the
+    loader's labels. The table's ``n`` column says how many samples each value saw.
+
+    Inputs: a batch is a tensor, an ``(x, y)`` tuple, or a dict. A dict batch is passed by keyword
+    (``model(**batch)``, labels left out) to a model whose ``forward`` takes its keys (e.g.
+    ``input_ids``, ``attention_mask``, ``pixel_values``); the ``attention_mask`` drives
+    ``pool="mask_mean"``/``"last"``. ``inputs_a``/``inputs_b``: callables mapping the loader's batch
+    to each model's inputs (two resolutions, an image and its caption); ``paired=True``: the loader
+    yields ``(inputs_a, inputs_b)`` or ``(inputs_a, inputs_b, labels)``. The samples stay aligned.
+
+    Speed: ``autocast=True`` runs the forward passes in bfloat16 autocast; ``channels_last=True``
+    converts the models and 4-D inputs to channels-last; host-to-device copies are pinned and
+    non-blocking, and the per-batch loop never synchronises with the host.
+
+    Distributed (``torchrun``): when a process group is initialised (``distributed=None``) each
+    rank reads its shard (a ``DistributedSampler`` or :func:`repsim.distributed.shard`, see
+    :mod:`repsim.distributed`), and the float64 states are merged in rank order, so the result
+    equals one process's to rounding. Capped measures use the same samples in the same order as
+    one process. ``result_on="all"`` returns the result on every rank, ``"rank0"`` on rank 0 only
+    (None elsewhere). ``distributed=False`` computes on each rank's own data independently.
+
+    Hooks are removed and training flags restored afterwards, also after an exception. Passing
+    the same module twice runs it once per batch.
     """
     measures = _check_measures(measures)
     if sample_cap < 4:
         raise ValueError(f"sample_cap must be at least 4, got {sample_cap}")
-    same = model_a is model_b
+    if result_on not in ("all", "rank0"):
+        raise ValueError(f"result_on must be 'all' or 'rank0', got {result_on!r}")
+    if paired and (inputs_a is not None or inputs_b is not None):
+        raise ValueError("give either paired=True (the loader yields pairs) or inputs_a/inputs_b, not both")
+    shard = D.shard_of(loader, distributed)
+    plan = _Plan(measures, dtype)
+    same = model_a is model_b and inputs_a is None and inputs_b is None and not paired
     layers_a = list(layers_a) if layers_a is not None else default_layers(model_a)
-    layers_b = list(layers_b) if layers_b is not None else (layers_a if same else default_layers(model_b))
+    layers_b = list(layers_b) if layers_b is not None else (layers_a if model_a is model_b else default_layers(model_b))
     device = resolve_device(device, model_a)
-    model_a.to(device)
-    model_b.to(device)
-    streams = {m: STREAMING[m](dtype) for m in measures if m in STREAMING}
-    capped = [m for m in measures if m in CAPPED]
+    for model in (model_a, model_b):
+        model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    want_output = bool(plan.functional)
+    capping = bool(plan.capped or plan.functional)
     kept_a: list[list[Tensor]] = [[] for _ in layers_a]
     kept_b: list[list[Tensor]] = [[] for _ in layers_b]
-    n_seen = n_kept = 0
-    # One model on both sides runs once per batch, with the union of both layer lists hooked.
-    hooked_a = list(dict.fromkeys(layers_a + layers_b)) if same else layers_a
+    kept_out: list[list[Tensor]] = [[], []]
+    kept_keys: list[Tensor] = []
+    kept_labels: list[Tensor] = []
+    n_stream = n_real = n_kept = 0
+    if max_samples is not None and shard.world > 1:
+        raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
+    hooked_a = list(dict.fromkeys(layers_a + layers_b)) if model_a is model_b else layers_a
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with (
         eval_mode(model_a, model_b),
         FeatureHooks(model_a, hooked_a, pool) as hooks_a,
-        contextlib.nullcontext() if same else FeatureHooks(model_b, layers_b, pool) as hooks_b,
+        contextlib.nullcontext() if model_a is model_b else FeatureHooks(model_b, layers_b, pool) as hooks_b,
     ):
-        for x, _ in progress_batches(loader, max_samples, "compare", progress):
-            x = _to(x, device)
-            feats_a = forward_features(model_a, hooks_a, x)
-            feats_b = feats_a if same else forward_features(model_b, hooks_b, x)
+        hooks_b = hooks_a if model_a is model_b else hooks_b
+        bar = tqdm(loader, desc="compare", total=total_batches(loader, max_samples), disable=not progress, leave=False)
+        for local_batch, batch in enumerate(bar):
+            if max_samples is not None and n_real >= max_samples:
+                break
+            if paired:
+                if not (isinstance(batch, Sequence) and len(batch) in (2, 3)):
+                    raise ValueError("paired=True needs batches (inputs_a, inputs_b) or (inputs_a, inputs_b, labels)")
+                raw_a, raw_b = batch[0], batch[1]
+                labels = torch.as_tensor(batch[2]) if len(batch) == 3 else None
+            else:
+                raw_a = inputs_a(batch) if inputs_a is not None else batch
+                raw_b = inputs_b(batch) if inputs_b is not None else batch
+                labels = _labels(batch) if plan.needs_labels else None
+            in_a, in_b = _model_inputs(raw_a, model_a), _model_inputs(raw_b, model_b)
+            size = _size(in_a)
+            if _size(in_b) != size:
+                raise ValueError(f"the two models' inputs have {size} and {_size(in_b)} samples in one batch")
+            # Global order keys of this batch's samples; padding repeats (a DistributedSampler's) are a suffix.
+            keys, keep = shard.keys(n_stream, local_batch, size)
+            n_stream += size
+            if max_samples is not None:
+                keep = min(keep, max_samples - n_real)
+            if keep <= 0:
+                continue
+            if keep < size:
+                in_a, in_b = _head(in_a, keep), _head(in_b, keep)
+                labels = labels[:keep] if labels is not None else None
+            in_a = _to_device(in_a, device, channels_last)
+            with amp:
+                feats_a = _forward(model_a, hooks_a, in_a, want_output, pool)
+                if same:
+                    feats_b = feats_a
+                else:
+                    feats_b = _forward(model_b, hooks_b, _to_device(in_b, device, channels_last), want_output, pool)
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
-            for acc in streams.values():
-                acc.update(xs, None if (same and layers_a == layers_b) else ys)
-            if capped and n_kept < sample_cap:
-                take = min(sample_cap - n_kept, xs[0].shape[0])
-                for keep, f in zip(kept_a + kept_b, xs + ys, strict=True):
-                    keep.append(f[:take])
+            self_grid = same and layers_a == layers_b
+            if plan.stream is not None:
+                plan.stream.update(xs, None if self_grid else ys)
+            for acc in plan.accumulators.values():
+                acc.update(xs, None if self_grid else ys)
+            if capping and n_kept < sample_cap:
+                # Each rank keeps its own first sample_cap samples: the global first sample_cap are among them.
+                take = min(sample_cap - n_kept, keep)
+                for chunks, f in zip(kept_a + kept_b, xs + ys, strict=True):
+                    chunks.append(f[:take])
+                if want_output:
+                    kept_out[0].append(feats_a[OUTPUT_LAYER][:take])
+                    kept_out[1].append(feats_b[OUTPUT_LAYER][:take])
+                if labels is not None:
+                    kept_labels.append(labels[:take])
+                kept_keys.append(keys[:take])
                 n_kept += take
-            n_seen += xs[0].shape[0]
-    if n_seen == 0:
+            n_real += keep
+    return _finish(
+        plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on
+    )
+
+
+def _gathered_state(acc):
+    """Every rank's accumulator merged in rank order (deterministic; float64)."""
+    states = D.gather(D.to_cpu(acc))
+    if not hasattr(acc, "merge"):
+        raise ValueError(f"{type(acc).__name__} cannot be merged across ranks; run it with distributed=False")
+    total = type(acc).__new__(type(acc))
+    total.__dict__.update(D.to_cpu(states[0]).__dict__)
+    for other in states[1:]:
+        total.merge(other)
+    return total
+
+
+def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on):
+    rows: list[dict] = []
+    distributed = shard.world > 1
+    stream, accumulators = plan.stream, plan.accumulators
+    if distributed:
+        stream = _gathered_state(stream) if stream is not None else None
+        accumulators = {name: _gathered_state(acc) for name, acc in accumulators.items()}
+    n_total = stream.n if stream is not None else None
+
+    def cat(chunks: list[Tensor]) -> Tensor | None:
+        return torch.cat(chunks) if chunks else None
+
+    capped_a = [cat(c) for c in kept_a]
+    capped_b = [cat(c) for c in kept_b]
+    outputs = [cat(c) for c in kept_out]
+    keys = cat(kept_keys)
+    labels = cat(kept_labels)
+    if distributed and (plan.capped or plan.functional):
+        local = D.to_cpu((keys, capped_a, capped_b, outputs, labels))
+        parts = [p for p in D.gather(local) if p[0] is not None]
+        keys = torch.cat([p[0] for p in parts]) if parts else None
+        if keys is not None:
+            order = torch.argsort(keys)[:sample_cap]  # the global order of one process's run
+
+            def pick(i: int, j: int | None = None) -> Tensor | None:
+                got = [p[i] if j is None else p[i][j] for p in parts]
+                return None if any(g is None for g in got) else torch.cat(got)[order]
+
+            capped_a = [pick(1, j) for j in range(len(layers_a))]
+            capped_b = [pick(2, j) for j in range(len(layers_b))]
+            outputs = [pick(3, 0), pick(3, 1)]
+            labels = pick(4)
+    n_capped = 0 if keys is None else min(sample_cap, keys.shape[0])
+    if n_total is None:
+        n_total = sum(D.gather(n_capped)) if distributed else n_capped
+    for acc in accumulators.values():
+        n_total = max(n_total, getattr(acc, "n", 0))
+    if n_total == 0 and n_capped == 0:
         raise ValueError("the loader yielded no samples")
-    rows = []
+    if distributed and result_on == "rank0" and shard.rank != 0:
+        return None
 
-    def add(measure: str, grid: Tensor, n: int) -> None:
-        for i, la in enumerate(layers_a):
-            for j, lb in enumerate(layers_b):
-                rows.append({"layer_a": la, "layer_b": lb, "measure": measure, "value": float(grid[i, j]), "n": n})
+    def add(measure: str, grid: Tensor, n: int, la: list[str], lb: list[str]) -> None:
+        values = grid.detach().to("cpu", torch.float64).reshape(len(la), len(lb)).tolist()  # one sync per measure
+        for i, a in enumerate(la):
+            for j, b in enumerate(lb):
+                rows.append({"layer_a": a, "layer_b": b, "measure": measure, "value": values[i][j], "n": n})
 
-    for measure, acc in streams.items():
-        add(measure, acc.compute().cpu(), n_seen)
-    if capped:
-        xa = [torch.cat(chunks) for chunks in kept_a]
-        xb = [torch.cat(chunks) for chunks in kept_b]
-        for measure in capped:
-            add(measure, CAPPED[measure](xa, xb).cpu(), n_kept)
-    return Comparison(pd.DataFrame(rows), layers_a, layers_b)
+    for name in [m for m in _order(plan)]:
+        if name in plan.moments:
+            add(name, stream.compute(name), stream.n, layers_a, layers_b)
+        elif name in accumulators:
+            acc = accumulators[name]
+            add(name, acc.compute(), getattr(acc, "n", n_total), layers_a, layers_b)
+        elif name in plan.capped:
+            opts = {"labels": labels} if name in plan.needs_labels else {}
+            add(name, measure_grid(name, capped_a, capped_b, **opts), n_capped, layers_a, layers_b)
+        else:  # functional: the models' outputs
+            info = get_measure(name)
+            opts = {"labels": labels} if name in plan.needs_labels else {}
+            if name in plan.needs_labels and labels is None:
+                raise ValueError(f"{name} needs labels; the loader's batches must carry them ((x, y) or 'labels')")
+            value = call_with_supported(info.fn, outputs[0], outputs[1], **opts)
+            add(name, value, n_capped, [OUTPUT_LAYER], [OUTPUT_LAYER])
+    return Comparison(pd.DataFrame(rows, columns=["layer_a", "layer_b", "measure", "value", "n"]), layers_a, layers_b)
+
+
+def _order(plan: _Plan) -> list[str]:
+    return plan.order
+
+
