@@ -271,6 +271,8 @@ def compare(
     kept_keys: list[Tensor] = []
     kept_labels: list[Tensor] = []
     n_stream = n_real = n_kept = 0
+    # Under a process group, accumulators with a shift (StreamingLinearCKA) share one so their sums merge.
+    need_shift = shard.world > 1 and any(hasattr(acc, "set_shift") for acc in plan.accumulators.values())
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
     hooked_a = list(dict.fromkeys(layers_a + layers_b)) if model_a is model_b else layers_a
@@ -318,6 +320,9 @@ def compare(
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
             self_grid = same and layers_a == layers_b
+            if need_shift:
+                _agree_on_shift(plan, xs, None if self_grid else ys)
+                need_shift = False
             if plan.stream is not None:
                 plan.stream.update(xs, None if self_grid else ys)
             for acc in plan.accumulators.values():
@@ -335,9 +340,30 @@ def compare(
                 kept_keys.append(keys[:take])
                 n_kept += take
             n_real += keep
+    if need_shift:  # this rank saw no sample: it still takes part in the agreement
+        _agree_on_shift(plan, None, None)
     return _finish(
         plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on
     )
+
+
+def _agree_on_shift(plan: _Plan, xs: list[Tensor] | None, ys: list[Tensor] | None) -> None:
+    """Every rank adopts the first batch means of the lowest rank that has data (one collective, once)."""
+    mine = None
+    if xs is not None:
+        mine = (
+            [x.to(torch.float64).mean(0).cpu() for x in xs],
+            None if ys is None else [y.to(torch.float64).mean(0).cpu() for y in ys],
+        )
+    chosen = next((s for s in D.gather(mine) if s is not None), None)
+    if chosen is None or xs is None:
+        return
+    device = xs[0].device
+    shift_x = [s.to(device) for s in chosen[0]]
+    shift_y = None if chosen[1] is None else [s.to(device) for s in chosen[1]]
+    for acc in plan.accumulators.values():
+        if hasattr(acc, "set_shift"):
+            acc.set_shift(shift_x, shift_y)
 
 
 def _gathered_state(acc):
@@ -421,5 +447,3 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
 
 def _order(plan: _Plan) -> list[str]:
     return plan.order
-
-
