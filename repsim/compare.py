@@ -183,7 +183,7 @@ class _Plan:
             elif info.streaming and info.from_moments is not None:
                 self.moments.append(name)
             elif info.streaming:
-                self.accumulators[name] = call_with_supported(info.accumulator, dtype=dtype)
+                self.accumulators[name] = call_with_supported(info.accumulator, dtype=dtype, **info.defaults)
             else:
                 self.capped.append(name)
         self.stream = StreamingMoments(dtype=dtype) if self.moments else None
