@@ -12,8 +12,9 @@ from torch import nn
 
 from ._io import atomic_save_figure, atomic_write_text
 from .checkpoints import build_arch, load_model
-from .compare import MEASURES, compare
+from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
+from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
 from .many import MANY_MEASURES, compare_many
 
@@ -30,6 +31,7 @@ class ChannelAdapter:
         self.loader, self.channels = loader, channels
         self.batch_size = getattr(loader, "batch_size", None)
         self.dataset = getattr(loader, "dataset", None)
+        self.sampler = getattr(loader, "sampler", None)  # a DistributedSampler under torchrun
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -45,6 +47,14 @@ def _loader(args, model: nn.Module):
     loader = reference_loader(
         args.data, train=args.split == "train", batch_size=args.batch_size, image_size=args.image_size
     )
+    if is_distributed():  # under torchrun: each rank reads its shard, in the dataset's order
+        from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+        dataset = loader.dataset
+        if getattr(args, "max_samples", None) is not None:  # the cap is taken before sharding
+            dataset = Subset(dataset, range(min(args.max_samples, len(dataset))))
+        sampler = DistributedSampler(dataset, shuffle=False)
+        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=0)
     return ChannelAdapter(loader, input_channels(model))
 
 
@@ -72,10 +82,14 @@ def cmd_compare(args) -> None:
         layers_b=_layers(args.layers_b) or _layers(args.layers),
         measures=args.measures,
         device=args.device,
-        max_samples=args.max_samples,
+        max_samples=None if is_distributed() else args.max_samples,
         pool=args.pool,
         sample_cap=args.sample_cap,
+        result_on="rank0",
+        progress=rank_and_world()[0] == 0,
     )
+    if result is None:  # under torchrun, rank 0 writes the results
+        return
     out = Path(args.out)
     written = [result.to_csv(out / "comparison.csv")]
     import matplotlib.pyplot as plt
@@ -141,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, help="architecture of B when it differs from A")
     p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
     p.add_argument("--layers-b", default=None)
-    p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=MEASURES)
+    p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=available_measures())
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures")
     _data_args(p)
     p.set_defaults(func=cmd_compare)
@@ -157,15 +171,37 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _init_torchrun() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    started = _init_torchrun() if args.command in ("compare",) else False
     if getattr(args, "device", None) is None and hasattr(args, "device"):
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     try:
         args.func(args)
     except (ValueError, DatasetNotFoundError, FileNotFoundError) as err:
         print(f"repsim: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
     return 0
 
 

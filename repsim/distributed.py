@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 __all__ = ["ShardedBatches", "is_distributed", "rank_and_world", "shard"]
 
@@ -108,7 +108,7 @@ def shard_of(loader: Iterable, enabled: bool | None) -> Shard:
         if loader.world != world or loader.rank != rank:
             raise ValueError(f"the loader is sharded for rank {loader.rank} of {loader.world}, not {rank} of {world}")
         return Shard(rank, world, sharded=loader)
-    sampler = getattr(loader, "sampler", None) if isinstance(loader, DataLoader) else None
+    sampler = getattr(loader, "sampler", None)  # a DataLoader's, or a wrapper's that forwards it
     if isinstance(sampler, DistributedSampler):
         if sampler.num_replicas != world or sampler.rank != rank:
             raise ValueError(
