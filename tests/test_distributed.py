@@ -31,8 +31,15 @@ def _data(n):
 def _run(loader, **kw):
     a, b = _models()
     return repsim.compare(
-        a, b, loader, layers_a=["0", "2"], layers_b=["1", "2"], measures=MEASURES, sample_cap=SAMPLE_CAP,
-        progress=False, **kw,
+        a,
+        b,
+        loader,
+        layers_a=["0", "2"],
+        layers_b=["1", "2"],
+        measures=MEASURES,
+        sample_cap=SAMPLE_CAP,
+        progress=False,
+        **kw,
     )
 
 
@@ -65,6 +72,12 @@ def _worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         results = {name: _run(loader).table for name, loader in _cases(rank, world).items()}
+        a, b = _models()
+        many_loader = _cases(rank, world)["sampler_shuffle=True"]
+        results["many"] = {
+            m: repsim.compare_many([a, b, a], many_loader, "2", measure=m, max_samples=None, progress=False)
+            for m in ("linear_cka", "rsa")
+        }
         rank0_only = _run(_cases(rank, world)["sampler_shuffle=False"], result_on="rank0")
         if rank == 1:
             assert rank0_only is None
@@ -81,7 +94,16 @@ def test_two_gloo_processes_equal_one_process():
         init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result.pt")
         mp.spawn(_worker, args=(2, init_file, result_file), nprocs=2, join=True)
         got = [torch.load(result_file + str(r), weights_only=False) for r in range(2)]
-    for name in got[0]:
+    a, b = _models()
+    data = _data(13)
+    order = list(DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=5))
+    for m in ("linear_cka", "rsa"):
+        expected = repsim.compare_many(
+            [a, b, a], DataLoader(data, batch_size=3, sampler=order), "2", measure=m, max_samples=None, progress=False
+        )
+        for rank in range(2):
+            assert (got[rank]["many"][m] - expected).abs().to_numpy().max() < 1e-10, (m, rank)
+    for name in [k for k in got[0] if k != "many"]:
         expected = _reference(name).table
         for rank in range(2):
             table = got[rank][name]
