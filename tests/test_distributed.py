@@ -78,6 +78,7 @@ def _worker(rank, world, init_file, result_file):
             m: repsim.compare_many([a, b, a], many_loader, "2", measure=m, max_samples=None, progress=False)
             for m in ("linear_cka", "rsa")
         }
+        results["features"] = repsim.extract_features(a, many_loader, ["0", "2"], progress=False)
         rank0_only = _run(_cases(rank, world)["sampler_shuffle=False"], result_on="rank0")
         if rank == 1:
             assert rank0_only is None
@@ -103,7 +104,15 @@ def test_two_gloo_processes_equal_one_process():
         )
         for rank in range(2):
             assert (got[rank]["many"][m] - expected).abs().to_numpy().max() < 1e-10, (m, rank)
-    for name in [k for k in got[0] if k != "many"]:
+    feats, labels = repsim.extract_features(
+        a, DataLoader(data, batch_size=3, sampler=order), ["0", "2"], progress=False
+    )
+    for rank in range(2):
+        got_feats, got_labels = got[rank]["features"]
+        assert torch.equal(got_labels, labels)
+        for layer in ("0", "2"):
+            assert torch.allclose(got_feats[layer], feats[layer], rtol=0, atol=1e-12)
+    for name in [k for k in got[0] if k not in ("many", "features")]:
         expected = _reference(name).table
         for rank in range(2):
             table = got[rank][name]
