@@ -137,3 +137,24 @@ def test_non_distributed_needs_no_group():
     assert D.shard_of([1, 2], None).world == 1
     with pytest.raises(ValueError, match="rank must be"):
         D.shard([], rank=2, world=2)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_streaming_cka_merge_with_shared_shift_equals_one_stream(debiased):
+    g = torch.Generator().manual_seed(7)
+    x, y = (
+        torch.randn(30, 4, generator=g, dtype=torch.float64) + 50,
+        torch.randn(30, 3, generator=g, dtype=torch.float64),
+    )
+    whole = repsim.StreamingLinearCKA(debiased=debiased)
+    whole.update(x, y)
+    parts = [repsim.StreamingLinearCKA(debiased=debiased) for _ in range(2)]
+    for acc, rows in zip(parts, (slice(0, 11), slice(11, 30)), strict=True):
+        acc.set_shift([x[:5].mean(0)], [y[:5].mean(0)])
+        acc.update(x[rows], y[rows])
+    parts[0].merge(parts[1])
+    assert abs(float(parts[0].compute() - whole.compute())) < 1e-12
+    other = repsim.StreamingLinearCKA(debiased=debiased)
+    other.update(x[:8], y[:8])
+    with pytest.raises(ValueError, match="same shift"):
+        parts[0].merge(other)
