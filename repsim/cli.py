@@ -16,7 +16,8 @@ from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
 from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
-from .many import MANY_MEASURES, compare_many
+from .many import compare_many
+from .measures.registry import registered_names
 
 
 def input_channels(model: nn.Module) -> int | None:
@@ -164,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--arch", required=True)
     p.add_argument("--layer", required=True)
-    p.add_argument("--measure", default="linear_cka", choices=list(MANY_MEASURES))
+    p.add_argument("--measure", default="linear_cka", choices=registered_names())
     p.add_argument("--cache", default=None, help="folder to cache extracted features in")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
