@@ -48,6 +48,16 @@ def run(mode: str, n: int, batch: int) -> dict:
 
     torch.set_num_threads(torch.get_num_threads())
     a, b = models()
+    if mode in ("bare", "compare"):  # whole-call wall time: repsim.compare vs a bare inference loop
+        data = list(batches(n, batch))
+        start = time.perf_counter()
+        if mode == "bare":
+            with torch.inference_mode():
+                for x in data:
+                    a(x), b(x)
+        else:
+            repsim.compare(a, b, data, LAYERS, LAYERS, measures=["linear_cka"], progress=False, device="cpu")
+        return {"total_s": time.perf_counter() - start}
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t_forward = t_similarity = 0.0
     with torch.no_grad(), FeatureHooks(a, LAYERS) as ha, FeatureHooks(b, LAYERS) as hb:
@@ -89,11 +99,29 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--mode", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ratio", action="store_true", help="only compare vs a bare inference loop over both models")
     args = p.parse_args()
     if args.mode:
         print(json.dumps(run(args.mode, args.n, args.batch)))
         return
     import torch
+
+    def sub(mode: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--mode", mode, "--n", str(args.n), "--batch", str(args.batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    if args.ratio:
+        bare, comp = sub("bare")["total_s"], sub("compare")["total_s"]
+        print(
+            f"n = {args.n}, batch {args.batch}: bare inference loop {bare:.2f} s, repsim.compare (5x5 linear CKA) "
+            f"{comp:.2f} s, ratio {comp / bare:.2f}"
+        )
+        return
 
     print(
         f"n = {args.n} CIFAR-sized inputs, batch {args.batch}, 2 ResNet-18 (CIFAR stem), 5x5 block pairs, "

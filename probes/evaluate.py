@@ -84,7 +84,12 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Linear probe, kNN and NCCC few-shot accuracy of ``layer``'s frozen features, as one DataFrame."""
+    """Linear probe, kNN and NCCC few-shot accuracy of ``layer``'s frozen features, as one DataFrame.
+
+    Under ``torchrun`` the feature extraction is sharded (loaders with a ``DistributedSampler`` or
+    :func:`repsim.distributed.shard`) and every rank gets all features in the global order (see
+    :func:`repsim.extract_features`); the probes, cheap next to the forward passes, then run
+    identically on every rank."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     train_x, train_y = extract(model, train_loader, layer, pool, device, progress=progress)
     test_x, test_y = extract(model, test_loader, layer, pool, device, progress=progress)

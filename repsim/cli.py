@@ -14,8 +14,10 @@ from ._io import atomic_save_figure, atomic_write_text
 from .checkpoints import build_arch, load_model
 from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
+from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
-from .many import compare_many, many_measures
+from .many import compare_many
+from .measures.registry import registered_names
 
 
 def input_channels(model: nn.Module) -> int | None:
@@ -30,6 +32,7 @@ class ChannelAdapter:
         self.loader, self.channels = loader, channels
         self.batch_size = getattr(loader, "batch_size", None)
         self.dataset = getattr(loader, "dataset", None)
+        self.sampler = getattr(loader, "sampler", None)  # a DistributedSampler under torchrun
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -45,6 +48,14 @@ def _loader(args, model: nn.Module):
     loader = reference_loader(
         args.data, train=args.split == "train", batch_size=args.batch_size, image_size=args.image_size
     )
+    if is_distributed():  # under torchrun: each rank reads its shard, in the dataset's order
+        from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+        dataset = loader.dataset
+        if getattr(args, "max_samples", None) is not None:  # the cap is taken before sharding
+            dataset = Subset(dataset, range(min(args.max_samples, len(dataset))))
+        sampler = DistributedSampler(dataset, shuffle=False)
+        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=0)
     return ChannelAdapter(loader, input_channels(model))
 
 
@@ -72,7 +83,7 @@ def cmd_compare(args) -> None:
         layers_b=_layers(args.layers_b) or _layers(args.layers),
         measures=args.measures,
         device=args.device,
-        max_samples=args.max_samples,
+        max_samples=None if is_distributed() else args.max_samples,
         pool=args.pool,
         sample_cap=args.sample_cap,
         inference=(
@@ -80,7 +91,11 @@ def cmd_compare(args) -> None:
             if args.permutations or args.bootstrap
             else None
         ),
+        result_on="rank0",
+        progress=rank_and_world()[0] == 0,
     )
+    if result is None:  # under torchrun, rank 0 writes the results
+        return
     out = Path(args.out)
     written = [result.to_csv(out / "comparison.csv")]
     import matplotlib.pyplot as plt
@@ -150,18 +165,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, help="architecture of B when it differs from A")
     p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
     p.add_argument("--layers-b", default=None)
-    p.add_argument(
-        "--measures",
-        nargs="+",
-        default=["linear_cka", "debiased_cka", "rsa"],
-        choices=available_measures(),
-        metavar="MEASURE",
-        help="any of `repsim.list_measures()` (default: %(default)s)",
-    )
+    p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=available_measures())
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures and inference")
     p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
     p.add_argument("--bootstrap", type=int, default=0, help="confidence intervals from this many resamples")
-    p.add_argument("--adjust", default="holm", choices=["holm", "bh", "none"], help="p-value adjustment over the grid")
+    p.add_argument(
+        "--adjust", default="holm", choices=["holm", "bh", "none"], help="p-value adjustment over the layer grid"
+    )
     _data_args(p)
     p.set_defaults(func=cmd_compare)
 
@@ -169,28 +179,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--arch", required=True)
     p.add_argument("--layer", required=True)
-    p.add_argument(
-        "--measure",
-        default="linear_cka",
-        choices=many_measures(),
-        metavar="MEASURE",
-        help="any measure of representations in `repsim.list_measures()` (default: %(default)s)",
-    )
+    p.add_argument("--measure", default="linear_cka", choices=registered_names())
     p.add_argument("--cache", default=None, help="folder to cache extracted features in")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
     return top
 
 
+def _init_torchrun() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    started = _init_torchrun() if args.command in ("compare",) else False
     if getattr(args, "device", None) is None and hasattr(args, "device"):
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     try:
         args.func(args)
     except (ValueError, DatasetNotFoundError, FileNotFoundError) as err:
         print(f"repsim: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
     return 0
 
 

@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from . import distributed as D
 from ._io import atomic_write_text
-from .features import _to, eval_mode, progress_batches, resolve_device
-from .hooks import OUTPUT, FeatureHooks, Pool, default_layers, forward_features
+from .features import _LABEL_KEYS, eval_mode, resolve_device, split_batch, total_batches
+from .hooks import FeatureHooks, Pool, default_layers, first_tensor, pool_features
 from .measures.moments import StreamingMoments
-from .measures.registry import MeasureInfo, get_measure, measure_grid, registered_names
+from .measures.registry import call_with_supported, get_measure, measure_grid, registered_names
 from .streaming import MinibatchCKA
 
-# compare-only: an estimator of population CKA from per-batch Gram matrices, not a function of (x, y)
-MINIBATCH = "minibatch_cka"
+# minibatch CKA (Nguyen et al. 2021) is compare-only: its value depends on the batches, so it is
+# not a registry measure. Every other name comes from the registry (repsim.measures.registry).
+COMPARE_ONLY: dict[str, Callable[[torch.dtype | None], object]] = {
+    "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=dtype),
+}
+OUTPUT_LAYER = "<output>"  # layer name of a functional measure's rows (the models' outputs)
 
 
 def available_measures() -> list[str]:
-    """Every name ``compare`` accepts: the whole measure registry plus ``minibatch_cka``."""
-    return [*registered_names(), MINIBATCH]
+    """Every name ``compare`` accepts: the whole registry plus ``minibatch_cka``."""
+    return sorted({*registered_names(), *COMPARE_ONLY})
+
+
+def __getattr__(name: str):  # MEASURES is computed on access: the registry grows as families register
+    if name == "MEASURES":
+        return tuple(available_measures())
+    raise AttributeError(name)
 
 
 @dataclass
@@ -61,14 +74,13 @@ class Comparison:
         from .plotting import heatmap
 
         measure = self._measure(measure)
-        info = get_measure(measure) if measure != MINIBATCH else None
+        info = None if measure in COMPARE_ONLY else get_measure(measure)
         bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
-        marks = self._not_significant(measure)
         return heatmap(
             self.matrix(measure),
             title=measure,
             ax=ax,
-            marks=marks,
+            marks=self._not_significant(measure),
             **({"vmin": 0.0, "vmax": 1.0} if bounded else {}),
             **kwargs,
         )
@@ -82,8 +94,8 @@ class Comparison:
             flags = sub.assign(flag=(sub["ci_low"] <= 0) & (sub["ci_high"] >= 0))
         else:
             return None
-        m = flags.pivot(index="layer_a", columns="layer_b", values="flag")
-        return m.loc[self.matrix(measure).index, self.matrix(measure).columns]
+        matrix = self.matrix(measure)
+        return flags.pivot(index="layer_a", columns="layer_b", values="flag").loc[matrix.index, matrix.columns]
 
     def to_csv(self, path) -> Path:
         """Write the tidy table atomically; returns the path."""
@@ -96,19 +108,113 @@ def _check_measures(measures: Sequence[str]) -> list[str]:
     known = available_measures()
     unknown = [m for m in measures if m not in known]
     if unknown or not measures:
-        raise ValueError(f"unknown measure(s) {unknown}; choose from {known} (see repsim.list_measures())")
+        raise ValueError(f"unknown measure(s) {unknown}; choose from {known}")
     return list(dict.fromkeys(measures))
 
 
-def _check_options(measures: list[str], options: Mapping[str, Mapping] | None) -> dict[str, dict]:
-    options = {k: dict(v) for k, v in (options or {}).items()}
-    stray = sorted(set(options) - set(measures))
-    if stray:
-        raise ValueError(f"measure_options names measures that are not requested: {stray}")
-    return options
+def _keyword_names(model: nn.Module) -> set[str] | None:
+    """Keyword parameters of ``model.forward`` (None: it takes ``**kwargs``)."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-@torch.no_grad()
+def _model_inputs(batch, model: nn.Module):
+    """What ``model`` is called with: a dict batch's entries it takes by keyword, else the batch's inputs."""
+    if isinstance(batch, Mapping):
+        names = _keyword_names(model)
+        kwargs = {k: v for k, v in batch.items() if k not in _LABEL_KEYS and (names is None or k in names)}
+        if kwargs:
+            return kwargs
+    if isinstance(batch, (Tensor, Mapping)) or (isinstance(batch, Sequence) and batch and isinstance(batch[0], Tensor)):
+        return split_batch(batch)[0] if not isinstance(batch, Tensor) else batch
+    return batch
+
+
+def _labels(batch) -> Tensor | None:
+    try:
+        return split_batch(batch)[1]
+    except (ValueError, TypeError):
+        return None
+
+
+def _size(inputs) -> int:
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    if isinstance(inputs, Mapping):
+        return next(v.shape[0] for v in inputs.values() if isinstance(v, Tensor))
+    raise ValueError(f"cannot tell the batch size of inputs of type {type(inputs).__name__}; give tensors or dicts")
+
+
+def _head(inputs, k: int):
+    if isinstance(inputs, Tensor):
+        return inputs[:k]
+    if isinstance(inputs, Mapping):
+        return {key: (v[:k] if isinstance(v, Tensor) else v) for key, v in inputs.items()}
+    return inputs
+
+
+def _to_device(inputs, device: torch.device, channels_last: bool):
+    """Host-to-device copy that overlaps compute on CUDA (pinned source, ``non_blocking``)."""
+    if isinstance(inputs, Mapping):
+        return {k: _to_device(v, device, channels_last) for k, v in inputs.items()}
+    if not isinstance(inputs, Tensor):
+        return inputs
+    if device.type == "cuda" and inputs.device.type == "cpu" and not inputs.is_pinned():
+        inputs = inputs.pin_memory()
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs
+
+
+def _forward(model: nn.Module, hooks: FeatureHooks, inputs, want_output: bool, pool: Pool):
+    hooks._captured.clear()
+    hooks.mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    out = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    feats = hooks.pop()
+    if want_output:
+        if isinstance(out, Mapping) and "logits" in out:
+            out = out["logits"]
+        feats[OUTPUT_LAYER] = pool_features(first_tensor(out).detach(), pool, hooks.mask).float()
+    return feats
+
+
+class _Plan:
+    """How each requested measure is computed, from the registry's metadata."""
+
+    def __init__(self, measures: list[str], dtype: torch.dtype | None, options: dict[str, dict]) -> None:
+        self.options = options
+        self.dtype = dtype
+        self.moments: list[str] = []  # streaming through StreamingMoments.compute(name)
+        self.accumulators: dict[str, object] = {}  # streaming through their own accumulator
+        self.capped: list[str] = []  # all-samples measures on the first sample_cap samples
+        self.functional: list[str] = []  # needs_outputs: on the models' outputs (capped)
+        self.needs_labels: set[str] = set()
+        self.order = list(measures)
+        for name in measures:
+            if name in COMPARE_ONLY:
+                self.accumulators[name] = COMPARE_ONLY[name](dtype)
+                continue
+            info = get_measure(name)
+            if info.needs_labels:
+                self.needs_labels.add(name)
+            if info.needs_outputs:
+                self.functional.append(name)
+            elif info.streaming and info.from_moments is not None:
+                self.moments.append(name)
+            elif info.streaming:
+                self.accumulators[name] = call_with_supported(
+                    info.accumulator, dtype=dtype, **info.defaults, **options.get(name, {})
+                )
+            else:
+                self.capped.append(name)
+        self.stream = StreamingMoments(dtype=dtype) if self.moments else None
+        self.keep_capped = False  # set when inference needs the capped samples
+
+
+@torch.inference_mode()
 def compare(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -122,141 +228,261 @@ def compare(
     sample_cap: int = 5000,
     dtype: torch.dtype | None = torch.float64,
     progress: bool = True,
+    inputs_a: Callable | None = None,
+    inputs_b: Callable | None = None,
+    paired: bool = False,
+    autocast: bool = False,
+    channels_last: bool = False,
+    distributed: bool | None = None,
+    result_on: str = "all",
     measure_options: Mapping[str, Mapping] | None = None,
     inference: Mapping | None = None,
-) -> Comparison:
+) -> Comparison | None:
     """Compare two models layer by layer on the samples of ``loader``.
 
-    One pass over the loader: each batch goes through both models (eval mode, no gradients, on
-    ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
-    default :func:`repsim.hooks.default_layers`), conv maps become vectors by ``pool`` ("mean":
-    global average pool, the default; "flatten"; or a callable), and every layer pair is
-    accumulated in streaming form.
+    One pass over the loader: each batch goes through both models (eval mode, ``inference_mode``,
+    on ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
+    default :func:`repsim.hooks.default_layers`), outputs become (n, d) vectors by ``pool`` ("mean":
+    global average pool, the default; "flatten"; "mask_mean"/"first"/"last" for token sequences,
+    see :func:`repsim.hooks.pool_features`; or a callable).
 
-    ``measures``: any name of :func:`repsim.list_measures` (plus ``minibatch_cka``), with options
-    per measure in ``measure_options`` (e.g. ``{"svcca": {"variance": 0.95}}``). Streaming
-    measures see every sample in O(d^2) memory: all the second-moment measures (CKA, the CCA
-    family, Procrustes and shape metrics, regression, GULP, ...) share one float64 moment
-    accumulator per layer pair, so adding one costs no extra pass. Measures that need all samples
-    at once (RSA, kernel CKA, neighbourhood, topology, ...) use the first ``sample_cap`` samples.
-    The table's ``n`` column says which. Functional measures (``jsd``, ``disagreement``,
-    ``abs_acc_diff``) compare the models' outputs (row ``layer_a = layer_b = "output"``);
-    ``abs_acc_diff`` uses the loader's labels. Hooks are removed and training flags restored
-    afterwards, also after an exception. Passing the same module twice runs it once per batch.
+    ``measures``: any name of the registry (:func:`repsim.list_measures`) or ``minibatch_cka``.
+    Streaming entries see every sample in O(d^2) memory (through
+    :class:`~repsim.measures.moments.StreamingMoments` or the entry's own accumulator); the others
+    use the first ``sample_cap`` samples (O(sample_cap^2) memory). Functional measures
+    (``needs_outputs``) compare the models' outputs (a ``logits`` entry of a dict output, else the
+    first tensor), in rows whose layer is ``"<output>"``; ``needs_labels`` measures get the
+    loader's labels. The table's ``n`` column says how many samples each value saw.
 
-    ``inference={"permutations": 1000, "bootstrap": 1000}`` (optional keys ``ci``, ``adjust``:
-    "holm" | "bh" | "none", ``seed``) adds ``p_value``, ``p_adjusted`` (within each measure's
-    grid), ``ci_low``, ``ci_high`` and ``n_inference`` columns, computed on the first
-    ``sample_cap`` samples (see :mod:`repsim.inference`).
+    Inputs: a batch is a tensor, an ``(x, y)`` tuple, or a dict. A dict batch is passed by keyword
+    (``model(**batch)``, labels left out) to a model whose ``forward`` takes its keys (e.g.
+    ``input_ids``, ``attention_mask``, ``pixel_values``); the ``attention_mask`` drives
+    ``pool="mask_mean"``/``"last"``. ``inputs_a``/``inputs_b``: callables mapping the loader's batch
+    to each model's inputs (two resolutions, an image and its caption); ``paired=True``: the loader
+    yields ``(inputs_a, inputs_b)`` or ``(inputs_a, inputs_b, labels)``. The samples stay aligned.
+
+    Speed: ``autocast=True`` runs the forward passes in bfloat16 autocast; ``channels_last=True``
+    converts the models and 4-D inputs to channels-last; host-to-device copies are pinned and
+    non-blocking, and the per-batch loop never synchronises with the host.
+
+    Distributed (``torchrun``): when a process group is initialised (``distributed=None``) each
+    rank reads its shard (a ``DistributedSampler`` or :func:`repsim.distributed.shard`, see
+    :mod:`repsim.distributed`), and the float64 states are merged in rank order, so the result
+    equals one process's to rounding. Capped measures use the same samples in the same order as
+    one process. ``result_on="all"`` returns the result on every rank, ``"rank0"`` on rank 0 only
+    (None elsewhere). ``distributed=False`` computes on each rank's own data independently.
+
+    Hooks are removed and training flags restored afterwards, also after an exception. Passing
+    the same module twice runs it once per batch.
     """
     measures = _check_measures(measures)
-    inference = _check_inference(inference)
     options = _check_options(measures, measure_options)
-    infos = {m: get_measure(m) for m in measures if m != MINIBATCH}
-    functional = [m for m, info in infos.items() if info.needs_outputs]
-    representational = [m for m in measures if m not in functional]
+    inference = _check_inference(inference)
     if sample_cap < 4:
         raise ValueError(f"sample_cap must be at least 4, got {sample_cap}")
-    same = model_a is model_b
+    if result_on not in ("all", "rank0"):
+        raise ValueError(f"result_on must be 'all' or 'rank0', got {result_on!r}")
+    if paired and (inputs_a is not None or inputs_b is not None):
+        raise ValueError("give either paired=True (the loader yields pairs) or inputs_a/inputs_b, not both")
+    shard = D.shard_of(loader, distributed)
+    plan = _Plan(measures, dtype, options)
+    same = model_a is model_b and inputs_a is None and inputs_b is None and not paired
     layers_a = list(layers_a) if layers_a is not None else default_layers(model_a)
-    layers_b = list(layers_b) if layers_b is not None else (layers_a if same else default_layers(model_b))
+    layers_b = list(layers_b) if layers_b is not None else (layers_a if model_a is model_b else default_layers(model_b))
     device = resolve_device(device, model_a)
-    model_a.to(device)
-    model_b.to(device)
-    moment_measures = [m for m in representational if m in infos and infos[m].from_moments is not None]
-    moments = StreamingMoments(dtype=dtype) if moment_measures else None
-    streams = {m: _accumulator(infos.get(m), dtype, options.get(m, {})) for m in representational}
-    streams = {m: acc for m, acc in streams.items() if acc is not None and m not in moment_measures}
-    capped = [m for m in representational if m not in streams and m not in moment_measures]
+    for model in (model_a, model_b):
+        model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    want_output = bool(plan.functional)
+    plan.keep_capped = bool(inference)
+    capping = bool(plan.capped or plan.functional or inference)
     kept_a: list[list[Tensor]] = [[] for _ in layers_a]
     kept_b: list[list[Tensor]] = [[] for _ in layers_b]
     kept_out: list[list[Tensor]] = [[], []]
+    kept_keys: list[Tensor] = []
     kept_labels: list[Tensor] = []
-    needs_labels = any(infos[m].needs_labels for m in functional)
-    n_seen = n_kept = 0
-    # One model on both sides runs once per batch, with the union of both layer lists hooked.
-    hooked_a = list(dict.fromkeys(layers_a + layers_b)) if same else layers_a
+    n_stream = n_real = n_kept = 0
+    # Under a process group, accumulators with a shift (StreamingLinearCKA) share one so their sums merge.
+    need_shift = shard.world > 1 and any(hasattr(acc, "set_shift") for acc in plan.accumulators.values())
+    if max_samples is not None and shard.world > 1:
+        raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
+    hooked_a = list(dict.fromkeys(layers_a + layers_b)) if model_a is model_b else layers_a
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with (
         eval_mode(model_a, model_b),
         FeatureHooks(model_a, hooked_a, pool) as hooks_a,
-        contextlib.nullcontext() if same else FeatureHooks(model_b, layers_b, pool) as hooks_b,
+        contextlib.nullcontext() if model_a is model_b else FeatureHooks(model_b, layers_b, pool) as hooks_b,
     ):
-        for x, labels in progress_batches(loader, max_samples, "compare", progress):
-            x = _to(x, device)
-            feats_a = forward_features(model_a, hooks_a, x, keep_output=bool(functional))
-            feats_b = feats_a if same else forward_features(model_b, hooks_b, x, keep_output=bool(functional))
+        hooks_b = hooks_a if model_a is model_b else hooks_b
+        bar = tqdm(loader, desc="compare", total=total_batches(loader, max_samples), disable=not progress, leave=False)
+        for local_batch, batch in enumerate(bar):
+            if max_samples is not None and n_real >= max_samples:
+                break
+            if paired:
+                if not (isinstance(batch, Sequence) and len(batch) in (2, 3)):
+                    raise ValueError("paired=True needs batches (inputs_a, inputs_b) or (inputs_a, inputs_b, labels)")
+                raw_a, raw_b = batch[0], batch[1]
+                labels = torch.as_tensor(batch[2]) if len(batch) == 3 else None
+            else:
+                raw_a = inputs_a(batch) if inputs_a is not None else batch
+                raw_b = inputs_b(batch) if inputs_b is not None else batch
+                labels = _labels(batch) if plan.needs_labels else None
+            in_a, in_b = _model_inputs(raw_a, model_a), _model_inputs(raw_b, model_b)
+            size = _size(in_a)
+            if _size(in_b) != size:
+                raise ValueError(f"the two models' inputs have {size} and {_size(in_b)} samples in one batch")
+            # Global order keys of this batch's samples; padding repeats (a DistributedSampler's) are a suffix.
+            keys, keep = shard.keys(n_stream, local_batch, size)
+            n_stream += size
+            if max_samples is not None:
+                keep = min(keep, max_samples - n_real)
+            if keep <= 0:
+                continue
+            if keep < size:
+                in_a, in_b = _head(in_a, keep), _head(in_b, keep)
+                labels = labels[:keep] if labels is not None else None
+            in_a = _to_device(in_a, device, channels_last)
+            with amp:
+                feats_a = _forward(model_a, hooks_a, in_a, want_output, pool)
+                if same:
+                    feats_b = feats_a
+                else:
+                    feats_b = _forward(model_b, hooks_b, _to_device(in_b, device, channels_last), want_output, pool)
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
             self_grid = same and layers_a == layers_b
-            if moments is not None:
-                moments.update(xs, None if self_grid else ys)
-            for acc in streams.values():
+            if need_shift:
+                _agree_on_shift(plan, xs, None if self_grid else ys)
+                need_shift = False
+            if plan.stream is not None:
+                plan.stream.update(xs, None if self_grid else ys)
+            for acc in plan.accumulators.values():
                 acc.update(xs, None if self_grid else ys)
-            if (capped or functional or inference) and n_kept < sample_cap:
-                take = min(sample_cap - n_kept, xs[0].shape[0])
-                if capped or inference:
-                    for keep, f in zip(kept_a + kept_b, xs + ys, strict=True):
-                        keep.append(f[:take])
-                if functional:
-                    kept_out[0].append(feats_a[OUTPUT][:take])
-                    kept_out[1].append(feats_b[OUTPUT][:take])
-                    if needs_labels:
-                        if labels is None:
-                            raise ValueError("abs_acc_diff needs labels: the loader must yield (x, y) or dict batches")
-                        kept_labels.append(labels[:take])
+            if capping and n_kept < sample_cap:
+                # Each rank keeps its own first sample_cap samples: the global first sample_cap are among them.
+                take = min(sample_cap - n_kept, keep)
+                for chunks, f in zip(kept_a + kept_b, xs + ys, strict=True):
+                    chunks.append(f[:take])
+                if want_output:
+                    kept_out[0].append(feats_a[OUTPUT_LAYER][:take])
+                    kept_out[1].append(feats_b[OUTPUT_LAYER][:take])
+                if labels is not None:
+                    kept_labels.append(labels[:take])
+                kept_keys.append(keys[:take])
                 n_kept += take
-            n_seen += xs[0].shape[0]
-    if n_seen == 0:
-        raise ValueError("the loader yielded no samples")
-    rows = []
+            n_real += keep
+    if need_shift:  # this rank saw no sample: it still takes part in the agreement
+        _agree_on_shift(plan, None, None)
+    result = _finish(
+        plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on
+    )
+    if inference and result is not None:
+        _add_inference(result, plan, inference, progress)
+    return result
 
-    def add(measure: str, grid: Tensor, n: int) -> None:
-        for i, la in enumerate(layers_a):
-            for j, lb in enumerate(layers_b):
-                rows.append({"layer_a": la, "layer_b": lb, "measure": measure, "value": float(grid[i, j]), "n": n})
 
-    for measure in representational:
-        if measure in moment_measures:
-            grid = moments.compute(measure, **options.get(measure, {}))
-        elif measure in streams:
-            grid = streams[measure].compute()
-        else:
-            continue
-        add(measure, grid.reshape(len(layers_a), len(layers_b)).cpu(), n_seen)
-    if capped or inference:
-        xa = [torch.cat(chunks) for chunks in kept_a]
-        xb = [torch.cat(chunks) for chunks in kept_b]
-        for measure in capped:
-            opts = options.get(measure, {})
-            if "dtype" in infos[measure].options() and "dtype" not in opts:
-                opts = {**opts, "dtype": dtype}  # compare's precision applies to every measure that has one
-            add(measure, measure_grid(measure, xa, xb, **opts).cpu(), n_kept)
-    for measure in functional:
-        out_a, out_b = torch.cat(kept_out[0]), torch.cat(kept_out[1])
-        extra = {"labels": torch.cat(kept_labels).to(out_a.device)} if infos[measure].needs_labels else {}
-        value = get_measure(measure).fn(out_a, out_b, **{**options.get(measure, {}), **extra})
-        rows.append({"layer_a": OUTPUT, "layer_b": OUTPUT, "measure": measure, "value": float(value), "n": n_kept})
-    table = pd.DataFrame(rows)
-    if inference:
-        from .inference import inference_table
-
-        extra = inference_table(
-            xa,
-            xb,
-            layers_a,
-            layers_b,
-            [m for m in measures if m != MINIBATCH],
-            permutations=inference["permutations"],
-            bootstrap_resamples=inference["bootstrap"],
-            ci=inference["ci"],
-            adjust=inference["adjust"],
-            seed=inference["seed"],
-            measure_options=options,
-            progress=progress,
+def _agree_on_shift(plan: _Plan, xs: list[Tensor] | None, ys: list[Tensor] | None) -> None:
+    """Every rank adopts the first batch means of the lowest rank that has data (one collective, once)."""
+    mine = None
+    if xs is not None:
+        mine = (
+            [x.to(torch.float64).mean(0).cpu() for x in xs],
+            None if ys is None else [y.to(torch.float64).mean(0).cpu() for y in ys],
         )
-        if len(extra):
-            table = table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
-    return Comparison(table, layers_a, layers_b)
+    chosen = next((s for s in D.gather(mine) if s is not None), None)
+    if chosen is None or xs is None:
+        return
+    device = xs[0].device
+    shift_x = [s.to(device) for s in chosen[0]]
+    shift_y = None if chosen[1] is None else [s.to(device) for s in chosen[1]]
+    for acc in plan.accumulators.values():
+        if hasattr(acc, "set_shift"):
+            acc.set_shift(shift_x, shift_y)
+
+
+def _gathered_state(acc):
+    """Every rank's accumulator merged in rank order (deterministic; float64)."""
+    states = D.gather(D.to_cpu(acc))
+    if not hasattr(acc, "merge"):
+        raise ValueError(f"{type(acc).__name__} cannot be merged across ranks; run it with distributed=False")
+    total = type(acc).__new__(type(acc))
+    total.__dict__.update(D.to_cpu(states[0]).__dict__)
+    for other in states[1:]:
+        total.merge(other)
+    return total
+
+
+def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on):
+    rows: list[dict] = []
+    distributed = shard.world > 1
+    stream, accumulators = plan.stream, plan.accumulators
+    if distributed:
+        stream = _gathered_state(stream) if stream is not None else None
+        accumulators = {name: _gathered_state(acc) for name, acc in accumulators.items()}
+    n_total = stream.n if stream is not None else None
+
+    def cat(chunks: list[Tensor]) -> Tensor | None:
+        return torch.cat(chunks) if chunks else None
+
+    capped_a = [cat(c) for c in kept_a]
+    capped_b = [cat(c) for c in kept_b]
+    outputs = [cat(c) for c in kept_out]
+    keys = cat(kept_keys)
+    labels = cat(kept_labels)
+    if distributed and (plan.capped or plan.functional or plan.keep_capped):
+        local = D.to_cpu((keys, capped_a, capped_b, outputs, labels))
+        parts = [p for p in D.gather(local) if p[0] is not None]
+        keys = torch.cat([p[0] for p in parts]) if parts else None
+        if keys is not None:
+            order = torch.argsort(keys)[:sample_cap]  # the global order of one process's run
+
+            def pick(i: int, j: int | None = None) -> Tensor | None:
+                got = [p[i] if j is None else p[i][j] for p in parts]
+                return None if any(g is None for g in got) else torch.cat(got)[order]
+
+            capped_a = [pick(1, j) for j in range(len(layers_a))]
+            capped_b = [pick(2, j) for j in range(len(layers_b))]
+            outputs = [pick(3, 0), pick(3, 1)]
+            labels = pick(4)
+    n_capped = 0 if keys is None else min(sample_cap, keys.shape[0])
+    if n_total is None:
+        n_total = sum(D.gather(n_capped)) if distributed else n_capped
+    for acc in accumulators.values():
+        n_total = max(n_total, getattr(acc, "n", 0))
+    if n_total == 0 and n_capped == 0:
+        raise ValueError("the loader yielded no samples")
+    if distributed and result_on == "rank0" and shard.rank != 0:
+        return None
+
+    def add(measure: str, grid: Tensor, n: int, la: list[str], lb: list[str]) -> None:
+        values = grid.detach().to("cpu", torch.float64).reshape(len(la), len(lb)).tolist()  # one sync per measure
+        for i, a in enumerate(la):
+            for j, b in enumerate(lb):
+                rows.append({"layer_a": a, "layer_b": b, "measure": measure, "value": values[i][j], "n": n})
+
+    for name in [m for m in _order(plan)]:
+        opts = plan.options.get(name, {})
+        if name in plan.moments:
+            add(name, stream.compute(name, **opts), stream.n, layers_a, layers_b)
+        elif name in accumulators:
+            acc = accumulators[name]
+            add(name, acc.compute(), getattr(acc, "n", n_total), layers_a, layers_b)
+        elif name in plan.capped:
+            if name in plan.needs_labels:
+                opts = {**opts, "labels": labels}
+            if "dtype" in get_measure(name).options() and "dtype" not in opts:
+                opts = {**opts, "dtype": plan.dtype}  # compare's precision reaches every measure that has one
+            add(name, measure_grid(name, capped_a, capped_b, **opts), n_capped, layers_a, layers_b)
+        else:  # functional: the models' outputs
+            info = get_measure(name)
+            if name in plan.needs_labels:
+                opts = {**opts, "labels": labels}
+            if name in plan.needs_labels and labels is None:
+                raise ValueError(f"{name} needs labels; the loader's batches must carry them ((x, y) or 'labels')")
+            value = call_with_supported(info.fn, outputs[0], outputs[1], **opts)
+            add(name, value, n_capped, [OUTPUT_LAYER], [OUTPUT_LAYER])
+    result = Comparison(pd.DataFrame(rows, columns=["layer_a", "layer_b", "measure", "value", "n"]), layers_a, layers_b)
+    result._capped = (capped_a, capped_b)  # the samples inference runs on (see _add_inference)
+    return result
 
 
 INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm", "seed": 0}
@@ -274,10 +500,38 @@ def _check_inference(inference: Mapping | None) -> dict | None:
     return spec
 
 
-def _accumulator(info: MeasureInfo | None, dtype, options: dict):
-    """A streaming accumulator for measures that have their own (None: moments or capped)."""
-    if info is None:  # minibatch_cka
-        return MinibatchCKA(debiased=True, dtype=dtype)
-    if info.from_moments is None and info.accumulator is not None:
-        return info.accumulator(dtype=dtype, **{**info.defaults, **options})
-    return None
+def _check_options(measures: list[str], options: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    options = {k: dict(v) for k, v in (options or {}).items()}
+    stray = sorted(set(options) - set(measures))
+    if stray:
+        raise ValueError(f"measure_options names measures that are not requested: {stray}")
+    return options
+
+
+def _add_inference(result: Comparison, plan: _Plan, spec: dict, progress: bool) -> None:
+    """p_value, p_adjusted, ci_low, ci_high, n_inference on the first sample_cap samples."""
+    from .inference import inference_table
+
+    xa, xb = result._capped
+    if any(t is None for t in xa + xb):
+        return
+    extra = inference_table(
+        xa,
+        xb,
+        result.layers_a,
+        result.layers_b,
+        [m for m in plan.order if m not in COMPARE_ONLY],
+        permutations=spec["permutations"],
+        bootstrap_resamples=spec["bootstrap"],
+        ci=spec["ci"],
+        adjust=spec["adjust"],
+        seed=spec["seed"],
+        measure_options=plan.options,
+        progress=progress,
+    )
+    if len(extra):
+        result.table = result.table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
+
+
+def _order(plan: _Plan) -> list[str]:
+    return plan.order

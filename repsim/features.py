@@ -104,13 +104,25 @@ def extract_features(
     max_samples: int | None = None,
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    distributed: bool | None = None,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
     """Features of ``layers`` (default: :func:`repsim.hooks.default_layers`) over a whole loader.
 
     Returns ({layer: (n, d) tensor on CPU}, labels (n,) or None). Runs in eval mode without
     gradients; the model's training flags are restored afterwards, and its hooks removed.
     ``dtype`` casts stored features (e.g. torch.float16 to halve memory); default keeps them.
+
+    Under ``torchrun`` (a process group, see :mod:`repsim.distributed`) each rank runs its shard
+    of the loader and every rank returns all features, in the global sample order (padding
+    repeats of a ``DistributedSampler`` dropped); ``distributed=False`` keeps each rank's own.
     """
+    from . import distributed as D
+
+    shard = D.shard_of(loader, distributed)
+    if shard.world > 1:
+        if max_samples is not None:
+            raise ValueError("max_samples is not supported under a process group; subset the dataset first")
+        return _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers) if layers is not None else default_layers(model)
@@ -130,6 +142,48 @@ def extract_features(
     feats = {name: torch.cat(c) for name, c in chunks.items()}
     n = feats[layers[0]].shape[0]
     y = torch.cat(labels) if len(labels) and sum(len(t) for t in labels) == n else None
+    return feats, y
+
+
+@torch.inference_mode()
+def _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard):
+    from . import distributed as D
+
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers) if layers is not None else default_layers(model)
+    device = resolve_device(device, model)
+    model.to(device)
+    chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
+    labels: list[Tensor] = []
+    keys: list[Tensor] = []
+    n_stream = 0
+    with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
+        for local_batch, batch in enumerate(tqdm(loader, desc="features", disable=not progress, leave=False)):
+            x, y = split_batch(batch)
+            k, keep = shard.keys(n_stream, local_batch, x.shape[0])
+            n_stream += x.shape[0]
+            if keep <= 0:
+                continue
+            feats = forward_features(model, hooks, _to(x[:keep], device))
+            for name, f in feats.items():
+                chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
+            if y is not None:
+                labels.append(y[:keep].cpu())
+            keys.append(k[:keep])
+    local = (
+        {n: torch.cat(c) for n, c in chunks.items() if c},
+        torch.cat(labels) if labels else None,
+        torch.cat(keys) if keys else None,
+    )
+    parts = [p for p in D.gather(local) if p[2] is not None]
+    if not parts:
+        raise ValueError("the loader yielded no samples")
+    order = torch.argsort(torch.cat([p[2] for p in parts]))
+    feats = {n: torch.cat([p[0][n] for p in parts])[order] for n in layers}
+    y = torch.cat([p[1] for p in parts])[order] if all(p[1] is not None for p in parts) else None
+    if y is not None and y.shape[0] != order.shape[0]:
+        y = None
     return feats, y
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 Pool = str | Callable[[Tensor], Tensor]
-POOLS = ("mean", "flatten", "none")
+POOLS = ("mean", "flatten", "none", "mask_mean", "first", "last")
 
 
 def list_layers(model: nn.Module, leaves_only: bool = False) -> list[str]:
@@ -57,15 +57,41 @@ def first_tensor(output) -> Tensor:
     raise TypeError(f"no tensor in a module output of type {type(output).__name__}")
 
 
-def pool_features(t: Tensor, pool: Pool = "mean") -> Tensor:
+def pool_features(t: Tensor, pool: Pool = "mean", mask: Tensor | None = None) -> Tensor:
     """Turn one layer's output (n, ...) into an (n, d) matrix.
 
     ``"mean"`` (default): global average over everything after the channel axis for conv maps
     (n, C, H, W) -> (n, C), and over the token axis for sequences (n, T, D) -> (n, D), the timm
     ViT layout. ``"flatten"``: all of it, (n, C*H*W); exact, but d grows with resolution.
     ``"none"``: 2-D outputs only. A callable maps (n, ...) -> (n, d) itself.
+
+    Sequence outputs (n, T, D) of keyword-input models (``mask`` = the batch's ``attention_mask``,
+    (n, T), 1 for real tokens, 0 for padding): ``"mask_mean"`` averages the real tokens only,
+    sum_t m_t h_t / sum_t m_t, so padding never changes a feature; ``"first"`` takes token 0 (a
+    CLS token); ``"last"`` takes the last real token of each row (the last position with m_t = 1,
+    for left or right padding; the last position without a mask). Outputs that are not (n, T, D)
+    are pooled as by ``"mean"``.
     """
-    if callable(pool):
+    if pool in ("mask_mean", "first", "last") and t.ndim == 3:
+        if mask is not None and tuple(mask.shape) != tuple(t.shape[:2]):
+            mask = None  # this output is not over the input's tokens (e.g. a pooled head): no mask applies
+        if pool == "first":
+            out = t[:, 0]
+        elif pool == "last":
+            if mask is None:
+                out = t[:, -1]
+            else:
+                positions = torch.arange(1, t.shape[1] + 1, device=t.device)
+                last = (mask.to(positions.dtype) * positions).argmax(dim=1)
+                out = t[torch.arange(t.shape[0], device=t.device), last]
+        elif mask is None:
+            out = t.mean(dim=1)
+        else:
+            m = mask.to(t.dtype).unsqueeze(-1)
+            out = (t * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+    elif pool in ("mask_mean", "first", "last"):
+        out = t.flatten(1) if t.ndim == 2 else t.flatten(2).mean(dim=2)
+    elif callable(pool):
         out = pool(t)
     elif pool == "flatten" or t.ndim == 2:
         out = t.flatten(1)
@@ -107,6 +133,7 @@ class FeatureHooks:
         self.detach = detach
         self._handles: list = []
         self._captured: dict[str, Tensor] = {}
+        self.mask: Tensor | None = None  # the batch's attention mask, for pool="mask_mean"/"last"
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
@@ -118,7 +145,7 @@ class FeatureHooks:
             t = first_tensor(output)
             if self.detach:
                 t = t.detach()
-            self._captured[name] = pool_features(t, self.pool)
+            self._captured[name] = pool_features(t, self.pool, self.mask)
 
         return hook
 

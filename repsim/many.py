@@ -6,23 +6,110 @@ is computed from them in one grid call, so N models cost N forward passes, not N
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
-from torch import nn
+import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed as D
 from .checkpoints import load_model, save_state_dict
-from .features import extract_features
-from .hooks import Pool
-from .measures.registry import get_measure, measure_grid, registered_names
+from .features import _to, eval_mode, extract_features, resolve_device, split_batch
+from .hooks import FeatureHooks, Pool, forward_features
+from .measures.cka import cka_grid
+from .measures.registry import get_measure, measure_grid
+from .measures.rsa import rsa_grid
+
+# Kept for the CLI's and older callers' sake; compare_many takes any registered feature measure.
+MANY_MEASURES: dict[str, Callable[[list[Tensor]], Tensor]] = {
+    "linear_cka": lambda xs: cka_grid(xs),
+    "debiased_cka": lambda xs: cka_grid(xs, debiased=True),
+    "rsa": lambda xs: rsa_grid(xs),
+}
 
 
-def many_measures() -> list[str]:
-    """The measures ``compare_many`` accepts: every registered measure of representations."""
-    return [m for m in registered_names() if not get_measure(m).needs_outputs]
+def _check_measure(measure: str) -> None:
+    info = get_measure(measure)  # a ValueError listing the registry for unknown names
+    if info.needs_outputs or info.needs_labels:
+        raise ValueError(f"{measure} compares model outputs or needs labels; compare_many compares layer features")
+
+
+def _extract_sharded(
+    load: Callable[[], nn.Module],
+    loader: Iterable,
+    layer: str,
+    pool,
+    device,
+    max_samples: int | None,
+    shard: D.Shard,
+    folder: Path | None,
+    chunk_batches: int,
+) -> tuple[Tensor, Tensor]:
+    """This rank's (features, global order keys) of ``layer``; padding repeats dropped.
+
+    With ``folder``, features are written every ``chunk_batches`` batches as
+    ``folder/rank{r}of{w}/chunk{i}.safetensors`` (atomic); finished chunks are read back
+    memory-mapped and their batches are not run again, so a killed extraction resumes from
+    its last finished chunk.
+    """
+    from safetensors.torch import load_file
+
+    part = None if folder is None else folder / f"rank{shard.rank}of{shard.world}"
+    model = hooks = None
+    feats: list[Tensor] = []
+    keys: list[Tensor] = []
+    buf_f: list[Tensor] = []
+    buf_k: list[Tensor] = []
+    n_stream = n_real = 0
+    current, current_done = -1, False
+
+    def close() -> None:  # write the chunk just finished (unless it was read back from disk)
+        if part is not None and current >= 0 and not current_done:
+            f = torch.cat(buf_f) if buf_f else torch.zeros(0, 0)
+            k = torch.cat(buf_k) if buf_k else torch.zeros(0, dtype=torch.int64)
+            save_state_dict({"features": f, "keys": k}, part / f"chunk{current:06d}.safetensors")
+
+    with contextlib.ExitStack() as stack:
+        for local_batch, batch in enumerate(loader):
+            if max_samples is not None and n_real >= max_samples:
+                break
+            if local_batch // chunk_batches != current:
+                close()
+                current, buf_f, buf_k = local_batch // chunk_batches, [], []
+                done = None if part is None else part / f"chunk{current:06d}.safetensors"
+                current_done = done is not None and done.exists()
+                if current_done:  # a finished chunk: read back (memory-mapped), its batches not run again
+                    saved = load_file(str(done))
+                    feats.append(saved["features"])
+                    keys.append(saved["keys"])
+            x, _ = split_batch(batch)
+            size = x.shape[0]
+            k, keep = shard.keys(n_stream, local_batch, size)
+            n_stream += size
+            if max_samples is not None:
+                keep = min(keep, max_samples - n_real)
+            n_real += max(keep, 0)
+            if current_done or keep <= 0:
+                continue
+            if model is None:
+                model = load()
+                model.to(resolve_device(device, model))
+                stack.enter_context(eval_mode(model))
+                hooks = stack.enter_context(FeatureHooks(model, [layer], pool))
+            with torch.inference_mode():
+                f = forward_features(model, hooks, _to(x[:keep], resolve_device(device, model)))[layer].cpu()
+            feats.append(f)
+            keys.append(k[:keep])
+            buf_f.append(f)
+            buf_k.append(k[:keep])
+        close()
+    if not feats:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat([f for f in feats if f.numel()]), torch.cat(keys)
 
 
 def _cache_key(path: Path, layer: str, pool, max_samples, loader) -> str:
@@ -44,26 +131,50 @@ def compare_many(
     max_samples: int | None = 5000,
     cache_dir=None,
     progress: bool = True,
-    measure_options: dict | None = None,
+    chunk_batches: int = 16,
+    distributed: bool | None = None,
 ) -> pd.DataFrame:
     """N x N matrix of ``measure`` between the ``layer`` features of many models.
 
     ``models_or_paths``: nn.Modules, or checkpoint paths loaded with ``arch`` (see
     :func:`repsim.load_model`). The loader must yield the samples in the same order every pass
     (no shuffling). ``max_samples`` caps the samples (all features of all models are held in
-    memory). ``measure`` is any registered measure of representations (:func:`repsim.list_measures`),
-    with its options in ``measure_options``; the N x N matrix is one :func:`repsim.measure_grid`
-    call, so per-model work is done once. ``cache_dir``: features of checkpoint files are cached
-    there, keyed by file, size, mtime, layer, pooling and sample count.
+    memory). ``cache_dir``: features of checkpoint files are cached there, keyed by file, size,
+    mtime, layer, pooling and sample count; under a process group the cache is one folder per
+    rank (``rank{r}of{w}``) of ``chunk_batches``-batch safetensors chunks, written atomically and
+    read memory-mapped; an extraction killed midway resumes from its last finished chunk.
+
+    ``measure``: any registered feature measure (:func:`repsim.list_measures`), computed by
+    :func:`repsim.measure_grid` on the features (per-model work done once).
+
+    Under ``torchrun`` (see :mod:`repsim.distributed`) each rank extracts its shard of the
+    loader; the features are gathered in the global sample order, so the matrix equals a
+    single-process run's.
     """
-    if measure not in many_measures():
-        raise ValueError(f"measure must be one of {many_measures()} (see repsim.list_measures()), got {measure!r}")
+    _check_measure(measure)
     if len(models_or_paths) < 2:
         raise ValueError("compare_many needs at least two models or checkpoints")
     if names is None:
         names = [Path(m).stem if isinstance(m, (str, Path)) else f"model_{i}" for i, m in enumerate(models_or_paths)]
     if len(names) != len(models_or_paths) or len(set(names)) != len(names):
         raise ValueError("names must be unique and as many as the models; pass names=[...] explicitly")
+    shard = D.shard_of(loader, distributed)
+    if shard.world > 1 or cache_dir is not None:
+        return _compare_many_sharded(
+            models_or_paths,
+            loader,
+            layer,
+            arch,
+            measure,
+            names,
+            pool,
+            device,
+            max_samples,
+            cache_dir,
+            progress,
+            chunk_batches,
+            shard,
+        )
     features = []
     for item in tqdm(models_or_paths, desc="models", disable=not progress):
         cached = None
@@ -89,5 +200,56 @@ def compare_many(
         features.append(feats[layer])
         if cached is not None:
             save_state_dict({"features": feats[layer]}, cached)
-    grid = measure_grid(measure, features, **(measure_options or {})).cpu().numpy()
+    return _frame(measure, features, names)
+
+
+def _frame(measure: str, features: list[Tensor], names) -> pd.DataFrame:
+    grid = MANY_MEASURES[measure](features) if measure in MANY_MEASURES else measure_grid(measure, features)
+    grid = grid.cpu().numpy()
     return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
+
+def _compare_many_sharded(
+    models_or_paths,
+    loader,
+    layer,
+    arch,
+    measure,
+    names,
+    pool,
+    device,
+    max_samples,
+    cache_dir,
+    progress,
+    chunk_batches,
+    shard: D.Shard,
+) -> pd.DataFrame:
+    if max_samples is not None and shard.world > 1:
+        raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
+    features = []
+    for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
+        folder = None
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if arch is None:
+                raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
+
+            def load(path=path):
+                return load_model(path, arch)
+
+            if cache_dir is not None:
+                folder = Path(cache_dir) / f"{path.stem}-{_cache_key(path, layer, pool, max_samples, loader)}"
+        else:
+
+            def load(item=item):
+                return item  # modules are not cached: nothing identifies their weights on disk
+
+        f, k = _extract_sharded(load, loader, layer, pool, device, max_samples, shard, folder, chunk_batches)
+        if shard.world == 1:
+            features.append(f)
+            continue
+        parts = [p for p in D.gather((f, k)) if p[1].numel()]
+        keys = torch.cat([p[1] for p in parts])
+        order = torch.argsort(keys)
+        features.append(torch.cat([p[0] for p in parts])[order])
+    return _frame(measure, features, names)

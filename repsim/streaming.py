@@ -69,6 +69,17 @@ class _GridAccumulator:
                 f"layer {bad} of the stream is constant across all samples (up to rounding), so CKA is undefined"
             )
 
+    def _merge_common(self, other: _GridAccumulator) -> None:
+        """Sample count, form and column extremes of another accumulator over other samples (another rank)."""
+        if other._lo is None:
+            return
+        if self._lo is None:
+            self._single, self._lo, self._hi, self._dtypes = other._single, other._lo, other._hi, other._dtypes
+        else:
+            self._lo = [torch.minimum(a, b) for a, b in zip(self._lo, other._lo, strict=True)]
+            self._hi = [torch.maximum(a, b) for a, b in zip(self._hi, other._hi, strict=True)]
+        self.n += other.n
+
     def _finish(self, kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
         need = min_samples(_estimator(self.debiased))
         if self.n < need:
@@ -133,6 +144,33 @@ class StreamingLinearCKA(_GridAccumulator):
             self._cross.add(cross)
         self.n += xs[0].shape[0]
 
+    def set_shift(self, shift_x: list[Tensor], shift_y: list[Tensor] | None = None) -> None:
+        """Fix the shift before the first update (``shift_y=None``: a stream of xs against itself).
+
+        Accumulators of different data shards can be merged only when they share the shift."""
+        if self.n:
+            raise ValueError("set_shift() must come before the first update()")
+        self._same = shift_y is None
+        self._shift_x = [s.to(_ACC) for s in shift_x]
+        self._shift_y = self._shift_x if shift_y is None else [s.to(_ACC) for s in shift_y]
+
+    def merge(self, other: StreamingLinearCKA) -> None:
+        """Add the sums of an accumulator over other samples with the same shift (see :meth:`set_shift`)."""
+        if other._mx is None:
+            return
+        if self._mx is None:
+            self._shift_x, self._shift_y, self._same = other._shift_x, other._shift_y, other._same
+            self._mx, self._my, self._cross = other._mx, other._my, other._cross
+        else:
+            mine, theirs = self._shift_x + self._shift_y, other._shift_x + other._shift_y
+            if not all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True)):
+                raise ValueError("merge() needs accumulators with the same shift; fix it with set_shift() first")
+            self._mx.add(other._mx)
+            if not self._same:
+                self._my.add(other._my)
+            self._cross.add(other._cross)
+        self._merge_common(other)
+
     def compute(self) -> Tensor:
         """CKA over everything seen so far: 0-d for single tensors, (L, M) for layer lists."""
         if self._mx is None:
@@ -176,6 +214,14 @@ class MinibatchCKA(_GridAccumulator):
         terms = gram_hsic_grid(ks, ls, _estimator(self.debiased))
         self._sums = list(terms) if self._sums is None else [a + b for a, b in zip(self._sums, terms, strict=True)]
         self.n += xs[0].shape[0]
+
+    def merge(self, other: MinibatchCKA) -> None:
+        """Add the per-batch HSIC sums of an accumulator over other batches (another rank)."""
+        if other._sums is None:
+            return
+        sums = other._sums
+        self._sums = sums if self._sums is None else [a + b for a, b in zip(self._sums, sums, strict=True)]
+        self._merge_common(other)
 
     def compute(self) -> Tensor:
         """Minibatch CKA over all batches so far: 0-d for single tensors, (L, M) for layer lists."""

@@ -156,7 +156,7 @@ def angular_shape(
     """
     _check_alpha(alpha)
     x, y = mg.validated_pair(x, y)
-    return _angular_from_moments(moments_of(x, y, dtype), alpha, center)
+    return _angular_from_moments(moments_of(x, y, mg.scatter_dtype(dtype)), alpha, center)
 
 
 def _angular_from_moments(m, alpha: float = 1.0, center: bool = True) -> Tensor:
@@ -186,9 +186,9 @@ class _PseudoInverse(NamedTuple):
 
 def _pinv(s: Tensor, n: int, **_) -> _PseudoInverse:
     vals, vecs = mg.eigh_kept(s)
-    if n <= vals.numel():
+    if n - 1 <= vals.numel():  # centred data span at most n - 1 dimensions: rank n - 1 fits any target
         raise ValueError(
-            f"linear_regression needs more samples than the predictor's rank (n = {n}, rank {vals.numel()}); "
+            f"linear_regression needs more samples than the predictor's rank + 1 (n = {n}, rank {vals.numel()}); "
             "otherwise it fits any target perfectly (R^2 = 1). Use more samples or fewer features"
         )
     return _PseudoInverse(vecs, vals.reciprocal())

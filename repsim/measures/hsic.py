@@ -61,14 +61,14 @@ def gram_hsic_grid(ks: Tensor, ls: Tensor, estimator: str) -> tuple[Tensor, Tens
         ks, ls = double_center(ks), double_center(ls)
         scale = (n - 1) ** 2
         flat_k, flat_l = ks.flatten(1), ls.flatten(1)
-        kl = (flat_k @ flat_l.T).to(_ACC) / scale
+        kl = (flat_k.to(_ACC) @ flat_l.to(_ACC).T) / scale  # an n^2-long reduction: float64
         kk = flat_k.to(_ACC).pow(2).sum(1) / scale
         ll = flat_l.to(_ACC).pow(2).sum(1) / scale
         return kl, kk, ll
     ks, ls = _zero_diagonal(ks), _zero_diagonal(ls)
     k_rows, l_rows = ks.sum(-1).to(_ACC), ls.sum(-1).to(_ACC)  # K~1 and L~1
     k_sum, l_sum = k_rows.sum(-1), l_rows.sum(-1)
-    tr_kl = (ks.flatten(1) @ ls.flatten(1).T).to(_ACC)
+    tr_kl = ks.flatten(1).to(_ACC) @ ls.flatten(1).to(_ACC).T  # an n^2-long reduction: float64
     kl = _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], k_rows @ l_rows.T)
     kk = _unbiased_combine(n, ks.to(_ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
     ll = _unbiased_combine(n, ls.to(_ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
