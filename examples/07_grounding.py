@@ -40,6 +40,13 @@ STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 p = parser(__doc__)
 p.add_argument("--rescore", action="store_true", help="recompute the scores from the cached features only")
+p.add_argument(
+    "--measures",
+    nargs="+",
+    default=None,
+    help="measures to score (default: every registered measure of representations; --smoke leaves out the "
+    "topology measures, whose persistent homology takes minutes)",
+)
 args = p.parse_args()
 config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], epochs=args.epochs or 15)
 cfg = config.resolved()
@@ -179,6 +186,10 @@ def features(tag: str, seed: int) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ scoring
 measures = repsim.list_measures()
 usable = measures[~measures["needs_labels"] & ~measures["needs_outputs"]]
+if args.measures:
+    usable = usable[usable["name"].isin(args.measures)]
+elif args.smoke:
+    usable = usable[usable["family"] != "topology"]
 rows, failures = [], []
 
 
