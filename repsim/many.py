@@ -20,16 +20,7 @@ from . import distributed as D
 from .checkpoints import load_model, save_state_dict
 from .features import _to, eval_mode, extract_features, resolve_device, split_batch
 from .hooks import FeatureHooks, Pool, forward_features
-from .measures.cka import cka_grid
 from .measures.registry import get_measure, measure_grid
-from .measures.rsa import rsa_grid
-
-# Kept for the CLI's and older callers' sake; compare_many takes any registered feature measure.
-MANY_MEASURES: dict[str, Callable[[list[Tensor]], Tensor]] = {
-    "linear_cka": lambda xs: cka_grid(xs),
-    "debiased_cka": lambda xs: cka_grid(xs, debiased=True),
-    "rsa": lambda xs: rsa_grid(xs),
-}
 
 
 def _check_measure(measure: str) -> None:
@@ -175,37 +166,24 @@ def compare_many(
             chunk_batches,
             shard,
         )
+    # one process, no cache (a cache_dir always goes through the sharded, resumable path above)
     features = []
     for item in tqdm(models_or_paths, desc="models", disable=not progress):
-        cached = None
         if isinstance(item, (str, Path)):
-            path = Path(item)
             if arch is None:
                 raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
-            if cache_dir is not None:
-                cached = (
-                    Path(cache_dir) / f"{path.stem}-{_cache_key(path, layer, pool, max_samples, loader)}.safetensors"
-                )
-                if cached.exists():
-                    from safetensors.torch import load_file
-
-                    features.append(load_file(str(cached))["features"])
-                    continue
-            model = load_model(path, arch)
+            model = load_model(Path(item), arch)
         else:
             model = item
         feats, _ = extract_features(
             model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=False
         )
         features.append(feats[layer])
-        if cached is not None:
-            save_state_dict({"features": feats[layer]}, cached)
     return _frame(measure, features, names)
 
 
 def _frame(measure: str, features: list[Tensor], names) -> pd.DataFrame:
-    grid = MANY_MEASURES[measure](features) if measure in MANY_MEASURES else measure_grid(measure, features)
-    grid = grid.cpu().numpy()
+    grid = measure_grid(measure, features).cpu().numpy()
     return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
 
 
