@@ -178,30 +178,12 @@ class FeatureHooks:
         return out
 
 
-OUTPUT = "output"
-"""The key under which :func:`forward_features` returns the model's output (logits), when asked."""
-
-
-def model_output(out) -> Tensor:
-    """The logits of a model's return value: a tensor, the first tensor of a tuple, or ``logits`` of a dict."""
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, Mapping):
-        if "logits" in out:
-            return out["logits"]
-        out = list(out.values())
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise ValueError(f"cannot find the logits in a model output of type {type(out).__name__}")
-
-
 @torch.no_grad()
-def forward_features(model: nn.Module, hooks: FeatureHooks, x, keep_output: bool = False) -> dict[str, Tensor]:
-    """One forward pass of ``model`` on ``x``; returns the hooked features (and, with
-    ``keep_output``, the flattened model output under :data:`OUTPUT`)."""
+def forward_features(model: nn.Module, hooks: FeatureHooks, x) -> dict[str, Tensor]:
+    """One forward pass of ``model`` on ``x``; returns the hooked features."""
     hooks._captured.clear()
-    out = model(**x) if isinstance(x, Mapping) else model(x)
-    feats = hooks.pop()
-    if keep_output:
-        feats[OUTPUT] = model_output(out).detach().flatten(1)
-    return feats
+    if isinstance(x, Mapping):
+        model(**x)
+    else:
+        model(x)
+    return hooks.pop()
