@@ -37,6 +37,7 @@ LAYERS = ("layer1", "layer2", "layer3", "encoder", "projector_hidden", "projecto
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHORTCUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
+REFERENCE_SPLIT = 0  # one train/reference split for every CE model (see raw_split)
 
 p = parser(__doc__)
 p.add_argument("--rescore", action="store_true", help="recompute the scores from the cached features only")
@@ -60,8 +61,11 @@ def pick(values):
 
 # ------------------------------------------------------------------ data
 def raw_split(train: bool, seed: int):
+    """The training split and the reference samples. Every CE model uses the split of REFERENCE_SPLIT, so
+    that all models are compared on the same reference images (a per-seed split would pair features of
+    different images across seeds); the seed varies the initialisation, order, augmentation and noise."""
     if cfg.kind == "digits":
-        (tx, ty), (vx, vy) = digits_split(seed)
+        (tx, ty), (vx, vy) = digits_split(REFERENCE_SPLIT)
     else:  # CIFAR: the first 10 classes, so the 10 shortcut slots of the border fit
         tx, ty = read_cifar(cfg.data.partition(":")[2], cfg.kind, True)
         vx, vy = read_cifar(cfg.data.partition(":")[2], cfg.kind, False)
@@ -108,7 +112,7 @@ def layer_features(model, images: np.ndarray, labels: np.ndarray) -> dict[str, t
 def train_ce(tag: str, seed: int, fraction=0.0, shortcut=0.0, strength=1.0) -> Path:
     """A supervised (CE) digits model trained with the given perturbation; features cached."""
     path = feature_dir / f"{tag}_seed{seed}.safetensors"
-    if path.exists():
+    if path.exists() and "reference_labels" in load(path):  # caches without it predate the common split
         return path
     tx, ty = raw_split(True, seed)
     n_classes = int(ty.max()) + 1
@@ -135,7 +139,7 @@ def train_ce(tag: str, seed: int, fraction=0.0, shortcut=0.0, strength=1.0) -> P
             sched.step_update(step)
     vx, vy = raw_split(False, seed)
     save_state_dict(model.state_dict(), out / "models" / f"{tag}_seed{seed}.safetensors")
-    save_state_dict(layer_features(model, vx, vy), path)
+    save_state_dict({**layer_features(model, vx, vy), "reference_labels": torch.as_tensor(vy)}, path)
     return path
 
 
@@ -143,6 +147,7 @@ def train_objectives(seed: int) -> Path:
     path = feature_dir / f"objectives_seed{seed}.safetensors"
     if path.exists():
         return path
+    # the objectives are only compared within one run (seed), on that run's own reference split
     run_cfg = dataclasses.replace(
         config, seed=seed, eval_every=10_000, out=str(out / "runs" / f"objectives_seed{seed}")
     )
@@ -176,11 +181,20 @@ if not args.rescore:
     print(f"training and features: {time.perf_counter() - start:.0f} s")
 
 
+_reference: dict[str, torch.Tensor] = {}
+
+
 def features(tag: str, seed: int) -> dict[str, torch.Tensor]:
     path = feature_dir / f"{tag}_seed{seed}.safetensors"
     if not path.exists():
         raise SystemExit(f"no cached features at {path}: run without --rescore first")
-    return load(path)
+    feats = load(path)
+    if tag != "objectives":  # models compared across seeds must have seen the same reference images
+        labels = feats.pop("reference_labels", None)
+        first = _reference.setdefault("labels", labels) if labels is not None else None
+        if labels is None or not torch.equal(labels, first):
+            raise SystemExit(f"{path} was computed on other reference samples: run without --rescore to refresh it")
+    return feats
 
 
 # ------------------------------------------------------------------ scoring

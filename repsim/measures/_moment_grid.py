@@ -9,13 +9,15 @@ decomposition once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_same_samples
-from .moments import Moments, StreamingMoments
+from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from ._products import self_product, transpose_product
+from .moments import Moments
 
 Prepare = Callable[..., object]
 Pair = Callable[..., Tensor]
@@ -38,12 +40,28 @@ def scatter_dtype(dtype: torch.dtype | None) -> torch.dtype:
     return torch.float64 if dtype is None else dtype
 
 
+def diagonal_only(prepare: Prepare) -> Prepare:
+    """Mark a ``prepare`` that reads only the diagonal of its scatter (a trace, per-neuron variances).
+
+    It then receives that diagonal (d,) instead of the (d, d) matrix, and the one-shot and grid paths
+    skip the O(n d^2) self-product: for Procrustes a pair needs one product (X^T Y) instead of three.
+    """
+    prepare.diagonal_only = True  # type: ignore[attr-defined]
+    return prepare
+
+
+def _reads_diagonal(prepare: Prepare) -> bool:
+    return getattr(prepare, "diagonal_only", False)
+
+
+def _self_term(s: Tensor, prepare: Prepare) -> Tensor:
+    return torch.diagonal(s) if _reads_diagonal(prepare) else s
+
+
 def one_shot(
     x: Tensor, y: Tensor, dtype, prepare: Prepare, pair: Pair, prepare_y: Prepare | None = None, **opts
 ) -> Tensor:
-    acc = StreamingMoments(dtype=scatter_dtype(dtype))
-    acc.update(x, y)
-    return from_moments(acc.moments(), prepare, pair, prepare_y, **opts)
+    return grid([x], [y], dtype, prepare, pair, prepare_y=prepare_y, validated=True, **opts)[0, 0]
 
 
 def _scatters(m: Moments, centre: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -57,9 +75,32 @@ def from_moments(
     m: Moments, prepare: Prepare, pair: Pair, prepare_y: Prepare | None = None, centre: bool = True, **opts
 ) -> Tensor:
     sxx, syy, sxy = _scatters(m, centre)
-    px = prepare(sxx, m.n, **opts)
-    py = (prepare_y or prepare)(syy, m.n, **opts)
+    prepare_y = prepare_y or prepare
+    px = prepare(_self_term(sxx, prepare), m.n, **opts)
+    py = prepare_y(_self_term(syy, prepare_y), m.n, **opts)
     return pair(px, py, sxy, m.n, **opts)
+
+
+def _layer_terms(layers: list[Tensor], compute: torch.dtype, full: bool, centre: bool):
+    """Per layer: (mean, centred features in ``compute`` dtype, self term about the mean or the origin).
+
+    The self term is the scatter (d, d) when ``full``, else only its diagonal (d,). Centring, the
+    diagonal and every sum run in float64; the products in ``compute``, as StreamingMoments does.
+    """
+    terms = []
+    for t in layers:
+        t64 = t.to(torch.float64)
+        mean = t64.mean(0)
+        c64 = t64 - mean
+        c = c64.to(compute)
+        if full:
+            s = self_product(c).to(torch.float64)
+            s = s if centre else s + t.shape[0] * torch.outer(mean, mean)
+        else:
+            s = c64.square().sum(0)
+            s = s if centre else s + t.shape[0] * mean.square()
+        terms.append((mean, c, s))
+    return terms
 
 
 def grid(
@@ -71,20 +112,43 @@ def grid(
     min_samples: int = 3,
     prepare_y: Prepare | None = None,
     centre: bool = True,
+    validated: bool = False,
     **opts,
 ) -> Tensor:
-    xs = as_feature_list(xs, "xs", min_samples, varying=True)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", min_samples, varying=True)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
-    acc = StreamingMoments(dtype=scatter_dtype(dtype))
-    acc.update(xs, None if ys is None else ys_list)
-    n = acc.n
-    preps_x = [prepare(_scatters(acc.moments(i, 0), centre)[0], n, **opts) for i in range(len(xs))]
-    preps_y = [(prepare_y or prepare)(_scatters(acc.moments(0, j), centre)[1], n, **opts) for j in range(len(ys_list))]
+    """(L, M) of ``pair`` over every layer pair, from one product of the concatenated centred layers.
+
+    Each layer's self term (its scatter, or only the diagonal for :func:`diagonal_only` prepares) and
+    ``prepare`` are computed once; with ``ys=None`` the cross product is the symmetric one of xs.
+    """
+    same = ys is None
+    if not validated:
+        xs = as_feature_list(xs, "xs", min_samples, varying=True)
+        ys = xs if same else as_feature_list(ys, "ys", min_samples, varying=True)
+        check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    prepare_y = prepare_y or prepare
+    n = xs[0].shape[0]
+    compute = resolve_dtype(scatter_dtype(dtype), *xs, *ys)
+    terms_x = _layer_terms(xs, compute, not _reads_diagonal(prepare), centre)
+    if same and _reads_diagonal(prepare_y) == _reads_diagonal(prepare):
+        terms_y = terms_x
+    else:
+        terms_y = _layer_terms(ys, compute, not _reads_diagonal(prepare_y), centre)
+    cx = torch.cat([c for _, c, _ in terms_x], dim=1)
+    cy = cx if same else torch.cat([c for _, c, _ in terms_y], dim=1)
+    sxy = transpose_product(cx, cy).to(torch.float64)
+    if not centre:
+        sxy = sxy + n * torch.outer(torch.cat([m for m, _, _ in terms_x]), torch.cat([m for m, _, _ in terms_y]))
+    preps_x = [prepare(s, n, **opts) for _, _, s in terms_x]
+    preps_y = [prepare_y(s, n, **opts) for _, _, s in terms_y]
+    edges_x = [0, *itertools.accumulate(c.shape[1] for _, c, _ in terms_x)]
+    edges_y = [0, *itertools.accumulate(c.shape[1] for _, c, _ in terms_y)]
     return torch.stack(
         [
             torch.stack(
-                [pair(px, py, _scatters(acc.moments(i, j), centre)[2], n, **opts) for j, py in enumerate(preps_y)]
+                [
+                    pair(px, py, sxy[edges_x[i] : edges_x[i + 1], edges_y[j] : edges_y[j + 1]], n, **opts)
+                    for j, py in enumerate(preps_y)
+                ]
             )
             for i, px in enumerate(preps_x)
         ]

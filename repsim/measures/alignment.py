@@ -16,7 +16,6 @@ from torch import Tensor
 
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from . import _moment_grid as mg
-from .moments import moments_of
 from .registry import register
 
 _WILLIAMS = "Williams et al. 2021, Generalized shape metrics on neural representations (NeurIPS)"
@@ -24,8 +23,9 @@ _DING = "Ding et al. 2021, Grounding representation similarity with statistical 
 _LI = "Li et al. 2016, Convergent learning (ICLR)"
 
 
-def _trace(s: Tensor, n: int, **_) -> Tensor:
-    return torch.diagonal(s).sum()
+@mg.diagonal_only
+def _trace(diag: Tensor, n: int, **_) -> Tensor:
+    return diag.sum()
 
 
 def _nuclear(m: Tensor) -> Tensor:
@@ -125,13 +125,6 @@ def _partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening
     return _Whitening((vecs * scale) @ vecs.T)
 
 
-def _angular_from_scatters(sxx: Tensor, syy: Tensor, sxy: Tensor, n: int, alpha: float) -> Tensor:
-    zx, zy = _partial_whitening(sxx, n, alpha).z, _partial_whitening(syy, n, alpha).z
-    norm_x = torch.trace(zx.T @ sxx @ zx)
-    norm_y = torch.trace(zy.T @ syy @ zy)
-    return _angle(_nuclear(zx.T @ sxy @ zy) / (norm_x * norm_y).sqrt())
-
-
 def _angle(cos: Tensor) -> Tensor:
     """arccos, with 1 - cos within rounding of 0 reported as angle 0 (see :func:`_sqrt_nonneg`)."""
     return torch.where(1 - cos <= _ROUNDING, torch.zeros_like(cos), torch.arccos(cos.clamp(-1.0, 1.0)))
@@ -156,16 +149,17 @@ def angular_shape(
     """
     _check_alpha(alpha)
     x, y = mg.validated_pair(x, y)
-    return _angular_from_moments(moments_of(x, y, mg.scatter_dtype(dtype)), alpha, center)
+    return mg.one_shot(x, y, dtype, *_angular_parts(alpha), centre=center)
 
 
-def _angular_from_moments(m, alpha: float = 1.0, center: bool = True) -> Tensor:
-    sxx, syy, sxy = mg._scatters(m, center)
-    return _angular_from_scatters(sxx, syy, sxy, m.n, alpha)
+def _angular_parts(alpha: float):
+    """(prepare, pair) of the shape metric. alpha = 1 needs no whitening: Z = I, and only the traces."""
+    if alpha == 1.0:
 
+        def rotation_pair(tx, ty, sxy, n, **_):
+            return _angle(_nuclear(sxy) / (tx * ty).sqrt())
 
-def _angular_grid(xs, ys=None, alpha: float = 1.0, center: bool = True, dtype: torch.dtype | None = None):
-    _check_alpha(alpha)
+        return _trace, rotation_pair
 
     def prepare(s, n, **_):
         w = _partial_whitening(s, n, alpha).z
@@ -175,7 +169,17 @@ def _angular_grid(xs, ys=None, alpha: float = 1.0, center: bool = True, dtype: t
         (zx, nx), (zy, ny) = px, py
         return _angle(_nuclear(zx.T @ sxy @ zy) / (nx * ny).sqrt())
 
-    return mg.grid(xs, ys, dtype, prepare, pair, centre=center)
+    return prepare, pair
+
+
+def _angular_from_moments(m, alpha: float = 1.0, center: bool = True) -> Tensor:
+    _check_alpha(alpha)
+    return mg.from_moments(m, *_angular_parts(alpha), centre=center)
+
+
+def _angular_grid(xs, ys=None, alpha: float = 1.0, center: bool = True, dtype: torch.dtype | None = None):
+    _check_alpha(alpha)
+    return mg.grid(xs, ys, dtype, *_angular_parts(alpha), centre=center)
 
 
 # -------------------------------------------------------------------------------- regression
@@ -230,8 +234,9 @@ def _regression_grid(xs, ys=None, predict: str = "y", dtype: torch.dtype | None 
 
 
 # -------------------------------------------------------------------------------- neuron matching
-def _stds(s: Tensor, n: int, **_) -> Tensor:
-    sd = torch.diagonal(s).sqrt()
+@mg.diagonal_only
+def _stds(diag: Tensor, n: int, **_) -> Tensor:
+    sd = diag.sqrt()
     if bool((sd <= 1e-12 * sd.max()).any()):
         raise ValueError(
             f"{int((sd <= 1e-12 * sd.max()).sum())} neuron(s) are constant across samples, so their correlation "
