@@ -31,12 +31,14 @@ from repsim.data import ArrayImages, digits_split, eval_transform, read_cifar
 from zoo.data import TwoViews, add_shortcut, digits_augment, randomise_labels, simclr_augment
 from zoo.losses import cross_entropy
 from zoo.models import create_model
+from zoo.tracking import CLAIM_MEASURES
 from zoo.train import Trainer, make_optimizer
 
 LAYERS = ("layer1", "layer2", "layer3", "encoder", "projector_hidden", "projector")
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHORTCUTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
+PAIRED_RESAMPLES = 200  # as the zoo's final intervals
 REFERENCE_SPLIT = 0  # one train/reference split for every CE model (see raw_split)
 
 p = parser(__doc__)
@@ -204,7 +206,7 @@ if args.measures:
     usable = usable[usable["name"].isin(args.measures)]
 elif args.smoke:
     usable = usable[usable["family"] != "topology"]
-rows, failures = [], []
+rows, failures, paired = [], [], []
 
 
 def grid(name: str, xs: list, ys: list | None = None) -> np.ndarray:
@@ -286,12 +288,23 @@ for info in tqdm(list(usable.itertuples()), desc="measures"):
     )
     # 5. objective separation: CL-NSCL above CL-CE and CL-SupCon, per seed, encoder
     for layer in ("encoder", "projector"):
-        close, far = [], []
+        close, far, above = [], [], []
         for seed in seeds:
             obj = features("objectives", seed)
             row = grid(name, [obj[f"cl/{layer}"]], [obj[f"{o}/{layer}"] for o in ("nscl", "ce", "supcon")])[0]
             close.append(row[0])
             far += list(row[1:])
+            if name in CLAIM_MEASURES:  # the paired interval of each seed's claim, on its reference set
+                for rival in ("ce", "supcon"):
+                    res = repsim.compare_paired(
+                        obj[f"cl/{layer}"], obj[f"nscl/{layer}"], obj[f"{rival}/{layer}"], name,
+                        n_resamples=PAIRED_RESAMPLES, seed=seed,
+                    )  # fmt: skip
+                    above.append(res.ci_low > 0 if up else res.ci_high < 0)
+                    paired.append(
+                        {"measure": name, "layer": layer, "seed": seed, "rival": rival, "difference": res.difference,
+                         "ci_low": res.ci_low, "ci_high": res.ci_high, "p_value": res.p_value}
+                    )  # fmt: skip
         (close,), (far,) = finite(np.asarray(close)), finite(np.asarray(far))
         if len(close) and len(far):
             sep = grounding.separation(close, far, up)
@@ -302,6 +315,7 @@ for info in tqdm(list(usable.itertuples()), desc="measures"):
                     "score": 2 * sep["superiority"] - 1,  # chance 0, perfect 1
                     "superiority": sep["superiority"],
                     "cohens_d": sep["cohens_d"],
+                    "paired_excludes_0": np.mean(above) if above else math.nan,
                 }
             )
 
@@ -323,5 +337,9 @@ if failures:
     from repsim._io import atomic_write_text
 
     print("wrote:\n  " + str(atomic_write_text(out / "grounding_failures.csv", fail.to_csv(index=False))))
+if paired:
+    from repsim._io import atomic_write_text
+
+    print("wrote:\n  " + str(atomic_write_text(out / "objective_paired.csv", pd.DataFrame(paired).to_csv(index=False))))
 save(table, fig, out, "grounding")
 plt.close("all")

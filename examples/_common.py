@@ -77,10 +77,11 @@ def base_config(args, name: str, **overrides) -> tuple[TrainConfig, Path]:
 
 
 def run(config: TrainConfig, out: Path, tag: str, seed: int) -> pd.DataFrame:
-    """Train one configuration for one seed; returns its tidy log with the seed."""
+    """Train one configuration for one seed (resuming from its last checkpoint, so a killed or repeated
+    study redoes nothing that is done); returns its tidy log with the seed."""
     cfg = dataclasses.replace(config, seed=seed, out=str(out / "runs" / f"{tag}_seed{seed}"))
     trainer = Trainer(cfg)
-    trainer.run()
+    trainer.run(resume=True)
     log = pd.DataFrame(trainer.log)
     log["seed"] = seed
     return log

@@ -128,3 +128,15 @@ def test_predict_x_swaps_roles_and_grid_agrees():
     assert float(repsim.linear_regression(x, y, predict="x")) == pytest.approx(float(repsim.linear_regression(y, x)))
     grid = repsim.measure_grid("linear_regression", [x, y], [y], predict="x")
     assert float(grid[0, 0]) == pytest.approx(float(repsim.linear_regression(x, y, predict="x")), abs=1e-12)
+
+
+def test_angular_shape_scale_invariance_only_at_the_ends():
+    """alpha in {0, 1} is invariant to isotropic scaling; 0 < alpha < 1 is not (documented)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 6, generator=gen, dtype=torch.float64)
+    y = x @ torch.randn(6, 6, generator=gen, dtype=torch.float64) + 0.5 * torch.randn(200, 6, generator=gen).double()
+    for alpha in (0.0, 1.0):
+        a, b = repsim.angular_shape(x, y, alpha=alpha), repsim.angular_shape(7.0 * x, y, alpha=alpha)
+        assert abs(float(a - b)) < 1e-12
+    a, b = repsim.angular_shape(x, y, alpha=0.5), repsim.angular_shape(7.0 * x, y, alpha=0.5)
+    assert abs(float(a - b)) > 1e-3

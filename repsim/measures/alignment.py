@@ -144,6 +144,9 @@ def angular_shape(
     S_xx/n = V diag(lambda) V^T;  d = arccos(|phi(X)^T phi(Y)|_* / (|phi(X)|_F |phi(Y)|_F)).
     ``alpha=1``: the angular Procrustes metric (rotation, scaling, translation invariant);
     ``alpha=0``: CCA whitening, invariant to every invertible linear map. A metric for every alpha.
+    For 0 < alpha < 1 the map mixes alpha (scale-free) with lambda^{-1/2} (scales as 1/c), so the
+    metric is *not* invariant to isotropic scaling: phi(cX) is not proportional to phi(X). The
+    registry's declared invariances are those of the default, alpha = 1.
     ``center=True`` centres each side first (as netrep does); ``center=False`` works about the
     origin (ReSi's variant of the angular metric). Exact from moments.
     """

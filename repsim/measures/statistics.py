@@ -32,8 +32,9 @@ def _pair(x, y, min_samples: int, reason: str = "") -> tuple[Tensor, Tensor]:
 
 
 def _layers(xs, ys, min_samples: int, reason: str = ""):
+    same = ys is None or ys is xs  # one model's layers against themselves: validate and summarise once
     xs = as_feature_list(xs, "xs", min_samples, reason, varying=True)
-    ys = xs if ys is None else as_feature_list(ys, "ys", min_samples, reason, varying=True)
+    ys = xs if same else as_feature_list(ys, "ys", min_samples, reason, varying=True)
     check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
     return xs, ys
 
@@ -46,7 +47,10 @@ def _difference_grid(sx: Tensor, sy: Tensor) -> Tensor:
 def magnitude(x: Tensor, statistic: str = "mean_row_norm") -> Tensor:
     """mean_i |x_i|_2 (default), or |mean_i x_i|_2 with ``statistic="norm_of_mean"`` (ReSi's code)."""
     check_choice(statistic, "statistic", MAGNITUDES)
-    x64 = as_features(x, "x", 1).to(_ACC)
+    return _magnitude_of(as_features(x, "x", 1).to(_ACC), statistic)
+
+
+def _magnitude_of(x64: Tensor, statistic: str) -> Tensor:
     if statistic == "mean_row_norm":
         return torch.linalg.vector_norm(x64, dim=1).mean()
     return torch.linalg.vector_norm(x64.mean(0))
@@ -65,9 +69,10 @@ def magnitude_difference(x: Tensor, y: Tensor, statistic: str = "mean_row_norm")
 
 
 def magnitude_difference_grid(xs, ys=None, statistic: str = "mean_row_norm") -> Tensor:
+    check_choice(statistic, "statistic", MAGNITUDES)
     xs, ys = _layers(xs, ys, 1)
-    sx = torch.stack([magnitude(x, statistic) for x in xs])
-    sy = sx if ys is xs else torch.stack([magnitude(y, statistic) for y in ys])
+    sx = torch.stack([_magnitude_of(x.to(_ACC), statistic) for x in xs])
+    sy = sx if ys is xs else torch.stack([_magnitude_of(y.to(_ACC), statistic) for y in ys])
     return _difference_grid(sx, sy)
 
 
@@ -91,7 +96,10 @@ def _unit_rows(x64: Tensor, name: str) -> Tensor:
 
 def concentricity(x: Tensor) -> Tensor:
     """mean_i cos(x_i, mean_j x_j): how tightly the samples point along the mean representation."""
-    x64 = as_features(x, "x", 1).to(_ACC)
+    return _concentricity_of(as_features(x, "x", 1).to(_ACC))
+
+
+def _concentricity_of(x64: Tensor) -> Tensor:
     mean = x64.mean(0)
     mean_norm = torch.linalg.vector_norm(mean)
     unit = _unit_rows(x64, "x")
@@ -116,8 +124,8 @@ def concentricity_difference(x: Tensor, y: Tensor) -> Tensor:
 
 def concentricity_difference_grid(xs, ys=None) -> Tensor:
     xs, ys = _layers(xs, ys, 1)
-    sx = torch.stack([concentricity(x) for x in xs])
-    sy = sx if ys is xs else torch.stack([concentricity(y) for y in ys])
+    sx = torch.stack([_concentricity_of(x.to(_ACC)) for x in xs])
+    sy = sx if ys is xs else torch.stack([_concentricity_of(y.to(_ACC)) for y in ys])
     return _difference_grid(sx, sy)
 
 
