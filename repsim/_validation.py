@@ -109,6 +109,30 @@ def as_feature_list(
     return out
 
 
+def as_feature_pair(x, y, min_samples: int = 2, reason: str = "", varying: bool = False) -> tuple[Tensor, Tensor]:
+    """``x`` and ``y`` checked by :func:`as_features` and for the same samples."""
+    x = as_features(x, "x", min_samples, reason, varying)
+    y = as_features(y, "y", min_samples, reason, varying)
+    check_same_samples(x, y)
+    return x, y
+
+
+def as_layer_lists(
+    xs, ys, min_samples: int = 2, reason: str = "", varying: bool = False
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The layer lists of a grid, checked by :func:`as_feature_list` and for the same samples.
+
+    ``ys=None``, or ``ys`` the very object ``xs``, is one model's layers against themselves: the
+    returned ``ys`` *is* the returned ``xs`` (validated once), which every grid tests with ``is`` to
+    do its per-layer work once and use symmetric products.
+    """
+    same = ys is None or ys is xs
+    xs = as_feature_list(xs, "xs", min_samples, reason, varying)
+    ys = xs if same else as_feature_list(ys, "ys", min_samples, reason, varying)
+    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    return xs, ys
+
+
 def resolve_dtype(dtype: torch.dtype | None, *tensors: Tensor) -> torch.dtype:
     """The dtype the big products run in (the library's precision policy).
 

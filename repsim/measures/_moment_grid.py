@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from .._validation import as_feature_pair, as_layer_lists, resolve_dtype
 from ._products import self_product, transpose_product
 from .moments import Moments
 
@@ -24,10 +24,7 @@ Pair = Callable[..., Tensor]
 
 
 def validated_pair(x, y, min_samples: int = 3, reason: str = "") -> tuple[Tensor, Tensor]:
-    x = as_features(x, "x", min_samples, reason, varying=True)
-    y = as_features(y, "y", min_samples, reason, varying=True)
-    check_same_samples(x, y)
-    return x, y
+    return as_feature_pair(x, y, min_samples, reason, varying=True)
 
 
 def scatter_dtype(dtype: torch.dtype | None) -> torch.dtype:
@@ -118,13 +115,12 @@ def grid(
     """(L, M) of ``pair`` over every layer pair, from one product of the concatenated centred layers.
 
     Each layer's self term (its scatter, or only the diagonal for :func:`diagonal_only` prepares) and
-    ``prepare`` are computed once; with ``ys=None`` the cross product is the symmetric one of xs.
+    ``prepare`` are computed once; with ``ys=None`` (or ``xs`` itself) the cross product is the
+    symmetric one of xs.
     """
-    same = ys is None
     if not validated:
-        xs = as_feature_list(xs, "xs", min_samples, varying=True)
-        ys = xs if same else as_feature_list(ys, "ys", min_samples, varying=True)
-        check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+        xs, ys = as_layer_lists(xs, ys, min_samples, varying=True)
+    same = ys is xs
     prepare_y = prepare_y or prepare
     n = xs[0].shape[0]
     compute = resolve_dtype(scatter_dtype(dtype), *xs, *ys)

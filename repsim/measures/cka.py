@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .._validation import (
-    as_feature_list,
     as_features,
+    as_layer_lists,
     check_choice,
     check_same_samples,
     resolve_dtype,
@@ -149,9 +149,7 @@ def cka_grid(xs, ys=None, debiased: bool = False, dtype: torch.dtype | None = No
     """
     check_choice(method, "method", METHODS)
     need = min_samples(_estimator(debiased))
-    xs = as_feature_list(xs, "xs", need, varying=True)
-    ys = xs if ys is None else as_feature_list(ys, "ys", need, varying=True)
-    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    xs, ys = as_layer_lists(xs, ys, need, varying=True)
     return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
 
 
@@ -173,9 +171,7 @@ def kernel_cka_grid(
     if not sigma > 0:
         raise ValueError(f"sigma must be positive (a fraction of the median distance), got {sigma}")
     need = min_samples(_estimator(debiased))
-    xs = as_feature_list(xs, "xs", need, varying=True)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", need, varying=True)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    xs, ys_list = as_layer_lists(xs, ys, need, varying=True)
     if kernel == "linear":
         return linear_cka_grid_validated(xs, ys_list, debiased, dtype, "gram")
     compute = resolve_dtype(dtype, *xs, *ys_list)

@@ -7,7 +7,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from .._validation import (
+    as_features,
+    as_layer_lists,
+    check_same_samples,
+    resolve_dtype,
+)
 from .hsic import double_center
 from .registry import register
 
@@ -104,8 +109,7 @@ def gram_gap(x: Tensor, y: Tensor) -> GramGap:
     """
     x, y = as_features(x, "x", 3), as_features(y, "y", 3)
     check_same_samples(x, y)
-    sa = _unit_rows(x.to(_ACC), "x") @ _unit_rows(x.to(_ACC), "x").T
-    sb = _unit_rows(y.to(_ACC), "y") @ _unit_rows(y.to(_ACC), "y").T
+    sa, sb = _cosine_gram(x, "x"), _cosine_gram(y, "y")
     gap = (sa - sb).norm()
     ca, cb = double_center(sa), double_center(sb)
     ca_norm = ca.norm()
@@ -136,13 +140,19 @@ def cka_lower_bound(x: Tensor, y: Tensor) -> Tensor:
     return gram_gap(x, y).cka_lower_bound
 
 
+def _cosine_gram(x: Tensor, name: str) -> Tensor:
+    """Sigma = Z Z^T of the float64 row-normalised features."""
+    z = _unit_rows(x.to(_ACC), name)
+    return z @ z.T
+
+
 def _cosine_grams(xs, name: str) -> list[Tensor]:
-    return [(lambda z: z @ z.T)(_unit_rows(x.to(_ACC), f"{name}[{i}]")) for i, x in enumerate(xs)]
+    return [_cosine_gram(x, f"{name}[{i}]") for i, x in enumerate(xs)]
 
 
 def frobenius_gap_grid(xs, ys=None) -> Tensor:
     """|Sigma_x - Sigma_y|_F for every layer pair, (L, M): each cosine Gram matrix built once."""
-    xs, ys_list = _gap_inputs(xs, ys)
+    xs, ys_list = as_layer_lists(xs, ys, 3)
     sa = _cosine_grams(xs, "xs")
     sb = sa if ys_list is xs else _cosine_grams(ys_list, "ys")
     return torch.stack([torch.stack([(a - b).norm() for b in sb]) for a in sa])
@@ -151,7 +161,7 @@ def frobenius_gap_grid(xs, ys=None) -> Tensor:
 def cka_lower_bound_grid(xs, ys=None) -> Tensor:
     """max((1 - rho)/(1 + rho), 0) for every layer pair, rho relative to the ``xs`` layer: each
     double-centred cosine Gram matrix and its norm computed once."""
-    xs, ys_list = _gap_inputs(xs, ys)
+    xs, ys_list = as_layer_lists(xs, ys, 3)
     ca = [double_center(s) for s in _cosine_grams(xs, "xs")]
     cb = ca if ys_list is xs else [double_center(s) for s in _cosine_grams(ys_list, "ys")]
     norms = torch.stack([c.norm() for c in ca])
@@ -160,13 +170,6 @@ def cka_lower_bound_grid(xs, ys=None) -> Tensor:
         raise ValueError(f"xs[{bad}] has a constant cosine-similarity matrix (all rows parallel), so rho is undefined")
     rho = torch.stack([torch.stack([(a - b).norm() for b in cb]) for a in ca]) / norms[:, None]
     return ((1 - rho) / (1 + rho)).clamp_min(0)
-
-
-def _gap_inputs(xs, ys):
-    xs = as_feature_list(xs, "xs", 3)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", 3)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
-    return xs, ys_list
 
 
 _GAP_REFERENCE = "arXiv 2510.08852 (alignment of supervised and self-supervised CL)"

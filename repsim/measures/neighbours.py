@@ -18,7 +18,12 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from .._validation import (
+    as_features,
+    as_layer_lists,
+    check_same_samples,
+    resolve_dtype,
+)
 from .registry import register
 
 _ACC = torch.float64
@@ -63,9 +68,7 @@ class _Layer:
 
 
 def _layers(xs, ys, k: int, dtype, block_size: int, min_samples: int = 2):
-    xs = as_feature_list(xs, "xs", min_samples, varying=True)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", min_samples, varying=True)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    xs, ys_list = as_layer_lists(xs, ys, min_samples, varying=True)
     _check_k(k, xs[0].shape[0])
     lx = [_Layer(x, f"xs[{i}]", k, dtype, block_size) for i, x in enumerate(xs)]
     ly = lx if ys is None else [_Layer(y, f"ys[{j}]", k, dtype, block_size) for j, y in enumerate(ys_list)]

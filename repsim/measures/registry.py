@@ -171,15 +171,14 @@ def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
     compares ``xs`` with itself. Per-layer work (centring, decompositions, neighbour lists) is
     done once per layer where the measure has a batched grid.
     """
-    from .._validation import as_feature_list
+    from .._validation import as_layer_lists
 
     info = get_measure(name)
     opts = _options(info, options)
     if info.grid is not None:
         return info.grid(xs, ys, **opts)
     # Measures without a batched kernel (few, and said so in list_measures' "batched" column).
-    xs_list = as_feature_list(xs, "xs", 1)
-    ys_list = xs_list if ys is None else as_feature_list(ys, "ys", 1)
+    xs_list, ys_list = as_layer_lists(xs, ys, 1)
     rows = [torch.stack([info.fn(x, y, **opts) for y in ys_list]) for x in xs_list]
     return torch.stack(rows).to(torch.float64)
 

@@ -13,7 +13,13 @@ import scipy.stats
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
+from .._validation import (
+    as_features,
+    as_layer_lists,
+    check_choice,
+    check_same_samples,
+    resolve_dtype,
+)
 from .gram import squared_distances
 from .registry import register
 
@@ -141,9 +147,7 @@ def rsa_grid(xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: 
     """
     check_choice(rdm, "rdm", RDMS)
     check_choice(compare, "compare", COMPARATORS)
-    xs = as_feature_list(xs, "xs", 3, _MIN_REASON, varying=True)
-    ys = xs if ys is None else as_feature_list(ys, "ys", 3, _MIN_REASON, varying=True)
-    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
+    xs, ys = as_layer_lists(xs, ys, 3, _MIN_REASON, varying=True)
     names = ([f"xs[{i}]" for i in range(len(xs))], [f"ys[{i}]" for i in range(len(ys))])
     return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
 

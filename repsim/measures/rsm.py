@@ -22,7 +22,13 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
+from .._validation import (
+    as_features,
+    as_layer_lists,
+    check_choice,
+    check_same_samples,
+    resolve_dtype,
+)
 from ._products import self_product
 from .registry import register
 
@@ -32,10 +38,7 @@ _BLOCK_ELEMENTS = 1 << 25  # float64 entries of distance blocks held at once (25
 
 # ---------------------------------------------------------------------------- shared helpers
 def _layers(xs, ys, min_samples: int, reason: str, varying: bool) -> tuple[list[Tensor], list[Tensor]]:
-    xs = as_feature_list(xs, "xs", min_samples, reason, varying=varying)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", min_samples, reason, varying=varying)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
-    return xs, ys_list
+    return as_layer_lists(xs, ys, min_samples, reason, varying)
 
 
 def _pair(x, y, min_samples: int, reason: str, varying: bool) -> tuple[Tensor, Tensor]:

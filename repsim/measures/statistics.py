@@ -14,7 +14,15 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_choice, check_same_samples, resolve_dtype
+from .._validation import (
+    as_feature_list,
+    as_feature_pair,
+    as_features,
+    as_layer_lists,
+    check_choice,
+    check_same_samples,
+    resolve_dtype,
+)
 from .registry import register
 
 _ACC = torch.float64
@@ -23,20 +31,13 @@ _BLOCK_ELEMENTS = 1 << 24
 MAGNITUDES = ("mean_row_norm", "norm_of_mean")
 
 
+# a representation constant across samples says nothing about the samples: refused, as everywhere
 def _pair(x, y, min_samples: int, reason: str = "") -> tuple[Tensor, Tensor]:
-    # a representation constant across samples says nothing about the samples: refused, as everywhere
-    x = as_features(x, "x", min_samples, reason, varying=True)
-    y = as_features(y, "y", min_samples, reason, varying=True)
-    check_same_samples(x, y)
-    return x, y
+    return as_feature_pair(x, y, min_samples, reason, varying=True)
 
 
 def _layers(xs, ys, min_samples: int, reason: str = ""):
-    same = ys is None or ys is xs  # one model's layers against themselves: validate and summarise once
-    xs = as_feature_list(xs, "xs", min_samples, reason, varying=True)
-    ys = xs if same else as_feature_list(ys, "ys", min_samples, reason, varying=True)
-    check_same_samples(xs[0], ys[0], ("xs[0]", "ys[0]"))
-    return xs, ys
+    return as_layer_lists(xs, ys, min_samples, reason, varying=True)
 
 
 def _difference_grid(sx: Tensor, sy: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_same_samples
+from .._validation import as_feature_pair, as_features, as_layer_lists, check_same_samples
 from .gram import squared_distances
 from .registry import register
 
@@ -120,15 +120,18 @@ def imd(x: Tensor, y: Tensor, k: int = 5, n_scales: int = 256, max_samples: int 
     ``max_samples``. A pseudo-metric, invariant to rotations, translations, isotropic scaling
     and feature permutations (it depends only on the kNN graphs).
     """
-    return imd_grid([x], [y], k, n_scales, max_samples)[0, 0]
+    x, y = as_feature_pair(x, y, 3, varying=True)
+    return _imd_validated([x], [y], k, n_scales, max_samples)[0, 0]
 
 
 def imd_grid(xs, ys=None, k: int = 5, n_scales: int = 256, max_samples: int = 4000) -> Tensor:
     """IMD between every layer in ``xs`` and every layer in ``ys``, (L, M): each layer's heat-trace
     descriptor (one O(n^3) eigendecomposition) is computed once, not once per pair."""
-    xs = as_feature_list(xs, "xs", 3, varying=True)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", 3, varying=True)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    xs, ys_list = as_layer_lists(xs, ys, 3, varying=True)
+    return _imd_validated(xs, ys_list, k, n_scales, max_samples)
+
+
+def _imd_validated(xs: list[Tensor], ys_list: list[Tensor], k, n_scales: int, max_samples: int) -> Tensor:
     n = xs[0].shape[0]
     if not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an integer in [1, n) for the kNN graph, got {k!r} with n = {n}")
@@ -205,6 +208,9 @@ def _mean_rlt(x: Tensor, landmarks: Tensor, gamma: float, i_max: int) -> np.ndar
     return total / n_repeats
 
 
+_GS_REASON = "geometry_score needs at least 3 landmarks"
+
+
 def _check_gs_options(n: int, n_landmarks, gamma, i_max, n_repeats) -> None:
     for name, value, low in (("n_landmarks", n_landmarks, 3), ("i_max", i_max, 1), ("n_repeats", n_repeats, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
@@ -260,13 +266,8 @@ def geometry_score(
     streaming; cost O(n_repeats * (n * n_landmarks * d + witness complex + persistence)), on the
     host (gudhi) after the distances.
     """
-    x = as_features(x, "x", 3, "geometry_score needs at least 3 landmarks", varying=True)
-    y = as_features(y, "y", 3, "geometry_score needs at least 3 landmarks", varying=True)
-    check_same_samples(x, y)
-    _check_gs_options(x.shape[0], n_landmarks, gamma, i_max, n_repeats)
-    landmarks = _landmark_sets(x.shape[0], n_landmarks, n_repeats, seed)
-    diff = _mean_rlt(x, landmarks, gamma, i_max) - _mean_rlt(y, landmarks, gamma, i_max)
-    return torch.tensor(float(np.sum(diff * diff)), dtype=_ACC, device=x.device)
+    x, y = as_feature_pair(x, y, 3, _GS_REASON, varying=True)
+    return _geometry_scores([x], [y], n_landmarks, gamma, i_max, n_repeats, seed)[0, 0]
 
 
 def _geometry_score_grid(
@@ -280,13 +281,15 @@ def _geometry_score_grid(
 ) -> Tensor:
     """(L, M) Geometry Scores: each layer's MRLT is computed once (the landmark indices depend only
     on n and ``seed``), then every pair is a squared distance between MRLTs."""
-    xs = as_feature_list(xs, "xs", 3, "geometry_score needs at least 3 landmarks", varying=True)
-    ys_list = xs if ys is None else as_feature_list(ys, "ys", 3, varying=True)
-    check_same_samples(xs[0], ys_list[0], ("xs[0]", "ys[0]"))
+    xs, ys_list = as_layer_lists(xs, ys, 3, _GS_REASON, varying=True)
+    return _geometry_scores(xs, ys_list, n_landmarks, gamma, i_max, n_repeats, seed)
+
+
+def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma, i_max, n_repeats, seed) -> Tensor:
     _check_gs_options(xs[0].shape[0], n_landmarks, gamma, i_max, n_repeats)
     landmarks = _landmark_sets(xs[0].shape[0], n_landmarks, n_repeats, seed)
     mx = np.stack([_mean_rlt(x, landmarks, gamma, i_max) for x in xs])
-    my = mx if ys is None else np.stack([_mean_rlt(y, landmarks, gamma, i_max) for y in ys_list])
+    my = mx if ys_list is xs else np.stack([_mean_rlt(y, landmarks, gamma, i_max) for y in ys_list])
     diff = mx[:, None, :] - my[None, :, :]
     return torch.tensor((diff * diff).sum(-1), dtype=_ACC, device=xs[0].device)
 
