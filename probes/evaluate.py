@@ -24,10 +24,12 @@ def extract(
     device=None,
     max_samples: int | None = None,
     progress: bool = True,
+    memory: int | str | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Frozen features of one layer and the labels, through repsim's hooks."""
+    """Frozen features of one layer and the labels, through repsim's hooks (refused before they
+    would exceed ``memory``, see :func:`repsim.extract_features`)."""
     feats, labels = extract_features(
-        model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=progress
+        model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=progress, memory=memory
     )
     if labels is None:
         raise ValueError("the loader yields no labels; probes need (x, y) batches or dicts with a 'label' key")
@@ -83,16 +85,31 @@ def evaluate(
     episodes: int = 100,
     seed: int = 0,
     progress: bool = True,
+    memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Linear probe, kNN and NCCC few-shot accuracy of ``layer``'s frozen features, as one DataFrame.
+
+    Memory: the train features, the test features and the probes' working copies (about twice the
+    train features) must fit ``memory`` (bytes or "8GB"; default 60 % of the available RAM); each
+    extraction is refused with the options (``pool="mean"``, a budget, ...) before it would not fit.
 
     Under ``torchrun`` the feature extraction is sharded (loaders with a ``DistributedSampler`` or
     :func:`repsim.distributed.shard`) and every rank gets all features in the global order (see
     :func:`repsim.extract_features`); the probes, cheap next to the forward passes, then run
     identically on every rank."""
+    from repsim.memory import MemoryBudgetError, format_bytes, parse_memory
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    train_x, train_y = extract(model, train_loader, layer, pool, device, progress=progress)
-    test_x, test_y = extract(model, test_loader, layer, pool, device, progress=progress)
+    budget = parse_memory(memory)
+    train_x, train_y = extract(model, train_loader, layer, pool, device, progress=progress, memory=budget // 3)
+    left = budget - 3 * train_x.numel() * train_x.element_size()  # the features and the probes' two working copies
+    if left <= 0:
+        raise MemoryBudgetError(
+            f"the train features of {layer} ({tuple(train_x.shape)}) and the probes' working copies need about "
+            f"{format_bytes(budget - left)}, over the budget of {format_bytes(budget)}; "
+            "use pool='mean', fewer training samples or memory='...'"
+        )
+    test_x, test_y = extract(model, test_loader, layer, pool, device, progress=progress, memory=left)
     table = evaluate_features(
         train_x, train_y, test_x, test_y, shots=shots, episodes=episodes, seed=seed, device=device
     )

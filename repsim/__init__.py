@@ -1,8 +1,11 @@
 """repsim: representational similarity of neural networks, exact and streaming.
 
-Measures are pure functions on (n, d) tensors (``linear_cka``, ``kernel_cka``, ``hsic``, ``rsa``,
-``gram_gap``, ``cka_grid``); streaming accumulators (``StreamingLinearCKA``, ``MinibatchCKA``)
-serve data that does not fit in memory.
+Measures are pure functions on (n, d) tensors behind one registry (``measure``, ``measure_grid``,
+``list_measures``; ``linear_cka``, ``rsa``, ``svcca``, ``procrustes``, ... by name); accumulators
+(``StreamingMoments``, ``StreamingLinearCKA``, ``MinibatchCKA``, on the ``Accumulator`` protocol)
+stream data that does not fit in memory; ``compare`` runs two models over a loader under a memory
+plan (``plan``, ``MemoryPlan``), with permutation tests and intervals (``permutation_test``,
+``bootstrap``, ``compare_paired``).
 """
 
 from ._compat import ensure_torchvision_importable
@@ -10,7 +13,7 @@ from ._compat import ensure_torchvision_importable
 ensure_torchvision_importable()  # before anything in the project touches torchvision or timm
 
 from .checkpoints import CheckpointError, load_model, load_state_dict, save_state_dict  # noqa: E402
-from .compare import Comparison, compare  # noqa: E402
+from .compare import Comparison, compare, plan  # noqa: E402
 from .features import extract_features  # noqa: E402
 from .hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
 from .inference import (  # noqa: E402
@@ -75,6 +78,9 @@ from .measures import (  # noqa: E402
     svcca,
     uniformity_difference,
 )
+from .measures.accumulator import Accumulator  # noqa: E402
+from .measures.sketch import sketch  # noqa: E402
+from .memory import MemoryBudgetError, MemoryPlan  # noqa: E402
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
 from .weights import WeightDistance, weight_distance  # noqa: E402
 
@@ -82,12 +88,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "INVARIANCES",
+    "Accumulator",
     "BootstrapResult",
     "CheckpointError",
     "Comparison",
     "FeatureHooks",
     "GramGap",
     "MeasureInfo",
+    "MemoryBudgetError",
+    "MemoryPlan",
     "MinibatchCKA",
     "Moments",
     "PairedResult",
@@ -137,6 +146,7 @@ __all__ = [
     "mutual_knn",
     "permutation_procrustes",
     "permutation_test",
+    "plan",
     "procrustes",
     "procrustes_size_shape",
     "pwcca",
@@ -149,6 +159,7 @@ __all__ = [
     "rtd",
     "save_state_dict",
     "second_order_cosine",
+    "sketch",
     "soft_correlation_match",
     "svcca",
     "uniformity_difference",

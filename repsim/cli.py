@@ -93,7 +93,14 @@ def cmd_compare(args) -> None:
         ),
         result_on="rank0",
         progress=rank_and_world()[0] == 0,
+        memory=args.memory,
+        sketch=args.sketch,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        if rank_and_world()[0] == 0:
+            print(result)
+        return
     if result is None:  # under torchrun, rank 0 writes the results
         return
     out = Path(args.out)
@@ -126,6 +133,8 @@ def cmd_many(args) -> None:
         device=args.device,
         max_samples=args.max_samples,
         cache_dir=args.cache,
+        memory=args.memory,
+        sketch=args.sketch,
     )
     out = Path(args.out)
     from .plotting import heatmap
@@ -147,6 +156,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from checkpoint)")
     p.add_argument("--out", default="results", help="output folder")
+    p.add_argument("--memory", default=None, help="memory budget, e.g. 8GB (default: 60%% of the available memory)")
+    p.add_argument("--sketch", type=int, default=None, help="project layers wider than K to K dims (an estimator)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -167,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers-b", default=None)
     p.add_argument("--measures", nargs="+", default=["linear_cka", "debiased_cka", "rsa"], choices=available_measures())
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures and inference")
+    p.add_argument("--dry-run", action="store_true", help="print the memory plan (routes, bytes) and stop")
     p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
     p.add_argument("--bootstrap", type=int, default=0, help="confidence intervals from this many resamples")
     p.add_argument(

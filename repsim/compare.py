@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,14 @@ from tqdm.auto import tqdm
 
 from . import distributed as D
 from ._io import atomic_write_text
-from .features import _LABEL_KEYS, eval_mode, resolve_device, split_batch, total_batches
+from .features import _LABEL_KEYS, eval_mode, expected_samples, resolve_device, split_batch, total_batches
 from .hooks import FeatureHooks, Pool, default_layers, first_tensor, pool_features
+from .measures.blocked import workspace_limit
 from .measures.moments import StreamingMoments
 from .measures.registry import call_with_supported, get_measure, measure_grid, registered_names
-from .streaming import MinibatchCKA
+from .measures.sketch import LayerSketch, sketched_linear_cka
+from .measures.streaming_cka import MinibatchCKA
+from .memory import MeasureRequest, MemoryPlan, parse_memory, plan_routes
 
 # minibatch CKA (Nguyen et al. 2021) is compare-only: its value depends on the batches, so it is
 # not a registry measure. Every other name comes from the registry (repsim.measures.registry).
@@ -45,9 +49,12 @@ class Comparison:
     """The result of :func:`compare`: a tidy table and views of it."""
 
     table: pd.DataFrame
-    """Columns: layer_a, layer_b, measure, value, n (samples the value is computed on)."""
+    """Columns: layer_a, layer_b, measure, value, n (samples the value is computed on), route (how:
+    ``moments``, ``stored``, ``capped at k``, ``minibatch b`` or ``sketch k``; see :mod:`repsim.memory`)."""
     layers_a: list[str] = field(default_factory=list)
     layers_b: list[str] = field(default_factory=list)
+    plan: MemoryPlan | None = None
+    """The memory plan the comparison ran under (routes, bytes, multiply-adds per measure)."""
 
     @property
     def measures(self) -> list[str]:
@@ -182,36 +189,77 @@ def _forward(model: nn.Module, hooks: FeatureHooks, inputs, want_output: bool, p
 
 
 class _Plan:
-    """How each requested measure is computed, from the registry's metadata."""
+    """How each requested measure is computed: its kind from the registry, its route from the memory plan."""
 
     def __init__(self, measures: list[str], dtype: torch.dtype | None, options: dict[str, dict]) -> None:
         self.options = options
         self.dtype = dtype
-        self.moments: list[str] = []  # streaming through StreamingMoments.compute(name)
-        self.accumulators: dict[str, object] = {}  # streaming through their own accumulator
-        self.capped: list[str] = []  # all-samples measures on the first sample_cap samples
-        self.functional: list[str] = []  # needs_outputs: on the models' outputs (capped)
-        self.needs_labels: set[str] = set()
         self.order = list(measures)
+        self.kind: dict[str, str] = {}  # "moments" | "accumulator" | "capped" | "functional" | "minibatch"
+        self.needs_labels: set[str] = set()
         for name in measures:
             if name in COMPARE_ONLY:
-                self.accumulators[name] = COMPARE_ONLY[name](dtype)
+                self.kind[name] = "minibatch"
                 continue
             info = get_measure(name)
             if info.needs_labels:
                 self.needs_labels.add(name)
             if info.needs_outputs:
-                self.functional.append(name)
+                self.kind[name] = "functional"
             elif info.streaming and info.from_moments is not None:
-                self.moments.append(name)
+                self.kind[name] = "moments"
             elif info.streaming:
-                self.accumulators[name] = call_with_supported(
-                    info.accumulator, dtype=dtype, **info.defaults, **options.get(name, {})
-                )
+                self.kind[name] = "accumulator"
             else:
-                self.capped.append(name)
-        self.stream = StreamingMoments(dtype=dtype) if self.moments else None
+                self.kind[name] = "capped"
+        self.functional = [m for m in measures if self.kind[m] == "functional"]
+        self.memory: MemoryPlan | None = None
+        self.routes: dict[str, str] = {}
+        self.stream: StreamingMoments | None = None
+        self.accumulators: dict[str, object] = {}
+        self.sketch: int | None = None
         self.keep_capped = False  # set when inference needs the capped samples
+
+    def requests(self, sketch: int | None, batch_size: int) -> list[MeasureRequest]:
+        out = []
+        for name in self.order:
+            kind = self.kind[name]
+            out.append(
+                MeasureRequest(
+                    name,
+                    options=self.options.get(name, {}),
+                    streaming_moments=kind == "moments",
+                    accumulator_bytes=None,
+                    capped=kind == "capped",
+                    functional=kind == "functional",
+                    minibatch=batch_size if kind == "minibatch" else None,
+                    sketch=sketch if kind in ("moments", "accumulator") and sketch is not None else None,
+                )
+            )
+        return out
+
+    def route(self, memory: MemoryPlan, sketch: int | None) -> None:
+        """Build the accumulators of the streamed routes; stored ones are computed in _finish."""
+        self.memory, self.sketch = memory, sketch
+        self.routes = dict(zip(memory.table["measure"], memory.table["route"], strict=True))
+        for name in self.order:
+            kind, route = self.kind[name], self.routes[name]
+            if kind == "minibatch":
+                self.accumulators[name] = COMPARE_ONLY[name](self.dtype)
+            elif kind == "moments" and not route.startswith("stored"):
+                self.stream = self.stream or StreamingMoments(dtype=self.dtype)
+            elif kind == "accumulator" and not route.startswith("stored"):
+                info = get_measure(name)
+                self.accumulators[name] = call_with_supported(
+                    info.accumulator, dtype=self.dtype, **info.defaults, **self.options.get(name, {})
+                )
+
+    def stored(self, name: str) -> bool:
+        return self.routes.get(name, "").startswith("stored")
+
+    @property
+    def capped(self) -> list[str]:
+        return [m for m in self.order if self.kind[m] == "capped"]
 
 
 @torch.inference_mode()
@@ -237,7 +285,11 @@ def compare(
     result_on: str = "all",
     measure_options: Mapping[str, Mapping] | None = None,
     inference: Mapping | None = None,
-) -> Comparison | None:
+    memory: int | str | None = None,
+    dry_run: bool = False,
+    sketch: int | None = None,
+    sketch_seed: int = 0,
+) -> Comparison | MemoryPlan | None:
     """Compare two models layer by layer on the samples of ``loader``.
 
     One pass over the loader: each batch goes through both models (eval mode, ``inference_mode``,
@@ -253,6 +305,22 @@ def compare(
     (``needs_outputs``) compare the models' outputs (a ``logits`` entry of a dict output, else the
     first tensor), in rows whose layer is ``"<output>"``; ``needs_labels`` measures get the
     loader's labels. The table's ``n`` column says how many samples each value saw.
+
+    Memory (wide layers: ``pool="flatten"``, token features): after the first batch's forward
+    pass, a plan (:mod:`repsim.memory`) chooses for every streaming measure the exact route with
+    the fewest multiply-adds that fits ``memory`` (bytes or a string like ``"8GB"``; default 60 %
+    of the memory available now, or of free device memory on a GPU): float64 feature moments
+    (O(d^2), ``"moments"``) or the features of all n samples kept and the measure computed at the
+    end, in Gram space by row blocks for CKA and RSA (O(n d), ``"stored"``; n from the loader's
+    length or ``max_samples``). When no exact route fits, nothing runs: a
+    :class:`repsim.memory.MemoryBudgetError` names the layers, the bytes of each route and the
+    options. ``dry_run=True`` returns the :class:`~repsim.memory.MemoryPlan` (per measure: route,
+    bytes, multiply-adds; per layer: d) after one forward pass, without computing. Every row of
+    the result says how it was computed in its ``route`` column: ``moments``, ``stored``,
+    ``capped at k``, ``minibatch b`` (``minibatch_cka``), ``sketch k``. ``sketch=k`` (an
+    estimator, never chosen for you) projects every layer wider than k by a seeded Gaussian
+    projection (``sketch_seed``; independent per model and layer) before any measure; linear CKA
+    then corrects its denominators for the projection (:mod:`repsim.measures.sketch`).
 
     Inputs: a batch is a tensor, an ``(x, y)`` tuple, or a dict. A dict batch is passed by keyword
     (``model(**batch)``, labels left out) to a model whose ``forward`` takes its keys (e.g.
@@ -284,25 +352,29 @@ def compare(
         raise ValueError(f"result_on must be 'all' or 'rank0', got {result_on!r}")
     if paired and (inputs_a is not None or inputs_b is not None):
         raise ValueError("give either paired=True (the loader yields pairs) or inputs_a/inputs_b, not both")
+    if sketch is not None and not (isinstance(sketch, int) and not isinstance(sketch, bool) and sketch >= 2):
+        raise ValueError(f"sketch must be an integer number of dimensions >= 2 (e.g. sketch=512), got {sketch!r}")
     shard = D.shard_of(loader, distributed)
     plan = _Plan(measures, dtype, options)
     same = model_a is model_b and inputs_a is None and inputs_b is None and not paired
     layers_a = list(layers_a) if layers_a is not None else default_layers(model_a)
     layers_b = list(layers_b) if layers_b is not None else (layers_a if model_a is model_b else default_layers(model_b))
     device = resolve_device(device, model_a)
+    budget = parse_memory(memory, device)
+    n_expected = expected_samples(loader, max_samples)
     for model in (model_a, model_b):
         model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     want_output = bool(plan.functional)
     plan.keep_capped = bool(inference)
-    capping = bool(plan.capped or plan.functional or inference)
     kept_a: list[list[Tensor]] = [[] for _ in layers_a]
     kept_b: list[list[Tensor]] = [[] for _ in layers_b]
     kept_out: list[list[Tensor]] = [[], []]
     kept_keys: list[Tensor] = []
     kept_labels: list[Tensor] = []
     n_stream = n_real = n_kept = 0
-    # Under a process group, accumulators with a shift (StreamingLinearCKA) share one so their sums merge.
-    need_shift = shard.world > 1 and any(hasattr(acc, "set_shift") for acc in plan.accumulators.values())
+    store_cap = 0  # samples whose features are kept, set by the memory plan
+    need_shift = False
+    sketches = (LayerSketch(sketch, sketch_seed, 0), LayerSketch(sketch, sketch_seed, 1)) if sketch else None
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
     hooked_a = list(dict.fromkeys(layers_a + layers_b)) if model_a is model_b else layers_a
@@ -350,6 +422,14 @@ def compare(
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
             self_grid = same and layers_a == layers_b
+            if sketches is not None:  # independent projections per model: never a self-grid
+                xs, ys, self_grid = sketches[0](xs), sketches[1](ys), False
+            if plan.memory is None:  # the plan, from the first batch's shapes, before anything accumulates
+                shapes = _shapes(xs, None if self_grid else ys, layers_a, layers_b, keep)
+                memory_plan = _plan_collectively(plan, shard, shapes, n_expected, sample_cap, budget, sketch, inference)
+                if dry_run:
+                    return memory_plan
+                store_cap, need_shift = _start(plan, memory_plan, sketch, sketches, n_expected, shard)
             if need_shift:
                 _agree_on_shift(plan, xs, None if self_grid else ys)
                 need_shift = False
@@ -357,9 +437,9 @@ def compare(
                 plan.stream.update(xs, None if self_grid else ys)
             for acc in plan.accumulators.values():
                 acc.update(xs, None if self_grid else ys)
-            if capping and n_kept < sample_cap:
-                # Each rank keeps its own first sample_cap samples: the global first sample_cap are among them.
-                take = min(sample_cap - n_kept, keep)
+            if n_kept < store_cap:
+                # Each rank keeps its own first store_cap samples: the global first ones are among them.
+                take = min(store_cap - n_kept, keep)
                 for chunks, f in zip(kept_a + kept_b, xs + ys, strict=True):
                     chunks.append(f[:take])
                 if want_output:
@@ -370,14 +450,70 @@ def compare(
                 kept_keys.append(keys[:take])
                 n_kept += take
             n_real += keep
-    if need_shift:  # this rank saw no sample: it still takes part in the agreement
+    if plan.memory is None:  # this rank saw no sample: it still takes part in the plan's collective
+        memory_plan = _plan_collectively(plan, shard, None, n_expected, sample_cap, budget, sketch, inference)
+        if dry_run:
+            return memory_plan
+        _, need_shift = _start(plan, memory_plan, sketch, sketches, n_expected, shard)
+    if need_shift:
         _agree_on_shift(plan, None, None)
-    result = _finish(
-        plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on
-    )
-    if inference and result is not None:
-        _add_inference(result, plan, inference, progress)
+    with workspace_limit(plan.memory.workspace):
+        result = _finish(
+            plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on
+        )
+        if inference and result is not None:
+            _add_inference(result, plan, inference, progress)
     return result
+
+
+def plan(model_a: nn.Module, model_b: nn.Module, loader: Iterable, **options) -> MemoryPlan:
+    """The :class:`~repsim.memory.MemoryPlan` that :func:`compare` would run under, after one forward
+    pass on the first batch: ``compare(model_a, model_b, loader, **options, dry_run=True)``."""
+    if "dry_run" in options:
+        raise ValueError("plan() is compare(..., dry_run=True); do not pass dry_run")
+    return compare(model_a, model_b, loader, dry_run=True, **options)
+
+
+def _shapes(xs, ys, layers_a, layers_b, batch_size: int):
+    """What the plan needs of the first batch: each layer's width, the features' item size, the batch size."""
+    dims_x = dict(zip(layers_a, (x.shape[1] for x in xs), strict=True))
+    dims_y = None if ys is None else dict(zip(layers_b, (y.shape[1] for y in ys), strict=True))
+    return dims_x, dims_y, max(t.element_size() for t in [*xs, *(ys or [])]), batch_size
+
+
+def _plan_collectively(plan, shard, shapes, n, sample_cap, budget, sketch, inference) -> MemoryPlan:
+    """The memory plan from the first batch's shapes; under a process group every rank makes the same
+    one (the first rank with data gives the shapes, the smallest budget counts; an empty rank joins)."""
+    if shard.world > 1:
+        gathered = D.gather((shapes, budget))
+        shapes = next((s for s, _ in gathered if s is not None), None)
+        budget = min(b for _, b in gathered)
+    if shapes is None:
+        raise ValueError("the loader yielded no samples")
+    dims_x, dims_y, itemsize, batch_size = shapes
+    memory_plan = plan_routes(
+        plan.requests(sketch, batch_size), dims_x, dims_y, n, sample_cap, budget, itemsize, bool(inference)
+    )
+    if sketch is not None:  # say on every row that the features were projected
+        memory_plan.table["route"] = [
+            f"sketch {sketch}" if r.startswith(("moments", "sketch")) else f"sketch {sketch}, {r}"
+            for r in memory_plan.table["route"]
+        ]
+    return memory_plan
+
+
+def _start(plan, memory_plan: MemoryPlan, sketch, sketches, n_expected, shard) -> tuple[int, bool]:
+    """Build the plan's accumulators; (how many samples to keep, whether ranks must agree on a shift)."""
+    plan.route(memory_plan, sketch)
+    plan.sketchers = sketches
+    if not memory_plan.store_samples:
+        store_cap = 0
+    elif memory_plan.store_samples < (n_expected or 0):
+        store_cap = memory_plan.store_samples
+    else:
+        store_cap = sys.maxsize  # every sample (the stored route)
+    need_shift = shard.world > 1 and any(hasattr(a, "set_shift") for a in plan.accumulators.values())
+    return store_cap, need_shift
 
 
 def _agree_on_shift(plan: _Plan, xs: list[Tensor] | None, ys: list[Tensor] | None) -> None:
@@ -399,16 +535,11 @@ def _agree_on_shift(plan: _Plan, xs: list[Tensor] | None, ys: list[Tensor] | Non
             acc.set_shift(shift_x, shift_y)
 
 
-def _gathered_state(acc):
-    """Every rank's accumulator merged in rank order (deterministic; float64)."""
-    states = D.gather(D.to_cpu(acc))
-    if not hasattr(acc, "merge"):
-        raise ValueError(f"{type(acc).__name__} cannot be merged across ranks; run it with distributed=False")
-    total = type(acc).__new__(type(acc))
-    total.__dict__.update(D.to_cpu(states[0]).__dict__)
-    for other in states[1:]:
-        total.merge(other)
-    return total
+def _synced(name: str, acc):
+    """Every rank's state of one accumulator, merged in rank order (see Accumulator.sync)."""
+    if not hasattr(acc, "sync"):
+        raise ValueError(f"{name}'s accumulator cannot be merged across ranks; run it with distributed=False")
+    return acc.sync()
 
 
 def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys, kept_labels, sample_cap, result_on):
@@ -416,73 +547,131 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
     distributed = shard.world > 1
     stream, accumulators = plan.stream, plan.accumulators
     if distributed:
-        stream = _gathered_state(stream) if stream is not None else None
-        accumulators = {name: _gathered_state(acc) for name, acc in accumulators.items()}
-    n_total = stream.n if stream is not None else None
+        stream = stream.sync() if stream is not None else None
+        accumulators = {name: _synced(name, acc) for name, acc in accumulators.items()}
 
     def cat(chunks: list[Tensor]) -> Tensor | None:
         return torch.cat(chunks) if chunks else None
 
-    capped_a = [cat(c) for c in kept_a]
-    capped_b = [cat(c) for c in kept_b]
+    kept_x = [cat(c) for c in kept_a]
+    kept_y = [cat(c) for c in kept_b]
     outputs = [cat(c) for c in kept_out]
     keys = cat(kept_keys)
     labels = cat(kept_labels)
-    if distributed and (plan.capped or plan.functional or plan.keep_capped):
-        local = D.to_cpu((keys, capped_a, capped_b, outputs, labels))
+    if distributed and plan.memory.store_samples:
+        # every rank's kept samples, put in the global order of one process's run (their order keys)
+        local = D.to_cpu((keys, kept_x, kept_y, outputs, labels))
         parts = [p for p in D.gather(local) if p[0] is not None]
         keys = torch.cat([p[0] for p in parts]) if parts else None
         if keys is not None:
-            order = torch.argsort(keys)[:sample_cap]  # the global order of one process's run
+            order = torch.argsort(keys)
+            order = order if any(plan.stored(m) for m in plan.order) else order[:sample_cap]
+            device = kept_x[0].device if kept_x and kept_x[0] is not None else torch.device("cpu")
 
             def pick(i: int, j: int | None = None) -> Tensor | None:
                 got = [p[i] if j is None else p[i][j] for p in parts]
-                return None if any(g is None for g in got) else torch.cat(got)[order]
+                return None if any(g is None for g in got) else torch.cat(got)[order].to(device)
 
-            capped_a = [pick(1, j) for j in range(len(layers_a))]
-            capped_b = [pick(2, j) for j in range(len(layers_b))]
+            kept_x = [pick(1, j) for j in range(len(layers_a))]
+            kept_y = [pick(2, j) for j in range(len(layers_b))]
             outputs = [pick(3, 0), pick(3, 1)]
             labels = pick(4)
-    n_capped = 0 if keys is None else min(sample_cap, keys.shape[0])
-    if n_total is None:
-        n_total = sum(D.gather(n_capped)) if distributed else n_capped
+    n_kept = 0 if keys is None else keys.shape[0]
+    n_capped = min(sample_cap, n_kept)
+    capped_x = [None if t is None else t[:sample_cap] for t in kept_x]
+    capped_y = [None if t is None else t[:sample_cap] for t in kept_y]
+    outputs = [None if t is None else t[:sample_cap] for t in outputs]
+    labels = None if labels is None else labels[:sample_cap]
+    n_total = stream.n if stream is not None else None
     for acc in accumulators.values():
-        n_total = max(n_total, getattr(acc, "n", 0))
-    if n_total == 0 and n_capped == 0:
+        n_total = max(n_total or 0, getattr(acc, "n", 0))
+    if n_total is None:
+        n_total = n_kept
+    if n_total == 0 and n_kept == 0:
         raise ValueError("the loader yielded no samples")
     if distributed and result_on == "rank0" and shard.rank != 0:
         return None
 
     def add(measure: str, grid: Tensor, n: int, la: list[str], lb: list[str]) -> None:
         values = grid.detach().to("cpu", torch.float64).reshape(len(la), len(lb)).tolist()  # one sync per measure
+        route = plan.routes[measure]
         for i, a in enumerate(la):
             for j, b in enumerate(lb):
-                rows.append({"layer_a": a, "layer_b": b, "measure": measure, "value": values[i][j], "n": n})
+                rows.append(
+                    {"layer_a": a, "layer_b": b, "measure": measure, "value": values[i][j], "n": n, "route": route}
+                )
 
-    for name in [m for m in _order(plan)]:
+    shared = _shared_cka_grids(plan, kept_x, kept_y)
+    for name in plan.order:
         opts = plan.options.get(name, {})
-        if name in plan.moments:
-            add(name, stream.compute(name, **opts), stream.n, layers_a, layers_b)
-        elif name in accumulators:
-            acc = accumulators[name]
-            add(name, acc.compute(), getattr(acc, "n", n_total), layers_a, layers_b)
-        elif name in plan.capped:
-            if name in plan.needs_labels:
-                opts = {**opts, "labels": labels}
-            if "dtype" in get_measure(name).options() and "dtype" not in opts:
-                opts = {**opts, "dtype": plan.dtype}  # compare's precision reaches every measure that has one
-            add(name, measure_grid(name, capped_a, capped_b, **opts), n_capped, layers_a, layers_b)
-        else:  # functional: the models' outputs
-            info = get_measure(name)
-            if name in plan.needs_labels:
-                opts = {**opts, "labels": labels}
+        kind = plan.kind[name]
+        if "dtype" in _options_of(name) and "dtype" not in opts:
+            opts = {**opts, "dtype": plan.dtype}  # compare's precision reaches every measure that has one
+        if kind == "functional":
             if name in plan.needs_labels and labels is None:
                 raise ValueError(f"{name} needs labels; the loader's batches must carry them ((x, y) or 'labels')")
-            value = call_with_supported(info.fn, outputs[0], outputs[1], **opts)
+            if name in plan.needs_labels:
+                opts = {**opts, "labels": labels}
+            value = call_with_supported(get_measure(name).fn, outputs[0], outputs[1], **opts)
             add(name, value, n_capped, [OUTPUT_LAYER], [OUTPUT_LAYER])
-    result = Comparison(pd.DataFrame(rows, columns=["layer_a", "layer_b", "measure", "value", "n"]), layers_a, layers_b)
-    result._capped = (capped_a, capped_b)  # the samples inference runs on (see _add_inference)
+        elif plan.stored(name):  # exact on every kept sample
+            grid = shared[name] if name in shared else measure_grid(name, kept_x, kept_y, **opts)
+            add(name, grid, n_kept, layers_a, layers_b)
+        elif kind == "capped":
+            if name in plan.needs_labels:
+                opts = {**opts, "labels": labels}
+            add(name, measure_grid(name, capped_x, capped_y, **opts), n_capped, layers_a, layers_b)
+        elif kind == "moments":
+            opts = {k: v for k, v in opts.items() if k != "dtype"}
+            if plan.sketch is not None and name == "linear_cka" and not opts.get("debiased", False):
+                add(name, _sketched_cka_grid(stream, plan.sketch, plan.sketchers), stream.n, layers_a, layers_b)
+            else:
+                add(name, stream.compute(name, **opts), stream.n, layers_a, layers_b)
+        else:
+            acc = accumulators[name]
+            add(name, acc.compute(), getattr(acc, "n", n_total), layers_a, layers_b)
+    columns = ["layer_a", "layer_b", "measure", "value", "n", "route"]
+    result = Comparison(pd.DataFrame(rows, columns=columns), layers_a, layers_b)
+    result._capped = (capped_x, capped_y)  # the samples inference runs on (see _add_inference)
+    result.plan = plan.memory
     return result
+
+
+def _shared_cka_grids(plan: _Plan, xs: list[Tensor], ys: list[Tensor]) -> dict[str, Tensor]:
+    """Stored-route linear CKA entries (biased and debiased) from one pass over the Gram blocks."""
+    from .measures.cka import cka_grid, linear_cka_grids
+
+    names = [
+        m
+        for m in plan.order
+        if plan.stored(m) and get_measure(m).grid is cka_grid and set(plan.options.get(m, {})) <= {"debiased"}
+    ]
+    if len(names) < 2:
+        return {}
+    grids = linear_cka_grids(xs, ys, dtype=plan.dtype)
+    flags = {m: bool({**get_measure(m).defaults, **plan.options.get(m, {})}.get("debiased", False)) for m in names}
+    return {m: grids[flags[m]] for m in names}
+
+
+def _options_of(name: str) -> list[str]:
+    return [] if name in COMPARE_ONLY else get_measure(name).options()
+
+
+def _sketched_cka_grid(stream: StreamingMoments, k: int, sketchers) -> Tensor:
+    """Linear CKA of every sketched layer pair with the projection-corrected denominators."""
+    rows = range(len(stream._sizes_x))
+    cols = range(len(stream._sizes_y))
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    sketched_linear_cka(stream.moments(i, j), k, sketchers[0].projected(i), sketchers[1].projected(j))
+                    for j in cols
+                ]
+            )
+            for i in rows
+        ]
+    )
 
 
 INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm", "seed": 0}

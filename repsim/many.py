@@ -124,6 +124,9 @@ def compare_many(
     progress: bool = True,
     chunk_batches: int = 16,
     distributed: bool | None = None,
+    memory: int | str | None = None,
+    sketch: int | None = None,
+    sketch_seed: int = 0,
 ) -> pd.DataFrame:
     """N x N matrix of ``measure`` between the ``layer`` features of many models.
 
@@ -138,6 +141,14 @@ def compare_many(
     ``measure``: any registered feature measure (:func:`repsim.list_measures`), computed by
     :func:`repsim.measure_grid` on the features (per-model work done once).
 
+    Memory: the features of all N models are held (N n d values). Once the first model's are
+    extracted, that total and the measure's workspace are checked against ``memory`` (bytes or
+    "8GB"; default 60 % of the available RAM) and a :class:`repsim.memory.MemoryBudgetError` with
+    the options is raised before the other models run. ``sketch=k`` (an estimator, see
+    :mod:`repsim.measures.sketch`) projects each model's features wider than k to k dims right
+    after extraction (seeded by ``sketch_seed``, independent per model); linear CKA then corrects
+    its denominators for the projection.
+
     Under ``torchrun`` (see :mod:`repsim.distributed`) each rank extracts its shard of the
     loader; the features are gathered in the global sample order, so the matrix equals a
     single-process run's.
@@ -150,8 +161,10 @@ def compare_many(
     if len(names) != len(models_or_paths) or len(set(names)) != len(names):
         raise ValueError("names must be unique and as many as the models; pass names=[...] explicitly")
     shard = D.shard_of(loader, distributed)
+    collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed)
     if shard.world > 1 or cache_dir is not None:
         return _compare_many_sharded(
+            collect,
             models_or_paths,
             loader,
             layer,
@@ -167,7 +180,6 @@ def compare_many(
             shard,
         )
     # one process, no cache (a cache_dir always goes through the sharded, resumable path above)
-    features = []
     for item in tqdm(models_or_paths, desc="models", disable=not progress):
         if isinstance(item, (str, Path)):
             if arch is None:
@@ -176,18 +188,83 @@ def compare_many(
         else:
             model = item
         feats, _ = extract_features(
-            model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=False
+            model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=False, memory=memory
         )
-        features.append(feats[layer])
-    return _frame(measure, features, names)
+        collect.add(feats[layer])
+    return collect.frame(names)
 
 
-def _frame(measure: str, features: list[Tensor], names) -> pd.DataFrame:
-    grid = measure_grid(measure, features).cpu().numpy()
-    return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+class _Collector:
+    """The models' features as they come: sketched if asked, the memory plan checked after the first."""
+
+    def __init__(self, measure: str, count: int, memory, sketch: int | None, sketch_seed: int) -> None:
+        from .memory import parse_memory
+
+        self.measure, self.count = measure, count
+        self.budget = parse_memory(memory)
+        if sketch is not None:
+            from .measures.sketch import projection
+
+            projection(2, sketch)  # validates k
+        self.sketch, self.seed = sketch, sketch_seed
+        self.features: list[Tensor] = []
+        self.projected: list[bool] = []
+
+    def add(self, f: Tensor) -> None:
+        if self.sketch is not None:
+            from .measures.sketch import LayerSketch
+
+            sketcher = LayerSketch(self.sketch, self.seed, side=len(self.features))
+            f = sketcher([f])[0]
+            self.projected.append(sketcher.projected(0))
+        if not self.features:
+            self._check(f)
+        self.features.append(f)
+
+    def _check(self, f: Tensor) -> None:
+        from .measures.blocked import workspace_limit
+        from .memory import MemoryBudgetError, format_bytes, workspace_estimate
+
+        n, d = f.shape
+        held = self.count * n * d * f.element_size()
+        self.workspace = int(min(2 * 2**30, max(64 * 2**20, self.budget // 4)))
+        with workspace_limit(self.workspace):
+            work = workspace_estimate(self.measure, n, [d] * self.count, None, self.workspace)
+        if held + work > self.budget:
+            raise MemoryBudgetError(
+                f"the features of {self.count} models ({n} samples, d = {d}) need {format_bytes(held)} and "
+                f"{self.measure} about {format_bytes(work)} more, but the memory budget is "
+                f"{format_bytes(self.budget)}. Options: max_samples=..., pool='mean', sketch=k (a seeded random "
+                "projection, an estimator), memory='...' (a larger budget), fewer models per call"
+            )
+
+    def frame(self, names) -> pd.DataFrame:
+        from .measures.blocked import workspace_limit
+
+        with workspace_limit(getattr(self, "workspace", 512 * 2**20)):
+            if self.sketch is not None and self.measure == "linear_cka":
+                grid = _sketched_grid(self.features, self.sketch, self.projected).numpy()
+            else:
+                grid = measure_grid(self.measure, self.features).cpu().numpy()
+        return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
+
+def _sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Tensor:
+    """Projection-corrected linear CKA between every pair of sketched models (1 on the diagonal)."""
+    from .measures.moments import moments_of
+    from .measures.sketch import sketched_linear_cka
+
+    count = len(features)
+    grid = torch.eye(count, dtype=torch.float64)
+    for i in range(count):
+        for j in range(i + 1, count):
+            m = moments_of(features[i], features[j])
+            grid[i, j] = grid[j, i] = sketched_linear_cka(m, k, projected[i], projected[j]).cpu()
+    return grid
 
 
 def _compare_many_sharded(
+    collect: _Collector,
     models_or_paths,
     loader,
     layer,
@@ -204,7 +281,6 @@ def _compare_many_sharded(
 ) -> pd.DataFrame:
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
-    features = []
     for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
         folder = None
         if isinstance(item, (str, Path)):
@@ -224,10 +300,10 @@ def _compare_many_sharded(
 
         f, k = _extract_sharded(load, loader, layer, pool, device, max_samples, shard, folder, chunk_batches)
         if shard.world == 1:
-            features.append(f)
+            collect.add(f)
             continue
         parts = [p for p in D.gather((f, k)) if p[1].numel()]
         keys = torch.cat([p[1] for p in parts])
         order = torch.argsort(keys)
-        features.append(torch.cat([p[0] for p in parts])[order])
-    return _frame(measure, features, names)
+        collect.add(torch.cat([p[0] for p in parts])[order])
+    return collect.frame(names)

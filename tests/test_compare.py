@@ -16,7 +16,7 @@ def batches():
 def test_table_shape_and_columns(batches):
     a, b = seeded(TinyConvNet, 0), seeded(TinyConvNet, 1)
     res = repsim.compare(a, b, batches, layers_a=["block1", "block2"], layers_b=["block2", "head"], progress=False)
-    assert list(res.table.columns) == ["layer_a", "layer_b", "measure", "value", "n"]
+    assert list(res.table.columns) == ["layer_a", "layer_b", "measure", "value", "n", "route"]
     assert len(res.table) == 3 * 2 * 2
     assert set(res.table["n"]) == {200}
     m = res.matrix("debiased_cka")

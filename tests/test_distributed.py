@@ -23,6 +23,20 @@ def _models():
     return a, b
 
 
+def _wide_models():
+    """Layers wider than the 13 samples: the memory plan stores the features (Gram-space CKA/RSA)."""
+    torch.manual_seed(1)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 60), torch.nn.Tanh(), torch.nn.Linear(60, 50)).double()
+    b = torch.nn.Sequential(torch.nn.Linear(5, 40), torch.nn.Sigmoid(), torch.nn.Linear(40, 70)).double()
+    return a, b
+
+
+def _wide_run(loader):
+    a, b = _wide_models()
+    measures = ["linear_cka", "debiased_cka", "rsa", "concentricity_difference"]
+    return repsim.compare(a, b, loader, layers_a=["0", "2"], layers_b=["0", "2"], measures=measures, progress=False)
+
+
 def _data(n):
     g = torch.Generator().manual_seed(3)
     return TensorDataset(torch.randn(n, 5, generator=g, dtype=torch.float64), torch.arange(n) % 3)
@@ -99,6 +113,7 @@ def _worker(rank, world, init_file, result_file):
             for m in ("linear_cka", "rsa")
         }
         results["features"] = repsim.extract_features(a, many_loader, ["0", "2"], progress=False)
+        results["wide"] = _wide_run(many_loader).table
         results["probes"] = _probe_table(*_probe_loaders(rank, world))
         rank0_only = _run(_cases(rank, world)["sampler_shuffle=False"], result_on="rank0")
         if rank == 1:
@@ -140,7 +155,14 @@ def test_two_gloo_processes_equal_one_process():
         assert list(table["probe"]) == list(expected_probes["probe"]) and len(table) >= 4
         assert list(table["setting"]) == list(expected_probes["setting"])
         assert (table["value"] - expected_probes["value"]).abs().max() < 1e-10, rank
-    for name in [k for k in got[0] if k not in ("many", "features", "probes")]:
+    # the stored route: every rank's features gathered in the global order, Gram-space CKA/RSA
+    wide = _wide_run(DataLoader(data, batch_size=3, sampler=order)).table
+    routes = wide.groupby("measure")["route"].first()
+    assert routes["linear_cka"] == routes["debiased_cka"] == "stored", routes
+    for rank in range(2):
+        assert list(got[rank]["wide"]["route"]) == list(wide["route"])
+        assert (got[rank]["wide"]["value"] - wide["value"]).abs().max() < 1e-10, rank
+    for name in [k for k in got[0] if k not in ("many", "features", "probes", "wide")]:
         expected = _reference(name).table
         for rank in range(2):
             table = got[rank][name]

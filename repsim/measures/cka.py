@@ -19,32 +19,22 @@ from .._validation import (
     check_same_samples,
     resolve_dtype,
 )
+from .blocked import blocked_workspace, hsic_grids_blocked, workspace_bytes
 from .gram import center_columns, rbf_gram
-from .hsic import CrossMoments, LayerMoments, gram_hsic_grid, min_samples, moment_hsic_grid
+from .hsic import (
+    CrossMoments,
+    LayerMoments,
+    cka_from_hsic,
+    estimator_name,
+    gram_hsic_grid,
+    min_samples,
+    moment_hsic_grid,
+)
 from .registry import register
+from .streaming_cka import StreamingLinearCKA
 
 METHODS = ("auto", "feature", "gram")
 KERNELS = ("rbf", "linear")
-
-
-def _estimator(debiased: bool) -> str:
-    return "unbiased" if debiased else "biased"
-
-
-def cka_from_hsic(kl: Tensor, kk: Tensor, ll: Tensor, debiased: bool) -> Tensor:
-    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN (one host sync)."""
-    positive = torch.stack([(kk > 0).all(), (ll > 0).all()]).tolist()
-    for name, values, ok in (("x", kk, positive[0]), ("y", ll, positive[1])):
-        if not ok:
-            bad = int((values <= 0).nonzero()[0, 0])
-            why = (
-                "the debiased estimate of its self-similarity is not positive, which happens with very few "
-                "samples; use more samples or debiased=False"
-                if debiased
-                else "its features do not vary across samples"
-            )
-            raise ValueError(f"CKA is undefined for {name} layer {bad}: {why}")
-    return kl / torch.sqrt(kk[:, None] * ll[None, :])
 
 
 def choose_method(n: int, x_dims: list[int], y_dims: list[int]) -> str:
@@ -58,30 +48,51 @@ def linear_cka_grid_validated(
     xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype: torch.dtype | None, method: str
 ) -> Tensor:
     """Linear CKA for every (x, y) layer pair of already-validated inputs, shape (L, M), float64."""
+    return linear_cka_grids_validated(xs, ys, (debiased,), dtype, method)[debiased]
+
+
+def linear_cka_grids_validated(
+    xs: list[Tensor], ys: list[Tensor], debiased: tuple[bool, ...], dtype: torch.dtype | None, method: str
+) -> dict[bool, Tensor]:
+    """Linear CKA grids for each ``debiased`` flag from one pass: the products are shared (see
+    :func:`repsim.measures.blocked.hsic_grids_blocked`). {flag: (L, M) float64 grid}."""
     compute = resolve_dtype(dtype, *xs, *ys)
     n = xs[0].shape[0]
     if method == "auto":
         method = choose_method(n, [x.shape[1] for x in xs], [y.shape[1] for y in ys])
     xcs = [center_columns(x, compute) for x in xs]
     ycs = xcs if ys is xs else [center_columns(y, compute) for y in ys]
-    estimator = _estimator(debiased)
+    estimators = tuple(estimator_name(flag) for flag in debiased)
     if method == "feature":
-        unbiased = estimator == "unbiased"
-        mx, x_sq = LayerMoments.of(xcs, unbiased)
-        my, y_sq = (mx, x_sq) if ycs is xcs else LayerMoments.of(ycs, unbiased)
-        cross = CrossMoments.of(xcs, ycs, x_sq, y_sq, unbiased)
-        kl = moment_hsic_grid(mx, my, cross, estimator)
-        kk = mx.self_hsic(estimator)
-        ll = kk if my is mx else my.self_hsic(estimator)
+        terms = _feature_hsic_terms(xcs, ycs, estimators)
+    else:  # by row blocks: never an n x n matrix per layer (repsim.measures.blocked)
+        terms = hsic_grids_blocked(xcs, ycs, estimators)
+    return {flag: cka_from_hsic(*terms[estimator_name(flag)], flag) for flag in debiased}
+
+
+def _feature_hsic_terms(xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...]) -> dict:
+    """HSIC terms of every pair from feature moments; the (P, Q) cross product of all layers at once,
+    or one x-layer's (p_l, Q) rows at a time when that would exceed the workspace limit."""
+    unbiased = "unbiased" in estimators
+    mx, x_sq = LayerMoments.of(xcs, unbiased)
+    my, y_sq = (mx, x_sq) if ycs is xcs else LayerMoments.of(ycs, unbiased)
+    q = sum(y.shape[1] for y in ycs)
+    if sum(x.shape[1] for x in xcs) * q * xcs[0].element_size() <= workspace_bytes() or len(xcs) == 1:
+        crosses = [(mx, CrossMoments.of(xcs, ycs, x_sq, y_sq, unbiased))]
     else:
-        ks = torch.stack([x @ x.T for x in xcs])
-        ls = ks if ycs is xcs else torch.stack([y @ y.T for y in ycs])
-        kl, kk, ll = gram_hsic_grid(ks, ls, estimator)
-    return cka_from_hsic(kl, kk, ll, debiased)
+        crosses = [
+            (mx.layer(i), CrossMoments.of([x], ycs, x_sq[:, i : i + 1], y_sq, unbiased)) for i, x in enumerate(xcs)
+        ]
+    out = {}
+    for estimator in estimators:
+        kl = torch.cat([moment_hsic_grid(m, my, cross, estimator) for m, cross in crosses])
+        kk = mx.self_hsic(estimator)
+        out[estimator] = (kl, kk, kk if my is mx else my.self_hsic(estimator))
+    return out
 
 
 def _validated_pair(x, y, debiased: bool) -> tuple[Tensor, Tensor]:
-    need = min_samples(_estimator(debiased))
+    need = min_samples(estimator_name(debiased))
     reason = "debiased CKA uses the unbiased HSIC estimator, which needs n >= 4" if debiased else "CKA needs n >= 2"
     x, y = as_features(x, "x", need, reason, varying=True), as_features(y, "y", need, reason, varying=True)
     check_same_samples(x, y)
@@ -135,7 +146,7 @@ def kernel_cka(
         return linear_cka_grid_validated([x], [y], debiased, compute, "gram")[0, 0]
     k = rbf_gram(center_columns(x, compute), sigma)
     l = rbf_gram(center_columns(y, compute), sigma)
-    kl, kk, ll = gram_hsic_grid(k[None], l[None], _estimator(debiased))
+    kl, kk, ll = gram_hsic_grid(k[None], l[None], estimator_name(debiased))
     return cka_from_hsic(kl, kk, ll, debiased)[0, 0]
 
 
@@ -148,7 +159,7 @@ def cka_grid(xs, ys=None, debiased: bool = False, dtype: torch.dtype | None = No
     flattened Gram matrices (Gram space). Arguments as in :func:`linear_cka`.
     """
     check_choice(method, "method", METHODS)
-    need = min_samples(_estimator(debiased))
+    need = min_samples(estimator_name(debiased))
     xs, ys = as_layer_lists(xs, ys, need, varying=True)
     return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
 
@@ -170,15 +181,23 @@ def kernel_cka_grid(
     check_choice(kernel, "kernel", KERNELS)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive (a fraction of the median distance), got {sigma}")
-    need = min_samples(_estimator(debiased))
+    need = min_samples(estimator_name(debiased))
     xs, ys_list = as_layer_lists(xs, ys, need, varying=True)
     if kernel == "linear":
         return linear_cka_grid_validated(xs, ys_list, debiased, dtype, "gram")
     compute = resolve_dtype(dtype, *xs, *ys_list)
     ks = torch.stack([rbf_gram(center_columns(x, compute), sigma) for x in xs])
     ls = ks if ys_list is xs else torch.stack([rbf_gram(center_columns(y, compute), sigma) for y in ys_list])
-    kl, kk, ll = gram_hsic_grid(ks, ls, _estimator(debiased))
+    kl, kk, ll = gram_hsic_grid(ks, ls, estimator_name(debiased))
     return cka_from_hsic(kl, kk, ll, debiased)
+
+
+def linear_cka_grids(xs, ys=None, dtype: torch.dtype | None = None, method: str = "auto") -> dict[bool, Tensor]:
+    """Biased and debiased linear CKA of every layer pair at once, the products computed once:
+    ``{False: biased (L, M), True: debiased (L, M)}``. Arguments as in :func:`cka_grid`."""
+    check_choice(method, "method", METHODS)
+    xs, ys = as_layer_lists(xs, ys, 4, varying=True)
+    return linear_cka_grids_validated(xs, ys, (False, True), dtype, method)
 
 
 def linear_cka_from_moments(m, debiased: bool = False) -> Tensor:
@@ -186,6 +205,11 @@ def linear_cka_from_moments(m, debiased: bool = False) -> Tensor:
     if debiased:
         raise ValueError("debiased CKA needs per-sample norms; stream it with StreamingLinearCKA(debiased=True)")
     return m.sxy.pow(2).sum() / (m.sxx.norm() * m.syy.norm())
+
+
+def _linear_cka_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, dtype=None, **_) -> int:
+    """Centred copies of every layer (float64 at most) plus the blocked grid's workspace."""
+    return 8 * n * (sum(dx) + sum(dy or [])) + blocked_workspace(n, len(dx) + len(dy or []), 8, limit)
 
 
 _CKA_INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation")
@@ -199,11 +223,11 @@ register(
     invariances=_CKA_INVARIANCES,
     streaming=True,
     from_moments=linear_cka_from_moments,
-    accumulator=lambda dtype=None, debiased=False, **_: _streaming_cka()(debiased=debiased, dtype=dtype),
     cost="O(n d^2) or O(n^2 d), the cheaper",
     identity_value=1.0,
     grid=cka_grid,
     reference=_KORNBLITH,
+    workspace=_linear_cka_workspace,
 )
 register(
     "debiased_cka",
@@ -212,12 +236,13 @@ register(
     larger_is_more_similar=True,
     invariances=_CKA_INVARIANCES,
     streaming=True,
-    accumulator=lambda dtype=None, **_: _streaming_cka()(debiased=True, dtype=dtype),
+    accumulator=lambda dtype=None, **_: StreamingLinearCKA(debiased=True, dtype=dtype),
     cost="O(n d^2) or O(n^2 d), the cheaper",
     identity_value=1.0,
     grid=cka_grid,
     defaults={"debiased": True},
     reference=_KORNBLITH,
+    workspace=_linear_cka_workspace,
 )
 register(
     "kernel_cka",
@@ -242,9 +267,3 @@ register(
     defaults={"debiased": True},
     reference=_KORNBLITH,
 )
-
-
-def _streaming_cka():  # imported late: streaming.py imports this module
-    from ..streaming import StreamingLinearCKA
-
-    return StreamingLinearCKA

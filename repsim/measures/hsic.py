@@ -39,6 +39,27 @@ def min_samples(estimator: str) -> int:
     return 4 if estimator == "unbiased" else 2
 
 
+def estimator_name(debiased: bool) -> str:
+    """The HSIC estimator a CKA variant uses: "unbiased" (debiased CKA) or "biased"."""
+    return "unbiased" if debiased else "biased"
+
+
+def cka_from_hsic(kl: Tensor, kk: Tensor, ll: Tensor, debiased: bool) -> Tensor:
+    """Normalise an (L, M) grid of HSIC values; refuse instead of returning NaN (one host sync)."""
+    positive = torch.stack([(kk > 0).all(), (ll > 0).all()]).tolist()
+    for name, values, ok in (("x", kk, positive[0]), ("y", ll, positive[1])):
+        if not ok:
+            bad = int((values <= 0).nonzero()[0, 0])
+            why = (
+                "the debiased estimate of its self-similarity is not positive, which happens with very few "
+                "samples; use more samples or debiased=False"
+                if debiased
+                else "its features do not vary across samples"
+            )
+            raise ValueError(f"CKA is undefined for {name} layer {bad}: {why}")
+    return kl / torch.sqrt(kk[:, None] * ll[None, :])
+
+
 # --------------------------------------------------------------------------------------------
 # Gram space
 # --------------------------------------------------------------------------------------------
@@ -144,6 +165,15 @@ class LayerMoments:
             ),
         )
         return moments, sq_norms
+
+    def layer(self, i: int) -> LayerMoments:
+        """The moments of layer ``i`` alone (views, no copies)."""
+        lo = sum(self.sizes[:i])
+        hi = lo + self.sizes[i]
+        return LayerMoments(
+            [self.sizes[i]], self.n, self.total[lo:hi], [self.grams[i]], self.sq[i : i + 1], self.sq2[i : i + 1],
+            self.x_sq[lo:hi],
+        )  # fmt: skip
 
     def add(self, other: LayerMoments) -> None:
         self.n += other.n

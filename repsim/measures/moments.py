@@ -8,7 +8,7 @@ Batches are merged with Chan et al.'s (1979) pairwise update, in float64:
   S = S_a + S_b + (n_a n_b / n) d_x d_y^T,   d = mean_b - mean_a,
 so no sum of raw squares is ever formed and large offsets (post-ReLU features) cannot cancel
 catastrophically. The same merge combines the states of data shards (``merge``), which is what
-a distributed run all-gathers.
+a distributed run all-gathers (:meth:`repsim.measures.accumulator.Accumulator.sync`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .._validation import as_feature_list, as_features, check_same_samples, resolve_dtype
 from ._products import self_product, transpose_product
+from .accumulator import Accumulator
 
 _ACC = torch.float64
 
@@ -75,7 +76,7 @@ def _batch_stats(t: Tensor, compute: torch.dtype) -> tuple[Tensor, Tensor, Tenso
     return mean, centred, norms
 
 
-class StreamingMoments:
+class StreamingMoments(Accumulator):
     """Exact float64 second moments over batches, for one pair or a whole layer grid.
 
     ``update(xs, ys=None)`` takes tensors (b, d) or lists/dicts of per-layer tensors of the same
@@ -88,22 +89,20 @@ class StreamingMoments:
     """
 
     def __init__(self, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
         self.dtype = dtype
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self._single: bool | None = None
-        self._same: bool | None = None
-        self._sizes_x: list[int] = []
-        self._sizes_y: list[int] = []
-        self._mean_x: Tensor | None = None  # (P,) concatenated over layers
-        self._mean_y: Tensor | None = None
-        self._sxx: list[Tensor] = []
-        self._syy: list[Tensor] = []
-        self._sxy: Tensor | None = None  # (P, Q) every layer pair's cross block
-        self._norm_x: Tensor | None = None  # (L,)
-        self._norm_y: Tensor | None = None
+        self.add_state("n", 0, None)  # n, the means and the scatters merge jointly (Chan et al.)
+        self.add_state("_single", None, "same")
+        self.add_state("_same", None, "same")
+        self.add_state("_sizes_x", [], None)
+        self.add_state("_sizes_y", [], None)
+        self.add_state("_mean_x", None, None)  # (P,) concatenated over layers
+        self.add_state("_mean_y", None, None)
+        self.add_state("_sxx", [], None)
+        self.add_state("_syy", [], None)
+        self.add_state("_sxy", None, None)  # (P, Q) every layer pair's cross block
+        self.add_state("_norm_x", None, None)  # (L,)
+        self.add_state("_norm_y", None, None)
 
     # ---------------------------------------------------------------- accumulation
     def update(self, xs, ys=None) -> None:
@@ -168,14 +167,13 @@ class StreamingMoments:
         self._norm_x, self._norm_y = self._norm_x + norm_x, self._norm_y + norm_y
         self.n = n
 
-    def merge(self, other: StreamingMoments) -> None:
-        """Add the state of another accumulator over other samples (e.g. another data shard)."""
+    def merge_state(self, other: StreamingMoments) -> None:
+        """Chan et al.'s pairwise update with the state of another accumulator over other samples."""
         if other.n == 0:
             return
         if self.n and (other._sizes_x != self._sizes_x or other._sizes_y != self._sizes_y):
             raise ValueError("merge() needs accumulators over the same layers and feature sizes")
         if self.n == 0:
-            self._single, self._same = other._single, other._same
             self._sizes_x, self._sizes_y = list(other._sizes_x), list(other._sizes_y)
         self._merge(
             other.n, other._mean_x, other._mean_y, other._sxx, other._syy, other._sxy, other._norm_x, other._norm_y

@@ -61,6 +61,10 @@ class MeasureInfo:
     streams this measure exactly (for streaming measures whose state is not :class:`Moments`)."""
     defaults: Mapping[str, object] = field(default_factory=dict)
     """Options fixed by this registry entry (aliases such as ``debiased_cka``)."""
+    workspace: Callable[..., int] | None = None
+    """``workspace(n, dims_x, dims_y, limit, **options)`` -> peak temporary bytes of the grid on n
+    samples (``dims_y=None``: a self-grid; ``limit``: the blocked grids' workspace limit), for
+    memory plans (:mod:`repsim.memory`); None: a conservative generic estimate."""
     reference: str = ""
 
     def options(self) -> list[str]:
@@ -92,6 +96,7 @@ def register(
     defaults: Mapping[str, object] | None = None,
     reference: str = "",
     fn: Callable[..., Tensor] | None = None,
+    workspace: Callable[..., int] | None = None,
 ):
     """Register ``fn`` under ``name``; usable as a decorator (``@register("svcca", ...)``) or a call.
 
@@ -128,6 +133,7 @@ def register(
             accumulator=accumulator,
             defaults=dict(defaults or {}),
             reference=reference,
+            workspace=workspace,
         )
         return f
 

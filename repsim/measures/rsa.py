@@ -69,6 +69,58 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
     return d.fill_diagonal_(0)
 
 
+def _rdm_rows_source(x: Tensor, method: str, name: str, compute: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(rows in ``compute``, float64 squared norms) from which any rows of the RDM follow (see :func:`_rdm`)."""
+    if method == "euclidean":
+        xc = x.to(compute)
+        xc = xc - xc.mean(dim=0, keepdim=True)
+        return xc, xc.to(_ACC).pow(2).sum(1)
+    x = x.to(_ACC)
+    if method == "correlation":
+        if x.shape[1] < 2:
+            raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
+        x = x - x.mean(dim=1, keepdim=True)
+    norms = x.norm(dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        what = "constant" if method == "correlation" else "all-zero"
+        raise ValueError(
+            f"{name} has {int((norms == 0).sum())} {what} rows, for which a {method} RDM is undefined; "
+            "drop them or use rdm='euclidean'"
+        )
+    z = x / norms
+    z = z - z.mean(dim=0, keepdim=True)
+    return z.to(compute), z.pow(2).sum(1)
+
+
+def _rdm_rows(method: str):
+    """rows lo..hi of the RDM, float64, from :func:`_rdm_rows_source`'s output (diagonal not zeroed)."""
+
+    def entry(item: tuple[Tensor, Tensor], lo: int, hi: int) -> Tensor:
+        z, sq = item
+        g = (z[lo:hi] @ z.T).to(_ACC)
+        if method == "euclidean":
+            return (sq[lo:hi, None] + sq[None, :] - 2 * g).clamp_min_(0).sqrt_()
+        return ((sq[lo:hi, None] + sq[None, :]) / 2 - g).clamp_min_(0)
+
+    return entry
+
+
+def _pearson_grid_blocked(xs, ys, method: str, compute: torch.dtype, names) -> Tensor:
+    from .blocked import rdm_pearson_grid_blocked
+
+    sx = [_rdm_rows_source(t, method, nm, compute) for t, nm in zip(xs, names[0], strict=True)]
+    sy = None if ys is xs else [_rdm_rows_source(t, method, nm, compute) for t, nm in zip(ys, names[1], strict=True)]
+    itemsize = torch.finfo(compute).bits // 8
+    cov, var_x, var_y = rdm_pearson_grid_blocked(sx, sy, _rdm_rows(method), xs[0].shape[0], itemsize, xs[0].device)
+    scale_x, scale_y = var_x.clamp_min(0).sqrt(), var_y.clamp_min(0).sqrt()
+    # an RDM whose entries vary by less than rounding of their size is constant
+    for _group, scale, nm in ((sx, scale_x, names[0]), (sy or sx, scale_y, names[1])):
+        if not bool((scale > 0).all()):
+            bad = int((scale <= 0).nonzero()[0, 0])
+            raise ValueError(f"the RDM of {nm[bad]} is constant, so its correlation with another RDM is undefined")
+    return cov / (scale_x[:, None] * scale_y[None, :])
+
+
 def _upper(m: Tensor) -> Tensor:
     n = m.shape[0]
     iu = torch.triu_indices(n, n, 1, device=m.device)
@@ -164,6 +216,8 @@ def rsa_grid_validated(
     names: tuple[list[str], list[str]],
 ) -> Tensor:
     compute = resolve_dtype(dtype, *xs, *ys)
+    if compare == "pearson":  # by row blocks: no n x n RDM per layer is ever held
+        return _pearson_grid_blocked(xs, ys, rdm, compute, names)
 
     def vectors(group: list[Tensor], group_names: list[str]) -> list[Tensor]:
         return [_upper(_rdm(t, rdm, nm, compute)) for t, nm in zip(group, group_names, strict=True)]
@@ -177,6 +231,18 @@ def rsa_grid_validated(
     return px @ py.T
 
 
+def _rsa_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, compare: str = "pearson", **_) -> int:
+    """Pearson: prepared rows of every layer (float64 and compute copies) plus the blocked workspace;
+    rank comparators: every layer's condensed RDM and its ranks (float64) at once."""
+    layers = len(dx) + len(dy or [])
+    prepared = 16 * n * (sum(dx) + sum(dy or []))
+    if compare == "pearson":
+        from .blocked import blocked_workspace
+
+        return prepared + blocked_workspace(n, layers, 8, limit)
+    return prepared + 3 * 8 * layers * n * (n - 1) // 2 + 8 * n * n
+
+
 register(
     "rsa",
     fn=rsa,
@@ -188,6 +254,7 @@ register(
     identity_value=1.0,
     grid=rsa_grid,
     reference="Kriegeskorte et al. 2008",
+    workspace=_rsa_workspace,
 )
 register(
     "rsa_spearman",
@@ -200,4 +267,5 @@ register(
     grid=rsa_grid,
     defaults={"compare": "spearman"},
     reference="Kriegeskorte et al. 2008",
+    workspace=_rsa_workspace,
 )

@@ -23,6 +23,7 @@ from .._validation import (
     check_same_samples,
     resolve_dtype,
 )
+from .accumulator import Accumulator, combine_states
 from .registry import register
 
 _ACC = torch.float64
@@ -130,58 +131,82 @@ def concentricity_difference_grid(xs, ys=None) -> Tensor:
     return _difference_grid(sx, sy)
 
 
-class StreamingConcentricity:
-    """Exact concentricity difference over batches: keeps n, sum_i x_i and sum_i x_i/|x_i| per layer.
+class StreamingConcentricity(Accumulator):
+    """Exact concentricity difference over batches: keeps n, sum_i x_i, sum_i x_i/|x_i| and sum_i |x_i|^2 per layer.
 
     mean_i cos(x_i, x_bar) = <mean_i x_i/|x_i|, x_bar> / |x_bar|, so these first moments suffice.
     ``update(xs, ys=None)`` takes tensors or lists of per-layer tensors; ``compute()`` gives a
-    0-d tensor for single tensors, else (L, M). Memory O(sum of widths).
+    0-d tensor for single tensors, else (L, M). Memory O(sum of widths). ``update`` never
+    synchronises with the host: NaN/Inf values and all-zero rows are counted on the device and
+    refused once, in ``compute``, with the same messages and thresholds as the one-shot measure.
+    Mergeable across shards (``merge``/``sync``), so it runs under ``torchrun``.
     """
 
     def __init__(self, dtype: torch.dtype | None = None, **_) -> None:
-        self.n = 0
-        self._single: bool | None = None
-        self._sums: list[list[Tensor]] | None = None  # [x layers, y layers] of (sum x, sum unit x)
+        super().__init__()
+        self.add_state("n", 0, "sum")
+        self.add_state("_single", None, "same")
+        self.add_state("_sums", None, "sum")  # [x layers, y layers] of (sum x, sum unit x, sum |x|^2, #zero rows)
 
     def update(self, xs, ys=None) -> None:
         single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
         if self._single is not None and single != self._single:
             raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
         self._single = single
-        xs = as_feature_list(xs, "xs", 1)
-        ys_list = xs if ys is None else as_feature_list(ys, "ys", 1)
+        xs = as_feature_list(xs, "xs", 1, check_values=False)
+        ys_list = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
         check_same_samples(xs[0], ys_list[0], ("xs", "ys"))
-        stats = [
-            [(t.to(_ACC).sum(0), _unit_rows(t.to(_ACC), f"{side}[{i}]").sum(0)) for i, t in enumerate(layers)]
-            for side, layers in (("xs", xs), ("ys", ys_list))
-        ]
-        if self._sums is None:
-            self._sums = stats
-        else:
-            if [len(v) for v in stats] != [len(v) for v in self._sums] or any(
+
+        def stats(t: Tensor) -> list[Tensor]:
+            t = t.to(_ACC)
+            sq = t.pow(2).sum(1)
+            norms = sq.sqrt()
+            unit = t / torch.where(norms > 0, norms, 1.0)[:, None]
+            return [t.sum(0), unit.sum(0), sq.sum(), (norms == 0).sum().to(_ACC)]
+
+        new = [[stats(t) for t in xs], [stats(t) for t in ys_list]]
+        if self._sums is not None and (
+            [len(v) for v in new] != [len(v) for v in self._sums]
+            or any(
                 a[0].shape != b[0].shape
-                for old, new in zip(self._sums, stats, strict=True)
-                for a, b in zip(old, new, strict=True)
-            ):
-                raise ValueError("update() got a different number of layers or feature sizes than the first batch")
-            self._sums = [
-                [(a[0] + b[0], a[1] + b[1]) for a, b in zip(old, new, strict=True)]
-                for old, new in zip(self._sums, stats, strict=True)
-            ]
+                for old, nw in zip(self._sums, new, strict=True)
+                for a, b in zip(old, nw, strict=False)
+            )
+        ):
+            raise ValueError("update() got a different number of layers or feature sizes than the first batch")
+        self._sums = new if self._sums is None else combine_states(self._sums, new, "sum")
         self.n += xs[0].shape[0]
 
     def compute(self) -> Tensor:
         if self._sums is None:
             raise ValueError("no samples were accumulated; call update() with at least one batch first")
+        flat = [v for side in self._sums for v in side]
+        checks = torch.stack(
+            [torch.stack([torch.isfinite(v[0]).all().to(_ACC), v[3]]) for v in flat]
+        ).tolist()  # one host synchronisation
+        for (finite, zeros), side in zip(
+            checks, ["xs"] * len(self._sums[0]) + ["ys"] * len(self._sums[1]), strict=True
+        ):
+            if not finite:
+                raise ValueError(f"{side} contains NaN or Inf values; clean or drop those samples first")
+            if zeros:
+                raise ValueError(
+                    f"{side} has {int(zeros)} all-zero rows, whose direction (cosine) is undefined; "
+                    "drop them or add a small offset"
+                )
 
-        def conc(total: Tensor, unit_total: Tensor) -> Tensor:
-            norm = torch.linalg.vector_norm(total)
-            if not bool(norm > 0):
-                raise ValueError("a layer's mean representation is the zero vector, so concentricity is undefined")
-            return unit_total @ total / (norm * self.n)
+        def conc(total: Tensor, unit_total: Tensor, sq: Tensor, side: str) -> Tensor:
+            mean = total / self.n
+            mean_norm = torch.linalg.vector_norm(mean)
+            if not bool(mean_norm > 1e-12 * (sq / self.n).sqrt()):  # the one-shot measure's threshold
+                raise ValueError(
+                    f"the mean representation of {side} is the zero vector (up to rounding, e.g. centred features), "
+                    "so its cosine with the samples is undefined; concentricity needs uncentred features"
+                )
+            return unit_total @ mean / (mean_norm * self.n)
 
-        sx = torch.stack([conc(*v) for v in self._sums[0]])
-        sy = torch.stack([conc(*v) for v in self._sums[1]])
+        sx = torch.stack([conc(v[0], v[1], v[2], "xs") for v in self._sums[0]])
+        sy = torch.stack([conc(v[0], v[1], v[2], "ys") for v in self._sums[1]])
         grid = _difference_grid(sx, sy)
         return grid[0, 0] if self._single else grid
 
