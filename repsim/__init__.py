@@ -76,6 +76,7 @@ from .measures import (  # noqa: E402
     uniformity_difference,
 )
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
+from .text import compare_texts, sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .weights import WeightDistance, weight_distance  # noqa: E402
 
 __version__ = "0.1.0"
@@ -105,6 +106,7 @@ __all__ = [
     "compare",
     "compare_many",
     "compare_paired",
+    "compare_texts",
     "concentricity_difference",
     "cosine_similarity_matrix",
     "cycle_knn",
@@ -149,8 +151,12 @@ __all__ = [
     "rtd",
     "save_state_dict",
     "second_order_cosine",
+    "sentence_features",
     "soft_correlation_match",
     "svcca",
+    "text_batches",
+    "token_features",
     "uniformity_difference",
     "weight_distance",
+    "word_features",
 ]
