@@ -363,6 +363,10 @@ def compare(
                     feats_b = _forward(model_b, hooks_b, _to_device(in_b, device, channels_last), want_output, pool)
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
+            rows = keep
+            if tokens:  # every real token a sample; its sentence's order key, repeated
+                counts = _token_counts(in_a, in_b, xs[0].shape[0], ys[0].shape[0])
+                keys, rows = keys[:keep].repeat_interleave(counts), int(counts.sum())
             self_grid = same and layers_a == layers_b
             if need_shift:
                 _agree_on_shift(plan, xs, None if self_grid else ys)
@@ -371,10 +375,6 @@ def compare(
                 plan.stream.update(xs, None if self_grid else ys)
             for acc in plan.accumulators.values():
                 acc.update(xs, None if self_grid else ys)
-            rows = keep
-            if tokens:  # every real token a sample; its sentence's order key, repeated
-                counts = _token_counts(in_a, in_b, xs[0].shape[0], ys[0].shape[0])
-                keys, rows = keys[:keep].repeat_interleave(counts), int(counts.sum())
             if capping and n_kept < sample_cap:
                 # Each rank keeps its own first sample_cap samples: the global first sample_cap are among them.
                 take = min(sample_cap - n_kept, rows)

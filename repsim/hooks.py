@@ -137,8 +137,9 @@ def pool_features(t: Tensor, pool: Pool = "mean", mask: Tensor | None = None) ->
     (n, T), 1 for real tokens, 0 for padding): ``"mask_mean"`` averages the real tokens only,
     sum_t m_t h_t / sum_t m_t, so padding never changes a feature; ``"mask_max"`` takes the
     largest value of each feature over the real tokens, max_{t: m_t = 1} h_t; ``"first"`` takes
-    token 0 (a CLS token); ``"last"`` takes the last real token of each row (the last position with
-    m_t = 1, for left or right padding; the last position without a mask). Outputs that are not
+    the first real token (a CLS token; token 0 without a mask); ``"last"`` the last real token of
+    each row (the last position with m_t = 1; the last position without a mask); both skip
+    padding on either side. Outputs that are not
     (n, T, D) are pooled as by ``"mean"``. Which suits which model: docs/guide/text.md.
 
     ``"tokens"``: every real token a row, (sum_t m_t, D), sentence by sentence and in token order
@@ -154,22 +155,22 @@ def pool_features(t: Tensor, pool: Pool = "mean", mask: Tensor | None = None) ->
             )
         out = t.reshape(-1, t.shape[-1]) if mask is None else t[mask.bool()]
     elif pool in SEQUENCE_POOLS and t.ndim == 3:
-        if pool == "first":
-            out = t[:, 0]
-        elif pool == "last":
+        if pool in ("first", "last"):
             if mask is None:
-                out = t[:, -1]
-            else:
+                out = t[:, 0] if pool == "first" else t[:, -1]
+            else:  # the first/last position with m_t = 1: padding on either side is skipped
                 positions = torch.arange(1, t.shape[1] + 1, device=t.device)
-                last = (mask.to(positions.dtype) * positions).argmax(dim=1)
-                out = t[torch.arange(t.shape[0], device=t.device), last]
+                if pool == "first":
+                    positions = positions.flip(0)
+                pick = (mask.to(positions.dtype) * positions).argmax(dim=1)
+                out = t[torch.arange(t.shape[0], device=t.device), pick]
         elif pool == "mask_max":
             out = t.amax(dim=1) if mask is None else t.masked_fill(~mask.bool().unsqueeze(-1), -torch.inf).amax(dim=1)
         elif mask is None:
             out = t.mean(dim=1)
-        else:
-            m = mask.to(t.dtype).unsqueeze(-1)
-            out = (t * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+        else:  # where, not a product: a padding row's NaN (a fully masked attention row) must not leak in
+            real = mask.bool().unsqueeze(-1)
+            out = torch.where(real, t, 0).sum(dim=1) / real.sum(dim=1).clamp_min(1).to(t.dtype)
     elif pool in SEQUENCE_POOLS:
         out = t.flatten(1) if t.ndim == 2 else t.flatten(2).mean(dim=2)
     elif callable(pool):

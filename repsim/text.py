@@ -72,6 +72,7 @@ def text_batches(
     padding_side: str | None = None,
     pad_to: int | None = None,
     add_special_tokens: bool = True,
+    position_ids: bool | None = None,
     return_offsets: bool = False,
 ) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[Tensor]]:
     """Tokenise ``texts`` into the dict batches :func:`repsim.compare` takes, in the texts' order.
@@ -84,6 +85,12 @@ def text_batches(
     changing the tokenizer. ``max_length`` truncates (default: the tokenizer's
     ``model_max_length``, when it has a real one). Special tokens (CLS/SEP, BOS) are added as the
     tokenizer does unless ``add_special_tokens=False``.
+
+    ``position_ids`` (default: with left padding only) adds ``position_ids`` = 0, 1, ... counted
+    over the real tokens, so that left padding does not shift absolute positions: without them
+    a left-padded GPT-2 or BERT reads its text at other positions and its features change (models
+    with relative positions, Llama's rotary or T5's buckets, do not care). A model whose
+    ``forward`` does not take ``position_ids`` never receives them from ``compare``.
 
     ``return_offsets=True`` (fast tokenizers) also returns, per batch, the (n, T, 2) character
     spans ``[start, end)`` of every token in its text ((0, 0) for special and padding tokens),
@@ -138,6 +145,8 @@ def text_batches(
                 continue
             fill = pad_id if name == "input_ids" else 0
             batch[name] = _pad([list(r) for r in rows], width, fill, side)
+        if position_ids or (position_ids is None and side == "left"):
+            batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp_min(0)
         batches.append(batch)
         if return_offsets:
             spans = [[list(span) for span in row] for row in enc["offset_mapping"]]
@@ -316,12 +325,12 @@ def word_features(
     spans = torch.cat([o[b["attention_mask"].bool()] for o, b in zip(offsets, batches, strict=True)])
     units = text_units(texts, unit)
     weights, kept = _unit_weights(units, sentence_ids, spans)
-    out = {name: (weights @ f.to(weights.dtype)).to(f.dtype) for name, f in feats.items()}
+    out = {name: (weights @ f.to(torch.float64)).to(f.dtype) for name, f in feats.items()}
     return out, units[kept.numpy()].reset_index(drop=True)
 
 
-def _unit_weights(units: pd.DataFrame, sentence_ids: Tensor, spans: Tensor) -> tuple[Tensor, Tensor]:
-    """Sparse (kept units, tokens) averaging matrix of token-unit overlaps, and which units are kept."""
+def _unit_weights(units: pd.DataFrame, sentence_ids: Tensor, spans: Tensor) -> tuple[_UnitMean, Tensor]:
+    """The (kept units x tokens) averaging map of token-unit overlaps, and which units are kept."""
     starts, ends = spans[:, 0], spans[:, 1]
     real = ends > starts  # special tokens have empty spans
     bounds = torch.searchsorted(sentence_ids, torch.arange(int(sentence_ids.max()) + 2))
@@ -347,11 +356,18 @@ def _unit_weights(units: pd.DataFrame, sentence_ids: Tensor, spans: Tensor) -> t
     if not bool(kept.any()):
         raise ValueError("no token overlaps any unit: does the tokenizer report character offsets?")
     new_index = torch.cumsum(kept.to(torch.int64), 0) - 1
-    values = 1.0 / counts[rows_t].to(torch.float64)
-    weights = torch.sparse_coo_tensor(
-        torch.stack([new_index[rows_t], cols_t]), values, (int(kept.sum()), spans.shape[0])
-    ).coalesce()
-    return weights, kept
+    return _UnitMean(new_index[rows_t], cols_t, 1.0 / counts[rows_t].to(torch.float64), int(kept.sum())), kept
+
+
+class _UnitMean:
+    """f(w) = sum over the (unit, token, weight) triples of weight * h_token: each unit's token mean."""
+
+    def __init__(self, rows: Tensor, cols: Tensor, weights: Tensor, n_units: int) -> None:
+        self.rows, self.cols, self.weights, self.n_units = rows, cols, weights, n_units
+
+    def __matmul__(self, tokens: Tensor) -> Tensor:
+        out = torch.zeros(self.n_units, tokens.shape[1], dtype=tokens.dtype)
+        return out.index_add_(0, self.rows, tokens[self.cols] * self.weights[:, None].to(tokens.dtype))
 
 
 def compare_texts(
