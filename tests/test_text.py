@@ -302,7 +302,7 @@ def test_compare_pool_tokens_refuses_different_tokens_and_inference(tokenizers):
     words, pieces = tokenizers
     a = make("bert")
     pairs = list(zip(repsim.text_batches(SENTENCES, words), repsim.text_batches(SENTENCES, pieces), strict=True))
-    with pytest.raises(ValueError, match="attention masks differ.*unit='word'"):
+    with pytest.raises(ValueError, match=r"attention masks differ.*unit='word'"):
         repsim.compare(a, make("gpt2"), pairs, paired=True, pool="tokens", measures=["linear_cka"], progress=False)
     batches = repsim.text_batches(SENTENCES, words)
     with pytest.raises(ValueError, match="resample whole sentences"):
