@@ -153,41 +153,35 @@ def fine_tuned(model, tokenizer, train: pd.DataFrame, steps: int, seed: int = 0)
     return tuned, float((predicted == y_test).double().mean()), chance
 
 
-def weighted_cka(k: torch.Tensor, l: torch.Tensor, w: torch.Tensor) -> float:
-    """Linear CKA of the rows repeated w_i times, from the Gram matrices K = X X^T, L = Y Y^T (float64).
-
-    With weighted means, k~_ij = k_ij - (Kw)_i/m - (Kw)_j/m + w^T K w/m^2 (m = sum w) is the Gram of the
-    centred rows, and CKA = sum w_i w_j k~_ij l~_ij / sqrt(sum w_i w_j k~_ij^2 * sum w_i w_j l~_ij^2).
-    """
+def gram_cka(k: torch.Tensor, l: torch.Tensor) -> float:
+    """Linear CKA from the Gram matrices K = X X^T, L = Y Y^T of the same rows: <HKH, HLH> / (|HKH| |HLH|)."""
 
     def centred(g):
-        gw = g @ w / w.sum()
-        return g - gw[:, None] - gw[None, :] + (w @ gw) / w.sum()
+        return g - g.mean(0, keepdim=True) - g.mean(1, keepdim=True) + g.mean()
 
-    kc, lc, ww = centred(k), centred(l), w[:, None] * w[None, :]
-    return float((ww * kc * lc).sum() / ((ww * kc * kc).sum() * (ww * lc * lc).sum()).sqrt())
+    kc, lc = centred(k), centred(l)
+    return float((kc * lc).sum() / ((kc * kc).sum() * (lc * lc).sum()).sqrt())
 
 
 def resampled_interval(x, y, sentence_ids, resamples: int, whole_sentences: bool, seed: int = 0) -> tuple:
     """95% interval of linear CKA from half-samples of whole sentences, or of single tokens (naive).
 
     repsim.bootstrap's subsample scheme with the sentence as the unit: complementary halves of a
-    permutation of the sentences (every token of a drawn sentence weighs 1, the others 0), the
-    centred half-sample values scaled by the delete-d jackknife factor.
+    permutation of the sentences (a half keeps every token of its sentences), the centred
+    half-sample values scaled by the delete-d jackknife factor.
     """
     x, y = x.double(), y.double()
-    k, l = x @ x.T, y @ y.T
-    ones = torch.ones(x.shape[0], dtype=torch.float64)
+    k, l = x @ x.T, y @ y.T  # every half-sample's CKA is that of a submatrix of these
     estimate = float(repsim.linear_cka(x, y))
-    assert abs(weighted_cka(k, l, ones) - estimate) < 1e-9  # the weighted form is CKA
+    assert abs(gram_cka(k, l) - estimate) < 1e-9  # the Gram form is the same CKA
     gen = torch.Generator().manual_seed(seed)
     n = int(sentence_ids.max()) + 1 if whole_sentences else x.shape[0]
     values = []
     for _ in range((resamples + 1) // 2):
         perm = torch.randperm(n, generator=gen)
         for half in (perm[: n // 2], perm[n // 2 : 2 * (n // 2)]):
-            chosen = torch.zeros(n, dtype=torch.float64).index_fill_(0, half, 1.0)
-            values.append(weighted_cka(k, l, chosen[sentence_ids] if whole_sentences else chosen))
+            rows = torch.isin(sentence_ids, half).nonzero().squeeze(1) if whole_sentences else half
+            values.append(gram_cka(k[rows][:, rows], l[rows][:, rows]))
     return _interval(estimate, torch.tensor(values, dtype=torch.float64), 0.95, "percentile", "subsample", n, None)
 
 
