@@ -411,9 +411,9 @@ class _Tokens:
 
 
 class _TokenModel(nn.Module):
-    def __init__(self):
+    def __init__(self, seed=3):
         super().__init__()
-        torch.manual_seed(3)
+        torch.manual_seed(seed)
         self.embed = nn.Embedding(80, 8)
         self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2))
 
@@ -431,7 +431,10 @@ def _run_text(distributed):
     tokens = repsim.token_features(model, loader, progress=False)
     words = repsim.word_features(model, tok, SENTENCES, batch_size=3, progress=False)
     sentences = repsim.sentence_features(model, loader, progress=False)
-    return tokens, words, sentences
+    grid = repsim.compare(  # token rows: streaming CKA over all, RSA over the first 25 in one process's order
+        model, _TokenModel(4), loader, pool="tokens", measures=["linear_cka", "rsa"], sample_cap=25, progress=False
+    ).table
+    return tokens, words, sentences, grid
 
 
 def _worker(rank, world, init_file, result_file):
@@ -449,8 +452,11 @@ def test_token_and_word_features_under_two_gloo_processes_equal_one_process():
         init_file, result_file = os.path.join(tmp, "init"), os.path.join(tmp, "result.pt")
         mp.spawn(_worker, args=(2, init_file, result_file), nprocs=2, join=True)
         got = [torch.load(result_file + str(r), weights_only=False) for r in range(2)]
-    (tok_feats, tok_ids), (word_feats, units), sent_feats = _run_text(False)
-    for (g_tok, g_ids), (g_words, g_units), g_sent in got:
+    (tok_feats, tok_ids), (word_feats, units), sent_feats, grid = _run_text(False)
+    for (g_tok, g_ids), (g_words, g_units), g_sent, g_grid in got:
+        assert (g_grid["n"] == grid["n"]).all() and g_grid["value"].to_numpy() == pytest.approx(
+            grid["value"], abs=1e-10
+        )
         assert torch.equal(g_ids, tok_ids)
         assert g_units.equals(units)
         for name in tok_feats:
