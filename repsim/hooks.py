@@ -83,7 +83,8 @@ def default_layers(model: nn.Module) -> list[str]:
     timm models expose them as ``feature_info``. Transformer stacks (a ``ModuleList`` of blocks of
     one type, see :func:`block_list`) give their embedding output, every block and the final norm
     where it exists: GPT-2 ``drop, h.0 .. h.N, ln_f``; BERT ``embeddings, encoder.layer.0 ..``;
-    Llama ``embed_tokens, layers.0 .., norm``; T5 ``shared, encoder.block.0 .., encoder.final_layer_norm``.
+    Llama ``embed_tokens, layers.0 .., norm``; T5 ``encoder.embed_tokens, encoder.block.0 ..,
+    encoder.final_layer_norm``.
     Otherwise the top-level children that hold parameters, keeping only the composite ones
     (ResNet's ``layer1..layer4``, the zoo's ``encoder``/``projector``) when there are at least two.
     A ``ModuleList``, which never runs itself, is never a default layer: its items are.
