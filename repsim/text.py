@@ -78,7 +78,8 @@ def text_batches(
     """Tokenise ``texts`` into the dict batches :func:`repsim.compare` takes, in the texts' order.
 
     Each batch holds the tokenizer's model inputs (``tokenizer.model_input_names``: ``input_ids``,
-    ``attention_mask`` and, for BERT-style tokenizers, ``token_type_ids``), padded to the longest
+    ``attention_mask`` and, for BERT-style tokenizers, ``token_type_ids`` unless all are 0, which
+    is BERT's default and which GPT-2 would add an embedding for), padded to the longest
     text of the batch (or to ``pad_to``) on ``padding_side`` (default: the tokenizer's own,
     "right" if it has none). The attention mask is 1 for real tokens, 0 for padding; padding uses
     the tokenizer's pad token (its end-of-text token when it has none, as for GPT-2), without
@@ -145,6 +146,8 @@ def text_batches(
                 continue
             fill = pad_id if name == "input_ids" else 0
             batch[name] = _pad([list(r) for r in rows], width, fill, side)
+        if "token_type_ids" in batch and not bool(batch["token_type_ids"].any()):
+            del batch["token_type_ids"]  # one segment: BERT's default anyway, and GPT-2 would embed them
         if position_ids or (position_ids is None and side == "left"):
             batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp_min(0)
         batches.append(batch)

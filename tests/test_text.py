@@ -169,6 +169,7 @@ def test_text_batches_order_padding_truncation_and_offsets(tokenizers):
     assert batches[0]["input_ids"][0, : len(first)].tolist() == first  # the texts' order, right padding
     assert batches[0]["attention_mask"][0].tolist() == [1] * len(first) + [0] * (batches[0]["input_ids"].shape[1] - 7)
     assert "position_ids" not in batches[0]
+    assert sorted(batches[0]) == ["attention_mask", "input_ids"]  # all-zero token_type_ids left out
     # "The cats sat." -> the | cat ##s | s ##a ##t | .   (character spans of each token)
     assert offsets[0][0, :7].tolist() == [[0, 3], [4, 7], [7, 8], [9, 10], [10, 11], [11, 12], [12, 13]]
     left = repsim.text_batches(SENTENCES, pieces, batch_size=3, padding_side="left", pad_to=40)
