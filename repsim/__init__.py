@@ -82,6 +82,7 @@ from .measures.accumulator import Accumulator  # noqa: E402
 from .measures.sketch import sketch  # noqa: E402
 from .memory import MemoryBudgetError, MemoryPlan  # noqa: E402
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
+from .text import compare_texts, sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .weights import WeightDistance, weight_distance  # noqa: E402
 
 __version__ = "0.1.0"
@@ -114,6 +115,7 @@ __all__ = [
     "compare",
     "compare_many",
     "compare_paired",
+    "compare_texts",
     "concentricity_difference",
     "cosine_similarity_matrix",
     "cycle_knn",
@@ -159,9 +161,13 @@ __all__ = [
     "rtd",
     "save_state_dict",
     "second_order_cosine",
+    "sentence_features",
     "sketch",
     "soft_correlation_match",
     "svcca",
+    "text_batches",
+    "token_features",
     "uniformity_difference",
     "weight_distance",
+    "word_features",
 ]

@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from ._io import atomic_write_text
 from .features import _LABEL_KEYS, eval_mode, expected_samples, resolve_device, split_batch, total_batches
-from .hooks import FeatureHooks, Pool, default_layers, first_tensor, pool_features
+from .hooks import (
+    HIDDEN_STATES,
+    FeatureHooks,
+    Pool,
+    default_layers,
+    first_tensor,
+    pool_features,
+    with_hidden_states,
+)
 from .measures.blocked import workspace_limit
 from .measures.moments import StreamingMoments
 from .measures.registry import call_with_supported, get_measure, measure_grid, registered_names
@@ -294,9 +302,13 @@ def compare(
 
     One pass over the loader: each batch goes through both models (eval mode, ``inference_mode``,
     on ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
-    default :func:`repsim.hooks.default_layers`), outputs become (n, d) vectors by ``pool`` ("mean":
-    global average pool, the default; "flatten"; "mask_mean"/"first"/"last" for token sequences,
-    see :func:`repsim.hooks.pool_features`; or a callable).
+    default :func:`repsim.hooks.default_layers`; ``"hidden_states"``: the model's
+    ``output_hidden_states``, rows ``hidden_states.0 ..``), outputs become (n, d) vectors by ``pool``
+    ("mean": global average pool, the default; "flatten"; "mask_mean"/"mask_max"/"first"/"last"
+    for token sequences, see :func:`repsim.hooks.pool_features`; or a callable). ``pool="tokens"``:
+    every real token is a sample (both models must see the same tokens; the ``n`` column counts
+    tokens, ``max_samples`` sentences; no ``inference``: see :mod:`repsim.text` for sentence-level
+    resampling and for models with different tokenizers).
 
     ``measures``: any name of the registry (:func:`repsim.list_measures`) or ``minibatch_cka``.
     Streaming entries see every sample in O(d^2) memory (through
@@ -356,12 +368,14 @@ def compare(
         raise ValueError(f"sketch must be an integer number of dimensions >= 2 (e.g. sketch=512), got {sketch!r}")
     shard = D.shard_of(loader, distributed)
     plan = _Plan(measures, dtype, options)
+    tokens = _check_tokens(pool, plan, inference)
+    model_a, model_b, layers_a, layers_b = _hidden_state_layers(model_a, model_b, layers_a, layers_b)
     same = model_a is model_b and inputs_a is None and inputs_b is None and not paired
     layers_a = list(layers_a) if layers_a is not None else default_layers(model_a)
     layers_b = list(layers_b) if layers_b is not None else (layers_a if model_a is model_b else default_layers(model_b))
     device = resolve_device(device, model_a)
     budget = parse_memory(memory, device)
-    n_expected = expected_samples(loader, max_samples)
+    n_expected = None if tokens else expected_samples(loader, max_samples)  # tokens: not known in advance
     for model in (model_a, model_b):
         model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     want_output = bool(plan.functional)
@@ -421,6 +435,10 @@ def compare(
                     feats_b = _forward(model_b, hooks_b, _to_device(in_b, device, channels_last), want_output, pool)
             xs = [feats_a[name] for name in layers_a]
             ys = [feats_b[name] for name in layers_b]
+            rows = keep
+            if tokens:  # every real token a sample; its sentence's order key, repeated
+                counts = _token_counts(in_a, in_b, xs[0].shape[0], ys[0].shape[0])
+                keys, rows = keys[:keep].repeat_interleave(counts), int(counts.sum())
             self_grid = same and layers_a == layers_b
             if sketches is not None:  # independent projections per model: never a self-grid
                 xs, ys, self_grid = sketches[0](xs), sketches[1](ys), False
@@ -439,7 +457,7 @@ def compare(
                 acc.update(xs, None if self_grid else ys)
             if n_kept < store_cap:
                 # Each rank keeps its own first store_cap samples: the global first ones are among them.
-                take = min(store_cap - n_kept, keep)
+                take = min(store_cap - n_kept, rows)
                 for chunks, f in zip(kept_a + kept_b, xs + ys, strict=True):
                     chunks.append(f[:take])
                 if want_output:
@@ -506,14 +524,62 @@ def _start(plan, memory_plan: MemoryPlan, sketch, sketches, n_expected, shard) -
     """Build the plan's accumulators; (how many samples to keep, whether ranks must agree on a shift)."""
     plan.route(memory_plan, sketch)
     plan.sketchers = sketches
-    if not memory_plan.store_samples:
-        store_cap = 0
-    elif memory_plan.store_samples < (n_expected or 0):
-        store_cap = memory_plan.store_samples
-    else:
-        store_cap = sys.maxsize  # every sample (the stored route)
+    # every sample for the stored route; else the first sample_cap (capped measures, inference) or none
+    store_cap = sys.maxsize if any(plan.stored(m) for m in plan.order) else memory_plan.store_samples
     need_shift = shard.world > 1 and any(hasattr(a, "set_shift") for a in plan.accumulators.values())
     return store_cap, need_shift
+def _check_tokens(pool: Pool, plan: _Plan, inference) -> bool:
+    """pool="tokens": refuse what would treat a sentence's tokens as independent or unlabelled samples."""
+    if not (isinstance(pool, str) and pool == "tokens"):
+        return False
+    if inference:
+        raise ValueError(
+            "inference with pool='tokens' would resample tokens as if they were independent; get the token "
+            "features and their sentence ids from repsim.text.token_features and resample whole sentences"
+        )
+    if plan.needs_labels:
+        raise ValueError(
+            f"pool='tokens' has no per-token labels for {sorted(plan.needs_labels)}; use repsim.text.token_features "
+            "and call the measure with your token labels"
+        )
+    return True
+
+
+def _token_counts(in_a, in_b, rows_a: int, rows_b: int) -> Tensor:
+    """Real tokens per sentence of one batch for pool="tokens"; both models must see the same tokens."""
+    masks = [x.get("attention_mask") if isinstance(x, Mapping) else None for x in (in_a, in_b)]
+    mask_a, mask_b = (m.cpu() if m is not None else None for m in masks)
+    if (mask_a is None) != (mask_b is None) or (
+        mask_a is not None and (mask_a.shape != mask_b.shape or not torch.equal(mask_a, mask_b))
+    ):
+        raise ValueError(
+            "pool='tokens' needs both models to see the same tokens, but their attention masks differ "
+            "(different tokenizers?); compare them on shared words instead: "
+            "repsim.text.compare_texts(..., unit='word')"
+        )
+    if mask_a is None:
+        raise ValueError("pool='tokens' needs dict batches with an 'attention_mask' (see repsim.text.text_batches)")
+    counts = mask_a.bool().sum(dim=1)
+    if rows_a != rows_b or rows_a != int(counts.sum()):
+        raise ValueError(
+            f"pool='tokens': the layers gave {rows_a} and {rows_b} token rows for {int(counts.sum())} real tokens; "
+            "hook modules whose outputs are over the input's tokens"
+        )
+    return counts
+
+
+def _hidden_state_layers(model_a, model_b, layers_a, layers_b):
+    """layers="hidden_states": the model wrapped so that its output_hidden_states are hookable layers."""
+    wanted_a = isinstance(layers_a, str) and layers_a == HIDDEN_STATES
+    wanted_b = isinstance(layers_b, str) and layers_b == HIDDEN_STATES
+    if model_a is model_b and (wanted_a or wanted_b):
+        if not (wanted_a and (wanted_b or layers_b is None)):
+            raise ValueError("comparing a model with itself, give layers='hidden_states' for both sides or neither")
+        wrapped, names = with_hidden_states(model_a, HIDDEN_STATES)
+        return wrapped, wrapped, names, names
+    model_a, layers_a = with_hidden_states(model_a, layers_a)
+    model_b, layers_b = with_hidden_states(model_b, layers_b)
+    return model_a, model_b, layers_a, layers_b
 
 
 def _agree_on_shift(plan: _Plan, xs: list[Tensor] | None, ys: list[Tensor] | None) -> None:
@@ -564,7 +630,7 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
         parts = [p for p in D.gather(local) if p[0] is not None]
         keys = torch.cat([p[0] for p in parts]) if parts else None
         if keys is not None:
-            order = torch.argsort(keys)
+            order = torch.argsort(keys, stable=True)  # one process's order (a sentence's tokens keep theirs)
             order = order if any(plan.stored(m) for m in plan.order) else order[:sample_cap]
             device = kept_x[0].device if kept_x and kept_x[0] is not None else torch.device("cpu")
 

@@ -165,6 +165,8 @@ def extract_features(
     from . import distributed as D
     from .memory import parse_memory
 
+    if isinstance(pool, str) and pool == "tokens":  # rows per token need the batch's attention mask
+        raise ValueError("pool='tokens' is for token sequences: use repsim.token_features(model, batches, layers)")
     shard = D.shard_of(loader, distributed)
     if shard.world > 1:
         if max_samples is not None:

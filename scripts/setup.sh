@@ -28,9 +28,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore
     quietly .venv/bin/python -m pip install --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    quietly .venv/bin/python -m pip install ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology]"
+    quietly .venv/bin/python -m pip install ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology,text,text-example]"
     unset PYTHONWARNINGS
     echo "$want" > "$stamp"
+fi
+# The text example's corpus: Debian's fortunes (English quotations, /usr/share/games/fortunes).
+# Installed where apt-get can run as root; elsewhere the example says how to get it.
+if [ ! -d /usr/share/games/fortunes ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing the fortunes corpus (apt-get install fortunes)..." >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes; } >>"$log" 2>&1; then
+        echo "warning: could not install Debian's fortunes; examples/11_text_layers.py will not run (see $log)" >&2
+    fi
 fi
 # Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

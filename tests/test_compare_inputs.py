@@ -109,7 +109,7 @@ def test_mask_pooling_rules():
     mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
     assert torch.equal(pool_features(t, "mask_mean", mask)[0], t[0, :2].mean(0))
     assert torch.equal(pool_features(t, "last", mask), torch.stack([t[0, 1], t[1, 2]]))
-    assert torch.equal(pool_features(t, "first", mask), t[:, 0])
+    assert torch.equal(pool_features(t, "first", mask), torch.stack([t[0, 0], t[1, 1]]))  # the first real token
     assert torch.equal(pool_features(t, "mask_mean"), t.mean(1))  # no mask: all tokens
 
 

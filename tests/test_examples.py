@@ -34,3 +34,29 @@ def test_example_runs(script, tmp_path):
         assert again.returncode == 0, again.stderr[-2000:]
         assert "training and features" not in again.stdout and "wrote:" in again.stdout
         assert list((tmp_path / "features").glob("*.safetensors"))
+
+
+TEXT_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "11_text_layers.py"
+
+
+def test_text_example_runs(tmp_path):
+    """all-MiniLM-L6-v2 (the text-example extra) on Debian's fortunes (scripts/setup.sh installs both)."""
+    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(TEXT_EXAMPLE), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "text_layers.csv").is_file() and (tmp_path / "text_layers.png").is_file()
+    assert "wrote:" in proc.stdout
+    missing = subprocess.run(
+        [sys.executable, str(TEXT_EXAMPLE), "--smoke", "--out", str(tmp_path), "--corpus", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert missing.returncode != 0 and "apt-get install fortunes" in missing.stderr
