@@ -214,15 +214,16 @@ def read_fashion_mnist(root=None, train: bool = True) -> tuple[np.ndarray, np.nd
 
 @functools.lru_cache(maxsize=2)
 def _read_fashion_cached(folder: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    import repsim  # noqa: F401  (the torchvision guard, see repsim._compat)
     from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    import repsim  # noqa: F401  (the torchvision guard, see repsim._compat)
 
     folder = Path(folder)
     images_name, labels_name = _FASHION_FILES[train]
     try:
         images = _read_idx(_idx_file(folder, images_name), read_image_file)
         labels = _read_idx(_idx_file(folder, labels_name), read_label_file)
-    except (AssertionError, RuntimeError, OSError, EOFError) as err:  # torchvision asserts on a bad header
+    except (AssertionError, ValueError, RuntimeError, OSError, EOFError) as err:  # torchvision asserts on bad headers
         raise ValueError(f"{folder} holds a damaged or non-idx Fashion-MNIST file: {err!r}") from None
     if images.ndim != 3 or len(images) != len(labels):
         raise ValueError(f"{folder}: {tuple(images.shape)} images but {len(labels)} labels")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/0*.py"))
+EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/[0-9][0-9]_*.py"))
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)

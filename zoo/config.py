@@ -67,6 +67,8 @@ class TrainConfig:
     progress: bool = True
     final_probes: bool = True
     """Linear probe, kNN and NCCC of every encoder at the end, plus the plots and report.md."""
+    probe_l2_grid: list[float] | None = None
+    """L2 strengths the final linear probe cross-validates (None: the probes' half-decade grid 1e-5..1e-1)."""
     inference_resamples: int = 200
     """Half-sample resamples for the final alignment intervals and the paired claim intervals (0: off)."""
 

@@ -354,7 +354,7 @@ class Trainer:
         ref, bank, queries = self._reference_features()
         if self.cfg.inference_resamples:
             self._add_final_intervals({run: f for run, (f, _) in ref.items()})
-        rows = final_probe_rows(bank, queries, self.cfg.seed)
+        rows = final_probe_rows(bank, queries, self.cfg.seed, self.cfg.probe_l2_grid)
         probes_path = atomic_write_text(self.out / "final_probes.csv", pd.DataFrame(rows).to_csv(index=False))
         written = [self.write_log(), probes_path, *write_report(self.out, self.cfg)]
         print("wrote:\n" + "\n".join(f"  {p}" for p in [*written, self.out / "models", self.out / "checkpoints"]))
