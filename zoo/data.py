@@ -99,22 +99,23 @@ def add_shortcut(images: np.ndarray, labels: np.ndarray, probability: float, see
     return out
 
 
-def grayscale_augment(size: int, kind: str = "fashion-mnist", scale: tuple[float, float] = (0.2, 1.0)):
-    """SimCLR's geometric augmentations for grayscale images: RandomResizedCrop(size, scale) and a horizontal flip;
-    no colour jitter or grayscale step (one channel has neither hue nor saturation). ``scale`` (0.2, 1) as in the
-    CIFAR recipe of SupCon (Khosla et al. 2020); then float and normalise."""
+def grayscale_augment(size: int, kind: str = "fashion-mnist", strength: float = 1.0):
+    """SimCLR's geometric augmentations for grayscale images: RandomResizedCrop(size, scale=(0.2**strength, 1)) and
+    a horizontal flip; no colour jitter or grayscale step (one channel has neither hue nor saturation). At
+    ``strength`` 1 the crop scale is (0.2, 1), as in the CIFAR recipe of SupCon (Khosla et al. 2020); 0 is no
+    augmentation, 2 crops down to 4 % of the image. Then float and normalise."""
     from torchvision.transforms import v2
 
+    if not 0 <= strength <= 4:
+        raise ValueError(f"strength must be in [0, 4], got {strength}")
     mean, std = NORMALIZATION[kind]
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
+    steps = [v2.ToImage()]
+    if strength:
+        steps += [v2.RandomResizedCrop(size, scale=(0.2**strength, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
 
 
 def augmentation(kind: str, image_size: int):
