@@ -13,13 +13,15 @@ SupCon's CIFAR recipe; no colour jitter or grayscale step), several seeds. It re
   (the ``dataset-fashion-mnist`` package; its ``benchmark/baselines.json`` holds the scikit-learn benchmark's
   parameter grids only) and against the same probes on raw pixels.
 
-Sizing (the defaults; measured on the shared 2-core machine, see docs/guide/full_scale.md): one training step of
-one model on a batch of 256 (two views) takes 0.46 s at width 8, 1.6 s at width 16 and 3.2 s at width 32 with
-2 OpenMP threads; an epoch of all five objectives on the 60 000 training images at width 8 takes about 9
-minutes. In about 3 hours of this machine: width 8 (a ResNet-18 with stages 8-16-32-64, 0.28 M parameters,
-64-d encoder output; width 16 would allow only ~2 epochs per seed, too few steps for contrastive training),
-a 20 000-image class-stratified training subset, 8 epochs, evaluation every epoch, 3 seeds. A GPU runs the
-same script at full width: ``--width 64 --train-samples 60000 --epochs 200``.
+Sizing (the defaults), measured on the shared 2-core machine with other jobs running (load 4-6), OpenMP threads 1
+(docs/guide/full_scale.md has the table): one step of all five objectives on a batch of 256 (two views) takes
+4.9 s at width 8 and 10.3 s at width 16, so an epoch of 20 000 images takes 384 s / 801 s (60 000: 1151 s /
+2403 s); one evaluation (2000 reference images, a 10 000-image kNN bank) 52 s / 77 s; a final linear probe
+29 s / 54 s per model. About an hour per seed for 3 seeds in about 3 hours: width 8 (a ResNet-18 with stages
+8-16-32-64, 0.18 M encoder parameters, 64-d encoder output) on a 20 000-image class-stratified training subset,
+8 epochs (625 steps per model), evaluation every epoch: ~62 min per seed. Width 16 would allow 4 epochs,
+width 32 about one: too few steps for a contrastive model, so the budget goes into steps, not width.
+A GPU runs the same script at full width: ``--width 64 --train-samples 60000 --epochs 200``.
 
 python examples/10_fashion_resnet.py --out /work/runs/fashion10      # the sized run (~3 h, resumable)
 python examples/10_fashion_resnet.py --smoke --seeds 1 --epochs 1 --out /tmp/f10   # seconds, for the tests
@@ -291,6 +293,8 @@ def report(log: pd.DataFrame, final_probes: pd.DataFrame, config: TrainConfig, f
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.smoke:  # tiny tensors: on a shared machine a second OpenMP thread only waits for a core
+        torch.set_num_threads(1)
     config = study_config(args)
     out = Path(args.out)
     cfg = config.resolved()
