@@ -1,8 +1,9 @@
 """Grounding tests for every registered measure: which measure sees what, on models trained here.
 
-Tests (known right answer, 3 seeds): layer monotonicity inside one network; label randomisation
-(0..100 %); a class-coded shortcut present with probability 0..1 (similarity vs prediction agreement
-on shortcut-free data); augmentation strength; and the CL-NSCL vs CL-CE/SupCon separation.
+Tests (known right answer, 3 seeds; ``--data fashion-mnist --seeds 2`` on Fashion-MNIST): layer
+monotonicity inside one network; label randomisation (0..100 %); a class-coded shortcut present with
+probability 0..1 (similarity vs prediction agreement on shortcut-free data); augmentation strength;
+and the CL-NSCL vs CL-CE/SupCon separation.
 
 Training and feature extraction are cached under OUT/features/*.safetensors; ``--rescore`` recomputes
 every score for every measure registered *now* from the cache, without training.
@@ -59,7 +60,14 @@ p.add_argument(
     "topology measures, whose persistent homology takes minutes)",
 )
 args = p.parse_args()
-config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], epochs=args.epochs or 15)
+# Fashion-MNIST (--data fashion-mnist, the width-8 ResNet-18): sized to about 1.5 h for 2 seeds on the shared
+# 2-core machine (docs/guide/full_scale.md): 26 CE models and 2 objective runs of ~95 steps, then the scoring
+FASHION_SIZE = dict(epochs=5, train_samples=5000)
+size = dict(FASHION_SIZE) if args.data else {"epochs": 15}
+size["epochs"] = args.epochs or size["epochs"]
+if args.train_samples:
+    size["train_samples"] = args.train_samples
+config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], **size)
 cfg = config.resolved()
 feature_dir = out / "features"
 seeds = range(args.seeds)

@@ -233,7 +233,14 @@ class Trainer:
         sums = dict.fromkeys(self.models, 0.0)
         for model in self.train_models.values():
             model.train()
-        for v1, v2, y in loader:
+        steps = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1} steps",
+            leave=False,
+            mininterval=10,  # long CPU epochs log a line now and then, not a flood
+            disable=not (cfg.progress and D.rank() == 0),
+        )
+        for v1, v2, y in steps:
             x = torch.cat([v1, v2]).to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.to(memory_format=torch.channels_last)
