@@ -165,30 +165,68 @@ def tiny_study(tmp_path, root, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_rerun_and_resume_reproduce_the_log(tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The tiny study trained for 3 epochs without interruption."""
+    tmp_path = tmp_path_factory.mktemp("study")
     write_idx(tmp_path / "fm")
-    cfg = tiny_study(tmp_path, tmp_path / "fm")
-    full = Trainer(cfg)
+    full = Trainer(tiny_study(tmp_path, tmp_path / "fm", epochs=3))
     full.run()
+    return full
+
+
+def same_run(a: Trainer, b: Trainer) -> None:
+    pd.testing.assert_frame_equal(pd.DataFrame(a.log), pd.DataFrame(b.log), rtol=0, atol=1e-9)
+    assert all(torch.equal(a.models[r].state_dict()[k], v) for r in a.models
+               for k, v in b.models[r].state_dict().items())  # fmt: skip
+
+
+def test_rerun_and_resume_reproduce_the_log(tmp_path, uninterrupted):
+    full = uninterrupted
     assert full.cfg.image_size == 28 and full.models["cl"].encoder.conv1.in_channels == 1
-    assert len(full.train_set) == 100 and full.epochs_trained == 2
+    assert len(full.train_set) == 100 and full.epochs_trained == 3
     cka = pd.DataFrame(full.log).query("measure == 'linear_cka'")
-    assert set(cka["epoch"]) == {0, 1, 2} and cka.query("epoch > 0")["value"].lt(1).all()
+    assert set(cka["epoch"]) == {0, 1, 2, 3} and cka.query("epoch > 0")["value"].lt(1).all()
 
     # interrupted after its first epoch (max_epochs=1: checkpoint, no final files), then resumed
-    cut_cfg = dataclasses.replace(cfg, out=str(tmp_path / "cut"))
+    cut_cfg = dataclasses.replace(full.cfg, out=str(tmp_path / "cut"))
     cut = Trainer(cut_cfg)
     cut.run(max_epochs=1)
     assert not cut.finished and cut.epochs_trained == 1 and not (tmp_path / "cut" / "models").exists()
     resumed = Trainer(cut_cfg)
     resumed.run(resume=True)
-    assert resumed.finished and resumed.epochs_trained == 1  # epoch 1 was not trained again
+    assert resumed.finished and resumed.epochs_trained == 2  # epoch 1 was not trained again
     assert (tmp_path / "cut" / "models" / "nscl.safetensors").exists()
-    a, b = (pd.DataFrame(t.log) for t in (full, resumed))
-    pd.testing.assert_frame_equal(a, b, rtol=0, atol=1e-9)  # re-running epoch 2 reproduces the logged CKA
-    assert all(torch.equal(full.models[r].state_dict()[k], v) for r in full.models
-               for k, v in resumed.models[r].state_dict().items())  # fmt: skip
+    same_run(full, resumed)  # re-running epochs 2 and 3 reproduces the logged CKA (to 1e-9) and the weights
     # a finished run trains nothing more
     again = Trainer(cut_cfg)
     again.run(resume=True)
-    assert again.epochs_trained == 0 and again.epoch == 2
+    assert again.epochs_trained == 0 and again.epoch == 3
+
+
+def test_resume_after_a_kill_retrains_nothing_finished(tmp_path, uninterrupted):
+    """A training process killed (SIGKILL) after its first epoch's checkpoint resumes from it: no finished
+    epoch is trained again and the log and weights equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    full = uninterrupted
+    cfg = dataclasses.replace(full.cfg, out=str(tmp_path / "killed"))
+    cfg.save(tmp_path / "killed.json")
+    code = "import sys, repsim; from zoo.config import TrainConfig; from zoo.train import Trainer; "
+    code += "Trainer(TrainConfig.load(sys.argv[1])).run()"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed.json")], env=dict(os.environ))
+    first = tmp_path / "killed" / "checkpoints" / "epoch_0001.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    resumed = Trainer(cfg)
+    resumed.run(resume=True)
+    assert resumed.finished and resumed.epochs_trained <= 2  # the checkpointed epochs were not trained again
+    same_run(full, resumed)
