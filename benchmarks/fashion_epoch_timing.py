@@ -61,8 +61,8 @@ def main() -> None:
         for n in args.train_samples:
             epoch = step * (n // base.batch_size)
             rows.append({"width": width, "threads": torch.get_num_threads(), "train_samples": n,
-                         "step_s (5 models)": round(step, 3), "train_epoch_s": round(epoch), "eval_s": round(evaluation),
-                         "final_probe_s (1 model)": round(probe)})  # fmt: skip
+                         "step_s (5 models)": round(step, 3), "train_epoch_s": round(epoch),
+                         "eval_s": round(evaluation), "final_probe_s (1 model)": round(probe)})  # fmt: skip
         print(pd.DataFrame(rows).tail(len(args.train_samples)).to_string(index=False), flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 
