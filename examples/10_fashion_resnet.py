@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import json
 import time
 from pathlib import Path
 
@@ -119,9 +120,23 @@ def study_config(args) -> TrainConfig:
     )
 
 
-def run_seed(config: TrainConfig, out: Path, seed: int, budget: int | None) -> Trainer:
-    """Train (or resume, or only load) one seed; at most ``budget`` epochs in this call."""
+def seed_is_done(cfg: TrainConfig) -> bool:
+    """Whether this seed's run folder holds the finished run of this very configuration (its final files)."""
+    folder = Path(cfg.out)
+    if not (folder / "final_probes.csv").exists() or not (folder / "config.json").exists():
+        return False
+    saved, now = json.loads((folder / "config.json").read_text()), dataclasses.asdict(cfg.resolved())
+    ignore = {"progress", "device", "num_workers", "out"}
+    return all(saved.get(k) == v for k, v in now.items() if k not in ignore)
+
+
+def run_seed(config: TrainConfig, out: Path, seed: int, budget: int | None) -> tuple[bool, int]:
+    """Train (or resume) one seed, at most ``budget`` epochs in this call; a finished seed is skipped.
+    Returns (finished, epochs trained in this call)."""
     cfg = dataclasses.replace(config, seed=seed, out=str(out / "runs" / f"seed{seed}"))
+    if seed_is_done(cfg):
+        print(f"seed {seed}: already finished ({cfg.out}), skipped", flush=True)
+        return True, 0
     trainer = Trainer(cfg)
     start = time.perf_counter()
     trainer.run(resume=True, max_epochs=budget)
@@ -132,7 +147,7 @@ def run_seed(config: TrainConfig, out: Path, seed: int, budget: int | None) -> T
         f"in this call ({seconds:.0f} s)",
         flush=True,
     )
-    return trainer
+    return trainer.finished, trainer.epochs_trained
 
 
 def finished_logs(out: Path, seeds: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -306,10 +321,10 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):
             if budget is not None and budget <= 0:
                 break
-            trainer = run_seed(config, out, seed, budget)
+            finished, trained = run_seed(config, out, seed, budget)
             if budget is not None:
-                budget -= trainer.epochs_trained
-            if not trainer.finished:
+                budget -= trained
+            if not finished:
                 break
     log, final_probes = finished_logs(out, args.seeds)
     done = log["seed"].nunique() if len(log) else 0

@@ -34,3 +34,14 @@ def test_example_runs(script, tmp_path):
         assert again.returncode == 0, again.stderr[-2000:]
         assert "training and features" not in again.stdout and "wrote:" in again.stdout
         assert list((tmp_path / "features").glob("*.safetensors"))
+    if script.stem == "10_fashion_resnet":  # run again: the finished seed is skipped, the report rewritten
+        again = subprocess.run(
+            [sys.executable, str(script), "--seeds", "1", "--epochs", "1", "--smoke", "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "seed 0: already finished" in again.stdout and "trained" not in again.stdout
+        assert (tmp_path / "fashion_summary.md").exists() and "wrote:" in again.stdout

@@ -330,6 +330,7 @@ class Trainer:
         if not self.finished:
             if main:
                 self.write_log()
+            D.close()
             return self.out
         if main:
             self.finish()
