@@ -47,10 +47,11 @@ def _peak_rss() -> int:
 
 def _setup(n: int, size: int, batch: int, device: str):
     sys.path.insert(0, str(ROOT))
+    import repsim  # noqa: F401  (first: makes torchvision importable with the CPU torch, see repsim/_compat.py)
+
+    # isort: split
     import torch
     import torchvision
-
-    import repsim  # noqa: F401  (makes torchvision importable with the CPU torch, see repsim/_compat.py)
 
     torch.manual_seed(0)
     a = torchvision.models.resnet18().to(device).eval()

@@ -1,8 +1,9 @@
 """Grounding tests for every registered measure: which measure sees what, on models trained here.
 
-Tests (known right answer, 3 seeds): layer monotonicity inside one network; label randomisation
-(0..100 %); a class-coded shortcut present with probability 0..1 (similarity vs prediction agreement
-on shortcut-free data); augmentation strength; and the CL-NSCL vs CL-CE/SupCon separation.
+Tests (known right answer, 3 seeds; ``--data fashion-mnist --seeds 2`` on Fashion-MNIST): layer
+monotonicity inside one network; label randomisation (0..100 %); a class-coded shortcut present with
+probability 0..1 (similarity vs prediction agreement on shortcut-free data); augmentation strength;
+and the CL-NSCL vs CL-CE/SupCon separation.
 
 Training and feature extraction are cached under OUT/features/*.safetensors; ``--rescore`` recomputes
 every score for every measure registered *now* from the cache, without training.
@@ -27,12 +28,20 @@ from tqdm.auto import tqdm
 import repsim
 from repsim import grounding
 from repsim.checkpoints import save_state_dict
-from repsim.data import ArrayImages, digits_split, eval_transform, read_cifar
-from zoo.data import TwoViews, add_shortcut, digits_augment, randomise_labels, simclr_augment
+from repsim.data import ArrayImages, digits_split, eval_transform, in_channels, read_cifar, read_fashion_mnist
+from zoo.data import (
+    TwoViews,
+    add_shortcut,
+    digits_augment,
+    grayscale_augment,
+    randomise_labels,
+    simclr_augment,
+    stratified_indices,
+)
 from zoo.losses import cross_entropy
 from zoo.models import create_model
 from zoo.tracking import CLAIM_MEASURES
-from zoo.train import Trainer, make_optimizer
+from zoo.train import Trainer, make_optimizer, width_option
 
 LAYERS = ("layer1", "layer2", "layer3", "encoder", "projector_hidden", "projector")
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -51,7 +60,14 @@ p.add_argument(
     "topology measures, whose persistent homology takes minutes)",
 )
 args = p.parse_args()
-config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], epochs=args.epochs or 15)
+# Fashion-MNIST (--data fashion-mnist, the width-8 ResNet-18): sized to about 1.5 h for 2 seeds on the shared
+# 2-core machine (docs/guide/full_scale.md): 26 CE models and 2 objective runs of ~95 steps, then the scoring
+FASHION_SIZE = dict(epochs=5, train_samples=5000)
+size = dict(FASHION_SIZE) if args.data else {"epochs": 15}
+size["epochs"] = args.epochs or size["epochs"]
+if args.train_samples:
+    size["train_samples"] = args.train_samples
+config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], **size)
 cfg = config.resolved()
 feature_dir = out / "features"
 seeds = range(args.seeds)
@@ -68,6 +84,12 @@ def raw_split(train: bool, seed: int):
     different images across seeds); the seed varies the initialisation, order, augmentation and noise."""
     if cfg.kind == "digits":
         (tx, ty), (vx, vy) = digits_split(REFERENCE_SPLIT)
+    elif cfg.kind == "fashion-mnist":  # a stratified training subset (the same for every model), test images
+        tx, ty = read_fashion_mnist(cfg.data.partition(":")[2] or None, True)
+        vx, vy = read_fashion_mnist(cfg.data.partition(":")[2] or None, False)
+        if cfg.train_samples:
+            keep = stratified_indices(ty, cfg.train_samples, REFERENCE_SPLIT)
+            tx, ty = tx[keep], ty[keep]
     else:  # CIFAR: the first 10 classes, so the 10 shortcut slots of the border fit
         tx, ty = read_cifar(cfg.data.partition(":")[2], cfg.kind, True)
         vx, vy = read_cifar(cfg.data.partition(":")[2], cfg.kind, False)
@@ -79,6 +101,8 @@ def raw_split(train: bool, seed: int):
 def train_augment(strength: float):
     if cfg.kind == "digits":
         return digits_augment(strength=strength)
+    if cfg.kind == "fashion-mnist":
+        return grayscale_augment(cfg.image_size, cfg.kind, strength)
     return simclr_augment(cfg.image_size, cfg.kind) if strength else eval_transform(cfg.kind, cfg.image_size)
 
 
@@ -122,7 +146,8 @@ def train_ce(tag: str, seed: int, fraction=0.0, shortcut=0.0, strength=1.0) -> P
     tx = add_shortcut(tx, ty, shortcut, seed)
     data = TwoViews(ArrayImages(tx, ty), train_augment(strength))
     torch.manual_seed(seed)
-    model = create_model(cfg.backbone, n_classes, 1 if cfg.kind == "digits" else 3, cfg.proj_hidden, cfg.proj_out)
+    channels = in_channels(cfg.kind)
+    model = create_model(cfg.backbone, n_classes, channels, cfg.proj_hidden, cfg.proj_out, **width_option(cfg))
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
-"""Shared plumbing of the examples: small (digits, CPU) and full (CIFAR-100, GPU) presets, seeds, tidy results."""
+"""Shared plumbing of the examples: small (digits, CPU), Fashion-MNIST (CPU, a narrow ResNet-18) and full
+(CIFAR-100, GPU) presets, seeds, tidy results."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ SMALL = dict(
     final_probes=False,
     progress=False,
     control=False,
+)
+# Fashion-MNIST on the CPU (``--data fashion-mnist``): the width-8 CIFAR-stem ResNet-18 of
+# examples/10_fashion_resnet.py on 28x28 images, a 2000-image reference set, a stratified training subset.
+FASHION = dict(
+    SMALL,
+    data="fashion-mnist",
+    backbone="resnet18",
+    width=8,
+    proj_hidden=512,
+    proj_out=128,
+    image_size=28,
+    train_samples=10_000,
+    reference_samples=2000,
+    warmup_epochs=1,
 )
 # The authors' setup (DESIGN.md), for a GPU: ResNet-50 with the CIFAR stem, 2048-2048-128 projector,
 # LARS, lr 0.3 * B/256, wd 1e-6, 10 warm-up epochs then cosine, B = 1024, tau = 0.1 on CIFAR-100.
@@ -57,6 +72,12 @@ def parser(description: str, default_seeds: int = 3) -> argparse.ArgumentParser:
         default=None,
         help="full scale on a GPU: CIFAR-100 under ROOT with ResNet-50, B=1024, LARS",
     )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="fashion-mnist or fashion-mnist:ROOT: the Fashion-MNIST preset (narrow ResNet-18, CPU); default digits",
+    )
+    p.add_argument("--train-samples", type=int, default=None, help="a stratified training subset of this size")
     p.add_argument("--out", default=None)
     p.add_argument("--smoke", action="store_true", help="only the first and last value of each sweep (for tests)")
     return p
@@ -68,11 +89,22 @@ def sweep(values: tuple, args) -> tuple:
 
 
 def base_config(args, name: str, **overrides) -> tuple[TrainConfig, Path]:
-    values = dict(FULL, data=f"cifar100:{args.full}") if args.full else dict(SMALL)
+    data = getattr(args, "data", None)
+    if data and data.partition(":")[0] != "fashion-mnist":
+        raise SystemExit(f"--data takes fashion-mnist[:ROOT] (default digits; --full ROOT for CIFAR-100), got {data}")
+    if args.full:
+        values = dict(FULL, data=f"cifar100:{args.full}")
+    elif data:
+        values = dict(FASHION, data=data)
+    else:
+        values = dict(SMALL)
     values.update(overrides)
     if args.epochs:
         values["epochs"] = args.epochs
-    out = Path(args.out or f"results/examples/{name}" + ("_full" if args.full else ""))
+    if getattr(args, "train_samples", None):
+        values["train_samples"] = args.train_samples
+    suffix = "_full" if args.full else "_fashion" if data else ""
+    out = Path(args.out or f"results/examples/{name}{suffix}")
     return TrainConfig(**values), out
 
 

@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--arch", required=True, help="torchvision/timm name or package.module:function")
     p.add_argument("--layer", required=True, help="module name (see `repsim layers ARCH`)")
-    p.add_argument("--data", default="digits", help="digits | cifar10:ROOT | cifar100:ROOT | folder:ROOT")
+    p.add_argument(
+        "--data", default="digits", help="digits | fashion-mnist[:ROOT] | cifar10:ROOT | cifar100:ROOT | folder:ROOT"
+    )
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])

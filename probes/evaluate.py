@@ -12,7 +12,7 @@ from repsim.features import extract_features
 from repsim.hooks import Pool
 
 from .knn import knn
-from .linear import linear_probe
+from .linear import DEFAULT_L2, linear_probe
 from .nccc import nccc
 
 
@@ -47,10 +47,13 @@ def evaluate_features(
     device=None,
     k: int = 20,
     temperature: float = 0.07,
+    l2_grid=DEFAULT_L2,
 ) -> pd.DataFrame:
-    """All three probes on given features; tidy rows: probe, metric, value, ci_low, ci_high, setting."""
+    """All three probes on given features; tidy rows: probe, metric, value, ci_low, ci_high, setting.
+
+    ``l2_grid``: the L2 strengths the linear probe cross-validates (see :func:`probes.linear_probe`)."""
     rows = []
-    lin = linear_probe(train_x, train_y, test_x, test_y, seed=seed, device=device)
+    lin = linear_probe(train_x, train_y, test_x, test_y, l2_grid=l2_grid, seed=seed, device=device)
     rows.append({"probe": "linear", "metric": "top1", "value": lin.top1, "setting": f"l2={lin.l2:g}"})
     if lin.top5 is not None:
         rows.append({"probe": "linear", "metric": "top5", "value": lin.top5, "setting": f"l2={lin.l2:g}"})

@@ -147,7 +147,9 @@ def cmd_many(args) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", help="digits | cifar10:ROOT | cifar100:ROOT | folder:ROOT")
+    p.add_argument(
+        "--data", default="digits", help="digits | fashion-mnist[:ROOT] | cifar10:ROOT | cifar100:ROOT | folder:ROOT"
+    )
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=None, help="resize + centre crop (default: native size)")

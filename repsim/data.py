@@ -4,6 +4,9 @@
 * ``cifar10:ROOT`` / ``cifar100:ROOT``: the standard "python version" pickles
   (``cifar-10-batches-py/data_batch_1..5, test_batch``; ``cifar-100-python/train, test``), read
   with an unpickler that only rebuilds numpy arrays and plain containers.
+* ``fashion-mnist`` / ``fashion-mnist:ROOT``: Fashion-MNIST's four original idx files (gzipped or
+  not), read with torchvision's MNIST idx reader; without ROOT, ``$REPSIM_FASHION_MNIST`` or the
+  Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 * ``folder:ROOT``: an ImageFolder tree (``ROOT/[train|val|test]/CLASS/*.jpg``), e.g. Mini- or
   Tiny-ImageNet, decoded with PIL.
 
@@ -13,7 +16,12 @@ training augmentations on top of the same readers.
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +33,7 @@ NORMALIZATION = {
     "digits": ((0.5,), (0.5,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
     "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 _CIFAR = {
@@ -35,6 +44,11 @@ _CIFAR = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset that is not on disk: the message says where to put it."""
+
+
+def in_channels(kind: str) -> int:
+    """Image channels of a dataset kind (1 for digits and Fashion-MNIST, 3 otherwise)."""
+    return len(NORMALIZATION[kind][0])
 
 
 def digits_split(seed: int = 0, test_fraction: float = 0.25):
@@ -127,6 +141,95 @@ def folder_split_root(root, train: bool) -> Path:
     return root
 
 
+FASHION_MNIST_ENV = "REPSIM_FASHION_MNIST"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                  False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
+_FASHION_HOWTO = (
+    "get the four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+    "t10k-labels-idx1-ubyte, gzipped or not) with `apt-get install dataset-fashion-mnist` on Debian/Ubuntu, "
+    "or from the Fashion-MNIST repository (github.com/zalandoresearch/fashion-mnist, data/fashion), and pass "
+    f"fashion-mnist:ROOT or set ${FASHION_MNIST_ENV}. Nothing is downloaded."
+)
+
+
+def _debian_package_folder() -> Path | None:
+    """The folder holding the idx files of the installed Debian package, from ``dpkg -L`` (None if absent)."""
+    if shutil.which("dpkg") is None:
+        return None
+    try:
+        listing = subprocess.run(
+            ["dpkg", "-L", FASHION_MNIST_PACKAGE], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in listing.stdout.splitlines():
+        if line.endswith(_FASHION_FILES[True][0] + ".gz") or line.endswith(_FASHION_FILES[True][0]):
+            return Path(line).parent
+    return None
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fashion_mnist_root(root=None) -> Path:
+    """The folder with Fashion-MNIST's idx files: ``root`` (or its ``FashionMNIST/raw`` subfolder, torchvision's
+    layout), else ``$REPSIM_FASHION_MNIST``, else the Debian package's folder (the known path, then ``dpkg -L``)."""
+    if root is not None:
+        candidates, where = [Path(root).expanduser()], f"under {root}"
+    elif os.environ.get(FASHION_MNIST_ENV):
+        candidates, where = [Path(os.environ[FASHION_MNIST_ENV]).expanduser()], f"in ${FASHION_MNIST_ENV}"
+    else:
+        candidates = [FASHION_MNIST_DEFAULT] + [p for p in [_debian_package_folder()] if p is not None]
+        where = f"in {FASHION_MNIST_DEFAULT} (the {FASHION_MNIST_PACKAGE} package is not installed)"
+    for base in candidates:
+        for folder in (base, base / "FashionMNIST" / "raw"):
+            if all(_idx_file(folder, name) for names in _FASHION_FILES.values() for name in names):
+                return folder
+    raise DatasetNotFoundError(f"Fashion-MNIST not found {where}: {_FASHION_HOWTO}")
+
+
+def _read_idx(path: Path, reader) -> torch.Tensor:
+    """An idx file through torchvision's reader; a gzipped one is decompressed into a temporary folder first
+    (torchvision's readers take plain files only)."""
+    if path.suffix != ".gz":
+        return reader(str(path))
+    from torchvision.datasets.utils import extract_archive
+
+    with tempfile.TemporaryDirectory(prefix="repsim-idx-") as tmp:
+        return reader(extract_archive(str(path), tmp))  # a .gz lands in tmp under its name without .gz
+
+
+def read_fashion_mnist(root=None, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images (N, 28, 28) uint8 and labels (N,) int64 from the idx files (see
+    :func:`fashion_mnist_root` for where they are looked for)."""
+    images, labels = _read_fashion_cached(str(fashion_mnist_root(root)), train)
+    return images.copy(), labels.copy()  # the cache stays pristine whatever the caller does
+
+
+@functools.lru_cache(maxsize=2)
+def _read_fashion_cached(folder: str, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    import repsim  # noqa: F401  (the torchvision guard, see repsim._compat)
+
+    folder = Path(folder)
+    images_name, labels_name = _FASHION_FILES[train]
+    try:
+        images = _read_idx(_idx_file(folder, images_name), read_image_file)
+        labels = _read_idx(_idx_file(folder, labels_name), read_label_file)
+    except (AssertionError, ValueError, RuntimeError, OSError, EOFError) as err:  # torchvision asserts on bad headers
+        raise ValueError(f"{folder} holds a damaged or non-idx Fashion-MNIST file: {err!r}") from None
+    if images.ndim != 3 or len(images) != len(labels):
+        raise ValueError(f"{folder}: {tuple(images.shape)} images but {len(labels)} labels")
+    return images.numpy(), labels.numpy().astype(np.int64)
+
+
 class ArrayImages(Dataset):
     """Images held in memory as a uint8 array (N, H, W[, C]) with labels; ``transform`` gets a
     uint8 tensor image (C, H, W) (torchvision v2 accepts these) and returns the sample."""
@@ -148,11 +251,13 @@ class ArrayImages(Dataset):
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """'digits' | 'cifar10:ROOT' | 'cifar100:ROOT' | 'folder:ROOT' -> (kind, root)."""
+    """'digits' | 'fashion-mnist[:ROOT]' | 'cifar10:ROOT' | 'cifar100:ROOT' | 'folder:ROOT' -> (kind, root)."""
     kind, _, root = spec.partition(":")
     if kind not in NORMALIZATION:
-        raise ValueError(f"unknown dataset {spec!r}: use digits, cifar10:ROOT, cifar100:ROOT or folder:ROOT")
-    if kind != "digits" and not root:
+        raise ValueError(
+            f"unknown dataset {spec!r}: use digits, fashion-mnist[:ROOT], cifar10:ROOT, cifar100:ROOT or folder:ROOT"
+        )
+    if kind not in ("digits", "fashion-mnist") and not root:
         raise ValueError(f"{kind} needs a root folder: {kind}:/path/to/data")
     return kind, root or None
 
@@ -184,12 +289,18 @@ def reference_dataset(spec: str, train: bool = False, image_size: int | None = N
         from torchvision.datasets import ImageFolder
 
         return ImageFolder(str(folder_split_root(root, train)), transform=eval_transform(kind, image_size or 64))
+    images, labels = read_arrays(kind, root, train, seed)
+    return ArrayImages(images, labels, eval_transform(kind, image_size))
+
+
+def read_arrays(kind: str, root: str | None, train: bool, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8, labels int64) of one split of an in-memory dataset kind (digits, Fashion-MNIST, CIFAR)."""
     if kind == "digits":
         (tr_x, tr_y), (te_x, te_y) = digits_split(seed)
-        images, labels = (tr_x, tr_y) if train else (te_x, te_y)
-    else:
-        images, labels = read_cifar(root, kind, train)
-    return ArrayImages(images, labels, eval_transform(kind, image_size))
+        return (tr_x, tr_y) if train else (te_x, te_y)
+    if kind == "fashion-mnist":
+        return read_fashion_mnist(root, train)
+    return read_cifar(root, kind, train)
 
 
 def reference_loader(

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("examples/0*.py"))
+# every numbered example on the common CLI (--seeds/--epochs/--smoke); the text example has its own test below
+EXAMPLES = sorted(
+    p for p in Path(__file__).resolve().parents[1].glob("examples/[0-9][0-9]_*.py") if p.stem != "11_text_layers"
+)
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.stem)
@@ -34,6 +37,17 @@ def test_example_runs(script, tmp_path):
         assert again.returncode == 0, again.stderr[-2000:]
         assert "training and features" not in again.stdout and "wrote:" in again.stdout
         assert list((tmp_path / "features").glob("*.safetensors"))
+    if script.stem == "10_fashion_resnet":  # run again: the finished seed is skipped, the report rewritten
+        again = subprocess.run(
+            [sys.executable, str(script), "--seeds", "1", "--epochs", "1", "--smoke", "--out", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "seed 0: already finished" in again.stdout and "trained" not in again.stdout
+        assert (tmp_path / "fashion_summary.md").exists() and "wrote:" in again.stdout
 
 
 TEXT_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "11_text_layers.py"

@@ -21,6 +21,8 @@ def parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         if f.name == "objectives":
             p.add_argument(flag, nargs="+", choices=OBJECTIVES, default=None)
+        elif f.name == "probe_l2_grid":
+            p.add_argument(flag, nargs="+", type=float, default=None, help="L2 strengths of the final linear probe")
         elif f.name == "classes":
             p.add_argument(flag, nargs="+", type=int, default=None, help="C (first C classes) or a list of labels")
         elif isinstance(default, bool):
@@ -33,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
                     float
                     if f.name in ("supcon_tau", "balanced_alpha")
                     else int
-                    if f.name in ("image_size", "proj_hidden", "proj_out")
+                    if f.name in ("image_size", "proj_hidden", "proj_out", "width", "train_samples")
                     else str
                 )
             )

@@ -15,11 +15,14 @@ LR_SCALINGS = ("linear", "sqrt", "fourth_root", "constant")
 class TrainConfig:
     # data
     data: str = "digits"
-    """digits | cifar10:ROOT | cifar100:ROOT | folder:ROOT"""
+    """digits | fashion-mnist[:ROOT] | cifar10:ROOT | cifar100:ROOT | folder:ROOT"""
     classes: int | list[int] | None = None
     """Train on a subset: the first C classes, or an explicit list (relabelled 0..C'-1)."""
     image_size: int | None = None
-    """Training crop size (default: 32 for CIFAR, 64 for folders; digits stay 8x8)."""
+    """Training crop size (default: 32 for CIFAR, 28 for Fashion-MNIST (no padding), 64 for folders; digits 8x8)."""
+    train_samples: int | None = None
+    """Train on a class-stratified subset of this many training samples (drawn with ``seed``; the kNN bank and
+    the final probes use the same subset); None: the whole training split."""
     balanced_batches: bool = False
     reference_samples: int | None = 2000
     """Samples of the un-augmented test split on which alignment is tracked."""
@@ -30,6 +33,9 @@ class TrainConfig:
     """Also train a second CL model ("cl_control"): it must end identical to "cl" (CKA exactly 1)."""
     backbone: str | None = None
     """small_cnn | resnet18 | resnet50 | timm:NAME (default: small_cnn for digits, resnet18 otherwise)."""
+    width: int | None = None
+    """Base width (channels of the first stage): small_cnn 32, ResNets 64 (torchvision); another ResNet width
+    scales every stage (w, 2w, 4w, 8w)."""
     proj_hidden: int | None = None
     proj_out: int | None = None
     # objectives
@@ -61,6 +67,8 @@ class TrainConfig:
     progress: bool = True
     final_probes: bool = True
     """Linear probe, kNN and NCCC of every encoder at the end, plus the plots and report.md."""
+    probe_l2_grid: list[float] | None = None
+    """L2 strengths the final linear probe cross-validates (None: the probes' half-decade grid 1e-5..1e-1)."""
     inference_resamples: int = 200
     """Half-sample resamples for the final alignment intervals and the paired claim intervals (0: off)."""
 
@@ -74,6 +82,10 @@ class TrainConfig:
             raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}")
         if self.optimizer not in ("sgd", "lars"):
             raise ValueError(f"optimizer must be 'sgd' or 'lars', got {self.optimizer!r}")
+        if self.train_samples is not None and self.train_samples < 2:
+            raise ValueError(f"train_samples must be >= 2 or None (the whole split), got {self.train_samples}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"width must be >= 1 or None (the backbone's default), got {self.width}")
         for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -100,7 +112,8 @@ class TrainConfig:
         values["backbone"] = self.backbone or ("small_cnn" if digits else "resnet18")
         values["proj_hidden"] = self.proj_hidden or (128 if digits else 2048)
         values["proj_out"] = self.proj_out or (64 if digits else 128)
-        values["image_size"] = self.image_size or (8 if digits else 64 if self.kind == "folder" else 32)
+        sizes = {"digits": 8, "fashion-mnist": 28, "folder": 64}
+        values["image_size"] = self.image_size or sizes.get(self.kind, 32)
         values["supcon_tau"] = self.supcon_tau or self.tau
         values["balanced_alpha"] = self.balanced_alpha or 1.0 / self.tau
         return TrainConfig(**values)

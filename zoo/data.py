@@ -1,8 +1,9 @@
 """Training data for the zoo: two augmented views per sample, class subsets, balanced batches.
 
-Readers come from :mod:`repsim.data` (digits, CIFAR-10/100 python pickles, ImageFolder roots);
-nothing is ever downloaded. Augmentations are torchvision transforms v2 presets: SimCLR's for
-32/64/224 px images and a mild affine + noise one for 8x8 digits. The trainer draws each batch
+Readers come from :mod:`repsim.data` (digits, Fashion-MNIST idx files, CIFAR-10/100 python pickles,
+ImageFolder roots); nothing is ever downloaded. Augmentations are torchvision transforms v2 presets:
+SimCLR's for 32/64/224 px colour images, its crop and flip for grayscale Fashion-MNIST, and a mild
+affine + noise one for 8x8 digits. The trainer draws each batch
 once and feeds the same two views to every model (shared randomness).
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from repsim.data import NORMALIZATION, ArrayImages, digits_split, eval_transform, parse_spec, read_cifar
+from repsim.data import NORMALIZATION, ArrayImages, eval_transform, parse_spec, read_arrays
 
 
 def simclr_augment(size: int, kind: str = "cifar10", blur: bool | None = None):
@@ -98,8 +99,29 @@ def add_shortcut(images: np.ndarray, labels: np.ndarray, probability: float, see
     return out
 
 
+def grayscale_augment(size: int, kind: str = "fashion-mnist", strength: float = 1.0):
+    """SimCLR's geometric augmentations for grayscale images: RandomResizedCrop(size, scale=(0.2**strength, 1)) and
+    a horizontal flip; no colour jitter or grayscale step (one channel has neither hue nor saturation). At
+    ``strength`` 1 the crop scale is (0.2, 1), as in the CIFAR recipe of SupCon (Khosla et al. 2020); 0 is no
+    augmentation, 2 crops down to 4 % of the image. Then float and normalise."""
+    from torchvision.transforms import v2
+
+    if not 0 <= strength <= 4:
+        raise ValueError(f"strength must be in [0, 4], got {strength}")
+    mean, std = NORMALIZATION[kind]
+    steps = [v2.ToImage()]
+    if strength:
+        steps += [v2.RandomResizedCrop(size, scale=(0.2**strength, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        steps += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
 def augmentation(kind: str, image_size: int):
-    return digits_augment() if kind == "digits" else simclr_augment(image_size, kind)
+    if kind == "digits":
+        return digits_augment()
+    return grayscale_augment(image_size, kind) if kind == "fashion-mnist" else simclr_augment(image_size, kind)
 
 
 class TwoViews(Dataset):
@@ -155,15 +177,33 @@ def load_split(
         base.targets = [t for _, t in base.samples]
         base.transform = None if augment else eval_transform(kind, image_size or 64)
         return base, len(mapping)
-    if kind == "digits":
-        (tr_x, tr_y), (te_x, te_y) = digits_split(seed)
-        images, labels = (tr_x, tr_y) if train else (te_x, te_y)
-    else:
-        images, labels = read_cifar(root, kind, train)
+    images, labels = read_arrays(kind, root, train, seed)
     index, mapping = class_subset(labels, classes)
     relabelled = np.asarray([mapping[int(c)] for c in labels[index]], dtype=np.int64)
     transform = None if augment else eval_transform(kind, image_size)
     return ArrayImages(images[index], relabelled, transform), len(mapping)
+
+
+class LabelledSubset(torch.utils.data.Subset):
+    """A :class:`~torch.utils.data.Subset` that keeps its samples' labels as ``labels``."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        super().__init__(dataset, list(indices))
+        self.labels = dataset_labels(dataset)[np.asarray(self.indices, dtype=np.int64)]
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` sample indices with the class proportions of ``labels`` (scikit-learn's stratified split, seeded),
+    sorted; all of them when ``n >= len(labels)``."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    if n < len(np.unique(labels)):
+        raise ValueError(f"train_samples {n} is smaller than the number of classes {len(np.unique(labels))}")
+    keep, _ = train_test_split(np.arange(len(labels)), train_size=n, random_state=seed, stratify=labels)
+    return np.sort(keep)
 
 
 def dataset_labels(ds: Dataset) -> np.ndarray:

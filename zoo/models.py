@@ -35,18 +35,43 @@ class SmallCNN(nn.Module):
         return self.pool(self.layer3(self.layer2(self.layer1(x)))).flatten(1)
 
 
-def cifar_resnet(depth: int = 18, in_channels: int = 3) -> nn.Module:
-    """torchvision ResNet-18/50 with the CIFAR stem (3x3 conv1, stride 1, no max-pool), no fc."""
+def cifar_resnet(depth: int = 18, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """ResNet-18/34/50 with the CIFAR stem (3x3 conv1, stride 1, no max-pool), no fc.
+
+    ``width`` 64 is torchvision's network; another width rebuilds its stem and stages at widths
+    (w, 2w, 4w, 8w) (times 4 at the output of a bottleneck), e.g. 16 for a quarter-width ResNet-18 of
+    ~1/16 the multiply-adds, for CPU budgets.
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
     import torchvision
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
     factory = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
     if depth not in factory:
         raise ValueError(f"depth must be one of {sorted(factory)}, got {depth}")
     net = factory[depth](weights=None)
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    if width != 64:
+        layers = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}[depth]
+        net = _narrow(net, Bottleneck if depth == 50 else BasicBlock, layers, width)
+    net.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
     net.maxpool = nn.Identity()
     net.num_features = net.fc.in_features
     net.fc = nn.Identity()
+    return net
+
+
+def _narrow(net: nn.Module, block, layers: tuple[int, ...], width: int) -> nn.Module:
+    """Rebuild a torchvision ResNet's stem and four stages at base width ``width`` (stages w, 2w, 4w, 8w) with
+    torchvision's own block builder, initialised as torchvision initialises them (He fan-out convs, BN 1/0)."""
+    net.inplanes = width  # conv1 (the CIFAR stem) is replaced by the caller
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, blocks in enumerate(layers):
+        setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2**i, blocks, stride=1 if i == 0 else 2))
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    net.fc = nn.Linear(width * 8 * block.expansion, 1)
     return net
 
 
@@ -95,14 +120,17 @@ def create_model(
     in_channels: int = 3,
     proj_hidden: int = 2048,
     proj_out: int = 128,
-    width: int = 32,
+    width: int | None = None,
 ) -> ContrastiveModel:
-    """A :class:`ContrastiveModel`: ``small_cnn``, ``resnet18``/``resnet50`` (CIFAR stem) or ``timm:NAME``."""
+    """A :class:`ContrastiveModel`: ``small_cnn``, ``resnet18``/``resnet50`` (CIFAR stem) or ``timm:NAME``.
+
+    ``width``: base channels (default 32 for small_cnn, 64 for the ResNets; timm models ignore it).
+    """
     if backbone == "small_cnn":
-        enc = SmallCNN(in_channels, width)
+        enc = SmallCNN(in_channels, width or 32)
         dims = enc.num_features
     elif backbone in ("resnet18", "resnet34", "resnet50"):
-        enc = cifar_resnet(int(backbone[6:]), in_channels)
+        enc = cifar_resnet(int(backbone[6:]), in_channels, width or 64)
         dims = enc.num_features
     elif backbone.startswith("timm:"):
         enc = timm_backbone(backbone[5:], in_channels)

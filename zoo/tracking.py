@@ -58,11 +58,14 @@ def knn_rows(bank: dict[str, tuple[Tensor, Tensor]], queries: dict[str, tuple[Te
 
 
 @torch.no_grad()
-def final_probe_rows(bank, queries, seed: int) -> list[dict]:
+def final_probe_rows(bank, queries, seed: int, l2_grid=None) -> list[dict]:
+    """Linear probe, kNN and NCCC few-shot of every run's encoder features (``l2_grid``: the linear probe's
+    L2 strengths; None: the probes' default grid)."""
     rows = []
+    grid = {} if l2_grid is None else {"l2_grid": l2_grid}
     for run, (bx, by) in bank.items():
         qx, qy = queries[run]
-        table = probes.evaluate_features(bx, by, qx, qy, shots=(1, 5), episodes=50, seed=seed)
+        table = probes.evaluate_features(bx, by, qx, qy, shots=(1, 5), episodes=50, seed=seed, **grid)
         for r in table.to_dict("records"):
             rows.append({"objective": run, **r})
     return rows

@@ -22,10 +22,19 @@ from tqdm.auto import tqdm
 
 import repsim
 from repsim._io import atomic_write, atomic_write_text
+from repsim.data import in_channels
 
 from . import distributed as D
 from .config import TrainConfig
-from .data import BalancedBatchSampler, TwoViews, augmentation, dataset_labels, load_split
+from .data import (
+    BalancedBatchSampler,
+    LabelledSubset,
+    TwoViews,
+    augmentation,
+    dataset_labels,
+    load_split,
+    stratified_indices,
+)
 from .losses import balanced, contrastive, cross_entropy, supcon
 from .models import create_model
 from .tracking import (
@@ -38,6 +47,11 @@ from .tracking import (
 )
 
 _CKPT = re.compile(r"epoch_(\d+)\.pt$")
+
+
+def width_option(cfg: TrainConfig) -> dict:
+    """``width=`` for :func:`zoo.models.create_model` when the config sets one (else the backbone's default)."""
+    return {} if cfg.width is None else {"width": cfg.width}
 
 
 def objective_of(run: str) -> str:
@@ -116,15 +130,19 @@ class Trainer:
         D.init_from_env(self.device.type)
         self.out = Path(cfg.out)
         train_raw, self.n_classes = load_split(cfg.data, True, cfg.classes, cfg.seed, cfg.image_size, augment=True)
-        self.train_set = TwoViews(train_raw, augmentation(cfg.kind, cfg.image_size))
-        self.train_labels = dataset_labels(train_raw)
         ref, _ = load_split(cfg.data, False, cfg.classes, cfg.seed, cfg.image_size)
         bank, _ = load_split(cfg.data, True, cfg.classes, cfg.seed, cfg.image_size)
+        if cfg.train_samples is not None:  # the same samples for training, the kNN bank and the probes
+            keep = stratified_indices(dataset_labels(train_raw), cfg.train_samples, cfg.seed)
+            train_raw, bank = LabelledSubset(train_raw, keep), LabelledSubset(bank, keep)
+        self.train_set = TwoViews(train_raw, augmentation(cfg.kind, cfg.image_size))
+        self.train_labels = dataset_labels(train_raw)
         self.ref_loader = self._eval_loader(ref, cfg.reference_samples)
         self.bank_loader = self._eval_loader(bank, 10_000)
         torch.manual_seed(cfg.seed)
-        in_channels = 1 if cfg.kind == "digits" else 3
-        initial = create_model(cfg.backbone, self.n_classes, in_channels, cfg.proj_hidden, cfg.proj_out)
+        initial = create_model(
+            cfg.backbone, self.n_classes, in_channels(cfg.kind), cfg.proj_hidden, cfg.proj_out, **width_option(cfg)
+        )
         if cfg.channels_last:
             initial = initial.to(memory_format=torch.channels_last)
         self.models = {run: copy.deepcopy(initial).to(self.device) for run in cfg.run_names}
@@ -139,6 +157,7 @@ class Trainer:
         else:
             self.train_models = self.models
         self.epoch, self.step, self.log = 0, 0, []
+        self.epochs_trained = 0  # epochs trained by this process (a resumed run does not count the loaded ones)
         self._features = None  # (epoch, reference features, bank features) of the last evaluation
         self.lr_sum = 0.0  # sum of the CL model's learning rates over the steps taken (the theory's sum eta_t)
 
@@ -214,7 +233,14 @@ class Trainer:
         sums = dict.fromkeys(self.models, 0.0)
         for model in self.train_models.values():
             model.train()
-        for v1, v2, y in loader:
+        steps = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1} steps",
+            leave=False,
+            mininterval=10,  # long CPU epochs log a line now and then, not a flood
+            disable=not (cfg.progress and D.rank() == 0),
+        )
+        for v1, v2, y in steps:
             x = torch.cat([v1, v2]).to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.to(memory_format=torch.channels_last)
@@ -258,8 +284,19 @@ class Trainer:
             )
         return rows + knn_rows(bank, queries)
 
-    def run(self, resume: bool = False) -> Path:
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def run(self, resume: bool = False, max_epochs: int | None = None) -> Path:
+        """Train to ``cfg.epochs`` (from the latest checkpoint with ``resume``), then write the final files.
+
+        ``max_epochs``: train at most this many epochs in this call, checkpoint and return unfinished (no final
+        files); calling again with ``resume=True`` continues exactly where it stopped.
+        """
         cfg = self.cfg
+        if max_epochs is not None and max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0 or None, got {max_epochs}")
         main = D.rank() == 0
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -268,8 +305,9 @@ class Trainer:
             print(f"resumed from epoch {self.epoch} ({self.latest_checkpoint()})")
         if self.epoch == 0 and main:  # the shared start: every model identical, CKA 1
             self.log += [{"epoch": 0, "step": 0, **row} for row in self.evaluate()]
+        stop = cfg.epochs if max_epochs is None else min(cfg.epochs, self.epoch + max_epochs)
         bar = tqdm(
-            range(self.epoch, cfg.epochs),
+            range(self.epoch, stop),
             initial=self.epoch,
             total=cfg.epochs,
             desc="epochs",
@@ -277,6 +315,7 @@ class Trainer:
         )
         for _ in bar:
             losses = self.train_epoch()
+            self.epochs_trained += 1
             bar.set_postfix({r: f"{v:.3f}" for r, v in losses.items()})
             if main:
                 base = {"epoch": self.epoch, "step": self.step}
@@ -286,8 +325,13 @@ class Trainer:
                 if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                     self.log += [{**base, **row} for row in self.evaluate()]
                     self.write_log()
-                if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+                if self.epoch % cfg.checkpoint_every == 0 or self.epoch in (cfg.epochs, stop):
                     self.save_checkpoint()
+        if not self.finished:
+            if main:
+                self.write_log()
+            D.close()
+            return self.out
         if main:
             self.finish()
         D.close()
@@ -318,7 +362,7 @@ class Trainer:
         ref, bank, queries = self._reference_features()
         if self.cfg.inference_resamples:
             self._add_final_intervals({run: f for run, (f, _) in ref.items()})
-        rows = final_probe_rows(bank, queries, self.cfg.seed)
+        rows = final_probe_rows(bank, queries, self.cfg.seed, self.cfg.probe_l2_grid)
         probes_path = atomic_write_text(self.out / "final_probes.csv", pd.DataFrame(rows).to_csv(index=False))
         written = [self.write_log(), probes_path, *write_report(self.out, self.cfg)]
         print("wrote:\n" + "\n".join(f"  {p}" for p in [*written, self.out / "models", self.out / "checkpoints"]))
