@@ -16,6 +16,7 @@ from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
 from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
+from .inference.grid import GRID_AGGREGATE_LAYER
 from .many import compare_many
 from .measures.registry import registered_names
 
@@ -88,7 +89,8 @@ def cmd_compare(args) -> None:
         sample_cap=args.sample_cap,
         inference=(
             {"permutations": args.permutations, "bootstrap": args.bootstrap, "adjust": args.adjust}
-            if args.permutations or args.bootstrap
+            | ({"calibrate": args.calibrate} if args.calibrate else {})
+            if args.permutations or args.bootstrap or args.calibrate
             else None
         ),
         result_on="rank0",
@@ -106,6 +108,12 @@ def cmd_compare(args) -> None:
             sub = result.table[result.table["measure"] == measure]
             adjusted = sub.pivot(index="layer_a", columns="layer_b", values="p_adjusted")
             print(f"adjusted p-values ({args.adjust}):\n{adjusted.round(4).to_string()}")
+        if "calibrated" in result.table:
+            mine = result.table[result.table["measure"] == measure]
+            best = mine["layer_a"] == GRID_AGGREGATE_LAYER
+            calibrated = mine[~best].pivot(index="layer_a", columns="layer_b", values="calibrated")
+            print(f"calibrated (0 = not above chance):\n{calibrated.round(4).to_string()}")
+            print(f"grid maximum {mine[best]['value'].iloc[0]:.4f}, calibrated {mine[best]['calibrated'].iloc[0]:.4f}")
         ax = result.heatmap(measure)
         written.append(atomic_save_figure(ax.figure, out / f"heatmap_{measure}.png", dpi=120))
         plt.close(ax.figure)
@@ -126,13 +134,15 @@ def cmd_many(args) -> None:
         device=args.device,
         max_samples=args.max_samples,
         cache_dir=args.cache,
+        calibrate=args.calibrate,
     )
     out = Path(args.out)
     from .plotting import heatmap
 
-    written = [atomic_write_text(out / f"many_{args.measure}.csv", matrix.to_csv())]
-    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}")
-    written.append(atomic_save_figure(ax.figure, out / f"many_{args.measure}.png", dpi=120))
+    stem = f"many_{args.measure}" + ("_calibrated" if args.calibrate else "")
+    written = [atomic_write_text(out / f"{stem}.csv", matrix.to_csv())]
+    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}" + (" (calibrated)" if args.calibrate else ""))
+    written.append(atomic_save_figure(ax.figure, out / f"{stem}.png", dpi=120))
     print(matrix.round(4).to_string())
     print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
 
@@ -147,6 +157,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: read from checkpoint)")
     p.add_argument("--out", default="results", help="output folder")
+
+
+_CALIBRATE_HELP = "calibrated similarity (0 = chance) from N permutations shared by all layers"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures and inference")
     p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
     p.add_argument("--bootstrap", type=int, default=0, help="confidence intervals from this many resamples")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP)
     p.add_argument(
         "--adjust", default="holm", choices=["holm", "bh", "none"], help="p-value adjustment over the layer grid"
     )
@@ -181,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", required=True)
     p.add_argument("--measure", default="linear_cka", choices=registered_names())
     p.add_argument("--cache", default=None, help="folder to cache extracted features in")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP + " (writes that matrix)")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
     return top

@@ -124,6 +124,7 @@ def compare_many(
     progress: bool = True,
     chunk_batches: int = 16,
     distributed: bool | None = None,
+    calibrate: int = 0,
 ) -> pd.DataFrame:
     """N x N matrix of ``measure`` between the ``layer`` features of many models.
 
@@ -141,6 +142,11 @@ def compare_many(
     Under ``torchrun`` (see :mod:`repsim.distributed`) each rank extracts its shard of the
     loader; the features are gathered in the global sample order, so the matrix equals a
     single-process run's.
+
+    ``calibrate=B`` returns the calibrated matrix instead (:func:`repsim.calibrate` of every pair
+    against its own permutation null, B permutations shared by all models, alpha = 0.05, seed 0):
+    0 where a pair is not above chance; the raw matrix and the thresholds are in its
+    ``attrs["observed"]`` and ``attrs["threshold"]``.
     """
     _check_measure(measure)
     if len(models_or_paths) < 2:
@@ -165,6 +171,7 @@ def compare_many(
             progress,
             chunk_batches,
             shard,
+            calibrate,
         )
     # one process, no cache (a cache_dir always goes through the sharded, resumable path above)
     features = []
@@ -179,12 +186,23 @@ def compare_many(
             model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=False
         )
         features.append(feats[layer])
-    return _frame(measure, features, names)
+    return _frame(measure, features, names, calibrate)
 
 
-def _frame(measure: str, features: list[Tensor], names) -> pd.DataFrame:
+def _frame(measure: str, features: list[Tensor], names, calibrate: int = 0) -> pd.DataFrame:
     grid = measure_grid(measure, features).cpu().numpy()
-    return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
+    def frame(values) -> pd.DataFrame:
+        return pd.DataFrame(values, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
+    if not calibrate:
+        return frame(grid)
+    from .inference.grid import calibrated_matrix
+
+    calibrated, threshold = calibrated_matrix(measure, features, calibrate)
+    out = frame(calibrated.numpy())
+    out.attrs.update(observed=frame(grid), threshold=frame(threshold.numpy()))
+    return out
 
 
 def _compare_many_sharded(
@@ -201,6 +219,7 @@ def _compare_many_sharded(
     progress,
     chunk_batches,
     shard: D.Shard,
+    calibrate: int = 0,
 ) -> pd.DataFrame:
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
@@ -230,4 +249,4 @@ def _compare_many_sharded(
         keys = torch.cat([p[1] for p in parts])
         order = torch.argsort(keys)
         features.append(torch.cat([p[0] for p in parts])[order])
-    return _frame(measure, features, names)
+    return _frame(measure, features, names, calibrate)

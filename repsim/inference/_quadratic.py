@@ -1,0 +1,186 @@
+"""Permutation nulls of whole layer grids for the measures that are quadratic forms.
+
+Linear CKA (biased or debiased) and Pearson/Spearman RSA of layer i of x against layer j of y,
+with y's samples permuted by pi, are functions of
+
+    Q_ij(pi) = sum_ab A_i[a, b] B_j[pi(a), pi(b)]     and     D_ij(pi) = sum_a u_i[a] v_j[pi(a)]
+
+for per-layer symmetric n x n matrices A_i, B_j (centred Gram matrices, zero-diagonal Grams,
+standardised RDMs) and per-layer vectors u_i, v_j (Gram row sums), plus permutation-invariant
+per-layer scalars (norms, totals). The per-layer work is done once; each permutation then costs
+only Q and D. Two engines compute them for every cell and permutation:
+
+* :func:`shift_null_grid`: pi ranges over the cyclic shifts of one random ordering of the
+  samples; all n shifts of every cell come from FFTs of the matrices' wrapped diagonals
+  (see ``_shifts.py``): each layer's diagonals are transformed once and a cell costs one
+  elementwise product and sum of two (n/2 + 1)^2 spectra.
+* :func:`explicit_null_grid`: any given permutations (the restricted ones of ``groups``/``blocks``,
+  or uniform ones when more are needed than there are shifts): per permutation and y-layer one
+  gather of B_j and one product with all A_i at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._validation import resolve_dtype
+from ..measures._products import self_product
+from ..measures.gram import center_columns
+from ..measures.rsa import average_ranks, rdm
+from ._shifts import wrapped_diagonals
+
+_ACC = torch.float64
+
+
+@dataclass
+class Side:
+    """One layer's part of a quadratic form: matrix, optional vector, invariant scalars."""
+
+    matrix: Tensor
+    vector: Tensor | None
+    scalars: dict[str, Tensor]
+
+
+@dataclass
+class QuadraticForm:
+    """statistic_ij(pi) = finish(Q_ij(pi), D_ij(pi), x-side scalars, y-side scalars)."""
+
+    side: Callable[[Tensor], Side]
+    finish: Callable[[Tensor, Tensor | None, dict, dict], Tensor]
+    uses_vector: bool
+
+
+def _sq_norm(m: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(m, dtype=_ACC) ** 2
+
+
+def _cka_form(debiased: bool, dtype) -> QuadraticForm:
+    def side(z: Tensor) -> Side:
+        zc = center_columns(z, resolve_dtype(dtype, z))
+        k = self_product(zc.T).to(_ACC)
+        if not debiased:
+            return Side(k, None, {"norm": _sq_norm(k).sqrt()})
+        n = k.shape[0]
+        k.fill_diagonal_(0.0)
+        rows = k.sum(1)
+        total = rows.sum()
+        self_hsic = _hsic(_sq_norm(k), total, total, rows @ rows, n)
+        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)})
+
+    def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
+        if not debiased:
+            return q / (sx["norm"][:, None, None] * sy["norm"][None, :, None])
+        n = int(sx["n"][0])
+        cross = _hsic(q, sx["total"][:, None, None], sy["total"][None, :, None], d, n)
+        return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
+
+    return QuadraticForm(side, finish, debiased)
+
+
+def _hsic(tr, ks, ls, kl, n: int):
+    """Unbiased HSIC (Song et al. 2012) from tr(K0 L0), the totals 1'K0 1, 1'L0 1 and 1'K0 L0 1."""
+    return (tr + ks * ls / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
+
+
+def _rsa_form(method: str, compare: str) -> QuadraticForm:
+    def side(z: Tensor) -> Side:
+        a = rdm(z, method)
+        n = a.shape[0]
+        iu = torch.triu_indices(n, n, 1, device=a.device)
+        v = a[iu[0], iu[1]].to(_ACC)
+        if compare == "spearman":
+            v = average_ranks(v)
+        v = (v - v.mean()) / v.std(correction=0)
+        full = torch.zeros(n, n, dtype=_ACC, device=a.device)
+        full[iu[0], iu[1]] = v
+        # symmetric with a zero diagonal: the sum over a != b counts every pair twice
+        return Side(full + full.T, None, {"pairs": torch.tensor(2.0 * iu.shape[1], dtype=_ACC)})
+
+    def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
+        return q / sx["pairs"][:, None, None]
+
+    return QuadraticForm(side, finish, False)
+
+
+def quadratic_form(name: str, options: dict) -> QuadraticForm | None:
+    """The quadratic form of a registry measure with these (resolved) options, or None if it has none."""
+    opts = dict(options)
+    if name in ("linear_cka", "debiased_cka") and opts.get("method", "auto") in ("auto", "feature", "gram"):
+        return _cka_form(bool(opts.get("debiased", False)), opts.get("dtype"))
+    if name in ("rsa", "rsa_spearman") and opts.get("compare", "pearson") in ("pearson", "spearman"):
+        return _rsa_form(opts.get("rdm", "cosine"), opts.get("compare", "pearson"))
+    return None
+
+
+def _stack_scalars(sides: list[Side]) -> dict[str, Tensor]:
+    return {key: torch.stack([s.scalars[key] for s in sides]) for key in sides[0].scalars}
+
+
+# -------------------------------------------------------------------------------- engines
+def shift_permutations(order: Tensor, shifts: Tensor) -> Tensor:
+    """The explicit permutations of the cyclic shifts ``shifts`` of ``order``: perm_s[order[i]] = order[(i+s) % n]."""
+    n = order.shape[0]
+    idx = (torch.arange(n, device=order.device)[None, :] + shifts[:, None].to(order.device)) % n
+    perms = torch.empty(shifts.shape[0], n, dtype=torch.int64, device=order.device)
+    perms[:, order] = order[idx]
+    return perms
+
+
+def shift_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], order: Tensor, shifts: Tensor) -> Tensor:
+    """(L, M, len(shifts)) statistics of every cell at the cyclic shifts ``shifts`` of ``order``.
+
+    Q_ij(s) = IFFT( sum_d w_d conj(FFT a_id) FFT b_jd )(s) over the wrapped diagonals d <= n/2
+    (symmetric matrices: diagonal n - d mirrors d, so w_d = 2 except d = 0 and d = n/2)."""
+    n = order.shape[0]
+    rows = n // 2 + 1
+    weight = torch.full((rows, 1), 2.0, dtype=_ACC, device=xs[0].device)
+    weight[0] = 1.0
+    if n % 2 == 0:
+        weight[-1] = 1.0  # d = n/2 is its own mirror
+
+    def spectra(z: Tensor) -> tuple[Tensor, Tensor | None, dict]:
+        side = form.side(z[order])
+        f = torch.fft.rfft(wrapped_diagonals(side.matrix, rows), dim=1)
+        v = torch.fft.rfft(side.vector) if side.vector is not None else None
+        return f, v, side.scalars
+
+    y_spec = [spectra(y) for y in ys]
+    fb = torch.stack([s[0] for s in y_spec])  # (M, rows, F)
+    vb = torch.stack([s[1] for s in y_spec]) if form.uses_vector else None
+    sy = {k: torch.stack([s[2][k] for s in y_spec]) for k in y_spec[0][2]}
+    del y_spec
+    q_rows, d_rows, sx_list = [], [], []
+    for x in xs:
+        fa, va, sx = spectra(x)
+        fa = (weight * fa).conj()
+        q_rows.append(torch.fft.irfft(torch.einsum("df,mdf->mf", fa, fb), n=n)[:, shifts])
+        if form.uses_vector:
+            d_rows.append(torch.fft.irfft(va.conj()[None, :] * vb, n=n)[:, shifts])
+        sx_list.append(sx)
+    sx = {k: torch.stack([s[k] for s in sx_list]) for k in sx_list[0]}
+    q = torch.stack(q_rows)
+    d = torch.stack(d_rows) if form.uses_vector else None
+    return form.finish(q, d, sx, sy)
+
+
+def explicit_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], perms: Tensor) -> Tensor:
+    """(L, M, B) statistics of every cell for the given (B, n) permutations of y's samples."""
+    x_sides = [form.side(x) for x in xs]
+    y_sides = [form.side(y) for y in ys]
+    a_flat = torch.stack([s.matrix.reshape(-1) for s in x_sides])  # (L, n^2)
+    u = torch.stack([s.vector for s in x_sides]) if form.uses_vector else None
+    perms = perms.to(xs[0].device)
+    n_perm, (n_x, n_y) = perms.shape[0], (len(xs), len(ys))
+    q = torch.empty(n_x, n_y, n_perm, dtype=_ACC, device=xs[0].device)
+    d = torch.empty_like(q) if form.uses_vector else None
+    for j, side in enumerate(y_sides):
+        for k in range(n_perm):
+            p = perms[k]
+            q[:, j, k] = a_flat @ side.matrix[p][:, p].reshape(-1)
+            if form.uses_vector:
+                d[:, j, k] = u @ side.vector[p]
+    return form.finish(q, d, _stack_scalars(x_sides), _stack_scalars(y_sides))
