@@ -111,9 +111,11 @@ def cmd_compare(args) -> None:
         if "calibrated" in result.table:
             mine = result.table[result.table["measure"] == measure]
             best = mine["layer_a"] == GRID_AGGREGATE_LAYER
-            calibrated = mine[~best].pivot(index="layer_a", columns="layer_b", values="calibrated")
-            print(f"calibrated (0 = not above chance):\n{calibrated.round(4).to_string()}")
-            print(f"grid maximum {mine[best]['value'].iloc[0]:.4f}, calibrated {mine[best]['calibrated'].iloc[0]:.4f}")
+            if best.any():  # measures of model outputs are not calibrated
+                calibrated = mine[~best].pivot(index="layer_a", columns="layer_b", values="calibrated")
+                top = mine[best].iloc[0]
+                print(f"calibrated (0 = not above chance):\n{calibrated.round(4).to_string()}")
+                print(f"grid maximum {top['value']:.4f}, calibrated {top['calibrated']:.4f}")
         ax = result.heatmap(measure)
         written.append(atomic_save_figure(ax.figure, out / f"heatmap_{measure}.png", dpi=120))
         plt.close(ax.figure)

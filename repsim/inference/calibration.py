@@ -201,7 +201,8 @@ def null_grid(
     ``groups``/``blocks`` always use explicit draws.
     """
     info = get_measure(measure)
-    opts = _options(info, dict(options or {}))
+    user = dict(options or {})  # measure_grid takes the user's options; the forms need them resolved
+    opts = _options(info, user)
     n = xs[0].shape[0]
     design = permutation_design(n, groups, blocks)
     gen = _generator(seed)
@@ -231,7 +232,7 @@ def null_grid(
     grids = []
     for perm in tqdm(perms, desc=f"{measure} null", disable=not progress):
         p = perm.to(device)
-        grids.append(measure_grid(measure, xs, [y[p] for y in ys], **opts).to(_ACC))
+        grids.append(measure_grid(measure, xs, [y[p] for y in ys], **user).to(_ACC))
     return torch.stack(grids, dim=-1), perms, "random"
 
 
@@ -373,12 +374,12 @@ def calibrate_grid(
     names_a, names_b = _layer_names(xs, len(xs_list)), _layer_names(ys, len(ys_list))
     check_same_samples(xs_list[0], ys_list[0], ("xs[0]", "ys[0]"))
     best = attainable_best(info, smax)
-    opts = _options(info, measure_options)
+    _options(info, measure_options)  # unknown or clashing options fail here, before any work
     with warnings.catch_warnings():  # calibrating is the remedy the chance-level warning points to
         warnings.simplefilter("ignore", BiasedCKAChanceWarning)
-        observed = measure_grid(measure, xs_list, ys_list, **opts).to(_ACC)
+        observed = measure_grid(measure, xs_list, ys_list, **measure_options).to(_ACC)
         null, perms, used = null_grid(
-            measure, xs_list, ys_list, n_permutations, groups, blocks, seed, scheme, opts, progress
+            measure, xs_list, ys_list, n_permutations, groups, blocks, seed, scheme, measure_options, progress
         )
     null = null.to(observed.device)
     agg, agg_name = _aggregate_fn(aggregate, info.larger_is_more_similar)
