@@ -34,6 +34,7 @@ from ..measures.rsa import average_ranks, rdm
 from ._shifts import wrapped_diagonals
 
 _ACC = torch.float64
+_GATHER_ELEMENTS = 1 << 24  # float64 elements of permuted matrices held at once (128 MiB)
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Side:
     matrix: Tensor
     vector: Tensor | None
     scalars: dict[str, Tensor]
+    features: Tensor | None = None
+    """Linear CKA only: the centred features Z_c, with matrix = Z_c Z_c^T (zero diagonal if debiased)."""
 
 
 @dataclass
@@ -52,6 +55,8 @@ class QuadraticForm:
     side: Callable[[Tensor], Side]
     finish: Callable[[Tensor, Tensor | None, dict, dict], Tensor]
     uses_vector: bool
+    low_rank: bool = False
+    """The matrices are Z_c Z_c^T of centred features (linear CKA): Q and D also come from features."""
 
 
 def _sq_norm(m: Tensor) -> Tensor:
@@ -63,13 +68,13 @@ def _cka_form(debiased: bool, dtype) -> QuadraticForm:
         zc = center_columns(z, resolve_dtype(dtype, z))
         k = self_product(zc.T).to(_ACC)
         if not debiased:
-            return Side(k, None, {"norm": _sq_norm(k).sqrt()})
+            return Side(k, None, {"norm": _sq_norm(k).sqrt()}, zc)
         n = k.shape[0]
         k.fill_diagonal_(0.0)
         rows = k.sum(1)
         total = rows.sum()
         self_hsic = _hsic(_sq_norm(k), total, total, rows @ rows, n)
-        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)})
+        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)}, zc)
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         if not debiased:
@@ -78,7 +83,7 @@ def _cka_form(debiased: bool, dtype) -> QuadraticForm:
         cross = _hsic(q, sx["total"][:, None, None], sy["total"][None, :, None], d, n)
         return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
 
-    return QuadraticForm(side, finish, debiased)
+    return QuadraticForm(side, finish, debiased, low_rank=True)
 
 
 def _hsic(tr, ks, ls, kl, n: int):
@@ -168,19 +173,58 @@ def shift_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], ord
 
 
 def explicit_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], perms: Tensor) -> Tensor:
-    """(L, M, B) statistics of every cell for the given (B, n) permutations of y's samples."""
+    """(L, M, B) statistics of every cell for the given (B, n) permutations of y's samples.
+
+    Gram route: per permutation and y-layer one gather of B_j (n^2 elements) and one product with
+    every A_i. Linear CKA has a feature route as well, taken when cheaper (total widths P, Q with
+    n P Q below ~20 n^2 M, a gather costing ~20 multiply-adds on CPU): Q_ij = |X_ci^T Y_cj[pi]|_F^2
+    for all cells from one (P, n) x (n, Q) product per permutation, and for debiased CKA the
+    zero-diagonal corrections from the Gram diagonals k_i = |x_a|^2: tr(K0 L0_pi) = Q - k.l_pi, and
+    the row sums of a zero-diagonal centred Gram are -k, so 1'K0 L0_pi 1 = k.l_pi."""
     x_sides = [form.side(x) for x in xs]
     y_sides = [form.side(y) for y in ys]
-    a_flat = torch.stack([s.matrix.reshape(-1) for s in x_sides])  # (L, n^2)
-    u = torch.stack([s.vector for s in x_sides]) if form.uses_vector else None
     perms = perms.to(xs[0].device)
-    n_perm, (n_x, n_y) = perms.shape[0], (len(xs), len(ys))
-    q = torch.empty(n_x, n_y, n_perm, dtype=_ACC, device=xs[0].device)
-    d = torch.empty_like(q) if form.uses_vector else None
-    for j, side in enumerate(y_sides):
-        for k in range(n_perm):
-            p = perms[k]
-            q[:, j, k] = a_flat @ side.matrix[p][:, p].reshape(-1)
-            if form.uses_vector:
-                d[:, j, k] = u @ side.vector[p]
+    n_perm, n = perms.shape
+    n_x, n_y = len(xs), len(ys)
+    widths_x, widths_y = sum(x.shape[1] for x in xs), sum(y.shape[1] for y in ys)
+    if form.low_rank and n * widths_x * widths_y < 20 * n * n * n_y:
+        q, d = _explicit_by_features(x_sides, y_sides, perms, form.uses_vector)
+    else:
+        q = torch.empty(n_x, n_y, n_perm, dtype=_ACC, device=xs[0].device)
+        d = torch.empty_like(q) if form.uses_vector else None
+        a_flat = torch.stack([s.matrix.reshape(-1) for s in x_sides])  # (L, n^2)
+        u = torch.stack([s.vector for s in x_sides]) if form.uses_vector else None
+        chunk = max(1, _GATHER_ELEMENTS // (n * n))  # permutations gathered at once
+        for j, side in enumerate(y_sides):
+            for lo in range(0, n_perm, chunk):
+                p = perms[lo : lo + chunk]  # (c, n)
+                gathered = side.matrix[p[:, :, None], p[:, None, :]].reshape(p.shape[0], -1)  # (c, n^2)
+                q[:, j, lo : lo + chunk] = a_flat @ gathered.T
+                if form.uses_vector:
+                    d[:, j, lo : lo + chunk] = u @ side.vector[p].T
     return form.finish(q, d, _stack_scalars(x_sides), _stack_scalars(y_sides))
+
+
+def _explicit_by_features(x_sides: list[Side], y_sides: list[Side], perms: Tensor, debiased: bool):
+    """(Q, D), each (L, M, B), of linear CKA from the centred features (see explicit_null_grid)."""
+    xcat = torch.cat([s.features for s in x_sides], dim=1)  # (n, P)
+    ycat = torch.cat([s.features for s in y_sides], dim=1)  # (n, Q)
+    n_perm, n = perms.shape
+
+    def membership(sides: list[Side]) -> Tensor:  # (widths, layers) 0/1: which layer owns a column
+        owner = torch.cat([torch.full((s.features.shape[1],), i) for i, s in enumerate(sides)])
+        return torch.nn.functional.one_hot(owner, len(sides)).to(_ACC).to(xcat.device)
+
+    sx, sy = membership(x_sides), membership(y_sides)
+    chunk = max(1, _GATHER_ELEMENTS // (n * ycat.shape[1] + xcat.shape[1] * ycat.shape[1]))
+    q = torch.empty(len(x_sides), len(y_sides), n_perm, dtype=_ACC, device=xcat.device)
+    for lo in range(0, n_perm, chunk):
+        p = perms[lo : lo + chunk]
+        cross = torch.einsum("np,cnq->cpq", xcat, ycat[p]).to(_ACC)  # (c, P, Q) in the Gram dtype
+        q[:, :, lo : lo + chunk] = torch.einsum("pl,cpq,qm->lmc", sx, cross.square(), sy)
+    if not debiased:
+        return q, None
+    kd = torch.stack([s.features.to(_ACC).square().sum(1) for s in x_sides])  # (L, n) Gram diagonals
+    ld = torch.stack([s.features.to(_ACC).square().sum(1) for s in y_sides])  # (M, n)
+    d = torch.einsum("ln,mcn->lmc", kd, ld[:, perms])
+    return q - d, d
