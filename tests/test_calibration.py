@@ -98,6 +98,13 @@ def test_all_shifts_engine_matches_explicit_permutations(gen):
     by_gather = explicit_null_grid(form, xs, ys, shift_permutations(order, shifts))
     assert torch.allclose(by_fft, by_gather, atol=1e-12, rtol=0)
     assert torch.allclose(by_fft[..., 0], repsim.measure_grid("debiased_cka", xs, ys), atol=1e-12)  # shift 0
+    # wide features take the Gram route of the explicit engine (narrow ones the feature route, above)
+    wide_x, wide_y = _features(gen, 20, (40, 30)), _features(gen, 20, (50,))
+    perms = repsim.draw_permutations(20, 6, seed=0)
+    for debiased in (False, True):
+        got = explicit_null_grid(quadratic_form("linear_cka", {"debiased": debiased}), wide_x, wide_y, perms)
+        ref = torch.stack([repsim.cka_grid(wide_x, [y[p] for y in wide_y], debiased=debiased) for p in perms], -1)
+        assert torch.allclose(got, ref, atol=1e-12, rtol=0)
 
 
 def test_grid_cells_equal_single_cell_calibration_and_aggregates(gen):
