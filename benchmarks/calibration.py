@@ -61,8 +61,13 @@ def speed(repeat: int, n: int = 5000, d: int = 512, layers: int = 8, b: int = 20
         t = _best_time(lambda m=measure: repsim.calibrate_grid(xs, ys, m, "max", b, seed=0), repeat)
         print(f"| `calibrate_grid({measure!r})`, {b} shifts (FFT) | {t:.2f} | **{t / ref:.1f}** |")
     blocks = np.repeat(np.arange(n // 5), 5)
-    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", b, blocks=blocks, seed=0), 1)
-    print(f"| `calibrate_grid('linear_cka', blocks=...)` (blocks of 5), {b} explicit draws | {t:.2f} | {t / one:.1f} |")
+    few = 4  # explicit draws gather n^2 Gram entries per layer and draw: timed on a few, extrapolated
+    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", few, blocks=blocks, seed=0), 1)
+    per_draw = (t - one) / few
+    print(
+        f"| `calibrate_grid('linear_cka', blocks=...)` (blocks of 5), explicit draws: {per_draw:.2f} s per draw, "
+        f"{b} extrapolated | {one + b * per_draw:.0f} | {(one + b * per_draw) / one:.0f} |"
+    )
     small = [x[:1000] for x in xs[:4]], [y[:1000] for y in ys[:4]]
     one_rsa = _best_time(lambda: repsim.measure_grid("rsa", *small), repeat)
     t = _best_time(lambda: repsim.calibrate_grid(*small, "rsa", "max", b, seed=0), repeat)
@@ -91,6 +96,8 @@ def rates(runs: int, b: int = 99, alpha: float = 0.05) -> None:
         half = 1.96 * math.sqrt(p * (1 - p) / runs)
         return f"{p:.3f} ({max(p - half, 0):.3f}-{p + half:.3f})"
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny problems: threads only add contention
     gen = torch.Generator().manual_seed(10)
     single = []
     for run in range(runs):
@@ -112,6 +119,7 @@ def rates(runs: int, b: int = 99, alpha: float = 0.05) -> None:
         x, y = _sentences(gen, 25, 4, 5), _sentences(gen, 25, 4, 5)
         by_token.append(repsim.calibrate(x, y, "linear_cka", b, alpha, seed=run).score > 0)
         by_block.append(repsim.calibrate(x, y, "linear_cka", b, alpha, blocks=blocks, seed=run).score > 0)
+    torch.set_num_threads(threads)
     print(f"## Rates under the null: P(calibrated > 0), alpha = {alpha}, B = {b}, {runs} simulations each\n")
     exact = math.floor(alpha * (b + 1)) / (b + 1)
     print(f"Exact level for an exchangeable design: floor(alpha (B + 1)) / (B + 1) = {exact:.3f}.")
@@ -158,6 +166,8 @@ def peer() -> None:
         ("linear_cka, blocks of 3", "linear_cka", x, y, {}, {"blocks": blocks}),
         ("procrustes (distance), smax=inf both", "procrustes", x, y, {}, {"smax": math.inf}),
     ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small problems, called thousands of times by their loop
     rows = []
     for label, measure, a, bb, opts, extra in cases:
         mine = ours(a, bb, measure, 200, 0.05, seed=1, keep_permutations=True, **extra, **opts)
@@ -183,6 +193,7 @@ def peer() -> None:
         s, p, tau = cs.calibrate_layers(xs, ys, sim, agg=agg, K=200, alpha=0.05, perm_fn=feed(mine.permutations))
         rows.append((f"3x3 grid linear_cka, aggregate {agg}", mine.scheme, mine.score, float(s), mine.threshold,
                      float(tau), mine.p_value, float(p)))  # fmt: skip
+    torch.set_num_threads(threads)
     print("## Agreement with `calibrated-similarity` 0.1.1, same permutations (B = 200, alpha = 0.05, n = 300)\n")
     print("Their package computes in float32 (the null, tau and the score are float32 tensors); repsim in float64.")
     print("A distance enters theirs as the similarity -d (their test is upper-tail only) with smax=None;")

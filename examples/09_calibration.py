@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
-from _common import base_config, parser, save, sweep
+from _common import base_config, parser, save
 from tqdm.auto import tqdm
 
 import repsim
@@ -54,7 +54,7 @@ def width_rows(seed: int) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(N_WIDTH, 32, generator=gen, dtype=torch.float64)
-    for width in sweep(WIDTHS, args):
+    for width in (16, 512) if args.smoke else WIDTHS:  # the smoke run keeps to cheap widths
         pairs = {
             "independent": (
                 torch.randn(N_WIDTH, width, generator=gen, dtype=torch.float64),

@@ -82,11 +82,15 @@ def test_same_seed_same_result_and_kept_permutations_reproduce_the_null(gen):
 @pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa", "rsa_spearman"])
 def test_quadratic_nulls_equal_the_measure_on_permuted_features(measure, gen):
     xs, ys = _features(gen, 48, (5, 9, 3)), _features(gen, 48, (4, 6))
-    for scheme in ("shifts", "random"):
-        null, perms, used = null_grid(measure, xs, ys, 20, seed=1, scheme=scheme)
-        assert used == scheme and null.shape == (3, 2, 20)
+    blocks = np.repeat(np.arange(16), 3)[np.random.default_rng(0).permutation(48)]  # scattered, equal sizes
+    design = permutation_design(48, blocks=blocks)
+    for scheme, restrict, expected in (("shifts", None, "shifts"), ("random", None, "random"),
+                                       ("auto", blocks, "block shifts"), ("random", blocks, "random")):  # fmt: skip
+        null, perms, used = null_grid(measure, xs, ys, 12, blocks=restrict, seed=1, scheme=scheme)
+        assert used == expected and null.shape == (3, 2, 12)
         ref = torch.stack([repsim.measure_grid(measure, xs, [y[p] for y in ys]) for p in perms], -1)
         assert torch.allclose(null, ref, atol=1e-12, rtol=0)
+        assert restrict is None or all(design.allows(p) for p in perms)
 
 
 def test_all_shifts_engine_matches_explicit_permutations(gen):

@@ -14,6 +14,8 @@ only Q and D. Two engines compute them for every cell and permutation:
   samples; all n shifts of every cell come from FFTs of the matrices' wrapped diagonals
   (see ``_shifts.py``): each layer's diagonals are transformed once and a cell costs one
   elementwise product and sum of two (n/2 + 1)^2 spectra.
+* :func:`block_shift_null_grid`: pi ranges over cyclic shifts of whole blocks (equal sizes) in a
+  random block order; the same FFT per position pair of the blocks.
 * :func:`explicit_null_grid`: any given permutations (the restricted ones of ``groups``/``blocks``,
   or uniform ones when more are needed than there are shifts): per permutation and y-layer one
   gather of B_j and one product with all A_i at once.
@@ -228,3 +230,59 @@ def _explicit_by_features(x_sides: list[Side], y_sides: list[Side], perms: Tenso
     ld = torch.stack([s.features.to(_ACC).square().sum(1) for s in y_sides])  # (M, n)
     d = torch.einsum("ln,mcn->lmc", kd, ld[:, perms])
     return q - d, d
+
+
+def block_shift_permutations(units: Tensor, order: Tensor, shifts: Tensor) -> Tensor:
+    """Explicit permutations of block shifts: unit order[i] receives unit order[(i + r) % m], position by position.
+
+    ``units`` (m, s) lists each block's sample positions; returns (len(shifts), n)."""
+    m, s = units.shape
+    idx = (torch.arange(m, device=order.device)[None, :] + shifts[:, None].to(order.device)) % m  # (B, m)
+    target = units[order]  # (m, s): the slots, in the random block order
+    source = units[order[idx]]  # (B, m, s): the blocks sent onto them
+    perms = torch.empty(shifts.shape[0], m * s, dtype=torch.int64, device=order.device)
+    perms[:, target.reshape(-1)] = source.reshape(shifts.shape[0], -1)
+    return perms
+
+
+def block_shift_null_grid(
+    form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], units: Tensor, order: Tensor, shifts: Tensor
+) -> Tensor:
+    """(L, M, len(shifts)) statistics under cyclic shifts of whole blocks (m blocks of s samples each).
+
+    With the samples arranged as (block i in the random order, position t), block shift r sends
+    block i onto block i + r, so Q(r) = sum_{t,u} sum_{i,j} A[i,t,j,u] B[i+r,t,j+r,u]: for every
+    position pair (t, u) a circular cross-correlation of the wrapped diagonals of an m x m matrix,
+    all of them from one FFT of length m per layer (the unrestricted engine is s = 1). Each layer's
+    n^2 entries are gathered once, not once per permutation."""
+    m, s = units.shape
+    arranged = units[order].reshape(-1)  # sample index at (i, t), flattened i-major
+    i = torch.arange(m, device=units.device)
+    d = torch.arange(m, device=units.device)
+    diag_j = (i[None, :] + d[:, None]) % m  # (d, i) -> j = i + d
+
+    def spectra(z: Tensor) -> tuple[Tensor, Tensor | None, dict]:
+        side = form.side(z)
+        a = side.matrix[arranged][:, arranged].reshape(m, s, m, s).permute(1, 3, 0, 2)  # (t, u, i, j)
+        wrapped = a[:, :, i[None, :], diag_j]  # (t, u, d, i) = A[i, t, i + d, u]
+        f = torch.fft.rfft(wrapped.reshape(-1, m), dim=1)  # (s s m, m//2 + 1)
+        v = None
+        if side.vector is not None:
+            v = torch.fft.rfft(side.vector[arranged].reshape(m, s).T, dim=1)  # (s, m//2 + 1)
+        return f, v, side.scalars
+
+    y_spec = [spectra(y) for y in ys]
+    fb = torch.stack([sp[0] for sp in y_spec])  # (M, s s m, F)
+    vb = torch.stack([sp[1] for sp in y_spec]) if form.uses_vector else None
+    sy = {k: torch.stack([sp[2][k] for sp in y_spec]) for k in y_spec[0][2]}
+    del y_spec
+    q_rows, d_rows, sx_list = [], [], []
+    for x in xs:
+        fa, va, sx = spectra(x)
+        q_rows.append(torch.fft.irfft(torch.einsum("kf,mkf->mf", fa.conj(), fb), n=m)[:, shifts])
+        if form.uses_vector:
+            d_rows.append(torch.fft.irfft(torch.einsum("tf,mtf->mf", va.conj(), vb), n=m)[:, shifts])
+        sx_list.append(sx)
+    sx = {k: torch.stack([sp[k] for sp in sx_list]) for k in sx_list[0]}
+    q = torch.stack(q_rows)
+    return form.finish(q, torch.stack(d_rows) if form.uses_vector else None, sx, sy)

@@ -36,7 +36,14 @@ from torch import Tensor
 from .._validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
 from ..measures.registry import MeasureInfo, _options, get_measure, measure_grid
-from ._quadratic import explicit_null_grid, quadratic_form, shift_null_grid, shift_permutations
+from ._quadratic import (
+    block_shift_null_grid,
+    block_shift_permutations,
+    explicit_null_grid,
+    quadratic_form,
+    shift_null_grid,
+    shift_permutations,
+)
 from .restricted import permutation_design
 
 _ACC = torch.float64
@@ -62,7 +69,8 @@ class CalibrationResult:
     smax: float | None
     """The attainable best used to normalise; None when the score is the unnormalised excess."""
     scheme: str
-    """"shifts" (cyclic shifts of one random ordering, one FFT) or "random" (explicit draws)."""
+    """"shifts" (cyclic shifts of one random ordering, one FFT), "block shifts" (of whole blocks) or
+    "random" (explicit draws)."""
     n: int
     permutations: Tensor | None = field(default=None, repr=False)
     """The (B, n) permutations of y's samples behind ``null`` (``y[perm]``), when kept."""
@@ -196,9 +204,12 @@ def null_grid(
       matrices per permutation; every other measure is one ``measure_grid`` call per
       permutation over the whole grid (never one call per cell).
 
-    ``"auto"`` takes the shifts where they apply. Restricted permutations have no cyclic-shift
-    form in general (the shifts of different groups would have to move independently), so
-    ``groups``/``blocks`` always use explicit draws.
+    * ``"block shifts"``: ``blocks`` of one size (no ``groups``), B <= m - 1 for m blocks: cyclic
+      shifts of whole blocks in a random block order, again every cell from one FFT per layer.
+
+    ``"auto"`` takes the (block) shifts where they apply. Other restricted designs (``groups``,
+    blocks of several sizes) have no cyclic-shift form (the shifts of different strata would have
+    to move independently), so they use explicit draws, batched.
     """
     info = get_measure(measure)
     user = dict(options or {})  # measure_grid takes the user's options; the forms need them resolved
@@ -223,6 +234,15 @@ def null_grid(
         dev = xs[0].device
         null = shift_null_grid(form, xs, ys, order.to(dev), shifts.to(dev))
         return null, shift_permutations(order, shifts), "shifts"
+    units = design.strata[0] if design.restricted and groups is None and len(design.strata) == 1 else None
+    if form is not None and units is not None and n_permutations <= units.shape[0] - 1 and scheme != "random":
+        # equal-size blocks: cyclic shifts of whole blocks in a random block order, again one FFT per layer
+        dev = xs[0].device
+        units_t = torch.from_numpy(units).to(dev)
+        order = torch.randperm(units.shape[0], generator=gen).to(dev)
+        shifts = (torch.randperm(units.shape[0] - 1, generator=gen)[:n_permutations] + 1).to(dev)
+        null = block_shift_null_grid(form, xs, ys, units_t, order, shifts)
+        return null, block_shift_permutations(units_t, order, shifts).cpu(), "block shifts"
     perms = design.draw(n_permutations, gen)
     if form is not None:
         return explicit_null_grid(form, xs, ys, perms), perms, "random"
@@ -277,8 +297,9 @@ def calibrate(
             captions of an image), blocks trading places only with blocks of the same size
             (see :mod:`repsim.inference.restricted`).
         seed: seeds the permutations (None: fresh randomness each call).
-        scheme: "auto" (cyclic shifts with one FFT for linear/debiased CKA and RSA when
-            unrestricted, explicit draws otherwise), "shifts" or "random".
+        scheme: "auto" (for linear/debiased CKA and RSA: cyclic shifts with one FFT when
+            unrestricted, shifts of whole blocks when ``blocks`` all have one size; explicit
+            draws otherwise), "shifts" or "random".
         keep_permutations: also return the (B, n) permutations in ``permutations``.
         **measure_options: options of the measure (e.g. ``k=10`` for mutual_knn).
 
