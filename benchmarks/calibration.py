@@ -61,11 +61,15 @@ def speed(repeat: int, n: int = 5000, d: int = 512, layers: int = 8, b: int = 20
         t = _best_time(lambda m=measure: repsim.calibrate_grid(xs, ys, m, "max", b, seed=0), repeat)
         print(f"| `calibrate_grid({measure!r})`, {b} shifts (FFT) | {t:.2f} | **{t / ref:.1f}** |")
     blocks = np.repeat(np.arange(n // 5), 5)
+    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", b, blocks=blocks, seed=0), 1)
+    print(f"| `calibrate_grid('linear_cka', blocks=...)`, 1000 blocks of 5, {b} block shifts (FFT) | {t:.2f} | "
+          f"{t / one:.1f} |")  # fmt: skip
+    groups = np.arange(n) % 10
     few = 4  # explicit draws gather n^2 Gram entries per layer and draw: timed on a few, extrapolated
-    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", few, blocks=blocks, seed=0), 1)
+    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", few, groups=groups, seed=0), 1)
     per_draw = (t - one) / few
     print(
-        f"| `calibrate_grid('linear_cka', blocks=...)` (blocks of 5), explicit draws: {per_draw:.2f} s per draw, "
+        f"| `calibrate_grid('linear_cka', groups=...)` (10 groups), explicit draws: {per_draw:.1f} s per draw, "
         f"{b} extrapolated | {one + b * per_draw:.0f} | {(one + b * per_draw) / one:.0f} |"
     )
     small = [x[:1000] for x in xs[:4]], [y[:1000] for y in ys[:4]]

@@ -199,13 +199,12 @@ def null_grid(
 
     * ``"shifts"``: cyclic shifts of one random ordering, every cell from one FFT per layer;
       for linear/debiased CKA and Pearson/Spearman RSA, unrestricted, when B <= n - 1.
+    * ``"block shifts"``: ``blocks`` of one size (no ``groups``), B <= m - 1 for m blocks: cyclic
+      shifts of whole blocks in a random block order, again every cell from one FFT per layer.
     * ``"random"``: explicit permutations drawn uniformly from the allowed set (all of them, or
       those ``groups``/``blocks`` allow). Quadratic-form measures then gather their per-layer
       matrices per permutation; every other measure is one ``measure_grid`` call per
       permutation over the whole grid (never one call per cell).
-
-    * ``"block shifts"``: ``blocks`` of one size (no ``groups``), B <= m - 1 for m blocks: cyclic
-      shifts of whole blocks in a random block order, again every cell from one FFT per layer.
 
     ``"auto"`` takes the (block) shifts where they apply. Other restricted designs (``groups``,
     blocks of several sizes) have no cyclic-shift form (the shifts of different strata would have
