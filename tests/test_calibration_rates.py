@@ -13,11 +13,21 @@ benchmarks/calibration.py runs the same simulations with more runs and reports a
 """
 
 import numpy as np
+import pytest
 import torch
 
 import repsim
 
 RUNS, B, ALPHA = 400, 99, 0.05
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Thousands of tiny problems: extra threads only add contention (30x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _rate(flags) -> float:
