@@ -16,6 +16,15 @@ from repsim.inference.restricted import permutation_design
 from tests.models import TinyConvNet, digits_batches, seeded
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Many tiny reference computations: extra threads only add contention on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _features(gen, n=60, widths=(5, 7), dtype=torch.float64):
     return [torch.randn(n, d, generator=gen, dtype=dtype) for d in widths]
 
