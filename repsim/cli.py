@@ -16,6 +16,7 @@ from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
 from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
+from .inference.grid import GRID_AGGREGATE_LAYER
 from .many import compare_many
 from .measures.registry import registered_names
 
@@ -88,7 +89,8 @@ def cmd_compare(args) -> None:
         sample_cap=args.sample_cap,
         inference=(
             {"permutations": args.permutations, "bootstrap": args.bootstrap, "adjust": args.adjust}
-            if args.permutations or args.bootstrap
+            | ({"calibrate": args.calibrate} if args.calibrate else {})
+            if args.permutations or args.bootstrap or args.calibrate
             else None
         ),
         result_on="rank0",
@@ -113,6 +115,14 @@ def cmd_compare(args) -> None:
             sub = result.table[result.table["measure"] == measure]
             adjusted = sub.pivot(index="layer_a", columns="layer_b", values="p_adjusted")
             print(f"adjusted p-values ({args.adjust}):\n{adjusted.round(4).to_string()}")
+        if "calibrated" in result.table:
+            mine = result.table[result.table["measure"] == measure]
+            best = mine["layer_a"] == GRID_AGGREGATE_LAYER
+            if best.any():  # measures of model outputs are not calibrated
+                calibrated = mine[~best].pivot(index="layer_a", columns="layer_b", values="calibrated")
+                top = mine[best].iloc[0]
+                print(f"calibrated (0 = not above chance):\n{calibrated.round(4).to_string()}")
+                print(f"grid maximum {top['value']:.4f}, calibrated {top['calibrated']:.4f}")
         ax = result.heatmap(measure)
         written.append(atomic_save_figure(ax.figure, out / f"heatmap_{measure}.png", dpi=120))
         plt.close(ax.figure)
@@ -135,13 +145,15 @@ def cmd_many(args) -> None:
         cache_dir=args.cache,
         memory=args.memory,
         sketch=args.sketch,
+        calibrate=args.calibrate,
     )
     out = Path(args.out)
     from .plotting import heatmap
 
-    written = [atomic_write_text(out / f"many_{args.measure}.csv", matrix.to_csv())]
-    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}")
-    written.append(atomic_save_figure(ax.figure, out / f"many_{args.measure}.png", dpi=120))
+    stem = f"many_{args.measure}" + ("_calibrated" if args.calibrate else "")
+    written = [atomic_write_text(out / f"{stem}.csv", matrix.to_csv())]
+    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}" + (" (calibrated)" if args.calibrate else ""))
+    written.append(atomic_save_figure(ax.figure, out / f"{stem}.png", dpi=120))
     print(matrix.round(4).to_string())
     print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
 
@@ -160,6 +172,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--memory", default=None, help="memory budget, e.g. 8GB (default: 60%% of the available memory)")
     p.add_argument("--sketch", type=int, default=None, help="project layers wider than K to K dims (an estimator)")
+
+
+_CALIBRATE_HELP = "calibrated similarity (0 = chance) from N permutations shared by all layers"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the memory plan (routes, bytes) and stop")
     p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
     p.add_argument("--bootstrap", type=int, default=0, help="confidence intervals from this many resamples")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP)
     p.add_argument(
         "--adjust", default="holm", choices=["holm", "bh", "none"], help="p-value adjustment over the layer grid"
     )
@@ -195,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", required=True)
     p.add_argument("--measure", default="linear_cka", choices=registered_names())
     p.add_argument("--cache", default=None, help="folder to cache extracted features in")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP + " (writes that matrix)")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
     return top

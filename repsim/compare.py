@@ -741,6 +741,8 @@ def _sketched_cka_grid(stream: StreamingMoments, k: int, sketchers) -> Tensor:
 
 
 INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm", "seed": 0}
+# calibrate: permutations of calibrated similarity per cell and of each measure's "<max>" row, at level alpha
+INFERENCE_KEYS |= {"calibrate": 0, "alpha": 0.05}
 
 
 def _check_inference(inference: Mapping | None) -> dict | None:
@@ -750,8 +752,10 @@ def _check_inference(inference: Mapping | None) -> dict | None:
     if unknown:
         raise ValueError(f"inference takes the keys {sorted(INFERENCE_KEYS)}; got unknown {unknown}")
     spec = {**INFERENCE_KEYS, **inference}
-    if not (spec["permutations"] or spec["bootstrap"]):
-        raise ValueError("inference needs permutations > 0 or bootstrap > 0 (e.g. {'permutations': 1000})")
+    if not (spec["permutations"] or spec["bootstrap"] or spec["calibrate"]):
+        raise ValueError(
+            "inference needs permutations > 0, bootstrap > 0 or calibrate > 0 (e.g. {'permutations': 1000})"
+        )
     return spec
 
 
@@ -770,6 +774,10 @@ def _add_inference(result: Comparison, plan: _Plan, spec: dict, progress: bool) 
     xa, xb = result._capped
     if any(t is None for t in xa + xb):
         return
+    if spec["calibrate"]:
+        _add_calibration(result, plan, spec, progress)
+    if not (spec["permutations"] or spec["bootstrap"]):
+        return
     extra = inference_table(
         xa,
         xb,
@@ -786,6 +794,19 @@ def _add_inference(result: Comparison, plan: _Plan, spec: dict, progress: bool) 
     )
     if len(extra):
         result.table = result.table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
+
+
+def _add_calibration(result: Comparison, plan: _Plan, spec: dict, progress: bool) -> None:
+    """calibrated and threshold columns, and one "<max>" row per measure (repsim.inference.calibration_table)."""
+    from .inference.grid import calibration_table
+
+    xa, xb = result._capped  # _add_inference checked they are all there
+    cells, aggregates = calibration_table(
+        xa, xb, result.layers_a, result.layers_b, [m for m in plan.order if m not in COMPARE_ONLY],
+        spec["calibrate"], spec["alpha"], spec["seed"], plan.options, progress,
+    )  # fmt: skip
+    merged = result.table.merge(cells, on=["layer_a", "layer_b", "measure"], how="left")
+    result.table = pd.concat([merged, aggregates], ignore_index=True) if len(aggregates) else merged
 
 
 def _order(plan: _Plan) -> list[str]:

@@ -127,6 +127,7 @@ def compare_many(
     memory: int | str | None = None,
     sketch: int | None = None,
     sketch_seed: int = 0,
+    calibrate: int = 0,
 ) -> pd.DataFrame:
     """N x N matrix of ``measure`` between the ``layer`` features of many models.
 
@@ -152,6 +153,11 @@ def compare_many(
     Under ``torchrun`` (see :mod:`repsim.distributed`) each rank extracts its shard of the
     loader; the features are gathered in the global sample order, so the matrix equals a
     single-process run's.
+
+    ``calibrate=B`` returns the calibrated matrix instead (:func:`repsim.calibrate` of every pair
+    against its own permutation null, B permutations shared by all models, alpha = 0.05, seed 0):
+    0 where a pair is not above chance; the raw matrix and the thresholds are in its
+    ``attrs["observed"]`` and ``attrs["threshold"]``.
     """
     _check_measure(measure)
     if len(models_or_paths) < 2:
@@ -161,7 +167,7 @@ def compare_many(
     if len(names) != len(models_or_paths) or len(set(names)) != len(names):
         raise ValueError("names must be unique and as many as the models; pass names=[...] explicitly")
     shard = D.shard_of(loader, distributed)
-    collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed)
+    collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed, calibrate)
     if shard.world > 1 or cache_dir is not None:
         return _compare_many_sharded(
             collect,
@@ -197,10 +203,10 @@ def compare_many(
 class _Collector:
     """The models' features as they come: sketched if asked, the memory plan checked after the first."""
 
-    def __init__(self, measure: str, count: int, memory, sketch: int | None, sketch_seed: int) -> None:
+    def __init__(self, measure: str, count: int, memory, sketch: int | None, sketch_seed: int, calibrate: int) -> None:
         from .memory import parse_memory
 
-        self.measure, self.count = measure, count
+        self.measure, self.count, self.calibrate = measure, count, calibrate
         self.budget = parse_memory(memory)
         if sketch is not None:
             from .measures.sketch import projection
@@ -241,12 +247,22 @@ class _Collector:
     def frame(self, names) -> pd.DataFrame:
         from .measures.blocked import workspace_limit
 
+        def frame(values) -> pd.DataFrame:
+            return pd.DataFrame(values, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
         with workspace_limit(getattr(self, "workspace", 512 * 2**20)):
             if self.sketch is not None and self.measure == "linear_cka":
                 grid = _sketched_grid(self.features, self.sketch, self.projected).numpy()
             else:
                 grid = measure_grid(self.measure, self.features).cpu().numpy()
-        return pd.DataFrame(grid, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+            if not self.calibrate:
+                return frame(grid)
+            from .inference.grid import calibrated_matrix
+
+            calibrated, threshold = calibrated_matrix(self.measure, self.features, self.calibrate)
+        out = frame(calibrated.numpy())
+        out.attrs.update(observed=frame(grid), threshold=frame(threshold.numpy()))
+        return out
 
 
 def _sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -60,3 +61,65 @@ def inference_table(
     if permutations and len(table):
         table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: adjust_p_values(p, adjust))
     return table
+
+
+GRID_AGGREGATE_LAYER = "<max>"
+"""layer_a and layer_b of the row that holds a measure's calibrated grid maximum in ``compare``."""
+
+
+def calibration_table(
+    feats_a: Sequence[Tensor],
+    feats_b: Sequence[Tensor],
+    layers_a: Sequence[str],
+    layers_b: Sequence[str],
+    measures: Sequence[str],
+    permutations: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    measure_options: Mapping[str, Mapping] | None = None,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-cell and grid-maximum calibration of every (feature) measure over a layer grid.
+
+    Returns (cells, aggregates): ``cells`` has layer_a, layer_b, measure, calibrated, threshold;
+    ``aggregates`` one row per measure with layer_a = layer_b = ``"<max>"``, the observed grid
+    maximum (the best cell: the smallest value of a distance) as ``value``, and its calibrated
+    score and threshold against the maximum's own null (one permutation shared by every layer,
+    see :func:`repsim.calibrate_grid`). Measures of model outputs or labels are skipped.
+    """
+    from .calibration import calibrate_grid
+
+    options = measure_options or {}
+    cells, aggregates = [], []
+    names = [m for m in measures if not (get_measure(m).needs_outputs or get_measure(m).needs_labels)]
+    for k, m in enumerate(tqdm(names, desc="calibration", disable=not progress)):
+        res = calibrate_grid(
+            list(feats_a), list(feats_b), m, "max", permutations, alpha, seed=seed + k, **dict(options.get(m, {}))
+        )
+        table = res.cells.assign(
+            layer_a=[layers_a[i] for i in res.cells["layer_a"]],
+            layer_b=[layers_b[j] for j in res.cells["layer_b"]],
+            measure=m,
+        )
+        cells.append(table[["layer_a", "layer_b", "measure", "calibrated", "threshold"]])
+        aggregates.append(
+            {"layer_a": GRID_AGGREGATE_LAYER, "layer_b": GRID_AGGREGATE_LAYER, "measure": m, "value": res.observed,
+             "n": res.n, "calibrated": res.score, "threshold": res.threshold}
+        )  # fmt: skip
+    columns = ["layer_a", "layer_b", "measure", "calibrated", "threshold"]
+    return (pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=columns)), pd.DataFrame(aggregates)
+
+
+def calibrated_matrix(
+    measure: str, features: Sequence[Tensor], permutations: int, alpha: float = 0.05, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """(calibrated, threshold) N x N matrices of ``measure`` between N models' features (one shared
+    permutation per draw; each pair is calibrated against its own null)."""
+    from .calibration import calibrate_grid
+
+    res = calibrate_grid(list(features), list(features), measure, "max", permutations, alpha, seed=seed)
+    n = len(features)
+    return (
+        torch.tensor(res.cells["calibrated"].to_numpy()).reshape(n, n),
+        torch.tensor(res.cells["threshold"].to_numpy()).reshape(n, n),
+    )

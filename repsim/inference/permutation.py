@@ -29,6 +29,7 @@ from ..measures.gram import center_columns
 from ..measures.registry import _options, get_measure
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import shifted_dot, shifted_quadratic
+from .restricted import permutation_design
 
 _ACC = torch.float64
 SCHEMES = ("auto", "shifts", "random")
@@ -135,6 +136,8 @@ def permutation_test(
     n_permutations: int = 1000,
     seed: int | None = 0,
     scheme: str = "auto",
+    groups=None,
+    blocks=None,
     **measure_options,
 ) -> PermutationResult:
     """Permutation test of the null "x and y are unrelated" with any registered measure.
@@ -146,6 +149,11 @@ def permutation_test(
     ``n_permutations >= n - 1`` every shift is used (B = n - 1). ``scheme="random"`` draws
     uniformly random permutations and calls the measure B times. The same ``seed`` gives
     bit-identical results.
+
+    ``groups`` (one label per sample) permutes only within each label; ``blocks`` (one id per
+    sample) moves the samples of one id together, among blocks of the same size (see
+    :mod:`repsim.inference.restricted`). Restricted permutations have no cyclic-shift form, so
+    they are explicit draws (``scheme`` "auto" or "random").
 
     Returns a :class:`PermutationResult` (statistic, p_value, null sample, tail, scheme, n).
     """
@@ -159,10 +167,13 @@ def permutation_test(
     check_same_samples(x, y)
     opts = _options(info, measure_options)
     n = x.shape[0]
+    design = permutation_design(n, groups, blocks)
+    if design.restricted and scheme == "shifts":
+        raise ValueError("scheme='shifts' cannot respect groups/blocks; use scheme='auto' or 'random'")
     gen = _generator(seed, x.device)
     order = torch.randperm(n, generator=gen).to(x.device)
     statistic = info.fn(x, y, **opts)
-    shifts_fn = _shift_statistics(measure, opts) if scheme != "random" else None
+    shifts_fn = _shift_statistics(measure, opts) if scheme != "random" and not design.restricted else None
     if scheme == "shifts" and shifts_fn is None:
         raise ValueError(f"{measure} with these options has no shift form; use scheme='random'")
     if shifts_fn is not None:
@@ -172,6 +183,10 @@ def permutation_test(
         )
         null = all_shifts[chosen.to(all_shifts.device)]
         used = "shifts"
+    elif design.restricted:
+        values = [info.fn(x, y[perm.to(y.device)], **opts) for perm in design.draw(n_permutations, gen)]
+        null = torch.stack(values).to(_ACC)
+        used = "random"
     else:
         values = []
         for _ in range(n_permutations):

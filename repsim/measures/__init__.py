@@ -15,7 +15,7 @@ from .alignment import (
     soft_correlation_match,
 )
 from .cca import mean_cca, pwcca, svcca
-from .cka import cka_grid, kernel_cka, linear_cka
+from .cka import BiasedCKAChanceWarning, biased_cka_chance_level, cka_grid, kernel_cka, linear_cka
 from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
@@ -29,6 +29,7 @@ from .topology import geometry_score, imd, rtd
 
 __all__ = [
     "INVARIANCES",
+    "BiasedCKAChanceWarning",
     "GramGap",
     "MeasureInfo",
     "Moments",
@@ -37,6 +38,7 @@ __all__ = [
     "aligned_cosine",
     "angular_shape",
     "average_ranks",
+    "biased_cka_chance_level",
     "cka_grid",
     "cka_lower_bound",
     "cknna",

@@ -300,6 +300,7 @@ register(
     cost=_KNN_COST,
     symmetric=False,
     identity_value=None,  # kNN is not a symmetric relation: even cycle_knn(x, x) can be below 1
+    attainable_best=1.0,  # a fraction of samples: 1 when every cycle returns
     grid=_grid_from(_cycle),
     reference=_HUH,
     **_NEIGHBOURS,

@@ -47,6 +47,11 @@ class MeasureInfo:
     symmetric: bool = True
     identity_value: float | None = None
     """Value for identical inputs (1 for most similarities, 0 for distances); None if not fixed."""
+    attainable_best: float | None = None
+    """The most similar value the measure can take (its maximum for a similarity, its minimum for a
+    distance); None if it has no finite one. What :func:`repsim.calibrate` normalises by. Declared
+    at registration; it defaults to ``identity_value``, the best value for every measure whose
+    identical inputs score best."""
     needs_equal_widths: bool = False
     needs_labels: bool = False
     needs_outputs: bool = False
@@ -87,6 +92,7 @@ def register(
     cost: str,
     symmetric: bool = True,
     identity_value: float | None = None,
+    attainable_best: float | object | None = ...,
     needs_equal_widths: bool = False,
     needs_labels: bool = False,
     needs_outputs: bool = False,
@@ -99,6 +105,8 @@ def register(
     workspace: Callable[..., int] | None = None,
 ):
     """Register ``fn`` under ``name``; usable as a decorator (``@register("svcca", ...)``) or a call.
+
+    ``attainable_best`` left out means ``identity_value``; pass it (or None) where they differ.
 
     Raises at import time (a programming error, not a user one) for unknown families or
     invariances and for duplicate names.
@@ -125,6 +133,7 @@ def register(
             cost=cost,
             symmetric=symmetric,
             identity_value=identity_value,
+            attainable_best=identity_value if attainable_best is ... else attainable_best,
             needs_equal_widths=needs_equal_widths,
             needs_labels=needs_labels,
             needs_outputs=needs_outputs,
@@ -207,6 +216,7 @@ def list_measures() -> pd.DataFrame:
             "needs_labels": info.needs_labels,
             "needs_outputs": info.needs_outputs,
             "identity_value": info.identity_value,
+            "attainable_best": info.attainable_best,
             "options": ", ".join(info.options()),
             "reference": info.reference,
         }
