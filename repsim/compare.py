@@ -227,6 +227,7 @@ class _Plan:
         self.accumulators: dict[str, object] = {}
         self.sketch: int | None = None
         self.keep_capped = False  # set when inference needs the capped samples
+        self.tokens = False  # pool="tokens": samples are tokens, blocks are their sentences
 
     def requests(self, sketch: int | None, batch_size: int) -> list[MeasureRequest]:
         out = []
@@ -307,8 +308,8 @@ def compare(
     ("mean": global average pool, the default; "flatten"; "mask_mean"/"mask_max"/"first"/"last"
     for token sequences, see :func:`repsim.hooks.pool_features`; or a callable). ``pool="tokens"``:
     every real token is a sample (both models must see the same tokens; the ``n`` column counts
-    tokens, ``max_samples`` sentences; no ``inference``: see :mod:`repsim.text` for sentence-level
-    resampling and for models with different tokenizers).
+    tokens, ``max_samples`` sentences; ``inference`` permutes whole sentences and refuses
+    intervals; see :mod:`repsim.text` for models with different tokenizers).
 
     ``measures``: any name of the registry (:func:`repsim.list_measures`) or ``minibatch_cka``.
     Streaming entries see every sample in O(d^2) memory (through
@@ -368,7 +369,7 @@ def compare(
         raise ValueError(f"sketch must be an integer number of dimensions >= 2 (e.g. sketch=512), got {sketch!r}")
     shard = D.shard_of(loader, distributed)
     plan = _Plan(measures, dtype, options)
-    tokens = _check_tokens(pool, plan, inference)
+    tokens = plan.tokens = _check_tokens(pool, plan, inference)
     model_a, model_b, layers_a, layers_b = _hidden_state_layers(model_a, model_b, layers_a, layers_b)
     same = model_a is model_b and inputs_a is None and inputs_b is None and not paired
     layers_a = list(layers_a) if layers_a is not None else default_layers(model_a)
@@ -528,14 +529,16 @@ def _start(plan, memory_plan: MemoryPlan, sketch, sketches, n_expected, shard) -
     store_cap = sys.maxsize if any(plan.stored(m) for m in plan.order) else memory_plan.store_samples
     need_shift = shard.world > 1 and any(hasattr(a, "set_shift") for a in plan.accumulators.values())
     return store_cap, need_shift
+
+
 def _check_tokens(pool: Pool, plan: _Plan, inference) -> bool:
     """pool="tokens": refuse what would treat a sentence's tokens as independent or unlabelled samples."""
     if not (isinstance(pool, str) and pool == "tokens"):
         return False
-    if inference:
+    if inference and inference.get("bootstrap"):
         raise ValueError(
-            "inference with pool='tokens' would resample tokens as if they were independent; get the token "
-            "features and their sentence ids from repsim.text.token_features and resample whole sentences"
+            "intervals with pool='tokens' would resample tokens as if they were independent; use permutations or "
+            "calibrate (they move whole sentences), or resample whole sentences on repsim.text.token_features"
         )
     if plan.needs_labels:
         raise ValueError(
@@ -632,6 +635,7 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
         if keys is not None:
             order = torch.argsort(keys, stable=True)  # one process's order (a sentence's tokens keep theirs)
             order = order if any(plan.stored(m) for m in plan.order) else order[:sample_cap]
+            keys = keys[order]
             device = kept_x[0].device if kept_x and kept_x[0] is not None else torch.device("cpu")
 
             def pick(i: int, j: int | None = None) -> Tensor | None:
@@ -699,6 +703,8 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
     columns = ["layer_a", "layer_b", "measure", "value", "n", "route"]
     result = Comparison(pd.DataFrame(rows, columns=columns), layers_a, layers_b)
     result._capped = (capped_x, capped_y)  # the samples inference runs on (see _add_inference)
+    # pool="tokens": each token carries its sentence's order key; inference permutes whole sentences
+    result._blocks = torch.unique(keys[:n_capped], return_inverse=True)[1] if plan.tokens and n_capped else None
     result.plan = plan.memory
     return result
 
@@ -791,6 +797,7 @@ def _add_inference(result: Comparison, plan: _Plan, spec: dict, progress: bool) 
         seed=spec["seed"],
         measure_options=plan.options,
         progress=progress,
+        blocks=result._blocks,
     )
     if len(extra):
         result.table = result.table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
@@ -803,7 +810,7 @@ def _add_calibration(result: Comparison, plan: _Plan, spec: dict, progress: bool
     xa, xb = result._capped  # _add_inference checked they are all there
     cells, aggregates = calibration_table(
         xa, xb, result.layers_a, result.layers_b, [m for m in plan.order if m not in COMPARE_ONLY],
-        spec["calibrate"], spec["alpha"], spec["seed"], plan.options, progress,
+        spec["calibrate"], spec["alpha"], spec["seed"], plan.options, progress, blocks=result._blocks,
     )  # fmt: skip
     merged = result.table.merge(cells, on=["layer_a", "layer_b", "measure"], how="left")
     result.table = pd.concat([merged, aggregates], ignore_index=True) if len(aggregates) else merged

@@ -312,6 +312,20 @@ def test_compare_pool_tokens_refuses_different_tokens_and_inference(tokenizers):
         repsim.compare(a, a, batches, layers_a=["pooler"], pool="tokens", progress=False)
 
 
+def test_compare_pool_tokens_permutes_whole_sentences(tokenizers):
+    """inference on token samples moves whole sentences: the p-values equal permutation_test(blocks=sentence ids)."""
+    words, _ = tokenizers
+    a, b = make("bert"), make("llama")
+    batches = repsim.text_batches(SENTENCES, words, batch_size=2)
+    spec = {"permutations": 30, "seed": 3}
+    res = repsim.compare(a, b, batches, layers_a=["encoder.layer.0"], layers_b=["layers.0"], pool="tokens",
+                         measures=["linear_cka"], inference=spec, progress=False)  # fmt: skip
+    fa, ids = repsim.token_features(a, batches, ["encoder.layer.0"], progress=False)
+    fb, _ = repsim.token_features(b, batches, ["layers.0"], progress=False)
+    expected = repsim.permutation_test(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 30, seed=3, blocks=ids)
+    assert res.table["p_value"].iloc[0] == pytest.approx(expected.p_value)
+
+
 def test_word_features_equal_a_hand_computed_word_pooling(tokenizers):
     words, pieces = tokenizers
     bert, gpt2 = make("bert"), make("gpt2")

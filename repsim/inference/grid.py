@@ -28,8 +28,12 @@ def inference_table(
     seed: int = 0,
     measure_options: Mapping[str, Mapping] | None = None,
     progress: bool = False,
+    blocks: Tensor | None = None,
 ) -> pd.DataFrame:
     """p_value, p_adjusted, ci_low, ci_high for every (layer_a, layer_b, measure).
+
+    ``blocks``: block ids of the samples (e.g. the sentence of each token): permutations move whole
+    blocks (see :func:`repsim.permutation_test`); intervals are then refused (no block bootstrap).
 
     ``permutations``/``bootstrap_resamples`` = 0 skips that part (its columns are absent).
     p-values are adjusted within each measure's grid (one family per measure) by ``adjust``
@@ -38,6 +42,11 @@ def inference_table(
     reproducible.
     """
     options = measure_options or {}
+    if blocks is not None and bootstrap_resamples:
+        raise ValueError(
+            "intervals that resample whole blocks (sentences) are not available; use permutations or calibrate "
+            "with blocks, or resample sentences yourself on repsim.text.token_features"
+        )
     rows = []
     cells = [
         (m, i, la, j, lb)
@@ -50,7 +59,7 @@ def inference_table(
         row = {"layer_a": la, "layer_b": lb, "measure": m}
         opts = dict(options.get(m, {}))
         if permutations:
-            res = permutation_test(feats_a[i], feats_b[j], m, permutations, seed=seed + k, **opts)
+            res = permutation_test(feats_a[i], feats_b[j], m, permutations, seed=seed + k, blocks=blocks, **opts)
             row.update(p_value=res.p_value, n_permutations=res.n_permutations)
         if bootstrap_resamples:
             boot = bootstrap(feats_a[i], feats_b[j], m, bootstrap_resamples, ci=ci, seed=seed + k, **opts)
@@ -78,6 +87,7 @@ def calibration_table(
     seed: int = 0,
     measure_options: Mapping[str, Mapping] | None = None,
     progress: bool = False,
+    blocks: Tensor | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell and grid-maximum calibration of every (feature) measure over a layer grid.
 
@@ -94,7 +104,15 @@ def calibration_table(
     names = [m for m in measures if not (get_measure(m).needs_outputs or get_measure(m).needs_labels)]
     for k, m in enumerate(tqdm(names, desc="calibration", disable=not progress)):
         res = calibrate_grid(
-            list(feats_a), list(feats_b), m, "max", permutations, alpha, seed=seed + k, **dict(options.get(m, {}))
+            list(feats_a),
+            list(feats_b),
+            m,
+            "max",
+            permutations,
+            alpha,
+            seed=seed + k,
+            blocks=blocks,
+            **dict(options.get(m, {})),
         )
         table = res.cells.assign(
             layer_a=[layers_a[i] for i in res.cells["layer_a"]],
