@@ -83,6 +83,8 @@ def run_one(method: str, n: int, size: int, batch: int, device: str, layers: lis
             res = repsim.compare(a, b, loader, measures=["linear_cka"], dtype=None, **kw)
         elif method == "repsim minibatch":
             res = repsim.compare(a, b, loader, measures=["minibatch_cka"], **kw)
+        elif method == "repsim minibatch float32":
+            res = repsim.compare(a, b, loader, measures=["minibatch_cka"], dtype=None, **kw)
         else:
             raise ValueError(method)
         out["routes"] = sorted(set(res.table["route"]))
@@ -174,6 +176,8 @@ def _table(results: list[dict], args) -> str:
         if r.get("method") == "repsim default" and "values_debiased" in r
     }
     for r in results:
+        if "case" in r:
+            continue
         if "error" in r:
             lines.append(f"| {r['n']} | {r['method']} | - | - | {r['error']} | - |")
             continue
@@ -191,6 +195,13 @@ def _table(results: list[dict], args) -> str:
         lines.append(
             f"| {r['n']} | {r['method']} | {r['time_s']:.2f} | {r['peak_rss'] / 1e9:.2f} GB | {route} | {diff} |"
         )
+    single = [r for r in results if "case" in r and "error" not in r]
+    if single:
+        lines += ["", f"One layer: {single[0]['case']}, n = 256, linear CKA only.", "",
+                  "| method | time (s) | peak RSS | route |", "|---|---:|---:|---|"]  # fmt: skip
+        for r in single:
+            route = ", ".join(r.get("routes", [])) or "minibatch (peer)"
+            lines.append(f"| {r['method']} | {r['time_s']:.2f} | {r['peak_rss'] / 1e9:.2f} GB | {route} |")
     bare = {r["n"]: r for r in results if r.get("method") == "bare products" and "error" not in r}
     lines += ["", "Ratios (same run): exact route time minus forward passes, over the bare products it computes.", ""]
     for r in results:
@@ -223,7 +234,7 @@ def main(argv=None) -> None:
         print(json.dumps(run_one(args.one, args.n, args.size, args.batch, args.device, args.layers)))
         return
     methods = ["bare products", "repsim default", "repsim linear_cka", "repsim linear_cka float32",
-               "repsim minibatch", "pytorch-cka", "torch-cka"]  # fmt: skip
+               "repsim minibatch", "repsim minibatch float32", "pytorch-cka", "torch-cka"]  # fmt: skip
     if args.smoke:
         methods = ["repsim default", "repsim minibatch"]
     results = []
@@ -232,6 +243,13 @@ def main(argv=None) -> None:
             if method == "torch-cka" and n > 1000:
                 continue
             r = _launch(method, n, args)
+            results.append(r)
+            print(json.dumps({k: v for k, v in r.items() if not k.startswith("values")}), flush=True)
+    if not args.smoke:  # the one-layer case: layer1 of ResNet-18 at 64 x 64 (d = 16384), n = 256
+        one = argparse.Namespace(**{**vars(args), "size": 64, "layers": ["layer1"]})
+        for method in ("repsim linear_cka", "pytorch-cka"):
+            r = _launch(method, 256, one)
+            r["case"] = "layer1 at 64x64 (d = 16384)"
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if not k.startswith("values")}), flush=True)
     text = _table(results, args)

@@ -671,7 +671,7 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
                     {"layer_a": a, "layer_b": b, "measure": measure, "value": values[i][j], "n": n, "route": route}
                 )
 
-    shared = _shared_cka_grids(plan, kept_x, kept_y)
+    shared = _shared_gram_grids(plan, kept_x, kept_y, n_kept, sample_cap)
     for name in plan.order:
         opts = plan.options.get(name, {})
         kind = plan.kind[name]
@@ -687,6 +687,8 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
         elif plan.stored(name):  # exact on every kept sample
             grid = shared[name] if name in shared else measure_grid(name, kept_x, kept_y, **opts)
             add(name, grid, n_kept, layers_a, layers_b)
+        elif kind == "capped" and name in shared:  # computed with the stored CKA's Gram blocks
+            add(name, shared[name], n_capped, layers_a, layers_b)
         elif kind == "capped":
             if name in plan.needs_labels:
                 opts = {**opts, "labels": labels}
@@ -709,20 +711,59 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
     return result
 
 
-def _shared_cka_grids(plan: _Plan, xs: list[Tensor], ys: list[Tensor]) -> dict[str, Tensor]:
-    """Stored-route linear CKA entries (biased and debiased) from one pass over the Gram blocks."""
-    from .measures.cka import cka_grid, linear_cka_grids
+def _shared_gram_grids(plan: _Plan, xs: list[Tensor], ys: list[Tensor], n_kept: int, sample_cap: int) -> dict:
+    """Stored-route linear CKA (biased and debiased) and, on the same samples, Pearson RSA, from one pass
+    over the centred Gram blocks (:func:`repsim.measures.blocked.gram_grids_blocked`): {name: grid}."""
+    from .measures.blocked import RdmRows, gram_grids_blocked
+    from .measures.cka import cka_from_hsic, cka_grid, estimator_name
+    from .measures.rsa import pearson_grid, rsa_grid
 
-    names = [
-        m
-        for m in plan.order
-        if plan.stored(m) and get_measure(m).grid is cka_grid and set(plan.options.get(m, {})) <= {"debiased"}
+    def opts(m: str) -> dict:
+        return {**get_measure(m).defaults, **plan.options.get(m, {})}
+
+    ckas = [
+        m for m in plan.order if plan.stored(m) and get_measure(m).grid is cka_grid and set(opts(m)) <= {"debiased"}
     ]
-    if len(names) < 2:
+
+    def pearson_rsa(m: str) -> bool:
+        o = opts(m)
+        return (
+            get_measure(m).grid is rsa_grid
+            and o.get("compare", "pearson") == "pearson"
+            and set(o) <= {"rdm", "compare"}
+        )
+
+    rsas = [m for m in plan.order if plan.kind[m] == "capped" and pearson_rsa(m)]
+    fuse_rsa = bool(ckas) and bool(rsas) and n_kept <= sample_cap and plan.dtype == torch.float64
+    if len(ckas) + (len(rsas) if fuse_rsa else 0) < 2:
         return {}
-    grids = linear_cka_grids(xs, ys, dtype=plan.dtype)
-    flags = {m: bool({**get_measure(m).defaults, **plan.options.get(m, {})}.get("debiased", False)) for m in names}
-    return {m: grids[flags[m]] for m in names}
+    from ._validation import as_layer_lists
+    from .measures.gram import center_columns
+
+    same = ys is xs
+    xs_v, ys_v = as_layer_lists(xs, None if same else ys, 4, varying=True)
+    compute = torch.float64 if plan.dtype == torch.float64 else plan.dtype or xs_v[0].dtype
+    xcs = [center_columns(x, compute) for x in xs_v]
+    ycs = xcs if ys_v is xs_v else [center_columns(y, compute) for y in ys_v]
+    flags = {m: bool(opts(m).get("debiased", False)) for m in ckas}
+    estimators = tuple(dict.fromkeys(estimator_name(f) for f in flags.values()))
+    out = {}
+    methods = dict.fromkeys(opts(m).get("rdm", "cosine") for m in rsas) if fuse_rsa else {}
+    for k, method in enumerate(methods or [None]):
+        rx = ry = None
+        if method is not None:
+            rx = [RdmRows(x, xc, method, f"xs[{i}]") for i, (x, xc) in enumerate(zip(xs_v, xcs, strict=True))]
+            ry = None if ycs is xcs else [
+                RdmRows(y, yc, method, f"ys[{i}]") for i, (y, yc) in enumerate(zip(ys_v, ycs, strict=True))
+            ]  # fmt: skip
+        hsic, pearson = gram_grids_blocked(xcs, ycs, estimators if k == 0 else (), rx, ry)
+        if k == 0:
+            out.update({m: cka_from_hsic(*hsic[estimator_name(flags[m])], flags[m]) for m in ckas})
+        if pearson is not None:
+            names = ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
+            grid = pearson_grid(*pearson, names)
+            out.update({m: grid for m in rsas if opts(m).get("rdm", "cosine") == method})
+    return out
 
 
 def _options_of(name: str) -> list[str]:

@@ -286,3 +286,42 @@ def test_a_refused_merge_changes_nothing():
     with pytest.raises(ValueError, match="same shift"):
         a.merge(b)
     assert a.n == 10 and float(a.compute()) == before
+
+
+def test_extract_features_refuses_or_spills_to_disk_and_resumes(tmp_path):
+    import json
+
+    a, loader = Wide(0), _loader()
+    layers = ["c1", "fc"]
+    full, labels = repsim.extract_features(a, loader, layers, pool="flatten", progress=False)
+    with pytest.raises(MemoryBudgetError, match="spill_dir"):
+        repsim.extract_features(a, loader, layers, pool="flatten", memory="50KB", progress=False)
+    spilled, spilled_labels = repsim.extract_features(
+        a, loader, layers, pool="flatten", memory="50KB", spill_dir=tmp_path, progress=False
+    )
+    assert all(torch.equal(spilled[k], full[k]) for k in layers) and torch.equal(spilled_labels, labels)
+    # a run killed after two batches: the files hold them and progress.json says so; the rest is redone
+    progress = tmp_path / "progress.json"
+    state = json.loads(progress.read_text())
+    state["done"] = 32
+    progress.write_text(json.dumps(state))
+    resumed, _ = repsim.extract_features(a, loader, layers, pool="flatten", spill_dir=tmp_path, progress=False)
+    assert all(torch.equal(resumed[k], full[k]) for k in layers)
+
+
+def test_compare_many_checks_the_budget_and_sketches():
+    models, loader = [Wide(0), Wide(1), Wide(2)], _loader()
+    with pytest.raises(MemoryBudgetError, match="3 models"):
+        repsim.compare_many(models, loader, "c1", pool="flatten", memory="1MB", progress=False)
+    exact = repsim.compare_many(models, loader, "c1", pool="flatten", progress=False)
+    sketched = repsim.compare_many(models, loader, "c1", pool="flatten", sketch=256, progress=False)
+    assert np.allclose(np.diag(sketched.to_numpy()), 1.0)
+    assert np.abs(sketched.to_numpy() - exact.to_numpy()).max() < 0.15  # an estimator, close at k = 256
+
+
+def test_probes_evaluate_refuses_features_over_the_budget():
+    from probes import evaluate
+
+    a, loader = Wide(0), _loader()
+    with pytest.raises(MemoryBudgetError):
+        evaluate(a, loader, loader, "c1", pool="flatten", memory="100KB", progress=False)

@@ -74,27 +74,44 @@ def _grid_sums(
     prepared ``item``; layers are numbered xs then ys (``ys=None``: a self-grid of xs). Returns
     (cross (L, M), self_x (L,), self_y (M,), rows (L + M, n) or None), all float64.
     """
+    return _multi_sums(xs, ys, lambda i, item, lo, hi: [block(i, item, lo, hi)], 1, n, itemsize, device, row_sums)[0]
+
+
+def _multi_sums(xs, ys, blocks, count: int, n: int, itemsize: int, device, row_sums: bool) -> list[tuple]:
+    """:func:`_grid_sums` for ``count`` matrices per layer made from one shared piece of work per block:
+    ``blocks(i, item, lo, hi)`` returns the ``count`` row blocks of layer i (e.g. a Gram block and an
+    RDM block derived from it)."""
     layers = xs if ys is None else xs + ys
     big = len(xs)
-    c = block_rows(n, len(layers), itemsize)
-    cross = torch.zeros(big, big if ys is None else len(ys), dtype=_ACC, device=device)
-    selfs = torch.zeros(len(layers), dtype=_ACC, device=device)
-    rows = torch.zeros(len(layers), n, dtype=_ACC, device=device) if row_sums else None
+    c = block_rows(n, len(layers) * (count + 1), itemsize)
+    shape = (big, big if ys is None else len(ys))
+    sums = [
+        (torch.zeros(shape, dtype=_ACC, device=device), torch.zeros(len(layers), dtype=_ACC, device=device),
+         torch.zeros(len(layers), n, dtype=_ACC, device=device) if row_sums else None)
+        for _ in range(count)
+    ]  # fmt: skip
     for lo in range(0, n, c):
         hi = min(n, lo + c)
-        flat = torch.stack([block(i, item, lo, hi) for i, item in enumerate(layers)]).reshape(len(layers), -1)
-        if ys is None:
-            prod = flat @ flat.T
-            cross += prod
-            selfs += prod.diagonal()
-        else:
-            cross += flat[:big] @ flat[big:].T
-            selfs += flat.pow(2).sum(1)
-        if rows is not None:
-            rows[:, lo:hi] = flat.reshape(len(layers), hi - lo, n).sum(-1)
-    self_y = selfs if ys is None else selfs[big:]
-    rows_y = None if rows is None else (rows if ys is None else rows[big:])
-    return cross, selfs[:big], self_y, (None if rows is None else (rows[:big], rows_y))
+        per_layer = [blocks(i, item, lo, hi) for i, item in enumerate(layers)]
+        for k, (cross, selfs, rows) in enumerate(sums):
+            if per_layer[0][k] is None:
+                continue
+            flat = torch.stack([b[k] for b in per_layer]).reshape(len(layers), -1)
+            if ys is None:
+                prod = flat @ flat.T
+                cross += prod
+                selfs += prod.diagonal()
+            else:
+                cross += flat[:big] @ flat[big:].T
+                selfs += flat.pow(2).sum(1)
+            if rows is not None:
+                rows[:, lo:hi] = flat.reshape(len(layers), hi - lo, n).sum(-1)
+    out = []
+    for cross, selfs, rows in sums:
+        self_y = selfs if ys is None else selfs[big:]
+        rows_y = None if rows is None else (rows if ys is None else rows[big:])
+        out.append((cross, selfs[:big], self_y, None if rows is None else (rows[:big], rows_y)))
+    return out
 
 
 def hsic_grids_blocked(
@@ -110,8 +127,6 @@ def hsic_grids_blocked(
     tr(K~L~) = sum_ij K_ij L_ij - sum_i k_i l_i, 1^T K~ 1 = -sum_i k_i, 1^T K~ L~ 1 = sum_i k_i l_i
     (K~ 1 = -k). Returns {estimator: (HSIC_xy (L, M), HSIC_xx (L,), HSIC_yy (M,))} in float64.
     """
-    from .hsic import _unbiased_combine
-
     n = xcs[0].shape[0]
     itemsize = xcs[0].element_size()
 
@@ -119,14 +134,23 @@ def hsic_grids_blocked(
         return (t[lo:hi] @ t.T).to(_ACC)
 
     ys = None if ycs is xcs else ycs
-    cross, kk, ll, _ = _grid_sums(xcs, ys, block, n, itemsize, xcs[0].device, False)
+    sums = _grid_sums(xcs, ys, block, n, itemsize, xcs[0].device, False)
+    return hsic_from_sums(sums, xcs, ycs, estimators)
+
+
+def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...]) -> dict:
+    """The HSIC estimators from the Gram-block sums of centred features (see :func:`hsic_grids_blocked`)."""
+    from .hsic import _unbiased_combine
+
+    cross, kk, ll, _ = sums
+    n = xcs[0].shape[0]
     out = {}
     if "biased" in estimators:
         scale = (n - 1) ** 2
         out["biased"] = (cross / scale, kk / scale, ll / scale)
     if "unbiased" in estimators:
         dx = torch.stack([torch.linalg.vector_norm(t, dim=1, dtype=_ACC) ** 2 for t in xcs])  # (L, n)
-        dy = dx if ys is None else torch.stack([torch.linalg.vector_norm(t, dim=1, dtype=_ACC) ** 2 for t in ycs])
+        dy = dx if ycs is xcs else torch.stack([torch.linalg.vector_norm(t, dim=1, dtype=_ACC) ** 2 for t in ycs])
         sx, sy = -dx.sum(1), -dy.sum(1)
         kl_diag = dx @ dy.T
         out["unbiased"] = (
@@ -142,30 +166,105 @@ def hsic_grid_blocked(xcs: list[Tensor], ycs: list[Tensor], estimator: str) -> t
     return hsic_grids_blocked(xcs, ycs, (estimator,))[estimator]
 
 
-def rdm_pearson_grid_blocked(
-    xs: list, ys: list | None, entry: Callable[[object, int, int], Tensor], n: int, itemsize: int, device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Pearson covariance terms of the off-diagonal RDM entries of every layer pair, by row blocks.
+class RdmRows:
+    """Rows of one layer's RDM from row blocks of its centred Gram matrix Gc = Xc Xc^T plus O(n d) vectors.
 
-    ``entry(item, lo, hi)`` gives rows lo..hi of a layer's RDM (float64) from its prepared
-    ``item``; ``ys=None`` is a self-grid. The upper triangle and the full off-diagonal set give the
-    same correlation (each pair counted twice). Entries are shifted by each layer's mean over the
-    first block before summing, so the one-pass sums do not cancel. Returns (cov (L, M), var_x (L,),
-    var_y (M,)), unnormalised; the correlation is cov / sqrt(var_x var_y).
+    With x_i = xc_i + mu, the uncentred Gram is G_ij = Gc_ij + b_i + b_j + |mu|^2 (b_i = xc_i . mu), so
+    the cosine RDM is 1 - G_ij / (r_i r_j) (r_i = |x_i|); the correlation RDM is the same on rows
+    centred across features, x'_i . x'_j = G_ij - d xbar_i xbar_j; the Euclidean one is
+    sqrt(c_i + c_j - 2 Gc_ij), c_i = |xc_i|^2. An RDM block thus costs O(c n) on top of the Gram block
+    that CKA needs anyway. The combination runs in float64 (entries within rounding of 0 are clamped
+    to 0). Entries are shifted by the layer's mean over the first block (``shift``) so that the
+    one-pass Pearson sums do not cancel, and the diagonal is zero.
     """
-    layers = xs if ys is None else xs + ys
-    first = block_rows(n, len(layers), itemsize)
-    off_first = ~torch.eye(first, n, dtype=torch.bool, device=device)
-    shifts = [entry(item, 0, first)[off_first].mean() for item in layers]
 
-    def block(i: int, item, lo: int, hi: int) -> Tensor:
-        d = entry(item, lo, hi) - shifts[i]
-        idx = torch.arange(hi - lo, device=d.device)
-        d[idx, idx + lo] = 0.0  # the diagonal is not an RDM entry
-        return d
+    def __init__(self, x: Tensor, xc: Tensor, method: str, name: str, from_gram: bool = True) -> None:
+        x64 = x.to(_ACC)
+        self.method, self.shift, self.from_gram, self.z = method, None, from_gram, None
+        self.c = torch.linalg.vector_norm(xc, dim=1, dtype=_ACC) ** 2
+        if method == "euclidean":
+            return
+        mu = x64.mean(0)
+        self.b = xc.to(_ACC) @ mu
+        self.mu2 = mu @ mu
+        self.d = x.shape[1]
+        if method == "correlation":
+            if self.d < 2:
+                raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
+            self.t = x64.mean(1)  # row means, removed from each row
+            sq = (x64 - self.t[:, None]).pow(2).sum(1)
+        else:
+            self.t = None
+            sq = x64.pow(2).sum(1)
+        zero = sq == 0
+        if bool(zero.any()):
+            what = "constant" if method == "correlation" else "all-zero"
+            raise ValueError(
+                f"{name} has {int(zero.sum())} {what} rows, for which a {method} RDM is undefined; "
+                "drop them or use rdm='euclidean'"
+            )
+        self.r = sq.sqrt()
+        if not from_gram:
+            # products in a low precision: 1 - <u_i, u_j> = |z_i - z_j|^2 / 2 with the unit rows centred over
+            # samples first (z = u - u_bar), so a common offset (all cosines near 1) cannot cancel in float32
+            z = (x64 if self.t is None else x64 - self.t[:, None]) / self.r[:, None]
+            z = z - z.mean(0)
+            self.s, self.z = z.pow(2).sum(1), z.to(xc.dtype)
 
-    cross, sq_x, sq_y, (rx, ry) = _grid_sums(xs, ys, block, n, itemsize, device, True)
+    def rows(self, gc: Tensor | None, lo: int, hi: int) -> Tensor:
+        """RDM rows lo..hi (float64, shifted, diagonal zero) from the Gram block gc = Gc[lo:hi, :] (float64)."""
+        if self.z is not None:
+            zz = (self.z[lo:hi] @ self.z.T).to(_ACC)
+            out = ((self.s[lo:hi, None] + self.s[None, :]) / 2 - zz).clamp_min_(0)
+        elif self.method == "euclidean":
+            out = (self.c[lo:hi, None] + self.c[None, :] - 2 * gc).clamp_min_(0).sqrt_()
+        else:
+            g = gc + self.b[lo:hi, None] + self.b[None, :] + self.mu2
+            if self.t is not None:
+                g = g - self.d * self.t[lo:hi, None] * self.t[None, :]
+            out = (1 - g / (self.r[lo:hi, None] * self.r[None, :])).clamp_min_(0)
+        idx = torch.arange(hi - lo, device=out.device)
+        if self.shift is None:  # the first block: the mean of its off-diagonal entries
+            off = torch.ones_like(out, dtype=torch.bool)
+            off[idx, idx + lo] = False
+            self.shift = out[off].mean() if bool(off.any()) else out.mean()
+        out = out - self.shift
+        out[idx, idx + lo] = 0.0
+        return out
+
+
+def pearson_from_sums(sums, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(cov (L, M), var_x (L,), var_y (M,)) of the off-diagonal RDM entries from their block sums."""
+    cross, sq_x, sq_y, (rx, ry) = sums
     m = n * (n - 1)
     sums_x, sums_y = rx.sum(1), ry.sum(1)
-    cov = cross - torch.outer(sums_x, sums_y) / m
-    return cov, sq_x - sums_x.pow(2) / m, sq_y - sums_y.pow(2) / m
+    return cross - torch.outer(sums_x, sums_y) / m, sq_x - sums_x.pow(2) / m, sq_y - sums_y.pow(2) / m
+
+
+def gram_grids_blocked(
+    xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...], rdm_x: list | None, rdm_y: list | None
+) -> tuple[dict, tuple | None]:
+    """One pass over the centred Gram blocks of every layer: the HSIC estimators of every pair and, with
+    ``rdm_x``/``rdm_y`` (:class:`RdmRows` per layer), the Pearson terms of their RDMs.
+
+    Returns (hsic {estimator: (xy, xx, yy)}, pearson (cov, var_x, var_y) or None). The RDMs need no
+    second pass over the features: this is what makes linear CKA, debiased CKA and Pearson RSA of one
+    comparison cost one set of Gram products."""
+    n = xcs[0].shape[0]
+    ys = None if ycs is xcs else ycs
+    rdms = None if rdm_x is None else (rdm_x if ys is None else rdm_x + rdm_y)
+    count = 1 if rdms is None else 2  # the Gram sums are skipped (None blocks) when only RDMs are asked
+    items = list(range(len(xcs) + (0 if ys is None else len(ycs))))
+    layers = xcs if ys is None else xcs + ycs
+
+    own = rdms is not None and not estimators and all(r.z is not None for r in rdms)  # no Gram block needed
+
+    def blocks(i: int, _, lo: int, hi: int) -> list[Tensor]:
+        gc = None if own else (layers[i][lo:hi] @ layers[i].T).to(_ACC)
+        return [gc] if rdms is None else [gc, rdms[i].rows(gc, lo, hi)]
+
+    big = len(xcs)
+    split = (items[:big], None if ys is None else items[big:])
+    sums = _multi_sums(split[0], split[1], blocks, count, n, xcs[0].element_size(), xcs[0].device, True)
+    hsic = hsic_from_sums(sums[0], xcs, ycs, estimators) if estimators else {}
+    return hsic, (pearson_from_sums(sums[1], n) if rdms is not None else None)

@@ -20,7 +20,7 @@ from .._validation import (
     check_same_samples,
     resolve_dtype,
 )
-from .gram import squared_distances
+from .gram import center_columns, squared_distances
 from .registry import register
 
 RDMS = ("cosine", "correlation", "euclidean")
@@ -69,52 +69,23 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
     return d.fill_diagonal_(0)
 
 
-def _rdm_rows_source(x: Tensor, method: str, name: str, compute: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(rows in ``compute``, float64 squared norms) from which any rows of the RDM follow (see :func:`_rdm`)."""
-    if method == "euclidean":
-        xc = x.to(compute)
-        xc = xc - xc.mean(dim=0, keepdim=True)
-        return xc, xc.to(_ACC).pow(2).sum(1)
-    x = x.to(_ACC)
-    if method == "correlation":
-        if x.shape[1] < 2:
-            raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
-        x = x - x.mean(dim=1, keepdim=True)
-    norms = x.norm(dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        what = "constant" if method == "correlation" else "all-zero"
-        raise ValueError(
-            f"{name} has {int((norms == 0).sum())} {what} rows, for which a {method} RDM is undefined; "
-            "drop them or use rdm='euclidean'"
-        )
-    z = x / norms
-    z = z - z.mean(dim=0, keepdim=True)
-    return z.to(compute), z.pow(2).sum(1)
-
-
-def _rdm_rows(method: str):
-    """rows lo..hi of the RDM, float64, from :func:`_rdm_rows_source`'s output (diagonal not zeroed)."""
-
-    def entry(item: tuple[Tensor, Tensor], lo: int, hi: int) -> Tensor:
-        z, sq = item
-        g = (z[lo:hi] @ z.T).to(_ACC)
-        if method == "euclidean":
-            return (sq[lo:hi, None] + sq[None, :] - 2 * g).clamp_min_(0).sqrt_()
-        return ((sq[lo:hi, None] + sq[None, :]) / 2 - g).clamp_min_(0)
-
-    return entry
-
-
 def _pearson_grid_blocked(xs, ys, method: str, compute: torch.dtype, names) -> Tensor:
-    from .blocked import rdm_pearson_grid_blocked
+    """Pearson RSA of every pair by row blocks (:class:`~repsim.measures.blocked.RdmRows`)."""
+    from .blocked import RdmRows, gram_grids_blocked
 
-    sx = [_rdm_rows_source(t, method, nm, compute) for t, nm in zip(xs, names[0], strict=True)]
-    sy = None if ys is xs else [_rdm_rows_source(t, method, nm, compute) for t, nm in zip(ys, names[1], strict=True)]
-    itemsize = torch.finfo(compute).bits // 8
-    cov, var_x, var_y = rdm_pearson_grid_blocked(sx, sy, _rdm_rows(method), xs[0].shape[0], itemsize, xs[0].device)
+    xcs = [center_columns(x, compute) for x in xs]
+    ycs = xcs if ys is xs else [center_columns(y, compute) for y in ys]
+    exact = compute == torch.float64  # float64 products: RDM rows from the Gram blocks; else their own products
+    rx = [RdmRows(x, xc, method, nm, exact) for x, xc, nm in zip(xs, xcs, names[0], strict=True)]
+    ry = None if ys is xs else [RdmRows(y, yc, method, nm, exact) for y, yc, nm in zip(ys, ycs, names[1], strict=True)]
+    _, (cov, var_x, var_y) = gram_grids_blocked(xcs, ycs, (), rx, ry)
+    return pearson_grid(cov, var_x, var_y, names)
+
+
+def pearson_grid(cov: Tensor, var_x: Tensor, var_y: Tensor, names) -> Tensor:
+    """cov / sqrt(var_x var_y), refusing a constant RDM (a correlation with it is undefined)."""
     scale_x, scale_y = var_x.clamp_min(0).sqrt(), var_y.clamp_min(0).sqrt()
-    # an RDM whose entries vary by less than rounding of their size is constant
-    for _group, scale, nm in ((sx, scale_x, names[0]), (sy or sx, scale_y, names[1])):
+    for scale, nm in ((scale_x, names[0]), (scale_y, names[1])):
         if not bool((scale > 0).all()):
             bad = int((scale <= 0).nonzero()[0, 0])
             raise ValueError(f"the RDM of {nm[bad]} is constant, so its correlation with another RDM is undefined")
