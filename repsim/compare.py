@@ -620,7 +620,11 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
         accumulators = {name: _synced(name, acc) for name, acc in accumulators.items()}
 
     def cat(chunks: list[Tensor]) -> Tensor | None:
-        return torch.cat(chunks) if chunks else None
+        """The kept batches of one layer as one tensor; the batches are released at once, so the stored
+        route never holds its features twice (the memory plan counts them once)."""
+        out = torch.cat(chunks) if chunks else None
+        chunks.clear()
+        return out
 
     kept_x = [cat(c) for c in kept_a]
     kept_y = [cat(c) for c in kept_b]

@@ -179,24 +179,24 @@ class RdmRows:
     """
 
     def __init__(self, x: Tensor, xc: Tensor, method: str, name: str, from_gram: bool = True) -> None:
-        x64 = x.to(_ACC)
         self.method, self.shift, self.from_gram, self.z = method, None, from_gram, None
         self.c = torch.linalg.vector_norm(xc, dim=1, dtype=_ACC) ** 2
         if method == "euclidean":
             return
-        mu = x64.mean(0)
-        self.b = xc.to(_ACC) @ mu
+        n, self.d = x.shape
+        # float64 reductions without a float64 copy of the features (they can be large)
+        mu = x.sum(0, dtype=_ACC) / n
+        self.b = (xc @ mu.to(xc.dtype)).to(_ACC) if xc.dtype == _ACC else xc.to(_ACC) @ mu
         self.mu2 = mu @ mu
-        self.d = x.shape[1]
+        sq = raw = torch.linalg.vector_norm(x, dim=1, dtype=_ACC) ** 2
         if method == "correlation":
             if self.d < 2:
                 raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
-            self.t = x64.mean(1)  # row means, removed from each row
-            sq = (x64 - self.t[:, None]).pow(2).sum(1)
+            self.t = x.sum(1, dtype=_ACC) / self.d  # row means, removed from each row
+            sq = (raw - self.d * self.t.pow(2)).clamp_min(0)  # |x_i - xbar_i|^2, to rounding of |x_i|^2
         else:
             self.t = None
-            sq = x64.pow(2).sum(1)
-        zero = sq == 0
+        zero = sq <= 1e-10 * raw if method == "correlation" else sq == 0
         if bool(zero.any()):
             what = "constant" if method == "correlation" else "all-zero"
             raise ValueError(
@@ -207,6 +207,7 @@ class RdmRows:
         if not from_gram:
             # products in a low precision: 1 - <u_i, u_j> = |z_i - z_j|^2 / 2 with the unit rows centred over
             # samples first (z = u - u_bar), so a common offset (all cosines near 1) cannot cancel in float32
+            x64 = x.to(_ACC)
             z = (x64 if self.t is None else x64 - self.t[:, None]) / self.r[:, None]
             z = z - z.mean(0)
             self.s, self.z = z.pow(2).sum(1), z.to(xc.dtype)

@@ -47,8 +47,9 @@ class LayerGridAccumulator(Accumulator):
         ys = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
         check_same_samples(xs[0], ys[0], ("xs", "ys"))
         both = xs if ys is xs else xs + ys
-        lows = [t.amin(0).to(_ACC) for t in both]
-        highs = [t.amax(0).to(_ACC) for t in both]
+        extremes = [torch.aminmax(t, dim=0) for t in both]  # one read of each layer
+        lows = [e.min.to(_ACC) for e in extremes]
+        highs = [e.max.to(_ACC) for e in extremes]
         if self._lo is None:
             self._lo, self._hi, self._dtypes = lows, highs, [t.dtype for t in both]
         elif len(both) != len(self._lo) or any(t.shape[1] != r.shape[0] for t, r in zip(both, self._lo, strict=False)):
