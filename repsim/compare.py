@@ -238,7 +238,6 @@ class _Plan:
                     name,
                     options=self.options.get(name, {}),
                     streaming_moments=kind == "moments",
-                    accumulator_bytes=None,
                     capped=kind == "capped",
                     functional=kind == "functional",
                     minibatch=batch_size if kind == "minibatch" else None,
@@ -265,10 +264,6 @@ class _Plan:
 
     def stored(self, name: str) -> bool:
         return self.routes.get(name, "").startswith("stored")
-
-    @property
-    def capped(self) -> list[str]:
-        return [m for m in self.order if self.kind[m] == "capped"]
 
 
 @torch.inference_mode()
@@ -718,9 +713,9 @@ def _finish(plan, shard, layers_a, layers_b, kept_a, kept_b, kept_out, kept_keys
 def _shared_gram_grids(plan: _Plan, xs: list[Tensor], ys: list[Tensor], n_kept: int, sample_cap: int) -> dict:
     """Stored-route linear CKA (biased and debiased) and, on the same samples, Pearson RSA, from one pass
     over the centred Gram blocks (:func:`repsim.measures.blocked.gram_grids_blocked`): {name: grid}."""
-    from .measures.blocked import RdmRows, gram_grids_blocked
+    from .measures.blocked import gram_grids_blocked
     from .measures.cka import cka_from_hsic, cka_grid, estimator_name
-    from .measures.rsa import pearson_grid, rsa_grid
+    from .measures.rsa import pearson_grid, rdm_rows, rsa_grid
 
     def opts(m: str) -> dict:
         return {**get_measure(m).defaults, **plan.options.get(m, {})}
@@ -753,18 +748,14 @@ def _shared_gram_grids(plan: _Plan, xs: list[Tensor], ys: list[Tensor], n_kept: 
     estimators = tuple(dict.fromkeys(estimator_name(f) for f in flags.values()))
     out = {}
     methods = dict.fromkeys(opts(m).get("rdm", "cosine") for m in rsas) if fuse_rsa else {}
+    names = ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
     for k, method in enumerate(methods or [None]):
-        rx = ry = None
-        if method is not None:
-            rx = [RdmRows(x, xc, method, f"xs[{i}]") for i, (x, xc) in enumerate(zip(xs_v, xcs, strict=True))]
-            ry = None if ycs is xcs else [
-                RdmRows(y, yc, method, f"ys[{i}]") for i, (y, yc) in enumerate(zip(ys_v, ycs, strict=True))
-            ]  # fmt: skip
+        rx = None if method is None else rdm_rows(xs_v, xcs, method, names[0])
+        ry = None if method is None or ycs is xcs else rdm_rows(ys_v, ycs, method, names[1])
         hsic, pearson = gram_grids_blocked(xcs, ycs, estimators if k == 0 else (), rx, ry)
         if k == 0:
             out.update({m: cka_from_hsic(*hsic[estimator_name(flags[m])], flags[m]) for m in ckas})
         if pearson is not None:
-            names = ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
             grid = pearson_grid(*pearson, names)
             out.update({m: grid for m in rsas if opts(m).get("rdm", "cosine") == method})
     return out

@@ -111,7 +111,6 @@ class MemoryPlan:
     store_samples: int = 0
     """How many samples' features are kept (0: none, only streamed)."""
     store_bytes: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -139,7 +138,7 @@ class MemoryPlan:
             f"workspace {format_bytes(r.workspace_bytes):>9}  {r.flops:.2e} multiply-adds"
             for r in self.table.itertuples()
         ]
-        return "\n".join([head, *rows, *self.notes])
+        return "\n".join([head, *rows])
 
 
 # ------------------------------------------------------------------------------------ costs
@@ -186,7 +185,6 @@ class MeasureRequest:
     name: str
     options: Mapping = field(default_factory=dict)
     streaming_moments: bool = False  # exact from shared StreamingMoments
-    accumulator_bytes: int | None = None  # exact from its own accumulator (None: none)
     capped: bool = False  # needs all samples at once
     functional: bool = False
     minibatch: int | None = None  # the minibatch route (batch size)
@@ -238,7 +236,7 @@ def plan_routes(
             rows.append((r.name, f"capped at {n_cap}", 0, ws, gram_flops(n_cap, dx, dy)))
             continue
         # an exact streaming measure: moments vs stored features
-        moments = moment_bytes(dx, dy) if r.streaming_moments else (r.accumulator_bytes or moment_bytes(dx, dy))
+        moments = moment_bytes(dx, dy)  # StreamingMoments, or an accumulator of the same second moments
         # every moment measure shares one accumulator: count its bytes once
         moments_marginal = 0 if r.streaming_moments and shared_moments_counted else moments
         store = None if n is None else n * (p + q) * itemsize

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -59,36 +59,23 @@ def blocked_workspace(n: int, matrices: int, itemsize: int, limit: int | None = 
     return max(1, matrices) * c * n * (itemsize + 2 * 8) + 4 * max(1, matrices) * n * 8
 
 
-def _grid_sums(
-    xs: list,
-    ys: list | None,
-    block: Callable[[int, object, int, int], Tensor],
-    n: int,
-    itemsize: int,
-    device,
-    row_sums: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """sum_ij A^l_ij B^m_ij for every pair, sum_ij (A^l_ij)^2 per layer, and optionally row sums.
+def _multi_sums(xs, ys, blocks, row_sums: tuple[bool, ...], n: int, itemsize: int, device) -> list[tuple]:
+    """sum_ij A^l_ij B^m_ij for every layer pair, sum_ij (A^l_ij)^2 per layer and optionally the row sums,
+    for ``len(row_sums)`` matrices per layer made from one shared piece of work per block.
 
-    ``block(i, item, lo, hi)`` returns rows lo..hi of layer i's n x n matrix (float64) from its
-    prepared ``item``; layers are numbered xs then ys (``ys=None``: a self-grid of xs). Returns
-    (cross (L, M), self_x (L,), self_y (M,), rows (L + M, n) or None), all float64.
+    ``blocks(i, item, lo, hi)`` returns the row blocks lo..hi (float64) of layer i's matrices (e.g. a Gram
+    block and an RDM block derived from it; None for a matrix not accumulated); layers are numbered xs
+    then ys (``ys=None``: a self-grid of xs). Returns one (cross (L, M), self_x (L,), self_y (M,),
+    (rows_x, rows_y) or None) per matrix, all float64.
     """
-    return _multi_sums(xs, ys, lambda i, item, lo, hi: [block(i, item, lo, hi)], 1, n, itemsize, device, row_sums)[0]
-
-
-def _multi_sums(xs, ys, blocks, count: int, n: int, itemsize: int, device, row_sums: bool) -> list[tuple]:
-    """:func:`_grid_sums` for ``count`` matrices per layer made from one shared piece of work per block:
-    ``blocks(i, item, lo, hi)`` returns the ``count`` row blocks of layer i (e.g. a Gram block and an
-    RDM block derived from it)."""
     layers = xs if ys is None else xs + ys
     big = len(xs)
-    c = block_rows(n, len(layers) * (count + 1), itemsize)
+    c = block_rows(n, len(layers) * (len(row_sums) + 1), itemsize)
     shape = (big, big if ys is None else len(ys))
     sums = [
         (torch.zeros(shape, dtype=_ACC, device=device), torch.zeros(len(layers), dtype=_ACC, device=device),
-         torch.zeros(len(layers), n, dtype=_ACC, device=device) if row_sums else None)
-        for _ in range(count)
+         torch.zeros(len(layers), n, dtype=_ACC, device=device) if wanted else None)
+        for wanted in row_sums
     ]  # fmt: skip
     for lo in range(0, n, c):
         hi = min(n, lo + c)
@@ -127,15 +114,7 @@ def hsic_grids_blocked(
     tr(K~L~) = sum_ij K_ij L_ij - sum_i k_i l_i, 1^T K~ 1 = -sum_i k_i, 1^T K~ L~ 1 = sum_i k_i l_i
     (K~ 1 = -k). Returns {estimator: (HSIC_xy (L, M), HSIC_xx (L,), HSIC_yy (M,))} in float64.
     """
-    n = xcs[0].shape[0]
-    itemsize = xcs[0].element_size()
-
-    def block(i: int, t: Tensor, lo: int, hi: int) -> Tensor:
-        return (t[lo:hi] @ t.T).to(_ACC)
-
-    ys = None if ycs is xcs else ycs
-    sums = _grid_sums(xcs, ys, block, n, itemsize, xcs[0].device, False)
-    return hsic_from_sums(sums, xcs, ycs, estimators)
+    return gram_grids_blocked(xcs, ycs, estimators, None, None)[0]
 
 
 def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...]) -> dict:
@@ -159,11 +138,6 @@ def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple
             _unbiased_combine(n, ll - dy.pow(2).sum(1), sy, sy, dy.pow(2).sum(1)),
         )
     return out
-
-
-def hsic_grid_blocked(xcs: list[Tensor], ycs: list[Tensor], estimator: str) -> tuple[Tensor, Tensor, Tensor]:
-    """One estimator of :func:`hsic_grids_blocked` (same shapes as :func:`repsim.measures.hsic.gram_hsic_grid`)."""
-    return hsic_grids_blocked(xcs, ycs, (estimator,))[estimator]
 
 
 class RdmRows:
@@ -254,18 +228,19 @@ def gram_grids_blocked(
     n = xcs[0].shape[0]
     ys = None if ycs is xcs else ycs
     rdms = None if rdm_x is None else (rdm_x if ys is None else rdm_x + rdm_y)
-    count = 1 if rdms is None else 2  # the Gram sums are skipped (None blocks) when only RDMs are asked
     items = list(range(len(xcs) + (0 if ys is None else len(ycs))))
     layers = xcs if ys is None else xcs + ycs
 
     own = rdms is not None and not estimators and all(r.z is not None for r in rdms)  # no Gram block needed
 
-    def blocks(i: int, _, lo: int, hi: int) -> list[Tensor]:
+    def blocks(i: int, _, lo: int, hi: int) -> list[Tensor | None]:
         gc = None if own else (layers[i][lo:hi] @ layers[i].T).to(_ACC)
-        return [gc] if rdms is None else [gc, rdms[i].rows(gc, lo, hi)]
+        summed = gc if estimators else None  # the Gram sums only feed the HSIC estimators
+        return [summed] if rdms is None else [summed, rdms[i].rows(gc, lo, hi)]
 
     big = len(xcs)
     split = (items[:big], None if ys is None else items[big:])
-    sums = _multi_sums(split[0], split[1], blocks, count, n, xcs[0].element_size(), xcs[0].device, True)
+    row_sums = (False,) if rdms is None else (False, True)  # only the Pearson terms need row sums
+    sums = _multi_sums(split[0], split[1], blocks, row_sums, n, xcs[0].element_size(), xcs[0].device)
     hsic = hsic_from_sums(sums[0], xcs, ycs, estimators) if estimators else {}
     return hsic, (pearson_from_sums(sums[1], n) if rdms is not None else None)

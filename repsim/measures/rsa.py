@@ -71,15 +71,22 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
 
 def _pearson_grid_blocked(xs, ys, method: str, compute: torch.dtype, names) -> Tensor:
     """Pearson RSA of every pair by row blocks (:class:`~repsim.measures.blocked.RdmRows`)."""
-    from .blocked import RdmRows, gram_grids_blocked
+    from .blocked import gram_grids_blocked
 
     xcs = [center_columns(x, compute) for x in xs]
     ycs = xcs if ys is xs else [center_columns(y, compute) for y in ys]
     exact = compute == torch.float64  # float64 products: RDM rows from the Gram blocks; else their own products
-    rx = [RdmRows(x, xc, method, nm, exact) for x, xc, nm in zip(xs, xcs, names[0], strict=True)]
-    ry = None if ys is xs else [RdmRows(y, yc, method, nm, exact) for y, yc, nm in zip(ys, ycs, names[1], strict=True)]
+    rx = rdm_rows(xs, xcs, method, names[0], exact)
+    ry = None if ys is xs else rdm_rows(ys, ycs, method, names[1], exact)
     _, (cov, var_x, var_y) = gram_grids_blocked(xcs, ycs, (), rx, ry)
     return pearson_grid(cov, var_x, var_y, names)
+
+
+def rdm_rows(xs: list[Tensor], xcs: list[Tensor], method: str, names: list[str], from_gram: bool = True) -> list:
+    """One :class:`~repsim.measures.blocked.RdmRows` per layer (features and their centred copies)."""
+    from .blocked import RdmRows
+
+    return [RdmRows(x, xc, method, nm, from_gram) for x, xc, nm in zip(xs, xcs, names, strict=True)]
 
 
 def pearson_grid(cov: Tensor, var_x: Tensor, var_y: Tensor, names) -> Tensor:
