@@ -226,6 +226,7 @@ class _Plan:
         self.stream: StreamingMoments | None = None
         self.accumulators: dict[str, object] = {}
         self.sketch: int | None = None
+        self.sketchers: tuple[LayerSketch, LayerSketch] | None = None  # the two models' projections (sketch=k)
         self.keep_capped = False  # set when inference needs the capped samples
         self.tokens = False  # pool="tokens": samples are tokens, blocks are their sentences
 
