@@ -26,6 +26,7 @@ A GPU runs the same script at full width: ``--width 64 --train-samples 60000 --e
 python examples/10_fashion_resnet.py --out /work/runs/fashion10      # the sized run (~3 h, resumable)
 python examples/10_fashion_resnet.py --smoke --seeds 1 --epochs 1 --out /tmp/f10   # seconds, for the tests
 python examples/10_fashion_resnet.py --out OUT --report-only         # the report from the finished seeds
+python examples/10_fashion_resnet.py --out OUT --train-seeds 2       # one seed per process (a core, a GPU)
 
 Every seed runs in OUT/runs/seed{S} with a checkpoint every epoch: rerunning the same command after a kill
 resumes from the last checkpoint (bit-identically on the CPU) and skips finished seeds.
@@ -63,7 +64,15 @@ SMOKE = dict(width=4, train_samples=400, epochs=1, batch_size=100, reference_sam
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (the Debian package) or fashion-mnist:ROOT")
-    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="seeds 0 .. SEEDS-1 (default 3)")
+    p.add_argument(
+        "--train-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train only these of the seeds (e.g. one process per core or per GPU: --train-seeds 2); "
+        "the report covers every finished seed of --seeds",
+    )
     p.add_argument("--epochs", type=int, default=None, help=f"default {DEFAULTS['epochs']}")
     p.add_argument("--width", type=int, default=None, help=f"ResNet-18 base width (default {DEFAULTS['width']})")
     p.add_argument("--train-samples", type=int, default=None, help=f"default {DEFAULTS['train_samples']}")
@@ -317,8 +326,11 @@ def main(argv=None) -> int:
           f"{cfg.train_samples or 'all'} training images, torch threads {torch.get_num_threads()}, out {out}",
           flush=True)  # fmt: skip
     budget = args.stop_after_epochs
+    train_seeds = range(args.seeds) if args.train_seeds is None else args.train_seeds
+    if not set(train_seeds) <= set(range(args.seeds)):
+        raise SystemExit(f"--train-seeds {args.train_seeds}: every seed must be in 0..{args.seeds - 1} (--seeds)")
     if not args.report_only:
-        for seed in range(args.seeds):
+        for seed in train_seeds:
             if budget is not None and budget <= 0:
                 break
             finished, trained = run_seed(config, out, seed, budget)
