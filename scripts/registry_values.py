@@ -125,7 +125,9 @@ def check(before: pd.DataFrame, after: pd.DataFrame, tol: float) -> int:
     if len(only):
         print("in one file only:\n" + only[["measure", "route", "_merge"]].to_string(index=False))
     if len(moved):
-        print("moved:\n" + moved[["measure", "route", "value_before", "value_after", "rel_diff"]].to_string(index=False))
+        print(
+            "moved:\n" + moved[["measure", "route", "value_before", "value_after", "rel_diff"]].to_string(index=False)
+        )
     return 1 if len(moved) else 0
 
 
