@@ -14,9 +14,9 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
-from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
+from .._validation import check_choice, resolve_dtype
 from . import _moment_grid as mg
-from .registry import register
+from .kinds import MomentParts, layer_measure, moment_measure
 
 _WILLIAMS = "Williams et al. 2021, Generalized shape metrics on neural representations (NeurIPS)"
 _DING = "Ding et al. 2021, Grounding representation similarity with statistical testing (NeurIPS)"
@@ -44,6 +44,10 @@ def _sqrt_nonneg(v: Tensor, scale: Tensor | float = 1.0) -> Tensor:
     return torch.where(v <= _ROUNDING * scale, torch.zeros_like(v), v).sqrt()
 
 
+_ROTATION = ("orthogonal", "isotropic_scaling", "translation", "permutation")
+_SVD_COST = "O(n d^2 + d^3)"
+
+
 # -------------------------------------------------------------------------------- Procrustes
 def _procrustes_pair(tx, ty, sxy, n, **_) -> Tensor:
     return _sqrt_nonneg(2 - 2 * _nuclear(sxy) / (tx * ty).sqrt())
@@ -53,7 +57,19 @@ def _size_shape_pair(tx, ty, sxy, n, **_) -> Tensor:
     return _sqrt_nonneg((tx + ty - 2 * _nuclear(sxy)) / n, (tx + ty) / n)
 
 
-def procrustes(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "procrustes",
+    prepare=_trace,
+    pair=_procrustes_pair,
+    family="alignment",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=_ROTATION,
+    cost=_SVD_COST,
+    identity_value=0.0,
+    reference=_DING + "; " + _WILLIAMS,
+)
+def procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Orthogonal Procrustes distance of the centred, unit-Frobenius representations.
 
     d = min_Q |X~ - Y~ Q|_F = sqrt(2 - 2 |X~^T Y~|_*),  X~ = Xc/|Xc|_F,  Y~ = Yc/|Yc|_F.
@@ -64,15 +80,25 @@ def procrustes(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor
     return mg.one_shot(x, y, dtype, _trace, _procrustes_pair)
 
 
-def procrustes_size_shape(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "procrustes_size_shape",
+    prepare=_trace,
+    pair=_size_shape_pair,
+    family="alignment",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=("orthogonal", "translation", "permutation"),
+    cost=_SVD_COST,
+    identity_value=0.0,
+    reference=_WILLIAMS,
+)
+def procrustes_size_shape(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Procrustes size-and-shape distance (Williams et al. 2021): centred, not rescaled.
 
     d = min_Q |Xc - Yc Q|_F / sqrt(n) = sqrt((tr S_xx + tr S_yy - 2 |S_xy|_*) / n).
     The 1/sqrt(n) makes it a per-sample (RMS) distance that does not grow with the number of
     samples. A metric, invariant to rotations and translation, not to scaling.
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _trace, _size_shape_pair)
 
 
 def _assignment(c: Tensor) -> Tensor:
@@ -94,17 +120,26 @@ def _permutation_pair(tx, ty, sxy, n, **_) -> Tensor:
     return _sqrt_nonneg((tx + ty - 2 * _assignment(sxy).sum()) / n, (tx + ty) / n)
 
 
-def permutation_procrustes(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "permutation_procrustes",
+    prepare=_trace,
+    pair=_permutation_pair,
+    family="alignment",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=("translation", "permutation"),
+    cost="O(n d^2 + d^3) (Hungarian on the host)",
+    identity_value=0.0,
+    needs_equal_widths=True,
+    reference=_WILLIAMS,
+)
+def permutation_procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Procrustes distance over feature permutations: min_P |Xc - Yc P|_F / sqrt(n).
 
     = sqrt((tr S_xx + tr S_yy - 2 max_P tr(P^T S_xy)) / n), the maximum found by the Hungarian
     algorithm (scipy.optimize.linear_sum_assignment). Needs equal widths. A metric on
     representations up to neuron permutation and translation (Williams et al. 2021).
     """
-    x, y = mg.validated_pair(x, y)
-    if x.shape[1] != y.shape[1]:
-        _equal_widths(torch.empty(x.shape[1], y.shape[1]), "permutation_procrustes")
-    return mg.one_shot(x, y, dtype, _trace, _permutation_pair)
 
 
 # -------------------------------------------------------------------------------- angular shape
@@ -130,39 +165,19 @@ def _angle(cos: Tensor) -> Tensor:
     return torch.where(1 - cos <= _ROUNDING, torch.zeros_like(cos), torch.arccos(cos.clamp(-1.0, 1.0)))
 
 
-def _check_alpha(alpha: float) -> None:
+def _check_alpha(alpha: float = 1.0, **_) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (1: rotation-invariant, 0: CCA-whitened), got {alpha}")
 
 
-def angular_shape(
-    x: Tensor, y: Tensor, alpha: float = 1.0, center: bool = True, dtype: torch.dtype | None = None
-) -> Tensor:
-    """Generalized shape metric (Williams et al. 2021): the angle between partially whitened representations.
-
-    phi(X) = Xc Z,  Z = V diag(alpha + (1 - alpha) lambda^{-1/2}) V^T  for the covariance
-    S_xx/n = V diag(lambda) V^T;  d = arccos(|phi(X)^T phi(Y)|_* / (|phi(X)|_F |phi(Y)|_F)).
-    ``alpha=1``: the angular Procrustes metric (rotation, scaling, translation invariant);
-    ``alpha=0``: CCA whitening, invariant to every invertible linear map. A metric for every alpha.
-    For 0 < alpha < 1 the map mixes alpha (scale-free) with lambda^{-1/2} (scales as 1/c), so the
-    metric is *not* invariant to isotropic scaling: phi(cX) is not proportional to phi(X). The
-    registry's declared invariances are those of the default, alpha = 1.
-    ``center=True`` centres each side first (as netrep does); ``center=False`` works about the
-    origin (ReSi's variant of the angular metric). Exact from moments.
-    """
-    _check_alpha(alpha)
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, *_angular_parts(alpha), centre=center)
-
-
-def _angular_parts(alpha: float):
-    """(prepare, pair) of the shape metric. alpha = 1 needs no whitening: Z = I, and only the traces."""
+def _angular_parts(alpha: float = 1.0, center: bool = True, **_) -> MomentParts:
+    """The shape metric's parts. alpha = 1 needs no whitening: Z = I, and only the traces."""
     if alpha == 1.0:
 
         def rotation_pair(tx, ty, sxy, n, **_):
             return _angle(_nuclear(sxy) / (tx * ty).sqrt())
 
-        return _trace, rotation_pair
+        return MomentParts(_trace, rotation_pair, centre=center)
 
     def prepare(s, n, **_):
         w = _partial_whitening(s, n, alpha).z
@@ -172,17 +187,48 @@ def _angular_parts(alpha: float):
         (zx, nx), (zy, ny) = px, py
         return _angle(_nuclear(zx.T @ sxy @ zy) / (nx * ny).sqrt())
 
-    return prepare, pair
+    return MomentParts(prepare, pair, centre=center)
 
 
-def _angular_from_moments(m, alpha: float = 1.0, center: bool = True) -> Tensor:
-    _check_alpha(alpha)
-    return mg.from_moments(m, *_angular_parts(alpha), centre=center)
+def _angular_invariances(alpha: float = 1.0, center: bool = True, **_) -> tuple[str, ...]:
+    # alpha = 0 whitens: any invertible map; 0 < alpha < 1 mixes a scale-free term with one that
+    # scales as 1/c, so only rotations remain; centring adds translations
+    if alpha == 0.0:
+        kept = ("invertible_linear", "orthogonal", "isotropic_scaling", "permutation")
+    elif alpha == 1.0:
+        kept = ("orthogonal", "isotropic_scaling", "permutation")
+    else:
+        kept = ("orthogonal", "permutation")
+    return kept + (("translation",) + (("affine",) if alpha == 0.0 else ()) if center else ())
 
 
-def _angular_grid(xs, ys=None, alpha: float = 1.0, center: bool = True, dtype: torch.dtype | None = None):
-    _check_alpha(alpha)
-    return mg.grid(xs, ys, dtype, *_angular_parts(alpha), centre=center)
+@moment_measure(
+    "angular_shape",
+    parts=_angular_parts,
+    options_check=_check_alpha,
+    family="alignment",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=_angular_invariances,
+    cost=_SVD_COST,
+    identity_value=0.0,
+    reference=_WILLIAMS,
+)
+def angular_shape(
+    x: Tensor, y: Tensor, *, alpha: float = 1.0, center: bool = True, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Generalized shape metric (Williams et al. 2021): the angle between partially whitened representations.
+
+    phi(X) = Xc Z,  Z = V diag(alpha + (1 - alpha) lambda^{-1/2}) V^T  for the covariance
+    S_xx/n = V diag(lambda) V^T;  d = arccos(|phi(X)^T phi(Y)|_* / (|phi(X)|_F |phi(Y)|_F)).
+    ``alpha=1``: the angular Procrustes metric (rotation, scaling, translation invariant);
+    ``alpha=0``: CCA whitening, invariant to every invertible linear map. A metric for every alpha.
+    For 0 < alpha < 1 the map mixes alpha (scale-free) with lambda^{-1/2} (scales as 1/c), so the
+    metric is *not* invariant to isotropic scaling: phi(cX) is not proportional to phi(X). The
+    registry declares the invariances for every alpha (``get_measure("angular_shape").invariances_at(alpha=0)``).
+    ``center=True`` centres each side first (as netrep does); ``center=False`` works about the
+    origin (ReSi's variant of the angular metric). Exact from moments.
+    """
 
 
 # -------------------------------------------------------------------------------- regression
@@ -209,7 +255,24 @@ def _r2_pair(px: _PseudoInverse, ty: Tensor, sxy: Tensor, n, **_) -> Tensor:
 REGRESSION_TARGETS = ("y", "x")
 
 
-def linear_regression(x: Tensor, y: Tensor, predict: str = "y", dtype: torch.dtype | None = None) -> Tensor:
+def _check_predict(predict: str = "y", **_) -> None:
+    check_choice(predict, "predict", REGRESSION_TARGETS)
+
+
+@moment_measure(
+    "linear_regression",
+    parts=lambda predict="y", **_: MomentParts(_pinv, _r2_pair, prepare_y=_trace, swap=predict == "x"),
+    options_check=_check_predict,
+    family="alignment",
+    larger_is_more_similar=True,
+    # predictor side: any affine map; target side: rotations, scaling, translation; both: their intersection
+    invariances=_ROTATION,
+    cost=_SVD_COST,
+    symmetric=False,
+    identity_value=1.0,
+    reference="Kornblith et al. 2019 (baseline); Klabunde et al. 2025 (ReSi)",
+)
+def linear_regression(x: Tensor, y: Tensor, *, predict: str = "y", dtype: torch.dtype | None = None) -> Tensor:
     """R^2 of the least-squares linear prediction of one representation from the other.
 
     ``predict="y"`` (default): R^2 = 1 - min_B |Yc - Xc B|_F^2 / |Yc|_F^2 = tr(S_yx S_xx^+ S_xy) / tr(S_yy),
@@ -217,23 +280,6 @@ def linear_regression(x: Tensor, y: Tensor, predict: str = "y", dtype: torch.dty
     ReSi's "linear regression"). ``predict="x"`` regresses x on y. Not symmetric. Needs n larger
     than the predictor's rank. Exact from moments.
     """
-    check_choice(predict, "predict", REGRESSION_TARGETS)
-    x, y = mg.validated_pair(x, y)
-    if predict == "x":
-        x, y = y, x
-    return mg.one_shot(x, y, dtype, _pinv, _r2_pair, prepare_y=_trace)
-
-
-def _regression_from_moments(m, predict: str = "y") -> Tensor:
-    m = m.swapped() if predict == "x" else m
-    return mg.from_moments(m, _pinv, _r2_pair, prepare_y=_trace)
-
-
-def _regression_grid(xs, ys=None, predict: str = "y", dtype: torch.dtype | None = None) -> Tensor:
-    check_choice(predict, "predict", REGRESSION_TARGETS)
-    if predict == "x":
-        return mg.grid(ys if ys is not None else xs, xs, dtype, _pinv, _r2_pair, prepare_y=_trace).T
-    return mg.grid(xs, ys, dtype, _pinv, _r2_pair, prepare_y=_trace)
 
 
 # -------------------------------------------------------------------------------- neuron matching
@@ -260,37 +306,45 @@ def _soft_pair(sx, sy, sxy, n, **_) -> Tensor:
     return _correlations(sx, sy, sxy).amax(dim=1).mean()
 
 
-def hard_correlation_match(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+_MATCHING = dict(family="alignment", larger_is_more_similar=True, identity_value=1.0, reference=_LI)
+_MATCHING_INVARIANCES = ("isotropic_scaling", "translation", "permutation")
+
+
+@moment_measure(
+    "hard_correlation_match",
+    prepare=_stds,
+    pair=_hard_pair,
+    invariances=_MATCHING_INVARIANCES,
+    cost="O(n d^2 + d^3) (Hungarian on the host)",
+    **_MATCHING,
+)
+def hard_correlation_match(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean Pearson correlation of a one-to-one matching of x's and y's neurons (Li et al. 2016).
 
     The matching maximises the total correlation (Hungarian algorithm); with different widths
     the min(p, q) best-matched pairs count. Symmetric; invariant to neuron permutation, scaling
     and translation, not to rotations. Exact from moments.
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _stds, _hard_pair)
 
 
-def soft_correlation_match(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "soft_correlation_match",
+    prepare=_stds,
+    pair=_soft_pair,
+    invariances=_MATCHING_INVARIANCES,
+    cost="O(n d^2)",
+    symmetric=False,
+    **_MATCHING,
+)
+def soft_correlation_match(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean over x's neurons of the largest Pearson correlation with any neuron of y (Li et al. 2016).
 
     Several x neurons may match the same y neuron (hence "soft"); not symmetric. Exact from moments.
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _stds, _soft_pair)
 
 
 # -------------------------------------------------------------------------------- aligned cosine
-def aligned_cosine(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Mean cosine similarity of matching rows after aligning y to x by orthogonal Procrustes.
-
-    With centred, unit-Frobenius X~, Y~ and Y~^T X~ = U S V^T, Q = U V^T (the rotation, or
-    partial isometry when widths differ, minimising |X~ - Y~ Q|_F): mean_i cos(x~_i, (Y~ Q)_i)
-    (Hamilton et al. 2016). Needs every sample; O(n d^2 + d^3).
-    """
-    x = as_features(x, "x", 3, varying=True)
-    y = as_features(y, "y", 3, varying=True)
-    check_same_samples(x, y)
+def _aligned_cosine_pair(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     compute = resolve_dtype(dtype, x, y)
     xc = (x.to(torch.float64) - x.to(torch.float64).mean(0)).to(compute)
     yc = (y.to(torch.float64) - y.to(torch.float64).mean(0)).to(compute)
@@ -303,119 +357,9 @@ def aligned_cosine(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Te
     return ((xc64 * aligned).sum(1) / norms).mean()
 
 
-# -------------------------------------------------------------------------------- registry
-def _moments(prepare, pair, **kw):
-    return lambda m: mg.from_moments(m, prepare, pair, **kw)
-
-
-def _grid(prepare, pair, **kw):
-    return lambda xs, ys=None, dtype=None: mg.grid(xs, ys, dtype, prepare, pair, **kw)
-
-
-_ROTATION = ("orthogonal", "isotropic_scaling", "translation", "permutation")
-_SVD_COST = "O(n d^2 + d^3)"
-register(
-    "procrustes",
-    fn=procrustes,
-    family="alignment",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=_ROTATION,
-    streaming=True,
-    from_moments=_moments(_trace, _procrustes_pair),
-    cost=_SVD_COST,
-    identity_value=0.0,
-    grid=_grid(_trace, _procrustes_pair),
-    reference=_DING + "; " + _WILLIAMS,
-)
-register(
-    "procrustes_size_shape",
-    fn=procrustes_size_shape,
-    family="alignment",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=("orthogonal", "translation", "permutation"),
-    streaming=True,
-    from_moments=_moments(_trace, _size_shape_pair),
-    cost=_SVD_COST,
-    identity_value=0.0,
-    grid=_grid(_trace, _size_shape_pair),
-    reference=_WILLIAMS,
-)
-register(
-    "permutation_procrustes",
-    fn=permutation_procrustes,
-    family="alignment",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=("translation", "permutation"),
-    streaming=True,
-    from_moments=_moments(_trace, _permutation_pair),
-    cost="O(n d^2 + d^3) (Hungarian on the host)",
-    identity_value=0.0,
-    needs_equal_widths=True,
-    grid=_grid(_trace, _permutation_pair),
-    reference=_WILLIAMS,
-)
-register(
-    "angular_shape",
-    fn=angular_shape,
-    family="alignment",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=_ROTATION,  # alpha = 1; alpha = 0 is invariant to every invertible linear map
-    streaming=True,
-    from_moments=_angular_from_moments,
-    cost=_SVD_COST,
-    identity_value=0.0,
-    grid=_angular_grid,
-    reference=_WILLIAMS,
-)
-register(
-    "linear_regression",
-    fn=linear_regression,
-    family="alignment",
-    larger_is_more_similar=True,
-    # predictor side: any affine map; target side: rotations, scaling, translation; both: their intersection
-    invariances=_ROTATION,
-    streaming=True,
-    from_moments=_regression_from_moments,
-    cost=_SVD_COST,
-    symmetric=False,
-    identity_value=1.0,
-    grid=_regression_grid,
-    reference="Kornblith et al. 2019 (baseline); Klabunde et al. 2025 (ReSi)",
-)
-register(
-    "hard_correlation_match",
-    fn=hard_correlation_match,
-    family="alignment",
-    larger_is_more_similar=True,
-    invariances=("isotropic_scaling", "translation", "permutation"),
-    streaming=True,
-    from_moments=_moments(_stds, _hard_pair),
-    cost="O(n d^2 + d^3) (Hungarian on the host)",
-    identity_value=1.0,
-    grid=_grid(_stds, _hard_pair),
-    reference=_LI,
-)
-register(
-    "soft_correlation_match",
-    fn=soft_correlation_match,
-    family="alignment",
-    larger_is_more_similar=True,
-    invariances=("isotropic_scaling", "translation", "permutation"),
-    streaming=True,
-    from_moments=_moments(_stds, _soft_pair),
-    cost="O(n d^2)",
-    symmetric=False,
-    identity_value=1.0,
-    grid=_grid(_stds, _soft_pair),
-    reference=_LI,
-)
-register(
+@layer_measure(
     "aligned_cosine",
-    fn=aligned_cosine,
+    pair=_aligned_cosine_pair,
     family="alignment",
     larger_is_more_similar=True,
     invariances=_ROTATION,
@@ -424,3 +368,10 @@ register(
     identity_value=1.0,
     reference="Hamilton et al. 2016, Diachronic word embeddings (ACL); Klabunde et al. 2025 (ReSi)",
 )
+def aligned_cosine(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Mean cosine similarity of matching rows after aligning y to x by orthogonal Procrustes.
+
+    With centred, unit-Frobenius X~, Y~ and Y~^T X~ = U S V^T, Q = U V^T (the rotation, or
+    partial isometry when widths differ, minimising |X~ - Y~ Q|_F): mean_i cos(x~_i, (Y~ Q)_i)
+    (Hamilton et al. 2016). Needs every sample; O(n d^2 + d^3).
+    """

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _moment_grid as mg
-from .registry import register
+from .kinds import moment_measure
 
 _RAGHU = "Raghu et al. 2017, SVCCA (NeurIPS)"
 _MORCOS = "Morcos et al. 2018, Insights on representational similarity (NeurIPS)"
@@ -72,23 +72,47 @@ def _pwcca_pair(px: _Whitened, py: _Whitened, sxy: Tensor, n: int, **_) -> Tenso
     return (alpha * rho).sum() / alpha.sum()
 
 
-def _check_variance(variance: float) -> None:
+def _check_variance(variance: float, **_) -> None:
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1] (the share of variance SVCCA keeps), got {variance}")
 
 
-def mean_cca(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+_COST = "O(n d^2 + d^3)"
+
+
+@moment_measure(
+    "mean_cca",
+    prepare=_whiten,
+    pair=_mean_rho,
+    family="cca",
+    larger_is_more_similar=True,
+    invariances=("invertible_linear", "affine"),
+    cost=_COST,
+    identity_value=1.0,
+    reference="Hotelling 1936; " + _RAGHU,
+)
+def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean canonical correlation (1/k) sum_i rho_i, k = min(rank x, rank y).
 
     rho_i are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} of the centred features
     (Hotelling 1936; used for networks by Raghu et al. 2017). Needs n > rank(x) + rank(y).
     Invariant to invertible linear maps and translations of either side. Exact from moments.
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _whiten, _mean_rho)
 
 
-def svcca(x: Tensor, y: Tensor, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "svcca",
+    prepare=_whiten,
+    pair=_mean_rho,
+    options_check=_check_variance,
+    family="cca",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
+    cost=_COST,
+    identity_value=1.0,
+    reference=_RAGHU,
+)
+def svcca(x: Tensor, y: Tensor, *, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
     """SVCCA (Raghu et al. 2017): PCA of each side keeping the leading components that explain
     ``variance`` of its variance, then the mean canonical correlation of the two reductions.
 
@@ -98,12 +122,22 @@ def svcca(x: Tensor, y: Tensor, variance: float = 0.99, dtype: torch.dtype | Non
     orthogonal maps, isotropic scaling and translation, not to general linear maps (the PCA step
     depends on the metric). Exact from moments.
     """
-    _check_variance(variance)
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _whiten, _mean_rho, variance=variance)
 
 
-def pwcca(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@moment_measure(
+    "pwcca",
+    prepare=_whiten,
+    pair=_pwcca_pair,
+    family="cca",
+    larger_is_more_similar=True,
+    # the weights are sums of |.| over x's neurons: a rotation of x changes them (of y it does not)
+    invariances=("isotropic_scaling", "translation", "permutation"),
+    cost=_COST,
+    symmetric=False,
+    identity_value=1.0,
+    reference=_MORCOS,
+)
+def pwcca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Projection-weighted CCA (Morcos et al. 2018): sum_i alpha_i rho_i / sum_i alpha_i.
 
     alpha_i = sum_j |<h_i, x_j>|: how much of ``x``'s centred neurons x_j the canonical variate
@@ -112,62 +146,3 @@ def pwcca(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     centred before weighting (ReSi weights with uncentred activations). Exact from moments:
     <h_i, x_j> = (S_xx w_i)_j for the canonical weights w_i.
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _whiten, _pwcca_pair)
-
-
-def _mean_cca_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
-    return mg.grid(xs, ys, dtype, _whiten, _mean_rho)
-
-
-def _svcca_grid(xs, ys=None, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
-    _check_variance(variance)
-    return mg.grid(xs, ys, dtype, _whiten, _mean_rho, variance=variance)
-
-
-def _pwcca_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
-    return mg.grid(xs, ys, dtype, _whiten, _pwcca_pair)
-
-
-_COST = "O(n d^2 + d^3)"
-register(
-    "mean_cca",
-    fn=mean_cca,
-    family="cca",
-    larger_is_more_similar=True,
-    invariances=("invertible_linear", "affine"),
-    streaming=True,
-    from_moments=lambda m: mg.from_moments(m, _whiten, _mean_rho),
-    cost=_COST,
-    identity_value=1.0,
-    grid=_mean_cca_grid,
-    reference="Hotelling 1936; " + _RAGHU,
-)
-register(
-    "svcca",
-    fn=svcca,
-    family="cca",
-    larger_is_more_similar=True,
-    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
-    streaming=True,
-    from_moments=lambda m, variance=0.99: mg.from_moments(m, _whiten, _mean_rho, variance=variance),
-    cost=_COST,
-    identity_value=1.0,
-    grid=_svcca_grid,
-    reference=_RAGHU,
-)
-register(
-    "pwcca",
-    fn=pwcca,
-    family="cca",
-    larger_is_more_similar=True,
-    # the weights are sums of |.| over x's neurons: a rotation of x changes them (of y it does not)
-    invariances=("isotropic_scaling", "translation", "permutation"),
-    streaming=True,
-    from_moments=lambda m: mg.from_moments(m, _whiten, _pwcca_pair),
-    cost=_COST,
-    symmetric=False,
-    identity_value=1.0,
-    grid=_pwcca_grid,
-    reference=_MORCOS,
-)

@@ -71,11 +71,35 @@ class MeasureInfo:
     samples (``dims_y=None``: a self-grid; ``limit``: the blocked grids' workspace limit), for
     memory plans (:mod:`repsim.memory`); None: a conservative generic estimate."""
     reference: str = ""
+    invariances_given: Callable[..., tuple[str, ...]] | None = None
+    """For a measure whose invariances depend on its options: ``invariances_given(**options)``; see
+    :meth:`invariances_at`. ``invariances`` holds those of the default options."""
+    quadratic: Callable[..., str | None] | None = None
+    """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa"``) the measure is
+    with these options, or None: the permutation, bootstrap and calibration engines
+    (:mod:`repsim.inference`) then use their fast paths instead of recomputing the measure."""
 
     def options(self) -> list[str]:
         """The keyword options the measure takes (beyond x and y)."""
         params = list(inspect.signature(self.fn).parameters.values())[2:]
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def option_defaults(self) -> dict[str, object]:
+        """The options with their defaults, this entry's fixed ``defaults`` applied."""
+        params = list(inspect.signature(self.fn).parameters.values())[2:]
+        return {**{p.name: p.default for p in params if p.default is not p.empty}, **self.defaults}
+
+    def invariances_at(self, **options) -> frozenset[str]:
+        """The invariances with these options (the others at their defaults)."""
+        if self.invariances_given is None:
+            return self.invariances
+        return frozenset(self.invariances_given(**{**self.option_defaults(), **options}))
+
+    def quadratic_form(self, **options) -> str | None:
+        """The quadratic form of the measure with these options (others at their defaults), or None."""
+        if self.quadratic is None:
+            return None
+        return self.quadratic(**{**self.option_defaults(), **options})
 
 
 _REGISTRY: dict[str, MeasureInfo] = {}
@@ -87,7 +111,7 @@ def register(
     family: str,
     larger_is_more_similar: bool,
     metric: bool = False,
-    invariances: tuple[str, ...] | frozenset[str] = (),
+    invariances: tuple[str, ...] | frozenset[str] | Callable[..., tuple[str, ...]] = (),
     streaming: bool = False,
     cost: str,
     symmetric: bool = True,
@@ -103,50 +127,60 @@ def register(
     reference: str = "",
     fn: Callable[..., Tensor] | None = None,
     workspace: Callable[..., int] | None = None,
+    quadratic: Callable[..., str | None] | None = None,
 ):
-    """Register ``fn`` under ``name``; usable as a decorator (``@register("svcca", ...)``) or a call.
+    """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
+    is declared with a kind, not with this).
 
     ``attainable_best`` left out means ``identity_value``; pass it (or None) where they differ.
+    ``invariances`` may be a function of the options (``invariances(**options) -> tuple``): the
+    entry's ``invariances`` are then those at the defaults, :meth:`MeasureInfo.invariances_at` the others.
 
     Raises at import time (a programming error, not a user one) for unknown families or
     invariances and for duplicate names.
     """
+    if fn is None:
+        raise TypeError(f"{name}: register(fn=...) takes the measure's function")
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+    given = invariances if callable(invariances) else None
+    if given is not None:
+        params = list(inspect.signature(fn).parameters.values())[2:]
+        at_defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        invariances = given(**{**at_defaults, **(defaults or {})})
     unknown = set(invariances) - set(INVARIANCES)
     if unknown:
         raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
     if streaming and from_moments is None and accumulator is None:
         raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
 
-    def add(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in _REGISTRY:
-            raise ValueError(f"measure {name!r} is registered twice")
-        _REGISTRY[name] = MeasureInfo(
-            name=name,
-            family=family,
-            fn=f,
-            larger_is_more_similar=larger_is_more_similar,
-            metric=metric,
-            invariances=frozenset(invariances),
-            streaming=streaming,
-            cost=cost,
-            symmetric=symmetric,
-            identity_value=identity_value,
-            attainable_best=identity_value if attainable_best is ... else attainable_best,
-            needs_equal_widths=needs_equal_widths,
-            needs_labels=needs_labels,
-            needs_outputs=needs_outputs,
-            grid=grid,
-            from_moments=from_moments,
-            accumulator=accumulator,
-            defaults=dict(defaults or {}),
-            reference=reference,
-            workspace=workspace,
-        )
-        return f
-
-    return add(fn) if fn is not None else add
+    if name in _REGISTRY:
+        raise ValueError(f"measure {name!r} is registered twice")
+    _REGISTRY[name] = MeasureInfo(
+        name=name,
+        family=family,
+        fn=fn,
+        larger_is_more_similar=larger_is_more_similar,
+        metric=metric,
+        invariances=frozenset(invariances),
+        streaming=streaming,
+        cost=cost,
+        symmetric=symmetric,
+        identity_value=identity_value,
+        attainable_best=identity_value if attainable_best is ... else attainable_best,
+        needs_equal_widths=needs_equal_widths,
+        needs_labels=needs_labels,
+        needs_outputs=needs_outputs,
+        grid=grid,
+        from_moments=from_moments,
+        accumulator=accumulator,
+        defaults=dict(defaults or {}),
+        reference=reference,
+        workspace=workspace,
+        invariances_given=given,
+        quadratic=quadratic,
+    )
+    return fn
 
 
 def get_measure(name: str) -> MeasureInfo:
@@ -210,7 +244,7 @@ def list_measures() -> pd.DataFrame:
             "metric": info.metric,
             "symmetric": info.symmetric,
             "streaming": info.streaming,
-            "batched": info.grid is not None,
+            "batched": info.grid is not None and getattr(info.grid, "batched", True),
             "cost": info.cost,
             "needs_equal_widths": info.needs_equal_widths,
             "needs_labels": info.needs_labels,

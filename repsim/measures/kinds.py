@@ -1,0 +1,249 @@
+"""Measure kinds: declare a measure once, and its kind builds everything else.
+
+A measure is written as a *declaration*: a function whose signature is the public one (``x``, ``y``,
+then its options, keyword-only, with their defaults written once) and whose body is its docstring
+(the formula and the reference), decorated by its kind with the measure's properties. The kind
+supplies the computation from the parts it is given and returns the public function, with the
+declaration's name, signature and docstring; it also builds the batched layer grid and, where the
+kind streams, the exact streaming form, and registers all of it (:mod:`repsim.measures.registry`).
+
+* :func:`moment_measure`: a function of the second moments (CCA, Procrustes and shape metrics,
+  regression, neuron matching). Parts: ``prepare(scatter, n, **options)`` (per layer, once) and
+  ``pair(prep_x, prep_y, s_xy, n, **options)``. Built: the one-shot function, a grid with one
+  product of the concatenated centred layers, the exact streaming form from
+  :class:`~repsim.measures.moments.Moments` (``streaming=True``).
+* :func:`layer_measure`: every other measure. Parts: ``prepare(x, **options)`` (per layer, once:
+  neighbour lists, a statistic, a kernel) and ``pair(prep_x, prep_y, **options)``; or, for a
+  measure with its own batched kernel over all layer pairs, ``grid(xs, ys, **options)`` on
+  validated layer lists. Built: the one-shot function and the grid; a streaming accumulator can be
+  declared (``accumulator=``).
+
+Both kinds validate their inputs the same way (:func:`repsim.measures.registry` callers never see
+an unvalidated tensor): floating, finite, 2-D, the same samples, at least ``min_samples`` rows, no
+constant representation; an ``options_check(**options)`` declared with the measure refuses bad
+options before any work. Option-dependent properties are declared on the entry too: ``invariances``
+may be a function of the options (RSA's depend on ``rdm=``); ``quadratic`` names the quadratic form
+the permutation, bootstrap and calibration engines use (:mod:`repsim.inference`), as a function of
+the options, when the measure has one.
+
+Example (the whole of a measure; see docs/guide/contributing.md)::
+
+    @moment_measure("procrustes", prepare=trace, pair=procrustes_pair, family="alignment",
+                    larger_is_more_similar=False, metric=True, invariances=ROTATION,
+                    cost="O(n d^2 + d^3)", identity_value=0.0, reference="Ding et al. 2021")
+    def procrustes(x, y, *, dtype=None):
+        '''Orthogonal Procrustes distance ... (formula, reference)'''
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import as_feature_pair, as_layer_lists
+from . import _moment_grid as mg
+from .registry import register
+
+__all__ = ["MomentParts", "layer_measure", "moment_measure"]
+
+
+class MomentParts(NamedTuple):
+    """How a moment measure is computed for one setting of its options.
+
+    ``prepare`` / ``pair``: see :func:`moment_measure`; ``prepare_y``: y's preparation when it
+    differs from x's (regression: x is whitened, y needs only its trace); ``centre=False`` works
+    with moments about the origin; ``swap=True`` computes the measure with x and y exchanged
+    (regression's ``predict="x"``)."""
+
+    prepare: Callable[..., object]
+    pair: Callable[..., Tensor]
+    prepare_y: Callable[..., object] | None = None
+    centre: bool = True
+    swap: bool = False
+
+
+def _declared_options(declaration: Callable) -> tuple[inspect.Signature, dict[str, Any]]:
+    """The declaration's signature and its options (everything after ``x, y``) with their defaults."""
+    sig = inspect.signature(declaration)
+    params = list(sig.parameters.values())
+    if [p.name for p in params[:2]] != ["x", "y"]:
+        raise TypeError(f"{declaration.__name__}: a measure's declaration starts with (x, y, ...)")
+    options = {}
+    for p in params[2:]:
+        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
+            raise TypeError(f"{declaration.__name__}: option {p.name!r} must be keyword-only with a default")
+        options[p.name] = p.default
+    return sig, options
+
+
+def _grid_signature(sig: inspect.Signature) -> inspect.Signature:
+    params = list(sig.parameters.values())
+    xs = inspect.Parameter("xs", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ys = inspect.Parameter("ys", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    return sig.replace(parameters=[xs, ys, *params[2:]])
+
+
+def _options_of(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"{name}() got unexpected option(s) {unknown}; its options are {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def _built(declaration: Callable, sig: inspect.Signature, body: Callable) -> Callable:
+    """``body(x, y, options)`` behind the declaration's name, signature and docstring."""
+    name, defaults = declaration.__name__, _declared_options(declaration)[1]
+
+    @functools.wraps(declaration)
+    def fn(x, y, **given):
+        return body(x, y, _options_of(name, defaults, given))
+
+    fn.__signature__ = sig  # type: ignore[attr-defined]
+    return fn
+
+
+def _grid_function(declaration: Callable, sig: inspect.Signature, body: Callable) -> Callable:
+    name, defaults = declaration.__name__, _declared_options(declaration)[1]
+
+    def grid(xs, ys=None, **given):
+        return body(xs, ys, _options_of(name, defaults, given))
+
+    grid.__name__ = grid.__qualname__ = f"{name}_grid"
+    grid.__module__ = declaration.__module__
+    grid.__doc__ = f":func:`{name}` between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs``): (L, M)."
+    grid.__signature__ = _grid_signature(sig)  # type: ignore[attr-defined]
+    return grid
+
+
+def moment_measure(
+    name: str,
+    *,
+    prepare: Callable[..., object] | None = None,
+    pair: Callable[..., Tensor] | None = None,
+    parts: Callable[..., MomentParts] | None = None,
+    options_check: Callable[..., None] | None = None,
+    min_samples: int = 3,
+    **properties,
+) -> Callable[[Callable], Callable]:
+    """Declare a measure that is a function of the second moments; it streams exactly.
+
+    Give ``prepare`` and ``pair`` (the same for every option), or ``parts(**options) ->
+    MomentParts`` when the computation depends on an option (angular_shape's ``alpha``,
+    regression's ``predict``). Every option except ``dtype`` (the precision of the products) is
+    passed to ``prepare`` and ``pair``, which ignore what they do not use (``**_``).
+    ``properties``: the registry's (see :func:`repsim.measures.registry.register`).
+    """
+    if (parts is None) == (prepare is None or pair is None):
+        raise TypeError(f"{name}: give prepare and pair, or parts")
+    fixed = MomentParts(prepare, pair) if parts is None else None
+
+    def declare(declaration: Callable) -> Callable:
+        sig, _ = _declared_options(declaration)
+
+        def resolved(options: dict[str, Any]) -> tuple[torch.dtype | None, dict[str, Any], MomentParts]:
+            options = dict(options)
+            dtype = options.pop("dtype", None)
+            if options_check is not None:
+                options_check(**options)
+            return dtype, options, fixed if fixed is not None else parts(**options)
+
+        def one_shot(x, y, options):
+            dtype, options, p = resolved(options)
+            x, y = mg.validated_pair(x, y, min_samples)
+            if p.swap:
+                x, y = y, x
+            return mg.one_shot(x, y, dtype, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
+
+        def grid(xs, ys, options):
+            dtype, options, p = resolved(options)
+            xs, ys = as_layer_lists(xs, ys, min_samples, varying=True)
+            if p.swap:
+                return mg.grid(ys, xs, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.centre, True, **options).T
+            return mg.grid(xs, ys, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.centre, True, **options)
+
+        def from_moments(m, **given):
+            moment_options = {k: v for k, v in _declared_options(declaration)[1].items() if k != "dtype"}
+            _, options, p = resolved(_options_of(name, moment_options, given))
+            m = m.swapped() if p.swap else m
+            return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
+
+        fn = _built(declaration, sig, one_shot)
+        register(
+            name,
+            fn=fn,
+            grid=_grid_function(declaration, sig, grid),
+            from_moments=from_moments,
+            streaming=True,
+            **properties,
+        )
+        return fn
+
+    return declare
+
+
+def layer_measure(
+    name: str,
+    *,
+    prepare: Callable[..., object] | None = None,
+    pair: Callable[..., Tensor] | None = None,
+    grid: Callable[..., Tensor] | None = None,
+    validate: Callable[..., tuple[list[Tensor], list[Tensor]]] | None = None,
+    options_check: Callable[..., None] | None = None,
+    min_samples: int = 3,
+    **properties,
+) -> Callable[[Callable], Callable]:
+    """Declare a measure computed per layer pair: ``prepare(x, **options)`` once per layer and
+    ``pair(prep_x, prep_y, **options)`` per pair, or ``grid(xs, ys, **options)`` for every pair at
+    once (a batched kernel). ``ys`` is ``xs`` itself for a self-grid, so a grid can share work.
+    Without ``prepare`` the pair gets the validated layers and the grid is a loop over pairs.
+
+    ``validate(xs, ys, **options) -> (xs, ys)`` replaces the default check (floating, finite,
+    2-D, the same samples, ``min_samples`` rows, no constant layer) where a measure needs another
+    (model outputs; neighbour counts below n). ``properties``: the registry's.
+    """
+    if (grid is None) == (pair is None):
+        raise TypeError(f"{name}: give pair (and prepare, if a layer has work to share), or grid")
+    batched = grid is not None or prepare is not None
+    prepare = prepare or (lambda x, **_: x)
+
+    def declare(declaration: Callable) -> Callable:
+        sig, _ = _declared_options(declaration)
+
+        def compute(xs, ys, options):
+            if grid is not None:
+                return grid(xs, ys, **options).to(torch.float64)
+            preps_x = [prepare(x, **options) for x in xs]
+            preps_y = preps_x if ys is xs else [prepare(y, **options) for y in ys]
+            return torch.stack([torch.stack([pair(a, b, **options) for b in preps_y]) for a in preps_x]).to(
+                torch.float64
+            )
+
+        def all_pairs(xs, ys, options):
+            if options_check is not None:
+                options_check(**options)
+            if validate is not None:
+                xs, ys = validate(xs, ys, **options)
+            else:
+                xs, ys = as_layer_lists(xs, ys, min_samples, varying=True)
+            return compute(xs, ys, options)
+
+        def one_shot(x, y, options):
+            if validate is not None:
+                return all_pairs([x], [y], options)[0, 0]
+            if options_check is not None:
+                options_check(**options)
+            x, y = as_feature_pair(x, y, min_samples, varying=True)  # errors name x and y, not layers
+            return compute([x], [y], options)[0, 0]
+
+        fn = _built(declaration, sig, one_shot)
+        grid_fn = _grid_function(declaration, sig, all_pairs)
+        grid_fn.batched = batched  # type: ignore[attr-defined]  # list_measures' "batched" column
+        register(name, fn=fn, grid=grid_fn, **properties)
+        return fn
+
+    return declare
