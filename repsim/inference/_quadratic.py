@@ -32,6 +32,7 @@ from torch import Tensor
 from .._validation import resolve_dtype
 from ..measures._products import self_product
 from ..measures.gram import center_columns
+from ..measures.registry import get_measure
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import wrapped_diagonals
 
@@ -115,11 +116,12 @@ def _rsa_form(method: str, compare: str) -> QuadraticForm:
 
 def quadratic_form(name: str, options: dict) -> QuadraticForm | None:
     """The quadratic form of a registry measure with these (resolved) options, or None if it has none."""
-    opts = dict(options)
-    if name in ("linear_cka", "debiased_cka") and opts.get("method", "auto") in ("auto", "feature", "gram"):
-        return _cka_form(bool(opts.get("debiased", False)), opts.get("dtype"))
-    if name in ("rsa", "rsa_spearman") and opts.get("compare", "pearson") in ("pearson", "spearman"):
-        return _rsa_form(opts.get("rdm", "cosine"), opts.get("compare", "pearson"))
+    opts = {k: v for k, v in options.items() if k != "dtype"}
+    form = get_measure(name).quadratic_form(**opts)  # declared on the registry entry
+    if form == "cka":
+        return _cka_form(bool(opts.get("debiased", False)), options.get("dtype"))
+    if form in ("rsa_pearson", "rsa_spearman"):
+        return _rsa_form(opts.get("rdm", "cosine"), form.removeprefix("rsa_"))
     return None
 
 

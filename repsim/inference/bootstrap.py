@@ -36,7 +36,7 @@ from torch import Tensor
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.gram import center_columns
-from ..measures.registry import MeasureInfo, _options, get_measure
+from ..measures.registry import MeasureInfo, get_measure
 from .permutation import _generator
 
 _ACC = torch.float64
@@ -264,10 +264,11 @@ def _fast_subsamples(name: str, opts: dict):
     n x n matrices restricted to it; None otherwise."""
     dtype = opts.get("dtype")
     opts = {k: v for k, v in opts.items() if k != "dtype"}
-    if name in ("linear_cka", "debiased_cka") and set(opts) <= {"debiased", "method"}:
+    form = get_measure(name).quadratic_form(**opts)
+    if form == "cka":
         debiased = bool(opts.get("debiased", False))
         return lambda x, y: _linear_kernel_fast(x, y, debiased, dtype)
-    if name in ("rsa", "rsa_spearman") and opts.get("compare", "pearson") == "pearson":
+    if form == "rsa_pearson":
         from ..measures.rsa import rdm
 
         method = opts.get("rdm", "cosine")
@@ -325,7 +326,7 @@ def _prepared(x, y, measure: str, options: dict):
         raise ValueError(f"{measure} compares model outputs; bootstrap it on the per-sample outputs instead")
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
-    return info, x, y, _options(info, options)
+    return info, x, y, info.resolve_options(options)
 
 
 def bootstrap(

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .._validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
-from ..measures.registry import MeasureInfo, _options, get_measure, measure_grid
+from ..measures.registry import MeasureInfo, get_measure, measure_grid
 from ._quadratic import (
     block_shift_null_grid,
     block_shift_permutations,
@@ -212,7 +212,7 @@ def null_grid(
     """
     info = get_measure(measure)
     user = dict(options or {})  # measure_grid takes the user's options; the forms need them resolved
-    opts = _options(info, user)
+    opts = info.resolve_options(user)
     n = xs[0].shape[0]
     design = permutation_design(n, groups, blocks)
     gen = _generator(seed)
@@ -394,7 +394,7 @@ def calibrate_grid(
     names_a, names_b = _layer_names(xs, len(xs_list)), _layer_names(ys, len(ys_list))
     check_same_samples(xs_list[0], ys_list[0], ("xs[0]", "ys[0]"))
     best = attainable_best(info, smax)
-    _options(info, measure_options)  # unknown or clashing options fail here, before any work
+    info.resolve_options(measure_options)  # unknown or clashing options fail here, before any work
     with warnings.catch_warnings():  # calibrating is the remedy the chance-level warning points to
         warnings.simplefilter("ignore", BiasedCKAChanceWarning)
         observed = measure_grid(measure, xs_list, ys_list, **measure_options).to(_ACC)

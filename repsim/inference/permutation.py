@@ -26,7 +26,7 @@ from torch import Tensor
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.gram import center_columns
-from ..measures.registry import _options, get_measure
+from ..measures.registry import get_measure
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design
@@ -111,14 +111,17 @@ def _rsa_shifts(x: Tensor, y: Tensor, method: str, compare: str) -> Tensor:
 
 
 def _shift_statistics(name: str, options: dict):
-    """A function (x, y) -> statistics at all n shifts, or None if the measure has no shift form."""
+    """A function (x, y) -> statistics at all n shifts, or None if the measure has no shift form (its
+    registry entry declares the quadratic form it is, :attr:`~repsim.MeasureInfo.quadratic`)."""
     opts = dict(options)
     dtype = opts.pop("dtype", None)  # CKA's Gram products follow it; RSA's RDMs are float64 already
-    if name in ("linear_cka", "debiased_cka") and opts.get("method", "auto") in ("auto", "feature", "gram"):
+    form = get_measure(name).quadratic_form(**opts)
+    if form == "cka":
         debiased = bool(opts.get("debiased", False))
         return lambda x, y: _cka_shifts(x, y, debiased, dtype)
-    if name in ("rsa", "rsa_spearman") and opts.get("compare", "pearson") in ("pearson", "spearman"):
-        return lambda x, y: _rsa_shifts(x, y, opts.get("rdm", "cosine"), opts.get("compare", "pearson"))
+    if form in ("rsa_pearson", "rsa_spearman"):
+        compare = form.removeprefix("rsa_")
+        return lambda x, y: _rsa_shifts(x, y, opts.get("rdm", "cosine"), compare)
     return None
 
 
@@ -165,7 +168,7 @@ def permutation_test(
         raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
-    opts = _options(info, measure_options)
+    opts = info.resolve_options(measure_options)
     n = x.shape[0]
     design = permutation_design(n, groups, blocks)
     if design.restricted and scheme == "shifts":

@@ -16,10 +16,8 @@ import torch
 from torch import Tensor
 
 from .._validation import (
-    as_features,
     as_layer_lists,
     check_choice,
-    check_same_samples,
     resolve_dtype,
 )
 from .blocked import blocked_workspace, hsic_grids_blocked, workspace_bytes
@@ -33,7 +31,7 @@ from .hsic import (
     min_samples,
     moment_hsic_grid,
 )
-from .registry import register
+from .kinds import layer_measure
 from .streaming_cka import StreamingLinearCKA
 
 METHODS = ("auto", "feature", "gram")
@@ -132,21 +130,81 @@ def _feature_hsic_terms(xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[
     return out
 
 
-def _validated_pair(x, y, debiased: bool) -> tuple[Tensor, Tensor]:
-    need = min_samples(estimator_name(debiased))
-    reason = "debiased CKA uses the unbiased HSIC estimator, which needs n >= 4" if debiased else "CKA needs n >= 2"
-    x, y = as_features(x, "x", need, reason, varying=True), as_features(y, "y", need, reason, varying=True)
-    check_same_samples(x, y)
-    return x, y
+def _min_samples(debiased: bool = False, **_) -> int:
+    return min_samples(estimator_name(debiased))
 
 
+def _min_reason(debiased: bool = False, **_) -> str:
+    return "debiased CKA uses the unbiased HSIC estimator, which needs n >= 4" if debiased else "CKA needs n >= 2"
+
+
+def _check_method(method: str = "auto", **_) -> None:
+    check_choice(method, "method", METHODS)
+
+
+def _linear_cka_pairs(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, method: str) -> Tensor:
+    if not debiased and ys is not xs:  # a self-grid compares a model with itself: no chance question
+        warn_biased_chance(xs[0].shape[0], [x.shape[1] for x in xs], [y.shape[1] for y in ys], stacklevel=6)
+    return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
+
+
+def _cka_quadratic(method: str = "auto", **_) -> str | None:
+    return "cka" if method in ("auto", "feature", "gram") else None
+
+
+def _linear_cka_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, dtype=None, **_) -> int:
+    """Centred copies of every layer (float64 at most) plus the blocked grid's workspace."""
+    return 8 * n * (sum(dx) + sum(dy or [])) + blocked_workspace(n, len(dx) + len(dy or []), 8, limit)
+
+
+def linear_cka_from_moments(m, debiased: bool = False) -> Tensor:
+    """Biased linear CKA from centred scatter matrices: |S_xy|_F^2 / (|S_xx|_F |S_yy|_F)."""
+    if debiased:
+        raise ValueError("debiased CKA needs per-sample norms; stream it with StreamingLinearCKA(debiased=True)")
+    return m.sxy.pow(2).sum() / (m.sxx.norm() * m.syy.norm())
+
+
+_CKA_INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation")
+_KORNBLITH = "Kornblith et al. 2019, ICML; unbiased HSIC: Song et al. 2012"
+_CKA = dict(
+    family="cka",
+    larger_is_more_similar=True,
+    invariances=_CKA_INVARIANCES,
+    identity_value=1.0,
+    reference=_KORNBLITH,
+    min_samples=_min_samples,
+    reason=_min_reason,
+)
+
+
+@layer_measure(
+    "linear_cka",
+    grid=_linear_cka_pairs,
+    options_check=_check_method,
+    streaming=True,
+    from_moments=linear_cka_from_moments,
+    cost="O(n d^2) or O(n^2 d), the cheaper",
+    workspace=_linear_cka_workspace,
+    quadratic=_cka_quadratic,
+    aliases={
+        "debiased_cka": dict(
+            defaults={"debiased": True},
+            from_moments=None,
+            accumulator=lambda dtype=None, **_: StreamingLinearCKA(debiased=True, dtype=dtype),
+        )
+    },
+    **_CKA,
+)
 def linear_cka(
-    x: Tensor, y: Tensor, debiased: bool = False, dtype: torch.dtype | None = None, method: str = "auto"
+    x: Tensor, y: Tensor, *, debiased: bool = False, dtype: torch.dtype | None = None, method: str = "auto"
 ) -> Tensor:
     """Linear CKA between features ``x`` (n, p) and ``y`` (n, q) of the same n samples.
 
     CKA = |Yc^T Xc|_F^2 / (|Xc^T Xc|_F |Yc^T Yc|_F) with column-centred Xc, Yc (Kornblith et al.
     2019); with ``debiased=True`` the unbiased HSIC of Song et al. (2012) replaces the biased one.
+    ``linear_cka.grid(xs, ys)`` (= :func:`cka_grid`) compares every layer of ``xs`` with every
+    layer of ``ys``: each layer's centring and self-similarity once, the cross terms of all pairs
+    from one matrix product (feature space) or one pass over Gram row blocks (Gram space).
 
     Args:
         debiased: use the unbiased HSIC estimator (n >= 4). Recommended when n is small or
@@ -160,16 +218,39 @@ def linear_cka(
     Returns:
         float64 0-d tensor on the inputs' device.
     """
-    check_choice(method, "method", METHODS)
-    x, y = _validated_pair(x, y, debiased)
-    if not debiased:
-        warn_biased_chance(x.shape[0], [x.shape[1]], [y.shape[1]])
-    return linear_cka_grid_validated([x], [y], debiased, dtype, method)[0, 0]
 
 
+cka_grid = linear_cka.grid
+
+
+def _check_kernel(kernel: str = "rbf", sigma: float = 0.8, **_) -> None:
+    check_choice(kernel, "kernel", KERNELS)
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive (a fraction of the median distance), got {sigma}")
+
+
+def _kernel_cka_pairs(xs: list[Tensor], ys: list[Tensor], kernel: str, sigma: float, debiased: bool, dtype) -> Tensor:
+    if kernel == "linear":
+        return linear_cka_grid_validated(xs, ys, debiased, dtype, "gram")
+    compute = resolve_dtype(dtype, *xs, *ys)
+    ks = torch.stack([rbf_gram(center_columns(x, compute), sigma) for x in xs])
+    ls = ks if ys is xs else torch.stack([rbf_gram(center_columns(y, compute), sigma) for y in ys])
+    kl, kk, ll = gram_hsic_grid(ks, ls, estimator_name(debiased))
+    return cka_from_hsic(kl, kk, ll, debiased)
+
+
+@layer_measure(
+    "kernel_cka",
+    grid=_kernel_cka_pairs,
+    options_check=_check_kernel,
+    cost="O(n^2 d)",
+    aliases={"debiased_kernel_cka": dict(defaults={"debiased": True})},
+    **_CKA,
+)
 def kernel_cka(
     x: Tensor,
     y: Tensor,
+    *,
     kernel: str = "rbf",
     sigma: float = 0.8,
     debiased: bool = False,
@@ -179,62 +260,9 @@ def kernel_cka(
 
     RBF: k(x, x') = exp(-|x - x'|^2 / (2 s^2)), s^2 = sigma^2 * median squared pairwise distance,
     as in Kornblith et al.'s (2019) reference code. Builds n x n Gram matrices: O(n^2) memory.
+    ``kernel_cka.grid(xs, ys)`` builds each layer's Gram matrix once (L + M kernels, not 2 L M)
+    and all cross HSICs from one product of the flattened, centred Gram stacks.
     """
-    check_choice(kernel, "kernel", KERNELS)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive (a fraction of the median distance), got {sigma}")
-    x, y = _validated_pair(x, y, debiased)
-    compute = resolve_dtype(dtype, x, y)
-    if kernel == "linear":
-        return linear_cka_grid_validated([x], [y], debiased, compute, "gram")[0, 0]
-    k = rbf_gram(center_columns(x, compute), sigma)
-    l = rbf_gram(center_columns(y, compute), sigma)
-    kl, kk, ll = gram_hsic_grid(k[None], l[None], estimator_name(debiased))
-    return cka_from_hsic(kl, kk, ll, debiased)[0, 0]
-
-
-def cka_grid(xs, ys=None, debiased: bool = False, dtype: torch.dtype | None = None, method: str = "auto") -> Tensor:
-    """Linear CKA between every layer in ``xs`` and every layer in ``ys``: an (L, M) tensor.
-
-    ``xs``/``ys`` are lists (or dicts) of (n, d_l) feature tensors of the same n samples; ``ys=None``
-    compares ``xs`` with itself. Each layer's centring and self-similarity is computed once; the
-    cross terms of all L x M pairs come from one matrix product (feature space) or one product of
-    flattened Gram matrices (Gram space). Arguments as in :func:`linear_cka`.
-    """
-    check_choice(method, "method", METHODS)
-    need = min_samples(estimator_name(debiased))
-    xs, ys = as_layer_lists(xs, ys, need, varying=True)
-    if not debiased and ys is not xs:  # a self-grid compares a model with itself: no chance question
-        warn_biased_chance(xs[0].shape[0], [x.shape[1] for x in xs], [y.shape[1] for y in ys])
-    return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
-
-
-def kernel_cka_grid(
-    xs,
-    ys=None,
-    kernel: str = "rbf",
-    sigma: float = 0.8,
-    debiased: bool = False,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Kernel CKA between every layer in ``xs`` and every layer in ``ys``: an (L, M) tensor.
-
-    Each layer's n x n Gram matrix is built once (L + M kernels instead of 2 L M) and all cross
-    HSICs come from one product of the flattened, centred (or zero-diagonal) Gram stacks.
-    Arguments as in :func:`kernel_cka`.
-    """
-    check_choice(kernel, "kernel", KERNELS)
-    if not sigma > 0:
-        raise ValueError(f"sigma must be positive (a fraction of the median distance), got {sigma}")
-    need = min_samples(estimator_name(debiased))
-    xs, ys_list = as_layer_lists(xs, ys, need, varying=True)
-    if kernel == "linear":
-        return linear_cka_grid_validated(xs, ys_list, debiased, dtype, "gram")
-    compute = resolve_dtype(dtype, *xs, *ys_list)
-    ks = torch.stack([rbf_gram(center_columns(x, compute), sigma) for x in xs])
-    ls = ks if ys_list is xs else torch.stack([rbf_gram(center_columns(y, compute), sigma) for y in ys_list])
-    kl, kk, ll = gram_hsic_grid(ks, ls, estimator_name(debiased))
-    return cka_from_hsic(kl, kk, ll, debiased)
 
 
 def linear_cka_grids(xs, ys=None, dtype: torch.dtype | None = None, method: str = "auto") -> dict[bool, Tensor]:
@@ -243,72 +271,3 @@ def linear_cka_grids(xs, ys=None, dtype: torch.dtype | None = None, method: str 
     check_choice(method, "method", METHODS)
     xs, ys = as_layer_lists(xs, ys, 4, varying=True)
     return linear_cka_grids_validated(xs, ys, (False, True), dtype, method)
-
-
-def linear_cka_from_moments(m, debiased: bool = False) -> Tensor:
-    """Biased linear CKA from centred scatter matrices: |S_xy|_F^2 / (|S_xx|_F |S_yy|_F)."""
-    if debiased:
-        raise ValueError("debiased CKA needs per-sample norms; stream it with StreamingLinearCKA(debiased=True)")
-    return m.sxy.pow(2).sum() / (m.sxx.norm() * m.syy.norm())
-
-
-def _linear_cka_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, dtype=None, **_) -> int:
-    """Centred copies of every layer (float64 at most) plus the blocked grid's workspace."""
-    return 8 * n * (sum(dx) + sum(dy or [])) + blocked_workspace(n, len(dx) + len(dy or []), 8, limit)
-
-
-_CKA_INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation")
-_KORNBLITH = "Kornblith et al. 2019, ICML; unbiased HSIC: Song et al. 2012"
-
-register(
-    "linear_cka",
-    fn=linear_cka,
-    family="cka",
-    larger_is_more_similar=True,
-    invariances=_CKA_INVARIANCES,
-    streaming=True,
-    from_moments=linear_cka_from_moments,
-    cost="O(n d^2) or O(n^2 d), the cheaper",
-    identity_value=1.0,
-    grid=cka_grid,
-    reference=_KORNBLITH,
-    workspace=_linear_cka_workspace,
-)
-register(
-    "debiased_cka",
-    fn=linear_cka,
-    family="cka",
-    larger_is_more_similar=True,
-    invariances=_CKA_INVARIANCES,
-    streaming=True,
-    accumulator=lambda dtype=None, **_: StreamingLinearCKA(debiased=True, dtype=dtype),
-    cost="O(n d^2) or O(n^2 d), the cheaper",
-    identity_value=1.0,
-    grid=cka_grid,
-    defaults={"debiased": True},
-    reference=_KORNBLITH,
-    workspace=_linear_cka_workspace,
-)
-register(
-    "kernel_cka",
-    fn=kernel_cka,
-    family="cka",
-    larger_is_more_similar=True,
-    invariances=_CKA_INVARIANCES,
-    cost="O(n^2 d)",
-    identity_value=1.0,
-    grid=kernel_cka_grid,
-    reference=_KORNBLITH,
-)
-register(
-    "debiased_kernel_cka",
-    fn=kernel_cka,
-    family="cka",
-    larger_is_more_similar=True,
-    invariances=_CKA_INVARIANCES,
-    cost="O(n^2 d)",
-    identity_value=1.0,
-    grid=kernel_cka_grid,
-    defaults={"debiased": True},
-    reference=_KORNBLITH,
-)

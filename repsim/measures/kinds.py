@@ -4,7 +4,7 @@ A measure is written as a *declaration*: a function whose signature is the publi
 then its options, keyword-only, with their defaults written once) and whose body is its docstring
 (the formula and the reference), decorated by its kind with the measure's properties. The kind
 supplies the computation from the parts it is given and returns the public function, with the
-declaration's name, signature and docstring; it also builds the batched layer grid and, where the
+declaration's name, signature and docstring; it also builds the batched layer grid (``fn.grid(xs, ys)``) and, where the
 kind streams, the exact streaming form, and registers all of it (:mod:`repsim.measures.registry`).
 
 * :func:`moment_measure`: a function of the second moments (CCA, Procrustes and shape metrics,
@@ -173,10 +173,11 @@ def moment_measure(
             return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
 
         fn = _built(declaration, sig, one_shot)
+        fn.grid = _grid_function(declaration, sig, grid)  # type: ignore[attr-defined]
         register(
             name,
             fn=fn,
-            grid=_grid_function(declaration, sig, grid),
+            grid=fn.grid,
             from_moments=from_moments,
             streaming=True,
             **properties,
@@ -184,6 +185,17 @@ def moment_measure(
         return fn
 
     return declare
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _layer_names(count_x: int, count_y: int | None) -> tuple[list[str], list[str]]:
+    """What errors call the layers: ``x``/``y`` for one pair, ``xs[i]``/``ys[j]`` in a grid."""
+    if count_y is None:
+        return ["x"], ["y"]
+    return [f"xs[{i}]" for i in range(count_x)], [f"ys[{j}]" for j in range(count_y)]
 
 
 def layer_measure(
@@ -194,7 +206,9 @@ def layer_measure(
     grid: Callable[..., Tensor] | None = None,
     validate: Callable[..., tuple[list[Tensor], list[Tensor]]] | None = None,
     options_check: Callable[..., None] | None = None,
-    min_samples: int = 3,
+    min_samples: int | Callable[..., int] = 3,
+    reason: str | Callable[..., str] = "",
+    aliases: dict[str, dict[str, Any]] | None = None,
     **properties,
 ) -> Callable[[Callable], Callable]:
     """Declare a measure computed per layer pair: ``prepare(x, **options)`` once per layer and
@@ -202,25 +216,44 @@ def layer_measure(
     once (a batched kernel). ``ys`` is ``xs`` itself for a self-grid, so a grid can share work.
     Without ``prepare`` the pair gets the validated layers and the grid is a loop over pairs.
 
-    ``validate(xs, ys, **options) -> (xs, ys)`` replaces the default check (floating, finite,
-    2-D, the same samples, ``min_samples`` rows, no constant layer) where a measure needs another
-    (model outputs; neighbour counts below n). ``properties``: the registry's.
+    Errors name the layer: a ``prepare`` with a ``name`` parameter gets ``"x"``, ``"y"``, ``"xs[2]"``...;
+    a ``grid`` with a ``names`` parameter gets both lists.
+
+    Validation: floating, finite, 2-D, the same samples, at least ``min_samples`` rows (an int,
+    or a function of the options; ``reason``, a string or a function of the options, says why),
+    no constant layer. A measure that needs another check gives ``validate(xs, ys, **options) ->
+    (xs, ys)`` (model outputs).
+    ``aliases``: further registry entries of the same function, ``{name: {"defaults": {...},
+    other properties}}`` (``debiased_cka`` is ``linear_cka`` with ``debiased=True``).
+    ``properties``: the registry's.
     """
     if (grid is None) == (pair is None):
         raise TypeError(f"{name}: give pair (and prepare, if a layer has work to share), or grid")
     batched = grid is not None or prepare is not None
     prepare = prepare or (lambda x, **_: x)
+    named_prepare, named_grid = _takes(prepare, "name"), grid is not None and _takes(grid, "names")
 
     def declare(declaration: Callable) -> Callable:
         sig, _ = _declared_options(declaration)
 
-        def compute(xs, ys, options):
+        def compute(xs, ys, options, names):
             if grid is not None:
-                return grid(xs, ys, **options).to(torch.float64)
-            preps_x = [prepare(x, **options) for x in xs]
-            preps_y = preps_x if ys is xs else [prepare(y, **options) for y in ys]
+                extra = {"names": names} if named_grid else {}
+                return grid(xs, ys, **options, **extra).to(torch.float64)
+
+            def prep(t, nm):
+                return prepare(t, name=nm, **options) if named_prepare else prepare(t, **options)
+
+            preps_x = [prep(x, nm) for x, nm in zip(xs, names[0], strict=True)]
+            preps_y = preps_x if ys is xs else [prep(y, nm) for y, nm in zip(ys, names[1], strict=True)]
             return torch.stack([torch.stack([pair(a, b, **options) for b in preps_y]) for a in preps_x]).to(
                 torch.float64
+            )
+
+        def needed(options) -> tuple[int, str]:
+            return (
+                min_samples(**options) if callable(min_samples) else min_samples,
+                reason(**options) if callable(reason) else reason,
             )
 
         def all_pairs(xs, ys, options):
@@ -229,21 +262,26 @@ def layer_measure(
             if validate is not None:
                 xs, ys = validate(xs, ys, **options)
             else:
-                xs, ys = as_layer_lists(xs, ys, min_samples, varying=True)
-            return compute(xs, ys, options)
+                xs, ys = as_layer_lists(xs, ys, *needed(options), varying=True)
+            return compute(xs, ys, options, _layer_names(len(xs), len(ys)))
 
         def one_shot(x, y, options):
-            if validate is not None:
-                return all_pairs([x], [y], options)[0, 0]
             if options_check is not None:
                 options_check(**options)
-            x, y = as_feature_pair(x, y, min_samples, varying=True)  # errors name x and y, not layers
-            return compute([x], [y], options)[0, 0]
+            if validate is not None:
+                xs, ys = validate([x], [y], **options)
+                x, y = xs[0], ys[0]
+            else:
+                x, y = as_feature_pair(x, y, *needed(options), varying=True)
+            return compute([x], [y], options, _layer_names(1, None))[0, 0]
 
         fn = _built(declaration, sig, one_shot)
         grid_fn = _grid_function(declaration, sig, all_pairs)
         grid_fn.batched = batched  # type: ignore[attr-defined]  # list_measures' "batched" column
+        fn.grid = grid_fn  # type: ignore[attr-defined]
         register(name, fn=fn, grid=grid_fn, **properties)
+        for alias, overrides in (aliases or {}).items():
+            register(alias, fn=fn, grid=grid_fn, **{**properties, **overrides})
         return fn
 
     return declare

@@ -210,7 +210,7 @@ class StreamingMoments(Accumulator):
 
     def compute(self, name: str, **options) -> Tensor:
         """A registered streaming measure over everything seen: 0-d for single tensors, else (L, M)."""
-        from .registry import _options, call_with_supported, get_measure
+        from .registry import call_with_supported, get_measure
 
         info = get_measure(name)
         if info.from_moments is None:
@@ -222,7 +222,7 @@ class StreamingMoments(Accumulator):
                     else "it needs all samples at once: compute it on (a capped subset of) the samples instead"
                 )
             )
-        opts = _options(info, options)
+        opts = info.resolve_options(options)
         self._check_finite()
         grid = torch.stack(
             [

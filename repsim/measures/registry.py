@@ -84,6 +84,18 @@ class MeasureInfo:
         params = list(inspect.signature(self.fn).parameters.values())[2:]
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
+    def resolve_options(self, options: Mapping[str, object]) -> dict[str, object]:
+        """``options`` with this entry's fixed ``defaults`` added; a ValueError for an unknown option
+        or one the entry fixes (set it on the base measure)."""
+        clash = sorted(set(options) & set(self.defaults))
+        if clash:
+            raise ValueError(f"{self.name} fixes {clash}; use the base measure to set them")
+        allowed = set(self.options())
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"{self.name} takes no option(s) {unknown}; its options are {sorted(allowed)}")
+        return {**self.defaults, **options}
+
     def option_defaults(self) -> dict[str, object]:
         """The options with their defaults, this entry's fixed ``defaults`` applied."""
         params = list(inspect.signature(self.fn).parameters.values())[2:]
@@ -191,17 +203,6 @@ def get_measure(name: str) -> MeasureInfo:
     return _REGISTRY[name]
 
 
-def _options(info: MeasureInfo, options: dict) -> dict:
-    clash = sorted(set(options) & set(info.defaults))
-    if clash:
-        raise ValueError(f"{info.name} fixes {clash}; use the base measure to set them")
-    allowed = set(info.options())
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"{info.name} takes no option(s) {unknown}; its options are {sorted(allowed)}")
-    return {**info.defaults, **options}
-
-
 def measure(name: str, x, y, **options) -> Tensor:
     """The registered measure ``name`` between ``x`` (n, p) and ``y`` (n, q): a float64 0-d tensor.
 
@@ -210,7 +211,7 @@ def measure(name: str, x, y, **options) -> Tensor:
         >>> repsim.measure("angular_shape", x, y, alpha=0.5)
     """
     info = get_measure(name)
-    return info.fn(x, y, **_options(info, options))
+    return info.fn(x, y, **info.resolve_options(options))
 
 
 def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
@@ -223,7 +224,7 @@ def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
     from .._validation import as_layer_lists
 
     info = get_measure(name)
-    opts = _options(info, options)
+    opts = info.resolve_options(options)
     if info.grid is not None:
         return info.grid(xs, ys, **opts)
     # Measures without a batched kernel (few, and said so in list_measures' "batched" column).

@@ -15,13 +15,11 @@ from torch import Tensor
 
 from .._validation import (
     as_features,
-    as_layer_lists,
     check_choice,
-    check_same_samples,
     resolve_dtype,
 )
 from .gram import center_columns, squared_distances
-from .registry import register
+from .kinds import layer_measure
 
 RDMS = ("cosine", "correlation", "euclidean")
 COMPARATORS = ("pearson", "spearman", "kendall")
@@ -148,9 +146,66 @@ def _prepared(v: Tensor, compare: str, name: str) -> Tensor:
     return _standardised(v, name)
 
 
+def _rsa_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, compare: str = "pearson", **_) -> int:
+    """Pearson: prepared rows of every layer (float64 and compute copies) plus the blocked workspace;
+    rank comparators: every layer's condensed RDM and its ranks (float64) at once."""
+    layers = len(dx) + len(dy or [])
+    prepared = 16 * n * (sum(dx) + sum(dy or []))
+    if compare == "pearson":
+        from .blocked import blocked_workspace
+
+        return prepared + blocked_workspace(n, layers, 8, limit)
+    return prepared + 3 * 8 * layers * n * (n - 1) // 2 + 8 * n * n
+
+
+_MIN_REASON = "an RDM comparison needs at least 3 samples"
+
+
+def _check_rsa_options(rdm: str = "cosine", compare: str = "pearson", **_) -> None:
+    check_choice(rdm, "rdm", RDMS)
+    check_choice(compare, "compare", COMPARATORS)
+
+
+def _rsa_invariances(rdm: str = "cosine", **_) -> tuple[str, ...]:
+    # every comparator is invariant to a positive rescaling of an RDM, so a feature map acts through
+    # what it does to the dissimilarities: cosines see rotations and scale, not shifts; Euclidean
+    # distances see rotations and shifts, scale only rescales them; the correlation across features
+    # centres each sample over its features, which a rotation does not preserve
+    return {
+        "cosine": ("orthogonal", "isotropic_scaling", "permutation"),
+        "euclidean": ("orthogonal", "isotropic_scaling", "translation", "permutation"),
+        "correlation": ("isotropic_scaling", "permutation"),
+    }[rdm]
+
+
+def _rsa_quadratic(compare: str = "pearson", **_) -> str | None:
+    return {"pearson": "rsa_pearson", "spearman": "rsa_spearman"}.get(compare)
+
+
+def _rsa_pairs(xs, ys, rdm: str, compare: str, dtype, names) -> Tensor:
+    return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
+
+
+@layer_measure(
+    "rsa",
+    grid=_rsa_pairs,
+    options_check=_check_rsa_options,
+    min_samples=3,
+    reason=_MIN_REASON,
+    family="rsa",
+    larger_is_more_similar=True,
+    invariances=_rsa_invariances,
+    cost="O(n^2 d + n^2 log n) (rank comparators)",
+    identity_value=1.0,
+    reference="Kriegeskorte et al. 2008",
+    workspace=_rsa_workspace,
+    quadratic=_rsa_quadratic,
+    aliases={"rsa_spearman": dict(defaults={"compare": "spearman"}, cost="O(n^2 d + n^2 log n)")},
+)
 def rsa(
     x: Tensor,
     y: Tensor,
+    *,
     rdm: str = "cosine",
     compare: str = "pearson",
     dtype: torch.dtype | None = None,
@@ -160,29 +215,13 @@ def rsa(
     Args:
         rdm: "cosine" (1 - cosine similarity), "correlation" (1 - Pearson r) or "euclidean".
         compare: "pearson", "spearman" or "kendall" (tau_a).
-    Returns a float64 0-d tensor. O(n^2) memory.
+    Returns a float64 0-d tensor. O(n^2) memory. ``rsa.grid(xs, ys)`` (= :func:`rsa_grid`): each
+    layer's RDM (and ranks, for Spearman) once; Pearson and Spearman grids are one matrix product
+    of the standardised upper triangles (Pearson by row blocks: no n x n RDM is held).
     """
-    check_choice(rdm, "rdm", RDMS)
-    check_choice(compare, "compare", COMPARATORS)
-    x, y = as_features(x, "x", 3, _MIN_REASON, varying=True), as_features(y, "y", 3, _MIN_REASON, varying=True)
-    check_same_samples(x, y)
-    return rsa_grid_validated([x], [y], rdm, compare, dtype, (["x"], ["y"]))[0, 0]
 
 
-def rsa_grid(xs, ys=None, rdm: str = "cosine", compare: str = "pearson", dtype: torch.dtype | None = None) -> Tensor:
-    """RSA between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs`` itself), (L, M).
-
-    Each layer's RDM (and ranks, for Spearman) is computed once; Pearson and Spearman grids are
-    one matrix product of the standardised upper triangles.
-    """
-    check_choice(rdm, "rdm", RDMS)
-    check_choice(compare, "compare", COMPARATORS)
-    xs, ys = as_layer_lists(xs, ys, 3, _MIN_REASON, varying=True)
-    names = ([f"xs[{i}]" for i in range(len(xs))], [f"ys[{i}]" for i in range(len(ys))])
-    return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
-
-
-_MIN_REASON = "an RDM comparison needs at least 3 samples"
+rsa_grid = rsa.grid
 
 
 def rsa_grid_validated(
@@ -207,43 +246,3 @@ def rsa_grid_validated(
     px = torch.stack([_prepared(a, compare, nm) for a, nm in zip(ax, names[0], strict=True)])
     py = px if by is ax else torch.stack([_prepared(b, compare, nm) for b, nm in zip(by, names[1], strict=True)])
     return px @ py.T
-
-
-def _rsa_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, compare: str = "pearson", **_) -> int:
-    """Pearson: prepared rows of every layer (float64 and compute copies) plus the blocked workspace;
-    rank comparators: every layer's condensed RDM and its ranks (float64) at once."""
-    layers = len(dx) + len(dy or [])
-    prepared = 16 * n * (sum(dx) + sum(dy or []))
-    if compare == "pearson":
-        from .blocked import blocked_workspace
-
-        return prepared + blocked_workspace(n, layers, 8, limit)
-    return prepared + 3 * 8 * layers * n * (n - 1) // 2 + 8 * n * n
-
-
-register(
-    "rsa",
-    fn=rsa,
-    family="rsa",
-    larger_is_more_similar=True,
-    # with the default cosine RDM; rdm="euclidean" adds translation and loses isotropic scaling
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d + n^2 log n) (rank comparators)",
-    identity_value=1.0,
-    grid=rsa_grid,
-    reference="Kriegeskorte et al. 2008",
-    workspace=_rsa_workspace,
-)
-register(
-    "rsa_spearman",
-    fn=rsa,
-    family="rsa",
-    larger_is_more_similar=True,
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d + n^2 log n)",
-    identity_value=1.0,
-    grid=rsa_grid,
-    defaults={"compare": "spearman"},
-    reference="Kriegeskorte et al. 2008",
-    workspace=_rsa_workspace,
-)
