@@ -123,6 +123,43 @@ def test_undeclared_invariances_fail_somewhere(name, kind):
     assert max(changes) > 1e-5, f"{name} is {kind}-invariant on every try ({changes}); declare it"
 
 
+# Option settings at which entries with option-dependent invariances (``invariances_at``) are tested;
+# every such entry must appear here, so a new declaration cannot go untested.
+OPTION_SETTINGS = {
+    "rsa": [{"rdm": "euclidean"}, {"rdm": "correlation"}, {"rdm": "euclidean", "compare": "spearman"}],
+    "rsa_spearman": [{"rdm": "euclidean"}, {"rdm": "correlation"}],
+    "angular_shape": [{"alpha": 0.0}, {"alpha": 0.5}, {"alpha": 0.0, "center": False}, {"center": False}],
+}
+OPTION_CASES = [
+    (name, options, kind)
+    for name, settings in OPTION_SETTINGS.items()
+    for options in settings
+    for kind in repsim.INVARIANCES
+]
+
+
+def test_every_option_dependent_declaration_is_tested():
+    dependent = {n for n in NAMES if get_measure(n).invariances_given is not None}
+    assert dependent == set(OPTION_SETTINGS), "add the measure's option settings to OPTION_SETTINGS"
+
+
+@pytest.mark.parametrize(("name", "options", "kind"), OPTION_CASES)
+def test_invariances_at_other_options(name, options, kind):
+    """Declared invariances hold at these options, and undeclared ones fail on some input."""
+    declared = kind in _closure(get_measure(name).invariances_at(**options))
+    changes = []
+    for seed, near in [(0, False), (1, False), (2, True), (3, True)]:
+        x, y, kwargs, g = _data(seed, name, near=near)
+        kwargs = {**kwargs, **options}
+        base = _value(name, x, y, kwargs)
+        for moved in (_value(name, x, _transform(kind, y, g), kwargs), _value(name, _transform(kind, x, g), y, kwargs)):
+            changes.append(abs(base - moved) / max(1.0, abs(base)))
+    if declared:
+        assert max(changes) <= 1e-6, f"{name}{options} declares {kind} invariance but moved by {max(changes)}"
+    else:
+        assert max(changes) > 1e-5, f"{name}{options} is {kind}-invariant on every try ({changes}); declare it"
+
+
 @pytest.mark.parametrize("name", NAMES)
 @SETTINGS
 @given(seed=st.integers(0, 2**16))
