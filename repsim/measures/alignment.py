@@ -90,18 +90,19 @@ def procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Ten
     return mg.one_shot(x, y, dtype, _trace, _procrustes_pair)
 
 
-@moment_measure(
-    "procrustes_size_shape",
+# the unnormalised Procrustes distances: procrustes_size_shape and bures_distance (sqrt(n) times it)
+_SIZE_SHAPE = dict(
     prepare=_trace,
-    pair=_size_shape_pair,
     family="alignment",
     larger_is_more_similar=False,
     metric=True,
     invariances=("orthogonal", "translation", "permutation"),
     cost=_SVD_COST,
     identity_value=0.0,
-    reference=_WILLIAMS,
 )
+
+
+@moment_measure("procrustes_size_shape", pair=_size_shape_pair, reference=_WILLIAMS, **_SIZE_SHAPE)
 def procrustes_size_shape(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Procrustes size-and-shape distance (Williams et al. 2021): centred, not rescaled.
 
@@ -143,25 +144,14 @@ def nbs(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """
 
 
-@moment_measure(
-    "bures_distance",
-    prepare=_trace,
-    pair=_bures_pair,
-    family="alignment",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=("orthogonal", "translation", "permutation"),
-    cost=_SVD_COST,
-    identity_value=0.0,
-    reference=_TANG,
-)
+@moment_measure("bures_distance", pair=_bures_pair, reference=_TANG, **_SIZE_SHAPE)
 def bures_distance(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Bures distance between the centred Gram matrices: d_B = sqrt(tr K_x + tr K_y - 2 F(K_x, K_y)).
 
     F is the fidelity of :func:`nbs`, = |S_xy|_*, so d_B^2 = tr S_xx + tr S_yy - 2 |S_xy|_* =
-    min_Q |Xc - Yc Q|_F^2. Not scaled per sample (the definition on Gram matrices): d_B grows as sqrt(n), and d_B = sqrt(n) * procrustes_size_shape(x, y),
-    the per-sample (RMS) version. A metric, invariant to rotations and translation, not to scaling.
-    Exact from moments.
+    min_Q |Xc - Yc Q|_F^2. Not scaled per sample (the definition on Gram matrices): d_B grows as
+    sqrt(n), and d_B = sqrt(n) * procrustes_size_shape(x, y), the per-sample (RMS) version.
+    A metric, invariant to rotations and translation, not to scaling. Exact from moments.
     """
 
 

@@ -92,7 +92,9 @@ def _check_variance(variance: float = _DEFAULT_VARIANCE, n_components: int | Non
     if n_components is None:
         return
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-        raise ValueError(f"n_components must be a positive int (principal components kept per side), got {n_components!r}")
+        raise ValueError(
+            f"n_components must be a positive int (the principal components kept per side), got {n_components!r}"
+        )
     if variance != _DEFAULT_VARIANCE:
         raise ValueError(
             f"svcca keeps either a share of variance or a number of components: got variance={variance} and "
@@ -103,17 +105,18 @@ def _check_variance(variance: float = _DEFAULT_VARIANCE, n_components: int | Non
 _COST = "O(n d^2 + d^3)"
 
 
-@moment_measure(
-    "mean_cca",
+# plain CCA: every canonical correlation, invariant to any invertible affine map of either side
+_CCA = dict(
     prepare=_whiten,
-    pair=_mean_rho,
     family="cca",
     larger_is_more_similar=True,
     invariances=("invertible_linear", "affine"),
     cost=_COST,
     identity_value=1.0,
-    reference="Hotelling 1936; " + _RAGHU,
 )
+
+
+@moment_measure("mean_cca", pair=_mean_rho, reference="Hotelling 1936; " + _RAGHU, **_CCA)
 def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean canonical correlation (1/k) sum_i rho_i, k = min(rank x, rank y).
 
@@ -149,23 +152,16 @@ def svcca(
     The number of components kept is the smallest k with sum_{i<=k} lambda_i >= variance *
     sum lambda_i; or, with ``n_components=k``, the k leading components of each side (Raghu et
     al.'s experiments keep a fixed number). The two are exclusive: ``n_components`` with a
-    ``variance`` other than the default 0.99 is refused; k above a layer's rank is refused too. (ReSi's implementation compares a normalised cumulative sum with 0.99 times the
-    total and so keeps a single component; this is the published rule.) Invariant to
+    ``variance`` other than the default 0.99 is refused; k above a layer's rank is refused too.
+    (ReSi's implementation compares a normalised cumulative sum with 0.99 times the total and so
+    keeps a single component; this is the published rule.) Invariant to
     orthogonal maps, isotropic scaling and translation, not to general linear maps (the PCA step
     depends on the metric). Exact from moments.
     """
 
 
 @moment_measure(
-    "mean_squared_cca",
-    prepare=_whiten,
-    pair=_mean_rho_squared,
-    family="cca",
-    larger_is_more_similar=True,
-    invariances=("invertible_linear", "affine"),
-    cost=_COST,
-    identity_value=1.0,
-    reference="Yanai 1974; Kornblith et al. 2019 (R^2_CCA)",
+    "mean_squared_cca", pair=_mean_rho_squared, reference="Yanai 1974; Kornblith et al. 2019 (R^2_CCA)", **_CCA
 )
 def mean_squared_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean squared canonical correlation (1/k) sum_i rho_i^2, k = min(rank x, rank y): Yanai's
