@@ -93,3 +93,24 @@ def soft_matching_brute(x, y, center=True):
     c = neuron_costs(x, y, center)
     p = c.shape[0]
     return np.sqrt(min(sum(c[i, s[i]] for i in range(p)) for s in itertools.permutations(range(p))) / p)
+
+
+def crossvalidated_shape(x, y, train, alpha):
+    """Williams et al. 2021 / netrep fit-then-score: means, partial whitening and rotation from the
+    training rows, the angle between the aligned test rows (zero-padding the narrower side)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    p, q = x.shape[1], y.shape[1]
+    width = max(p, q)
+
+    def fit(a):
+        mu = a[train].mean(0)
+        ac = a[train] - mu
+        vals, vecs = np.linalg.eigh(ac.T @ ac / len(ac))
+        z = vecs @ np.diag(alpha + (1 - alpha) * vals**-0.5) @ vecs.T if alpha < 1 else np.eye(a.shape[1])
+        return lambda rows: np.pad((rows - mu) @ z, ((0, 0), (0, width - a.shape[1])))
+
+    fx, fy = fit(x), fit(y)
+    u, _, vt = np.linalg.svd(fy(y[train]).T @ fx(x[train]))
+    rotation = u @ vt  # (width, width) orthogonal: argmin |phi_x - phi_y R|_F on the training rows
+    tx, ty = fx(x[~train]), fy(y[~train]) @ rotation
+    return np.arccos(np.clip(np.sum(tx * ty) / (np.linalg.norm(tx) * np.linalg.norm(ty)), -1, 1))

@@ -146,3 +146,39 @@ def test_soft_matching_streams_exactly_across_widths():
     for center in (True, False):
         one_shot = float(repsim.soft_matching(tx, ty, center=center))
         assert float(acc.compute("soft_matching", center=center)) == pytest.approx(one_shot, rel=1e-10)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("widths", [(5, 4), (4, 4), (3, 6)])
+def test_crossvalidated_shape_matches_a_direct_computation(alpha, widths):
+    x, y = _pair(11, n=120, p=widths[0], q=widths[1])
+    train = np.random.default_rng(0).random(120) < 0.6
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    got = repsim.crossvalidated_shape(tx, ty, train=torch.from_numpy(train), alpha=alpha)
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(ref.crossvalidated_shape(x, y, train, alpha), abs=1e-10)
+
+
+def test_crossvalidated_shape_closed_forms_and_errors():
+    x, y = (torch.from_numpy(a) for a in _pair(12, n=100))
+    # the test samples are (copies of) the training samples: the in-sample angular shape metric
+    doubled_x, doubled_y = torch.cat([x, x]), torch.cat([y, y])
+    mask = torch.arange(200) < 100
+    for alpha in (1.0, 0.3):
+        got = float(repsim.crossvalidated_shape(doubled_x, doubled_y, train=mask, alpha=alpha))
+        assert got == pytest.approx(float(repsim.angular_shape(x, y, alpha=alpha)), abs=1e-9)
+    # a rotated, scaled, shifted copy: the rotation fitted on the training half aligns the test half exactly
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    assert float(repsim.crossvalidated_shape(x, 2 * x @ q + 3, train=0.5)) == pytest.approx(0.0, abs=1e-7)
+    # unrelated wide features: in-sample the rotation fits noise, held out it does not
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(40, 30, generator=g, dtype=torch.float64), torch.randn(40, 30, generator=g, dtype=torch.float64)
+    assert float(repsim.crossvalidated_shape(a, b, train=0.5)) > float(repsim.angular_shape(a, b)) + 0.3
+    with pytest.raises(ValueError, match="fraction must be in"):
+        repsim.crossvalidated_shape(x, y, train=1.5)
+    with pytest.raises(ValueError, match="boolean mask of the 100 samples"):
+        repsim.crossvalidated_shape(x, y, train=torch.ones(99, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least 3 training and 2 test"):
+        repsim.crossvalidated_shape(x, y, train=0.99)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        repsim.crossvalidated_shape(x, y, alpha=2.0)

@@ -19,6 +19,7 @@ from .alignment import (
 )
 from .cca import mean_cca, mean_squared_cca, pwcca, svcca
 from .cka import BiasedCKAChanceWarning, biased_cka_chance_level, cka_grid, kernel_cka, linear_cka
+from .crossval import crossvalidated_shape
 from .dimensions import ensd
 from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
@@ -49,6 +50,7 @@ __all__ = [
     "cknna",
     "concentricity_difference",
     "cosine_similarity_matrix",
+    "crossvalidated_shape",
     "cycle_knn",
     "disagreement",
     "distance_correlation",
