@@ -7,15 +7,20 @@ imported, so importing this package fills the registry.
 from .alignment import (
     aligned_cosine,
     angular_shape,
+    bures_distance,
     hard_correlation_match,
     linear_regression,
+    nbs,
     permutation_procrustes,
     procrustes,
     procrustes_size_shape,
     soft_correlation_match,
+    soft_matching,
 )
-from .cca import mean_cca, pwcca, svcca
+from .cca import mean_cca, mean_squared_cca, pwcca, svcca
 from .cka import BiasedCKAChanceWarning, biased_cka_chance_level, cka_grid, kernel_cka, linear_cka
+from .crossval import crossvalidated_shape
+from .dimensions import ensd
 from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
@@ -39,15 +44,18 @@ __all__ = [
     "angular_shape",
     "average_ranks",
     "biased_cka_chance_level",
+    "bures_distance",
     "cka_grid",
     "cka_lower_bound",
     "cknna",
     "concentricity_difference",
     "cosine_similarity_matrix",
+    "crossvalidated_shape",
     "cycle_knn",
     "disagreement",
     "distance_correlation",
     "eigenspace_overlap",
+    "ensd",
     "frobenius_gap",
     "geometry_score",
     "get_measure",
@@ -66,10 +74,12 @@ __all__ = [
     "list_measures",
     "magnitude_difference",
     "mean_cca",
+    "mean_squared_cca",
     "measure",
     "measure_grid",
     "moments_of",
     "mutual_knn",
+    "nbs",
     "permutation_procrustes",
     "procrustes",
     "procrustes_size_shape",
@@ -84,6 +94,7 @@ __all__ = [
     "rtd",
     "second_order_cosine",
     "soft_correlation_match",
+    "soft_matching",
     "svcca",
     "uniformity_difference",
 ]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import scipy.optimize
+import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -19,6 +21,8 @@ from . import _moment_grid as mg
 from .kinds import MomentParts, layer_measure, moment_measure
 
 _WILLIAMS = "Williams et al. 2021, Generalized shape metrics on neural representations (NeurIPS)"
+_TANG = "Tang et al. 2020, Similarity of neural networks with gradients (arXiv 2003.11498)"
+_KHOSLA = "Khosla & Williams 2023, Soft matching distance (arXiv 2311.09466)"
 _DING = "Ding et al. 2021, Grounding representation similarity with statistical testing (NeurIPS)"
 _LI = "Li et al. 2016, Convergent learning (ICLR)"
 
@@ -26,6 +30,12 @@ _LI = "Li et al. 2016, Convergent learning (ICLR)"
 @mg.diagonal_only
 def _trace(diag: Tensor, n: int, **_) -> Tensor:
     return diag.sum()
+
+
+@mg.diagonal_only
+def _trace_diagonal(diag: Tensor, n: int, **_) -> Tensor:
+    """Per-neuron squared norms: the diagonal of the scatter."""
+    return diag
 
 
 def _nuclear(m: Tensor) -> Tensor:
@@ -80,24 +90,68 @@ def procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Ten
     return mg.one_shot(x, y, dtype, _trace, _procrustes_pair)
 
 
-@moment_measure(
-    "procrustes_size_shape",
+# the unnormalised Procrustes distances: procrustes_size_shape and bures_distance (sqrt(n) times it)
+_SIZE_SHAPE = dict(
     prepare=_trace,
-    pair=_size_shape_pair,
     family="alignment",
     larger_is_more_similar=False,
     metric=True,
     invariances=("orthogonal", "translation", "permutation"),
     cost=_SVD_COST,
     identity_value=0.0,
-    reference=_WILLIAMS,
 )
+
+
+@moment_measure("procrustes_size_shape", pair=_size_shape_pair, reference=_WILLIAMS, **_SIZE_SHAPE)
 def procrustes_size_shape(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Procrustes size-and-shape distance (Williams et al. 2021): centred, not rescaled.
 
     d = min_Q |Xc - Yc Q|_F / sqrt(n) = sqrt((tr S_xx + tr S_yy - 2 |S_xy|_*) / n).
     The 1/sqrt(n) makes it a per-sample (RMS) distance that does not grow with the number of
     samples. A metric, invariant to rotations and translation, not to scaling.
+    """
+
+
+# -------------------------------------------------------------------------------- Bures
+def _fidelity(tx, ty, sxy, n, **_) -> Tensor:
+    # <= 1 exactly (von Neumann's trace inequality); rounding can exceed it by ~1e-16
+    return (_nuclear(sxy) / (tx * ty).sqrt()).clamp(0.0, 1.0)
+
+
+def _bures_pair(tx, ty, sxy, n, **_) -> Tensor:
+    return _sqrt_nonneg(tx + ty - 2 * _nuclear(sxy), tx + ty)
+
+
+@moment_measure(
+    "nbs",
+    prepare=_trace,
+    pair=_fidelity,
+    family="alignment",
+    larger_is_more_similar=True,
+    invariances=_ROTATION,
+    cost=_SVD_COST,
+    identity_value=1.0,
+    reference=_TANG,
+)
+def nbs(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Normalized Bures similarity (Tang et al. 2020) of the centred Gram matrices.
+
+    With K_x = Xc Xc^T, K_y = Yc Yc^T and the fidelity F(K_x, K_y) = tr((K_x^{1/2} K_y K_x^{1/2})^{1/2}):
+    NBS = F / sqrt(tr K_x tr K_y), in [0, 1]. F = |Xc^T Yc|_* (K_x^{1/2} K_y K_x^{1/2} has the
+    eigenvalues of (Xc^T Yc)(Xc^T Yc)^T), so NBS = |S_xy|_* / sqrt(tr S_xx tr S_yy): the cosine of
+    the angular Procrustes distance, cos(angular_shape(x, y)) at alpha = 1, and 1 - procrustes(x, y)^2 / 2.
+    Invariant to rotations, isotropic scaling and translation. Exact from moments.
+    """
+
+
+@moment_measure("bures_distance", pair=_bures_pair, reference=_TANG, **_SIZE_SHAPE)
+def bures_distance(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Bures distance between the centred Gram matrices: d_B = sqrt(tr K_x + tr K_y - 2 F(K_x, K_y)).
+
+    F is the fidelity of :func:`nbs`, = |S_xy|_*, so d_B^2 = tr S_xx + tr S_yy - 2 |S_xy|_* =
+    min_Q |Xc - Yc Q|_F^2. Not scaled per sample (the definition on Gram matrices): d_B grows as
+    sqrt(n), and d_B = sqrt(n) * procrustes_size_shape(x, y), the per-sample (RMS) version.
+    A metric, invariant to rotations and translation, not to scaling. Exact from moments.
     """
 
 
@@ -139,6 +193,73 @@ def permutation_procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = 
     = sqrt((tr S_xx + tr S_yy - 2 max_P tr(P^T S_xy)) / n), the maximum found by the Hungarian
     algorithm (scipy.optimize.linear_sum_assignment). Needs equal widths. A metric on
     representations up to neuron permutation and translation (Williams et al. 2021).
+    """
+
+
+# -------------------------------------------------------------------------------- soft matching
+def _transport_cost(c: Tensor) -> Tensor:
+    """min over plans P (p x q, P >= 0, rows summing to 1/p, columns to 1/q) of sum_ij P_ij c_ij.
+
+    With p == q the optimum is a permutation divided by p (Birkhoff-von Neumann: the polytope's
+    vertices are the scaled permutations), found by the Hungarian algorithm; otherwise HiGHS
+    solves the linear programme. On the host, in float64; the value is read back from the plan on
+    ``c`` itself so that it carries ``c``'s device and dtype.
+    """
+    p, q = c.shape
+    cost = c.detach().cpu().to(torch.float64).numpy()
+    if p == q:
+        rows, cols = scipy.optimize.linear_sum_assignment(cost)
+        return c[torch.as_tensor(rows, device=c.device), torch.as_tensor(cols, device=c.device)].sum() / p
+    # variable P_ij at index i * q + j; one equality per row sum and per column sum
+    rows = scipy.sparse.kron(scipy.sparse.eye(p), np.ones((1, q)))
+    cols = scipy.sparse.kron(np.ones((1, p)), scipy.sparse.eye(q))
+    marginals = np.concatenate([np.full(p, 1.0 / p), np.full(q, 1.0 / q)])
+    result = scipy.optimize.linprog(
+        cost.ravel(), A_eq=scipy.sparse.vstack([rows, cols]).tocsr(), b_eq=marginals, bounds=(0, None), method="highs"
+    )
+    if not result.success:  # the problem is always feasible and bounded: a solver failure, not a user error
+        raise RuntimeError(f"soft_matching: the transport problem was not solved ({result.message})")
+    plan = torch.as_tensor(result.x.reshape(p, q), dtype=c.dtype, device=c.device)
+    return (plan * c).sum()
+
+
+def _soft_matching_pair(sx, sy, sxy, n, **_) -> Tensor:
+    # squared distance between neuron i of x and j of y: |x_i|^2 + |y_j|^2 - 2 <x_i, y_j>
+    cost = sx[:, None] + sy[None, :] - 2 * sxy
+    return _sqrt_nonneg(_transport_cost(cost), (sx.mean() + sy.mean()))
+
+
+def _soft_matching_invariances(center: bool = True, **_) -> tuple[str, ...]:
+    return ("translation", "permutation") if center else ("permutation",)
+
+
+@moment_measure(
+    "soft_matching",
+    parts=lambda center=True, **_: MomentParts(_trace_diagonal, _soft_matching_pair, centre=center),
+    family="alignment",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=_soft_matching_invariances,
+    cost="O(n p q) + a p x q transport problem on the host (Hungarian when p = q)",
+    identity_value=0.0,
+    reference=_KHOSLA,
+)
+def soft_matching(x: Tensor, y: Tensor, *, center: bool = True, dtype: torch.dtype | None = None) -> Tensor:
+    """Soft-matching distance (Khosla & Williams 2023): optimal transport between the neurons of x and y.
+
+    Each neuron is its tuning curve, the n-vector of its activations (a column x_i of x, y_j of y):
+    d^2 = min_P sum_ij P_ij |x_i - y_j|^2 over the transportation polytope of p x q plans P >= 0
+    whose rows sum to 1/p and columns to 1/q, i.e. the 2-Wasserstein distance between the uniform
+    distributions over x's and y's tuning curves. A metric (symmetric, triangle inequality) that
+    works across widths; invariant to neuron permutations, not to rotations or scaling. With p = q
+    the optimum is a scaled permutation (Birkhoff), so d = sqrt(n / p) * permutation_procrustes(x, y).
+    Not divided by n (the paper's normalisation): d grows as sqrt(n).
+
+    ``center=True`` centres each neuron over the samples first (so a shift of one neuron's mean
+    does not count, as in :func:`permutation_procrustes`); ``center=False`` compares raw
+    activations. Exact from moments: |x_i - y_j|^2 needs only diag(S_xx), diag(S_yy) and S_xy.
+    The transport problem is solved on the host (scipy: ``linear_sum_assignment`` when p = q,
+    else HiGHS ``linprog`` with p q variables).
     """
 
 

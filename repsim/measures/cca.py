@@ -1,4 +1,4 @@
-"""The CCA family: mean CCA, SVCCA, PWCCA, all exact from second moments.
+"""The CCA family: mean CCA, mean squared CCA, SVCCA, PWCCA, all exact from second moments.
 
 With centred scatter matrices S_xx, S_yy, S_xy, the canonical correlations rho_1 >= rho_2 >= ...
 are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} (Hotelling 1936). Inverse square roots
@@ -31,9 +31,16 @@ class _Whitened(NamedTuple):
     scatter: Tensor  # (d, d), for PWCCA's weights
 
 
-def _whiten(s: Tensor, n: int, variance: float | None = None, **_) -> _Whitened:
+def _whiten(s: Tensor, n: int, variance: float | None = None, n_components: int | None = None, **_) -> _Whitened:
     vals, vecs = mg.eigh_kept(s)
-    if variance is not None:  # SVCCA: the leading principal directions explaining `variance`
+    if n_components is not None:  # SVCCA with a fixed number of leading principal directions
+        if n_components > vals.numel():
+            raise ValueError(
+                f"n_components={n_components} exceeds a layer's rank ({vals.numel()} directions with variance); "
+                "use a smaller n_components or variance= instead"
+            )
+        vals, vecs = vals[:n_components], vecs[:, :n_components]
+    elif variance is not None:  # SVCCA: the leading principal directions explaining `variance`
         share = vals.cumsum(0) / vals.sum()
         k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype, device=share.device))) + 1
         vals, vecs = vals[:k], vecs[:, :k]
@@ -63,6 +70,10 @@ def _mean_rho(px, py, sxy, n, **_) -> Tensor:
     return _canonical(px, py, sxy, n)[1].mean()
 
 
+def _mean_rho_squared(px, py, sxy, n, **_) -> Tensor:
+    return _canonical(px, py, sxy, n)[1].square().mean()
+
+
 def _pwcca_pair(px: _Whitened, py: _Whitened, sxy: Tensor, n: int, **_) -> Tensor:
     u, rho, _ = _canonical(px, py, sxy, n)
     # Canonical weights of x: w_i = S_xx^{-1/2} u_i, variates h_i = Xc w_i; Morcos et al.'s weight
@@ -72,25 +83,40 @@ def _pwcca_pair(px: _Whitened, py: _Whitened, sxy: Tensor, n: int, **_) -> Tenso
     return (alpha * rho).sum() / alpha.sum()
 
 
-def _check_variance(variance: float, **_) -> None:
+_DEFAULT_VARIANCE = 0.99
+
+
+def _check_variance(variance: float = _DEFAULT_VARIANCE, n_components: int | None = None, **_) -> None:
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1] (the share of variance SVCCA keeps), got {variance}")
+    if n_components is None:
+        return
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise ValueError(
+            f"n_components must be a positive int (the principal components kept per side), got {n_components!r}"
+        )
+    if variance != _DEFAULT_VARIANCE:
+        raise ValueError(
+            f"svcca keeps either a share of variance or a number of components: got variance={variance} and "
+            f"n_components={n_components}; pass only one"
+        )
 
 
 _COST = "O(n d^2 + d^3)"
 
 
-@moment_measure(
-    "mean_cca",
+# plain CCA: every canonical correlation, invariant to any invertible affine map of either side
+_CCA = dict(
     prepare=_whiten,
-    pair=_mean_rho,
     family="cca",
     larger_is_more_similar=True,
     invariances=("invertible_linear", "affine"),
     cost=_COST,
     identity_value=1.0,
-    reference="Hotelling 1936; " + _RAGHU,
 )
+
+
+@moment_measure("mean_cca", pair=_mean_rho, reference="Hotelling 1936; " + _RAGHU, **_CCA)
 def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean canonical correlation (1/k) sum_i rho_i, k = min(rank x, rank y).
 
@@ -112,15 +138,38 @@ def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tenso
     identity_value=1.0,
     reference=_RAGHU,
 )
-def svcca(x: Tensor, y: Tensor, *, variance: float = 0.99, dtype: torch.dtype | None = None) -> Tensor:
+def svcca(
+    x: Tensor,
+    y: Tensor,
+    *,
+    variance: float = _DEFAULT_VARIANCE,
+    n_components: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """SVCCA (Raghu et al. 2017): PCA of each side keeping the leading components that explain
     ``variance`` of its variance, then the mean canonical correlation of the two reductions.
 
     The number of components kept is the smallest k with sum_{i<=k} lambda_i >= variance *
-    sum lambda_i. (ReSi's implementation compares a normalised cumulative sum with 0.99 times the
-    total and so keeps a single component; this is the published rule.) Invariant to
+    sum lambda_i; or, with ``n_components=k``, the k leading components of each side (Raghu et
+    al.'s experiments keep a fixed number). The two are exclusive: ``n_components`` with a
+    ``variance`` other than the default 0.99 is refused; k above a layer's rank is refused too.
+    (ReSi's implementation compares a normalised cumulative sum with 0.99 times the total and so
+    keeps a single component; this is the published rule.) Invariant to
     orthogonal maps, isotropic scaling and translation, not to general linear maps (the PCA step
     depends on the metric). Exact from moments.
+    """
+
+
+@moment_measure(
+    "mean_squared_cca", pair=_mean_rho_squared, reference="Yanai 1974; Kornblith et al. 2019 (R^2_CCA)", **_CCA
+)
+def mean_squared_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """Mean squared canonical correlation (1/k) sum_i rho_i^2, k = min(rank x, rank y): Yanai's
+    R^2_CCA (Kornblith et al. 2019).
+
+    The rho_i are those of :func:`mean_cca`; R^2_CCA = |Q_y^T Q_x|_F^2 / k for orthonormal bases
+    Q_x, Q_y of the centred column spaces. Needs n > rank(x) + rank(y). Invariant to invertible
+    linear maps and translations of either side. Exact from moments.
     """
 
 
