@@ -86,8 +86,6 @@ def procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Ten
     A metric, invariant to rotations, isotropic scaling and translation of either side. Ding et
     al. (2021) report its square. Exact from moments: |X~^T Y~|_* = |S_xy|_* / sqrt(tr S_xx tr S_yy).
     """
-    x, y = mg.validated_pair(x, y)
-    return mg.one_shot(x, y, dtype, _trace, _procrustes_pair)
 
 
 # the unnormalised Procrustes distances: procrustes_size_shape and bures_distance (sqrt(n) times it)

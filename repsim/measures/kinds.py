@@ -37,8 +37,10 @@ Example (the whole of a measure; see docs/guide/contributing.md)::
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
+import textwrap
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -65,6 +67,22 @@ class MomentParts(NamedTuple):
     prepare_y: Callable[..., object] | None = None
     centre: bool = True
     swap: bool = False
+
+
+def _check_declaration_body(declaration: Callable) -> None:
+    """A declaration's body is its docstring only: code there would never run (the kind computes)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(declaration))
+    except (OSError, TypeError):  # no source (an interactive session): nothing to check
+        return
+    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    body = node.body
+    docstring = bool(body) and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    if not docstring or len(body) > 1:
+        raise TypeError(
+            f"{declaration.__name__}: a measure's declaration has a docstring (the formula and the reference) "
+            "and no code: the kind computes it from its parts"
+        )
 
 
 def _declared_options(declaration: Callable) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -143,6 +161,7 @@ def moment_measure(
     fixed = MomentParts(prepare, pair) if parts is None else None
 
     def declare(declaration: Callable) -> Callable:
+        _check_declaration_body(declaration)
         sig, _ = _declared_options(declaration)
 
         def resolved(options: dict[str, Any]) -> tuple[torch.dtype | None, dict[str, Any], MomentParts]:
@@ -234,6 +253,7 @@ def layer_measure(
     named_prepare, named_grid = _takes(prepare, "name"), grid is not None and _takes(grid, "names")
 
     def declare(declaration: Callable) -> Callable:
+        _check_declaration_body(declaration)
         sig, _ = _declared_options(declaration)
 
         def compute(xs, ys, options, names):
