@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .._validation import as_features
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 
@@ -67,40 +67,53 @@ def _jsd_rows(lp: Tensor, lq: Tensor) -> Tensor:
     return 0.5 * term.clamp_min(0).sum(-1)
 
 
+_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
+_OUTPUTS = dict(
+    validate_pair=_logit_pair,
+    validate_layers=_logit_layers,
+    family="functional",
+    larger_is_more_similar=False,
+    cost="O(n C)",
+    identity_value=0.0,
+    needs_outputs=True,
+    needs_equal_widths=True,  # the same classes on both sides
+)
+
+
+def _log_probabilities(x: Tensor, **_) -> Tensor:
+    return torch.log_softmax(x.to(_ACC), 1)
+
+
+@layer_measure(
+    "jsd",
+    prepare=_log_probabilities,
+    pair=lambda lp, lq, **_: _jsd_rows(lp, lq).mean(),
+    reference="Lin 1991, IEEE Trans. Inf. Theory; " + _SURVEY,
+    **_OUTPUTS,
+)
 def jsd(x: Tensor, y: Tensor) -> Tensor:
     """mean_i JSD(softmax(x_i), softmax(y_i)), natural log (in [0, log 2]).
 
-    JSD(p, q) = KL(p || m)/2 + KL(q || m)/2, m = (p + q)/2, from log-softmax in float64.
-    Invariant only to adding the same constant to all logits of a sample (not a feature-space
-    map; none of the registry's invariances holds). Cost O(n C).
+    JSD(p, q) = KL(p || m)/2 + KL(q || m)/2, m = (p + q)/2, from log-softmax in float64 (once
+    per output set in a grid). Invariant only to adding the same constant to all logits of a
+    sample (not a feature-space map; none of the registry's invariances holds). Cost O(n C).
     """
-    x, y = _logit_pair(x, y)
-    return _jsd_rows(torch.log_softmax(x.to(_ACC), 1), torch.log_softmax(y.to(_ACC), 1)).mean()
 
 
-def jsd_grid(xs, ys=None) -> Tensor:
-    """:func:`jsd` for every pair of output sets: log-softmax once per set, all pairs by broadcasting."""
-    xs, ys = _logit_layers(xs, ys)
-    lx = torch.stack([torch.log_softmax(x.to(_ACC), 1) for x in xs])
-    ly = lx if ys is xs else torch.stack([torch.log_softmax(y.to(_ACC), 1) for y in ys])
-    return torch.stack([_jsd_rows(lx[i][None], ly).mean(-1) for i in range(len(xs))])
-
-
+@layer_measure(
+    "disagreement",
+    prepare=lambda x, **_: x.argmax(1),
+    pair=lambda px, py, **_: (px != py).to(_ACC).mean(),
+    invariances=("isotropic_scaling",),
+    reference=_SURVEY,
+    **_OUTPUTS,
+)
 def disagreement(x: Tensor, y: Tensor) -> Tensor:
     """Fraction of samples whose predicted classes differ: mean_i [argmax x_i != argmax y_i].
 
     Ties go to the first maximal class (torch.argmax). Invariant to positive scaling of the
     logits. Cost O(n C).
     """
-    x, y = _logit_pair(x, y)
-    return (x.argmax(1) != y.argmax(1)).to(_ACC).mean()
-
-
-def disagreement_grid(xs, ys=None) -> Tensor:
-    xs, ys = _logit_layers(xs, ys)
-    px = torch.stack([x.argmax(1) for x in xs])
-    py = px if ys is xs else torch.stack([y.argmax(1) for y in ys])
-    return (px[:, None, :] != py[None, :, :]).to(_ACC).mean(-1)
 
 
 def _labels(labels, n: int, classes: int, device) -> Tensor:
@@ -123,64 +136,21 @@ def _labels(labels, n: int, classes: int, device) -> Tensor:
     return labels
 
 
-def _accuracy(x: Tensor, labels: Tensor) -> Tensor:
-    return (x.argmax(1) == labels).to(_ACC).mean()
-
-
-def abs_acc_diff(x: Tensor, y: Tensor, labels: Tensor | None = None) -> Tensor:
-    """|acc(x) - acc(y)| with acc = mean_i [argmax x_i == labels_i]. Invariant to positive scaling
-    of the logits. Cost O(n C)."""
-    x, y = _logit_pair(x, y)
-    labels = _labels(labels, x.shape[0], x.shape[1], x.device)
-    return (_accuracy(x, labels) - _accuracy(y, labels)).abs()
-
-
-def abs_acc_diff_grid(xs, ys=None, labels: Tensor | None = None) -> Tensor:
-    xs, ys = _logit_layers(xs, ys)
+def _accuracy_differences(xs: list[Tensor], ys: list[Tensor], labels: Tensor | None) -> Tensor:
     labels = _labels(labels, xs[0].shape[0], xs[0].shape[1], xs[0].device)
-    ax = torch.stack([_accuracy(x, labels) for x in xs])
-    ay = ax if ys is xs else torch.stack([_accuracy(y, labels) for y in ys])
+    ax = torch.stack([(x.argmax(1) == labels).to(_ACC).mean() for x in xs])
+    ay = ax if ys is xs else torch.stack([(y.argmax(1) == labels).to(_ACC).mean() for y in ys])
     return (ax[:, None] - ay[None, :]).abs()
 
 
-_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
-
-register(
-    "jsd",
-    fn=jsd,
-    family="functional",
-    larger_is_more_similar=False,
-    cost="O(n C)",
-    identity_value=0.0,
-    needs_outputs=True,
-    needs_equal_widths=True,  # the same classes on both sides
-    grid=jsd_grid,
-    reference="Lin 1991, IEEE Trans. Inf. Theory; " + _SURVEY,
-)
-register(
-    "disagreement",
-    fn=disagreement,
-    family="functional",
-    larger_is_more_similar=False,
-    invariances=("isotropic_scaling",),
-    cost="O(n C)",
-    identity_value=0.0,
-    needs_outputs=True,
-    needs_equal_widths=True,  # the same classes on both sides
-    grid=disagreement_grid,
-    reference=_SURVEY,
-)
-register(
+@layer_measure(
     "abs_acc_diff",
-    fn=abs_acc_diff,
-    family="functional",
-    larger_is_more_similar=False,
+    grid=_accuracy_differences,
     invariances=("isotropic_scaling",),
-    cost="O(n C)",
-    identity_value=0.0,
     needs_labels=True,
-    needs_outputs=True,
-    needs_equal_widths=True,  # the same classes on both sides
-    grid=abs_acc_diff_grid,
     reference=_SURVEY,
+    **_OUTPUTS,
 )
+def abs_acc_diff(x: Tensor, y: Tensor, *, labels: Tensor | None = None) -> Tensor:
+    """|acc(x) - acc(y)| with acc = mean_i [argmax x_i == labels_i]. Invariant to positive scaling
+    of the logits. Cost O(n C)."""

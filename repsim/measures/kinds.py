@@ -223,7 +223,8 @@ def layer_measure(
     prepare: Callable[..., object] | None = None,
     pair: Callable[..., Tensor] | None = None,
     grid: Callable[..., Tensor] | None = None,
-    validate: Callable[..., tuple[list[Tensor], list[Tensor]]] | None = None,
+    validate_pair: Callable[..., tuple[Tensor, Tensor]] | None = None,
+    validate_layers: Callable[..., tuple[list[Tensor], list[Tensor]]] | None = None,
     options_check: Callable[..., None] | None = None,
     min_samples: int | Callable[..., int] = 3,
     reason: str | Callable[..., str] = "",
@@ -240,14 +241,17 @@ def layer_measure(
 
     Validation: floating, finite, 2-D, the same samples, at least ``min_samples`` rows (an int,
     or a function of the options; ``reason``, a string or a function of the options, says why),
-    no constant layer. A measure that needs another check gives ``validate(xs, ys, **options) ->
-    (xs, ys)`` (model outputs).
+    no constant layer. A measure that needs other checks (model outputs) gives both
+    ``validate_pair(x, y) -> (x, y)`` and ``validate_layers(xs, ys) -> (xs, ys)`` (``ys=None``: a
+    self-grid, returned as ``xs`` itself).
     ``aliases``: further registry entries of the same function, ``{name: {"defaults": {...},
     other properties}}`` (``debiased_cka`` is ``linear_cka`` with ``debiased=True``).
     ``properties``: the registry's.
     """
     if (grid is None) == (pair is None):
         raise TypeError(f"{name}: give pair (and prepare, if a layer has work to share), or grid")
+    if (validate_pair is None) != (validate_layers is None):
+        raise TypeError(f"{name}: give both validate_pair and validate_layers, or neither")
     batched = grid is not None or prepare is not None
     prepare = prepare or (lambda x, **_: x)
     named_prepare, named_grid = _takes(prepare, "name"), grid is not None and _takes(grid, "names")
@@ -279,8 +283,8 @@ def layer_measure(
         def all_pairs(xs, ys, options):
             if options_check is not None:
                 options_check(**options)
-            if validate is not None:
-                xs, ys = validate(xs, ys, **options)
+            if validate_layers is not None:
+                xs, ys = validate_layers(xs, ys)
             else:
                 xs, ys = as_layer_lists(xs, ys, *needed(options), varying=True)
             return compute(xs, ys, options, _layer_names(len(xs), len(ys)))
@@ -288,9 +292,8 @@ def layer_measure(
         def one_shot(x, y, options):
             if options_check is not None:
                 options_check(**options)
-            if validate is not None:
-                xs, ys = validate([x], [y], **options)
-                x, y = xs[0], ys[0]
+            if validate_pair is not None:
+                x, y = validate_pair(x, y)
             else:
                 x, y = as_feature_pair(x, y, *needed(options), varying=True)
             return compute([x], [y], options, _layer_names(1, None))[0, 0]
