@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, sq_frobenius, unbiased_hsic
 from .._validation import resolve_dtype
 from ..measures._products import self_product
-from ..measures.gram import center_columns
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import wrapped_diagonals
 
@@ -61,36 +61,27 @@ class QuadraticForm:
     """The matrices are Z_c Z_c^T of centred features (linear CKA): Q and D also come from features."""
 
 
-def _sq_norm(m: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(m, dtype=_ACC) ** 2
-
-
 def _cka_form(debiased: bool, dtype) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         zc = center_columns(z, resolve_dtype(dtype, z))
         k = self_product(zc.T).to(_ACC)
         if not debiased:
-            return Side(k, None, {"norm": _sq_norm(k).sqrt()}, zc)
+            return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
         n = k.shape[0]
         k.fill_diagonal_(0.0)
         rows = k.sum(1)
         total = rows.sum()
-        self_hsic = _hsic(_sq_norm(k), total, total, rows @ rows, n)
+        self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
         return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)}, zc)
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         if not debiased:
             return q / (sx["norm"][:, None, None] * sy["norm"][None, :, None])
         n = int(sx["n"][0])
-        cross = _hsic(q, sx["total"][:, None, None], sy["total"][None, :, None], d, n)
+        cross = unbiased_hsic(n, q, sx["total"][:, None, None], sy["total"][None, :, None], d)
         return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
 
     return QuadraticForm(side, finish, debiased, low_rank=True)
-
-
-def _hsic(tr, ks, ls, kl, n: int):
-    """Unbiased HSIC (Song et al. 2012) from tr(K0 L0), the totals 1'K0 1, 1'L0 1 and 1'K0 L0 1."""
-    return (tr + ks * ls / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
 
 
 def _rsa_form(method: str, compare: str) -> QuadraticForm:

@@ -14,6 +14,7 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, eigh_kept
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from . import _moment_grid as mg
 from .registry import register
@@ -115,8 +116,8 @@ class _Whitening(NamedTuple):
 def _partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening:
     if alpha == 1.0:
         return _Whitening(torch.eye(s.shape[0], dtype=s.dtype, device=s.device))
-    vals, vecs = torch.linalg.eigh(s / n)
-    if not bool(vals.min() > 1e-10 * vals.max()):
+    vals, vecs = eigh_kept(s / n)
+    if vals.numel() < s.shape[0]:
         raise ValueError(
             "angular_shape with alpha < 1 whitens the covariance, which is rank deficient here (fewer samples than "
             "features, or redundant features); use alpha=1, more samples, or reduce the features first (e.g. PCA)"
@@ -192,7 +193,7 @@ class _PseudoInverse(NamedTuple):
 
 
 def _pinv(s: Tensor, n: int, **_) -> _PseudoInverse:
-    vals, vecs = mg.eigh_kept(s)
+    vals, vecs = eigh_kept(s)
     if n - 1 <= vals.numel():  # centred data span at most n - 1 dimensions: rank n - 1 fits any target
         raise ValueError(
             f"linear_regression needs more samples than the predictor's rank + 1 (n = {n}, rank {vals.numel()}); "
@@ -292,8 +293,7 @@ def aligned_cosine(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Te
     y = as_features(y, "y", 3, varying=True)
     check_same_samples(x, y)
     compute = resolve_dtype(dtype, x, y)
-    xc = (x.to(torch.float64) - x.to(torch.float64).mean(0)).to(compute)
-    yc = (y.to(torch.float64) - y.to(torch.float64).mean(0)).to(compute)
+    xc, yc = center_columns(x, compute), center_columns(y, compute)
     u, _, vh = torch.linalg.svd((yc.T @ xc).to(torch.float64), full_matrices=False)
     aligned = (yc @ (u @ vh).to(compute)).to(torch.float64)
     xc64 = xc.to(torch.float64)

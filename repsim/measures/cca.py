@@ -3,7 +3,8 @@
 With centred scatter matrices S_xx, S_yy, S_xy, the canonical correlations rho_1 >= rho_2 >= ...
 are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} (Hotelling 1936). Inverse square roots
 come from float64 eigendecompositions of the d x d scatters, with directions whose variance is
-below 1e-10 of the largest dropped (rank deficiency; whitening them would amplify rounding).
+below ``repsim._numerics.EIGEN_RTOL`` (1e-10) of the largest dropped (rank deficiency; whitening
+them would amplify rounding).
 
 The CCA family is invariant to every invertible linear map of either side, which is why it needs
 many more samples than features: with n <= rank(x) + rank(y) there is always a perfect linear
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._numerics import eigh_kept
 from . import _moment_grid as mg
 from .registry import register
 
@@ -32,7 +34,7 @@ class _Whitened(NamedTuple):
 
 
 def _whiten(s: Tensor, n: int, variance: float | None = None, **_) -> _Whitened:
-    vals, vecs = mg.eigh_kept(s)
+    vals, vecs = eigh_kept(s)
     if variance is not None:  # SVCCA: the leading principal directions explaining `variance`
         share = vals.cumsum(0) / vals.sum()
         k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype, device=share.device))) + 1

@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns
 from .._validation import (
     as_features,
     as_layer_lists,
@@ -23,7 +24,7 @@ from .._validation import (
     resolve_dtype,
 )
 from .blocked import blocked_workspace, hsic_grids_blocked, workspace_bytes
-from .gram import center_columns, rbf_gram
+from .gram import rbf_gram
 from .hsic import (
     CrossMoments,
     LayerMoments,
