@@ -84,19 +84,26 @@ def _cka_form(debiased: bool, dtype) -> QuadraticForm:
     return QuadraticForm(side, finish, debiased, low_rank=True)
 
 
+def standardised_rdm(a: Tensor, compare: str) -> Tensor:
+    """The (n, n) float64 symmetric zero-diagonal matrix of the RDM's upper-triangle entries (their
+    average ranks for ``compare="spearman"``) standardised to mean 0 and population variance 1: the
+    Pearson (Spearman) RSA of two RDMs is sum_{a != b} A_ab B_ab / (n (n - 1)) of these."""
+    n = a.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=a.device)
+    v = a[iu[0], iu[1]].to(_ACC)
+    if compare == "spearman":
+        v = average_ranks(v)
+    v = (v - v.mean()) / v.std(correction=0)
+    full = torch.zeros(n, n, dtype=_ACC, device=a.device)
+    full[iu[0], iu[1]] = v
+    return full + full.T  # symmetric with a zero diagonal: the sum over a != b counts every pair twice
+
+
 def _rsa_form(method: str, compare: str) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         a = rdm(z, method)
         n = a.shape[0]
-        iu = torch.triu_indices(n, n, 1, device=a.device)
-        v = a[iu[0], iu[1]].to(_ACC)
-        if compare == "spearman":
-            v = average_ranks(v)
-        v = (v - v.mean()) / v.std(correction=0)
-        full = torch.zeros(n, n, dtype=_ACC, device=a.device)
-        full[iu[0], iu[1]] = v
-        # symmetric with a zero diagonal: the sum over a != b counts every pair twice
-        return Side(full + full.T, None, {"pairs": torch.tensor(2.0 * iu.shape[1], dtype=_ACC)})
+        return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=_ACC)})
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         return q / sx["pairs"][:, None, None]

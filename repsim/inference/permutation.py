@@ -27,7 +27,8 @@ from .._numerics import center_columns, sq_frobenius, unbiased_hsic
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import _options, get_measure
-from ..measures.rsa import average_ranks, rdm
+from ..measures.rsa import rdm
+from ._quadratic import standardised_rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design
 
@@ -89,19 +90,7 @@ def _rsa_shifts(x: Tensor, y: Tensor, method: str, compare: str) -> Tensor:
     """Pearson (or Spearman) RSA of the RDMs' upper triangles, y's samples shifted by s, for every s."""
     a, b = rdm(x, method), rdm(y, method)
     n = a.shape[0]
-    iu = torch.triu_indices(n, n, 1, device=a.device)
-
-    def standardised(m: Tensor) -> Tensor:
-        v = m[iu[0], iu[1]]
-        if compare == "spearman":
-            v = average_ranks(v)
-        v = (v - v.mean()) / v.std(correction=0)
-        full = torch.zeros(n, n, dtype=_ACC, device=m.device)
-        full[iu[0], iu[1]] = v
-        return full + full.T  # symmetric, zero diagonal: sum over i != j counts each pair twice
-
-    za, zb = standardised(a), standardised(b)
-    return shifted_quadratic(za, zb) / (2 * iu.shape[1])
+    return shifted_quadratic(standardised_rdm(a, compare), standardised_rdm(b, compare)) / (n * (n - 1))
 
 
 def _shift_statistics(name: str, options: dict):
