@@ -16,7 +16,7 @@ Precision policy:
 
 Thresholds (module constants, one per question):
 
-* :data:`ZERO_ROW_RTOL`: when a row is too small to have a direction.
+* :data:`ZERO_NORM_RTOL`: when a row (or a mean vector) is too small to have a direction.
 * :data:`EIGEN_RTOL`: which eigenvalues of a scatter matrix are rank deficiency plus rounding.
 
 Internal to repsim: imported by repsim modules only.
@@ -31,11 +31,12 @@ from torch import Tensor
 
 _ACC = torch.float64
 
-ZERO_ROW_RTOL = 1e-12
-"""A row has no direction when its norm is at most this times its norm before a cancelling
-subtraction (e.g. removing the row's own mean). A float64 subtraction leaves rounding residue of
-about 1e-16 sqrt(d) of the original norm; 1e-12 sits far above that (for any d below 1e8) and far
-below any real signal. Without a subtraction the reference is the norm itself and the test is
+ZERO_NORM_RTOL = 1e-12
+"""A row (or vector) has no direction when its norm is at most this times its scale before a
+cancelling subtraction or sum (a row's raw norm before removing its own mean; the samples' RMS norm
+for their mean vector). A float64 subtraction leaves rounding residue of about 1e-16 sqrt(d) of
+the original norm; 1e-12 sits far above that (for any d below 1e8) and far below any real signal.
+Without a subtraction the reference is the norm itself and the test is
 exact zero: normalising a non-zero row is accurate to rounding whatever its scale, so a row is
 never refused because another row is larger."""
 
@@ -72,13 +73,13 @@ def unit_rows(
 ) -> Tensor:
     """x_i / |x_i| for every row, in ``x``'s dtype, refusing rows that have no direction.
 
-    A row is refused when |x_i| <= ZERO_ROW_RTOL * r_i, with r_i = ``reference[i]`` the row's norm
+    A row is refused when |x_i| <= ZERO_NORM_RTOL * r_i, with r_i = ``reference[i]`` the row's norm
     before a cancelling subtraction (e.g. the raw norm when ``x`` is centred across features);
-    without ``reference`` the test is |x_i| == 0 (see :data:`ZERO_ROW_RTOL`). ``what`` names such
+    without ``reference`` the test is |x_i| == 0 (see :data:`ZERO_NORM_RTOL`). ``what`` names such
     a row in the error ("all-zero", "constant"), ``fix`` says what to do about it.
     """
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    bad = norms[:, 0] == 0 if reference is None else norms[:, 0] <= ZERO_ROW_RTOL * reference
+    bad = norms[:, 0] == 0 if reference is None else norms[:, 0] <= ZERO_NORM_RTOL * reference
     count = int(bad.sum())
     if count:
         raise ValueError(f"{name} has {count} {what} rows, whose direction (cosine similarity) is undefined; {fix}")

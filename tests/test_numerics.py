@@ -104,9 +104,9 @@ def test_unit_rows_without_reference_refuses_exactly_zero_rows_only():
 
 def test_unit_rows_threshold_relative_to_the_reference_at_the_boundary():
     x = torch.tensor([[3.0, 4.0], [0.6, 0.8]], dtype=F64)  # norms 5 and 1
-    above = torch.tensor([10.0, 1.0 / (nm.ZERO_ROW_RTOL * (1 + 1e-6))], dtype=F64)  # 1 > rtol * ref
+    above = torch.tensor([10.0, 1.0 / (nm.ZERO_NORM_RTOL * (1 + 1e-6))], dtype=F64)  # 1 > rtol * ref
     nm.unit_rows(x, "x", above)
-    below = torch.tensor([10.0, 1.0 / (nm.ZERO_ROW_RTOL * (1 - 1e-6))], dtype=F64)  # 1 < rtol * ref
+    below = torch.tensor([10.0, 1.0 / (nm.ZERO_NORM_RTOL * (1 - 1e-6))], dtype=F64)  # 1 < rtol * ref
     with pytest.raises(ValueError, match=r"x has 1 constant rows.*drop them or else"):
         nm.unit_rows(x, "x", below, "constant", "drop them or else")
 
@@ -205,5 +205,5 @@ def test_eigh_kept_keeps_nothing_of_a_zero_matrix_and_keeps_the_dtype():
 
 
 def test_thresholds_are_the_documented_constants():
-    assert nm.ZERO_ROW_RTOL == 1e-12
+    assert nm.ZERO_NORM_RTOL == 1e-12
     assert nm.EIGEN_RTOL == 1e-10

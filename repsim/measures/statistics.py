@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_feature_list,
     as_feature_pair,
@@ -97,7 +97,7 @@ def _concentricity_of(x64: Tensor) -> Tensor:
     mean_norm = torch.linalg.vector_norm(mean)
     unit = unit_rows(x64, "x", fix="drop them or add a small offset")
     # A mean that is zero up to rounding (centred features) has no direction to measure cosines to.
-    if not bool(mean_norm > 1e-12 * x64.pow(2).sum(1).mean().sqrt()):
+    if not bool(mean_norm > ZERO_NORM_RTOL * x64.pow(2).sum(1).mean().sqrt()):
         raise ValueError(
             "the mean representation of x is the zero vector (up to rounding, e.g. centred features), so its "
             "cosine with the samples is undefined; concentricity needs uncentred features"
@@ -189,7 +189,7 @@ class StreamingConcentricity(Accumulator):
         def conc(total: Tensor, unit_total: Tensor, sq: Tensor, side: str) -> Tensor:
             mean = total / self.n
             mean_norm = torch.linalg.vector_norm(mean)
-            if not bool(mean_norm > 1e-12 * (sq / self.n).sqrt()):  # the one-shot measure's threshold
+            if not bool(mean_norm > ZERO_NORM_RTOL * (sq / self.n).sqrt()):  # the one-shot measure's threshold
                 raise ValueError(
                     f"the mean representation of {side} is the zero vector (up to rounding, e.g. centred features), "
                     "so its cosine with the samples is undefined; concentricity needs uncentred features"
