@@ -14,7 +14,7 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, eigh_kept
+from .._numerics import center_columns, eigh_kept, sq_row_norms, unit_rows
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from . import _moment_grid as mg
 from .registry import register
@@ -296,11 +296,12 @@ def aligned_cosine(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Te
     xc, yc = center_columns(x, compute), center_columns(y, compute)
     u, _, vh = torch.linalg.svd((yc.T @ xc).to(torch.float64), full_matrices=False)
     aligned = (yc @ (u @ vh).to(compute)).to(torch.float64)
-    xc64 = xc.to(torch.float64)
-    norms = xc64.norm(dim=1) * aligned.norm(dim=1)
-    if bool((norms <= 1e-12 * norms.max()).any()):
-        raise ValueError("a sample sits exactly at the mean of x or y, so its cosine similarity is undefined")
-    return ((xc64 * aligned).sum(1) / norms).mean()
+    # a sample at its mean is centred to rounding residue of its raw norm: no direction to compare
+    why = "centred-to-zero (at the mean, or aligned onto nothing)"
+    fix = "drop those samples"
+    ux = unit_rows(xc.to(torch.float64), "x", sq_row_norms(x).sqrt(), why, fix)
+    uy = unit_rows(aligned, "y", sq_row_norms(y).sqrt(), why, fix)
+    return (ux * uy).sum(1).mean()
 
 
 # -------------------------------------------------------------------------------- registry
