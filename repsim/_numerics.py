@@ -5,11 +5,9 @@ Precision policy:
 
 * Reductions (squared row norms, sums of squares, block norms, the combinations of the Gram
   identity and of the unbiased HSIC) accumulate in float64, whatever the inputs' dtype.
-* Column centring (:func:`center_columns`) runs in the wider of the input's and the compute dtype
-  and returns the compute dtype: float64 inputs are centred in float64 even when the products run
-  in float32; float32 inputs with float32 products are centred in float32 without a float64 copy
-  of the features (the rounding of the mean is one common shift of every row, which the centred
-  measures are invariant to). Where the mean itself is an output it is :func:`column_mean`, float64.
+* Centring always runs in float64: the column mean (:func:`column_mean`) and the subtraction
+  (:func:`center_columns`, by row chunks, so never a float64 copy of the features); the centred
+  features come back in the compute dtype, each entry rounded once.
 * The n- or d-sized matrix products run in the compute dtype chosen by the caller
   (:func:`repsim._validation.resolve_dtype`); their results are converted to float64 before they
   are combined with the float64 norms.
@@ -31,6 +29,12 @@ from torch import Tensor
 
 _ACC = torch.float64
 
+CENTRE_CHUNK = 1 << 19
+"""Entries of one row chunk of :func:`column_mean` and :func:`center_columns` (4 MiB in float64):
+float64 centring of float32 features without a float64 copy of them. A chunk that stays in cache
+keeps it fast: on one CPU thread, 20000 x 2048 float32 features take 0.3 s (mean and subtraction),
+against 0.2 s for float32 centring of the whole array and 1.6 s with 32 MiB chunks."""
+
 ZERO_NORM_RTOL = 1e-12
 """A row (or vector) has no direction when its norm is at most this times its scale before a
 cancelling subtraction or sum (a row's raw norm before removing its own mean; the samples' RMS norm
@@ -48,24 +52,41 @@ margin above that, while a real direction with 1e-10 of the leading variance car
 signal (whitening it would amplify noise by 1e5)."""
 
 
+def _row_chunks(x: Tensor):
+    """Row slices of ``x`` of about :data:`CENTRE_CHUNK` entries each."""
+    rows = max(1, CENTRE_CHUNK // max(1, x.shape[1]))
+    return (slice(lo, lo + rows) for lo in range(0, x.shape[0], rows))
+
+
 def column_mean(x: Tensor) -> Tensor:
-    """mu = (1/n) sum_i x_i, shape (d,), in float64 (summed in float64 without a float64 copy of ``x``)."""
-    return x.sum(dim=0, dtype=_ACC) / x.shape[0]
+    """mu = (1/n) sum_i x_i, shape (d,), summed in float64 (by row chunks: no float64 copy of ``x``)."""
+    if x.dtype == _ACC:
+        return x.sum(dim=0) / x.shape[0]
+    total = torch.zeros(x.shape[1], dtype=_ACC, device=x.device)
+    for rows in _row_chunks(x):
+        total += x[rows].to(_ACC).sum(dim=0)
+    return total / x.shape[0]
 
 
 def center_columns(x: Tensor, dtype: torch.dtype, mean: Tensor | None = None) -> Tensor:
-    """Column-centred copy X - 1 mu^T in ``dtype``, with mu the column mean (or the given ``mean``).
+    """Column-centred copy X - 1 mu^T in ``dtype``, mu the float64 column mean (``mean``: the column
+    mean if the caller already has it).
 
-    The mean and the subtraction run in the wider of ``x.dtype`` and ``dtype`` (the module's
-    precision policy): float64 inputs are centred in float64 even when the products run in float32.
-    Centring before the products is what keeps float32 products honest on features with a large
-    mean: uncentred products X^T Y - n mu_x mu_y^T cancel catastrophically at offsets of 1e3. In a
-    lower precision the rounding of mu is one common shift of every row, which the centred measures
-    are invariant to.
+    The subtraction always runs in float64 and each entry is rounded once to ``dtype``; for a lower
+    ``dtype`` it runs over row chunks of :data:`CENTRE_CHUNK` entries, so there is never a float64
+    copy of the features. Centring before the products is what keeps float32 products honest on
+    features with a large mean (uncentred products X^T Y - n mu_x mu_y^T cancel catastrophically at
+    offsets of 1e3). Centring in float32 instead would leave a common shift of up to eps |mu| in
+    every row: harmless to CKA, but at an offset of 1e3 it made aligned_cosine's float32 error
+    100x larger (1e-7 instead of 1.5e-9).
     """
-    wide = x.to(torch.promote_types(x.dtype, dtype))  # no copy when x already has the wider dtype
-    mu = wide.sum(dim=0) / x.shape[0] if mean is None else mean.to(wide.dtype)
-    return (wide - mu).to(dtype)
+    mu = column_mean(x) if mean is None else mean.to(_ACC)
+    if dtype == _ACC:
+        return x.to(_ACC) - mu
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for rows in _row_chunks(x):
+        out[rows] = x[rows].to(_ACC) - mu  # rounded once, on assignment
+    return out
 
 
 def unit_rows(

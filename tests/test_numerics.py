@@ -57,6 +57,19 @@ def test_center_columns_keeps_float32_inputs_in_float32_and_uses_a_given_mean():
     torch.testing.assert_close(nm.center_columns(x, F64, mean), x.to(F64) - 0.5, rtol=0, atol=0)
 
 
+def test_center_columns_of_float32_is_float64_centring_rounded_once(monkeypatch):
+    x = (_rand(500, 3, seed=10) + 1e3).to(torch.float32)  # offset 1e3, spread 1
+    ref = (x.to(F64) - x.to(F64).mean(0)).to(torch.float32)
+    assert torch.equal(nm.center_columns(x, torch.float32), ref)
+    mean = nm.column_mean(x)
+    monkeypatch.setattr(nm, "CENTRE_CHUNK", 7)  # row chunks of 2 rows (and a last one of 0 or 1)
+    assert torch.equal(nm.center_columns(x, torch.float32), ref)
+    torch.testing.assert_close(nm.column_mean(x), mean, rtol=1e-15, atol=0)
+    # what float32 centring would leave: a common shift of ~eps * offset in every row
+    naive = x - nm.column_mean(x).to(torch.float32)
+    assert float((naive.to(F64) - ref.to(F64)).abs().max()) > 0
+
+
 # ------------------------------------------------------------------------------- norms
 def test_squared_norms_are_float64_and_match_the_formula():
     x = _rand(20, 7, dtype=torch.float32)
