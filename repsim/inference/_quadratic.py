@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, sq_frobenius, unbiased_hsic
 from .._validation import resolve_dtype
 from ..measures._products import self_product
-from ..measures.gram import center_columns
 from ..measures.registry import get_measure
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import wrapped_diagonals
@@ -62,51 +62,49 @@ class QuadraticForm:
     """The matrices are Z_c Z_c^T of centred features (linear CKA): Q and D also come from features."""
 
 
-def _sq_norm(m: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(m, dtype=_ACC) ** 2
-
-
 def _cka_form(debiased: bool, dtype) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         zc = center_columns(z, resolve_dtype(dtype, z))
         k = self_product(zc.T).to(_ACC)
         if not debiased:
-            return Side(k, None, {"norm": _sq_norm(k).sqrt()}, zc)
+            return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
         n = k.shape[0]
         k.fill_diagonal_(0.0)
         rows = k.sum(1)
         total = rows.sum()
-        self_hsic = _hsic(_sq_norm(k), total, total, rows @ rows, n)
+        self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
         return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)}, zc)
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         if not debiased:
             return q / (sx["norm"][:, None, None] * sy["norm"][None, :, None])
         n = int(sx["n"][0])
-        cross = _hsic(q, sx["total"][:, None, None], sy["total"][None, :, None], d, n)
+        cross = unbiased_hsic(n, q, sx["total"][:, None, None], sy["total"][None, :, None], d)
         return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
 
     return QuadraticForm(side, finish, debiased, low_rank=True)
 
 
-def _hsic(tr, ks, ls, kl, n: int):
-    """Unbiased HSIC (Song et al. 2012) from tr(K0 L0), the totals 1'K0 1, 1'L0 1 and 1'K0 L0 1."""
-    return (tr + ks * ls / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
+def standardised_rdm(a: Tensor, compare: str) -> Tensor:
+    """The (n, n) float64 symmetric zero-diagonal matrix of the RDM's upper-triangle entries (their
+    average ranks for ``compare="spearman"``) standardised to mean 0 and population variance 1: the
+    Pearson (Spearman) RSA of two RDMs is sum_{a != b} A_ab B_ab / (n (n - 1)) of these."""
+    n = a.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=a.device)
+    v = a[iu[0], iu[1]].to(_ACC)
+    if compare == "spearman":
+        v = average_ranks(v)
+    v = (v - v.mean()) / v.std(correction=0)
+    full = torch.zeros(n, n, dtype=_ACC, device=a.device)
+    full[iu[0], iu[1]] = v
+    return full + full.T  # symmetric with a zero diagonal: the sum over a != b counts every pair twice
 
 
 def _rsa_form(method: str, compare: str) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         a = rdm(z, method)
         n = a.shape[0]
-        iu = torch.triu_indices(n, n, 1, device=a.device)
-        v = a[iu[0], iu[1]].to(_ACC)
-        if compare == "spearman":
-            v = average_ranks(v)
-        v = (v - v.mean()) / v.std(correction=0)
-        full = torch.zeros(n, n, dtype=_ACC, device=a.device)
-        full[iu[0], iu[1]] = v
-        # symmetric with a zero diagonal: the sum over a != b counts every pair twice
-        return Side(full + full.T, None, {"pairs": torch.tensor(2.0 * iu.shape[1], dtype=_ACC)})
+        return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=_ACC)})
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         return q / sx["pairs"][:, None, None]

@@ -33,9 +33,9 @@ import torch
 from scipy.stats import norm
 from torch import Tensor
 
+from .._numerics import center_columns, unbiased_hsic
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
-from ..measures.gram import center_columns
 from ..measures.registry import MeasureInfo, get_measure
 from .permutation import _generator
 
@@ -218,12 +218,12 @@ def _cka_weights(t: dict[str, Tensor], m: int, debiased: bool) -> Tensor:
             / (h(t["kk"], t["kwkw"], t["k"], t["k"]) * h(t["ll"], t["lwlw"], t["l"], t["l"])).sqrt()
         )
 
-    def u(ab, a, b, ab_w):  # Song et al.'s estimator on zero-diagonal kernels
-        return (ab + a * b / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * ab_w) / (m * (m - 3))
-
+    # Song et al.'s estimator on zero-diagonal kernels
     return (
-        u(t["kl"], t["k"], t["l"], t["kwlw"])
-        / (u(t["kk"], t["k"], t["k"], t["kwkw"]) * u(t["ll"], t["l"], t["l"], t["lwlw"])).sqrt()
+        unbiased_hsic(m, t["kl"], t["k"], t["l"], t["kwlw"])
+        / (
+            unbiased_hsic(m, t["kk"], t["k"], t["k"], t["kwkw"]) * unbiased_hsic(m, t["ll"], t["l"], t["l"], t["lwlw"])
+        ).sqrt()
     )
 
 

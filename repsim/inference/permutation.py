@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, sq_frobenius, unbiased_hsic
 from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
-from ..measures.gram import center_columns
 from ..measures.registry import get_measure
-from ..measures.rsa import average_ranks, rdm
+from ..measures.rsa import rdm
+from ._quadratic import standardised_rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design
 
@@ -73,21 +74,15 @@ def _cka_shifts(x: Tensor, y: Tensor, debiased: bool, dtype) -> Tensor:
     k, l = self_product(xc.T), self_product(yc.T)  # symmetric n x n products: the panelled half
     n = k.shape[0]
 
-    def sq_norm(m):
-        return torch.linalg.vector_norm(m, dtype=_ACC) ** 2
-
     if not debiased:
-        return shifted_quadratic(k, l) / (sq_norm(k) * sq_norm(l)).sqrt()
+        return shifted_quadratic(k, l) / (sq_frobenius(k) * sq_frobenius(l)).sqrt()
     k.fill_diagonal_(0.0)
     l.fill_diagonal_(0.0)
 
-    def hsic(tr, ks, ls, kl):
-        return (tr + ks * ls / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl) / (n * (n - 3))
-
     kr, lr = k.sum(1, dtype=_ACC), l.sum(1, dtype=_ACC)
-    cross = hsic(shifted_quadratic(k, l), kr.sum(), lr.sum(), shifted_dot(kr, lr))
-    kk = hsic(sq_norm(k), kr.sum(), kr.sum(), kr @ kr)
-    ll = hsic(sq_norm(l), lr.sum(), lr.sum(), lr @ lr)
+    cross = unbiased_hsic(n, shifted_quadratic(k, l), kr.sum(), lr.sum(), shifted_dot(kr, lr))
+    kk = unbiased_hsic(n, sq_frobenius(k), kr.sum(), kr.sum(), kr @ kr)
+    ll = unbiased_hsic(n, sq_frobenius(l), lr.sum(), lr.sum(), lr @ lr)
     return cross / (kk * ll).sqrt()
 
 
@@ -95,19 +90,7 @@ def _rsa_shifts(x: Tensor, y: Tensor, method: str, compare: str) -> Tensor:
     """Pearson (or Spearman) RSA of the RDMs' upper triangles, y's samples shifted by s, for every s."""
     a, b = rdm(x, method), rdm(y, method)
     n = a.shape[0]
-    iu = torch.triu_indices(n, n, 1, device=a.device)
-
-    def standardised(m: Tensor) -> Tensor:
-        v = m[iu[0], iu[1]]
-        if compare == "spearman":
-            v = average_ranks(v)
-        v = (v - v.mean()) / v.std(correction=0)
-        full = torch.zeros(n, n, dtype=_ACC, device=m.device)
-        full[iu[0], iu[1]] = v
-        return full + full.T  # symmetric, zero diagonal: sum over i != j counts each pair twice
-
-    za, zb = standardised(a), standardised(b)
-    return shifted_quadratic(za, zb) / (2 * iu.shape[1])
+    return shifted_quadratic(standardised_rdm(a, compare), standardised_rdm(b, compare)) / (n * (n - 1))
 
 
 def _shift_statistics(name: str, options: dict):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, column_mean
 from .._validation import as_feature_pair, as_layer_lists, resolve_dtype
 from ._products import self_product, transpose_product
 from .moments import Moments
@@ -86,9 +87,8 @@ def _layer_terms(layers: list[Tensor], compute: torch.dtype, full: bool, centre:
     """
     terms = []
     for t in layers:
-        t64 = t.to(torch.float64)
-        mean = t64.mean(0)
-        c64 = t64 - mean
+        mean = column_mean(t)
+        c64 = center_columns(t, torch.float64, mean)
         c = c64.to(compute)
         if full:
             s = self_product(c).to(torch.float64)
@@ -149,15 +149,3 @@ def grid(
             for i, px in enumerate(preps_x)
         ]
     )
-
-
-def eigh_kept(s: Tensor, rel_tol: float = 1e-10) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (descending) and eigenvectors of a symmetric PSD matrix, dropping the null space.
-
-    Eigenvalues below ``rel_tol`` times the largest are rank deficiency plus rounding; keeping
-    them would whiten noise.
-    """
-    vals, vecs = torch.linalg.eigh(s)
-    vals, vecs = vals.flip(0), vecs.flip(1)
-    keep = vals > rel_tol * vals[0].clamp_min(torch.finfo(vals.dtype).tiny)
-    return vals[keep], vecs[:, keep]

@@ -16,6 +16,7 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, eigh_kept, sq_row_norms, unit_rows
 from .._validation import check_choice, resolve_dtype
 from . import _moment_grid as mg
 from .kinds import MomentParts, layer_measure, moment_measure
@@ -269,8 +270,8 @@ class _Whitening(NamedTuple):
 def _partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening:
     if alpha == 1.0:
         return _Whitening(torch.eye(s.shape[0], dtype=s.dtype, device=s.device))
-    vals, vecs = torch.linalg.eigh(s / n)
-    if not bool(vals.min() > 1e-10 * vals.max()):
+    vals, vecs = eigh_kept(s / n)
+    if vals.numel() < s.shape[0]:
         raise ValueError(
             "angular_shape with alpha < 1 whitens the covariance, which is rank deficient here (fewer samples than "
             "features, or redundant features); use alpha=1, more samples, or reduce the features first (e.g. PCA)"
@@ -357,7 +358,7 @@ class _PseudoInverse(NamedTuple):
 
 
 def _pinv(s: Tensor, n: int, **_) -> _PseudoInverse:
-    vals, vecs = mg.eigh_kept(s)
+    vals, vecs = eigh_kept(s)
     if n - 1 <= vals.numel():  # centred data span at most n - 1 dimensions: rank n - 1 fits any target
         raise ValueError(
             f"linear_regression needs more samples than the predictor's rank + 1 (n = {n}, rank {vals.numel()}); "
@@ -465,15 +466,15 @@ def soft_correlation_match(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = 
 # -------------------------------------------------------------------------------- aligned cosine
 def _aligned_cosine_pair(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     compute = resolve_dtype(dtype, x, y)
-    xc = (x.to(torch.float64) - x.to(torch.float64).mean(0)).to(compute)
-    yc = (y.to(torch.float64) - y.to(torch.float64).mean(0)).to(compute)
+    xc, yc = center_columns(x, compute), center_columns(y, compute)
     u, _, vh = torch.linalg.svd((yc.T @ xc).to(torch.float64), full_matrices=False)
     aligned = (yc @ (u @ vh).to(compute)).to(torch.float64)
-    xc64 = xc.to(torch.float64)
-    norms = xc64.norm(dim=1) * aligned.norm(dim=1)
-    if bool((norms <= 1e-12 * norms.max()).any()):
-        raise ValueError("a sample sits exactly at the mean of x or y, so its cosine similarity is undefined")
-    return ((xc64 * aligned).sum(1) / norms).mean()
+    # a sample at its mean is centred to rounding residue of its raw norm: no direction to compare
+    why = "centred-to-zero (at the mean, or aligned onto nothing)"
+    fix = "drop those samples"
+    ux = unit_rows(xc.to(torch.float64), "x", sq_row_norms(x).sqrt(), why, fix)
+    uy = unit_rows(aligned, "y", sq_row_norms(y).sqrt(), why, fix)
+    return (ux * uy).sum(1).mean()
 
 
 @layer_measure(

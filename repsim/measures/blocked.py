@@ -24,6 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
+
 _ACC = torch.float64
 DEFAULT_WORKSPACE = 512 * 2**20
 _WORKSPACE: contextvars.ContextVar[int] = contextvars.ContextVar("repsim_workspace", default=DEFAULT_WORKSPACE)
@@ -119,8 +121,6 @@ def hsic_grids_blocked(
 
 def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...]) -> dict:
     """The HSIC estimators from the Gram-block sums of centred features (see :func:`hsic_grids_blocked`)."""
-    from .hsic import _unbiased_combine
-
     cross, kk, ll, _ = sums
     n = xcs[0].shape[0]
     out = {}
@@ -128,14 +128,14 @@ def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple
         scale = (n - 1) ** 2
         out["biased"] = (cross / scale, kk / scale, ll / scale)
     if "unbiased" in estimators:
-        dx = torch.stack([torch.linalg.vector_norm(t, dim=1, dtype=_ACC) ** 2 for t in xcs])  # (L, n)
-        dy = dx if ycs is xcs else torch.stack([torch.linalg.vector_norm(t, dim=1, dtype=_ACC) ** 2 for t in ycs])
+        dx = torch.stack([sq_row_norms(t) for t in xcs])  # (L, n)
+        dy = dx if ycs is xcs else torch.stack([sq_row_norms(t) for t in ycs])
         sx, sy = -dx.sum(1), -dy.sum(1)
         kl_diag = dx @ dy.T
         out["unbiased"] = (
-            _unbiased_combine(n, cross - kl_diag, sx[:, None], sy[None, :], kl_diag),
-            _unbiased_combine(n, kk - dx.pow(2).sum(1), sx, sx, dx.pow(2).sum(1)),
-            _unbiased_combine(n, ll - dy.pow(2).sum(1), sy, sy, dy.pow(2).sum(1)),
+            unbiased_hsic(n, cross - kl_diag, sx[:, None], sy[None, :], kl_diag),
+            unbiased_hsic(n, kk - dx.pow(2).sum(1), sx, sx, dx.pow(2).sum(1)),
+            unbiased_hsic(n, ll - dy.pow(2).sum(1), sy, sy, dy.pow(2).sum(1)),
         )
     return out
 
@@ -154,7 +154,7 @@ class RdmRows:
 
     def __init__(self, x: Tensor, xc: Tensor, method: str, name: str, from_gram: bool = True) -> None:
         self.method, self.shift, self.from_gram, self.z = method, None, from_gram, None
-        self.c = torch.linalg.vector_norm(xc, dim=1, dtype=_ACC) ** 2
+        self.c = sq_row_norms(xc)
         if method == "euclidean":
             return
         n, self.d = x.shape
@@ -162,7 +162,7 @@ class RdmRows:
         mu = x.sum(0, dtype=_ACC) / n
         self.b = (xc @ mu.to(xc.dtype)).to(_ACC) if xc.dtype == _ACC else xc.to(_ACC) @ mu
         self.mu2 = mu @ mu
-        sq = raw = torch.linalg.vector_norm(x, dim=1, dtype=_ACC) ** 2
+        sq = raw = sq_row_norms(x)
         if method == "correlation":
             if self.d < 2:
                 raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
@@ -183,16 +183,16 @@ class RdmRows:
             # samples first (z = u - u_bar), so a common offset (all cosines near 1) cannot cancel in float32
             x64 = x.to(_ACC)
             z = (x64 if self.t is None else x64 - self.t[:, None]) / self.r[:, None]
-            z = z - z.mean(0)
-            self.s, self.z = z.pow(2).sum(1), z.to(xc.dtype)
+            z = center_columns(z, _ACC)
+            self.s, self.z = sq_row_norms(z), z.to(xc.dtype)
 
     def rows(self, gc: Tensor | None, lo: int, hi: int) -> Tensor:
         """RDM rows lo..hi (float64, shifted, diagonal zero) from the Gram block gc = Gc[lo:hi, :] (float64)."""
         if self.z is not None:
             zz = (self.z[lo:hi] @ self.z.T).to(_ACC)
-            out = ((self.s[lo:hi, None] + self.s[None, :]) / 2 - zz).clamp_min_(0)
+            out = gram_sq_distances(self.s[lo:hi], self.s, zz) / 2  # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2
         elif self.method == "euclidean":
-            out = (self.c[lo:hi, None] + self.c[None, :] - 2 * gc).clamp_min_(0).sqrt_()
+            out = gram_sq_distances(self.c[lo:hi], self.c, gc).sqrt_()
         else:
             g = gc + self.b[lo:hi, None] + self.b[None, :] + self.mu2
             if self.t is not None:

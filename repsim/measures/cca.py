@@ -3,7 +3,8 @@
 With centred scatter matrices S_xx, S_yy, S_xy, the canonical correlations rho_1 >= rho_2 >= ...
 are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} (Hotelling 1936). Inverse square roots
 come from float64 eigendecompositions of the d x d scatters, with directions whose variance is
-below 1e-10 of the largest dropped (rank deficiency; whitening them would amplify rounding).
+below ``repsim._numerics.EIGEN_RTOL`` (1e-10) of the largest dropped (rank deficiency; whitening
+them would amplify rounding).
 
 The CCA family is invariant to every invertible linear map of either side, which is why it needs
 many more samples than features: with n <= rank(x) + rank(y) there is always a perfect linear
@@ -18,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _moment_grid as mg
+from .._numerics import eigh_kept
 from .kinds import moment_measure
 
 _RAGHU = "Raghu et al. 2017, SVCCA (NeurIPS)"
@@ -32,7 +33,7 @@ class _Whitened(NamedTuple):
 
 
 def _whiten(s: Tensor, n: int, variance: float | None = None, n_components: int | None = None, **_) -> _Whitened:
-    vals, vecs = mg.eigh_kept(s)
+    vals, vecs = eigh_kept(s)
     if n_components is not None:  # SVCCA with a fixed number of leading principal directions
         if n_components > vals.numel():
             raise ValueError(

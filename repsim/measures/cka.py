@@ -15,13 +15,14 @@ import warnings
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns
 from .._validation import (
     as_layer_lists,
     check_choice,
     resolve_dtype,
 )
 from .blocked import blocked_workspace, hsic_grids_blocked, workspace_bytes
-from .gram import center_columns, rbf_gram
+from .gram import rbf_gram
 from .hsic import (
     CrossMoments,
     LayerMoments,

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_features,
     as_layer_lists,
@@ -19,28 +20,14 @@ from .registry import register
 _ACC = torch.float64
 
 
-def center_columns(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Column-centred copy of ``x`` in ``dtype``: one read for the column sums, one read+write for
-    the subtraction (no intermediate converted copy).
-
-    Centring before the products is what keeps float32 products honest on post-ReLU features with
-    a large mean (the rank-one correction X^T Y - n mu_x mu_y^T of uncentred float32 products
-    cancels catastrophically at offsets of 1e3). The column sums are cascade-summed in the input's
-    dtype; what rounding leaves of the mean is harmless, because CKA and the unbiased HSIC are
-    shift-invariant and the moment formulas use the actual column sums of the centred data.
-    """
-    if x.dtype != dtype:  # e.g. float16 inputs: their sums could overflow in float16
-        x = x.to(dtype)
-    centred = x - x.sum(dim=0, keepdim=True) / x.shape[0]
-    return centred
-
-
 def squared_distances(x: Tensor) -> Tensor:
-    """Pairwise squared Euclidean distances of the rows, (n, n), non-negative, zero diagonal."""
-    xc = x - x.mean(dim=0, keepdim=True)  # translation-invariant; centring avoids cancellation
-    sq = xc.pow(2).sum(1)
-    d = (sq[:, None] + sq[None, :] - 2 * xc @ xc.T).clamp_min_(0)  # rounding can dip below 0
-    return d.fill_diagonal_(0)
+    """Pairwise squared Euclidean distances of the rows, (n, n) in ``x``'s dtype, non-negative, zero diagonal.
+
+    The Gram identity on column-centred rows (translation-invariant; centring avoids cancellation),
+    the product in ``x``'s dtype and the combination in float64 (:mod:`repsim._numerics`)."""
+    xc = center_columns(x, x.dtype)
+    d = gram_sq_distances(sq_row_norms(xc), sq_row_norms(xc), (xc @ xc.T).to(_ACC))
+    return d.fill_diagonal_(0).to(x.dtype)
 
 
 def _median(values: Tensor) -> Tensor:
@@ -68,17 +55,10 @@ def rbf_gram(x: Tensor, sigma: float = 0.8) -> Tensor:
     return torch.exp(-d / (2 * sigma**2 * med))
 
 
-def _unit_rows(x: Tensor, name: str) -> Tensor:
-    norms = x.norm(dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero rows, whose cosine similarity is undefined")
-    return x / norms
-
-
 def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Sigma = Z Z^T with Z the L2-normalised rows of ``x``: entries in [-1, 1], ones on the diagonal."""
     x = as_features(x, "x")
-    z = _unit_rows(x.to(resolve_dtype(dtype, x)), "x")
+    z = unit_rows(x.to(resolve_dtype(dtype, x)), "x")
     return z @ z.T
 
 
@@ -142,7 +122,7 @@ def cka_lower_bound(x: Tensor, y: Tensor) -> Tensor:
 
 def _cosine_gram(x: Tensor, name: str) -> Tensor:
     """Sigma = Z Z^T of the float64 row-normalised features."""
-    z = _unit_rows(x.to(_ACC), name)
+    z = unit_rows(x.to(_ACC), name)
     return z @ z.T
 
 

@@ -23,16 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._numerics import block_sq_norms, sq_row_norms, unbiased_hsic
 from .._validation import check_choice
 from ._products import self_product, transpose_product
 
 ESTIMATORS = ("biased", "unbiased")
 _ACC = torch.float64  # every reduction below runs in float64: the sums of squares cancel
-
-
-def _unbiased_combine(n: int, tr_kl: Tensor, k_sum: Tensor, l_sum: Tensor, kl_sum: Tensor) -> Tensor:
-    """Song et al.'s estimator from its four terms (broadcasts over layer grids)."""
-    return (tr_kl + k_sum * l_sum / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl_sum) / (n * (n - 3))
 
 
 def min_samples(estimator: str) -> int:
@@ -91,9 +87,9 @@ def gram_hsic_grid(ks: Tensor, ls: Tensor, estimator: str) -> tuple[Tensor, Tens
     k_rows, l_rows = ks.sum(-1).to(_ACC), ls.sum(-1).to(_ACC)  # K~1 and L~1
     k_sum, l_sum = k_rows.sum(-1), l_rows.sum(-1)
     tr_kl = ks.flatten(1).to(_ACC) @ ls.flatten(1).to(_ACC).T  # an n^2-long reduction: float64
-    kl = _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], k_rows @ l_rows.T)
-    kk = _unbiased_combine(n, ks.to(_ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
-    ll = _unbiased_combine(n, ls.to(_ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
+    kl = unbiased_hsic(n, tr_kl, k_sum[:, None], l_sum[None, :], k_rows @ l_rows.T)
+    kk = unbiased_hsic(n, ks.to(_ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
+    ll = unbiased_hsic(n, ls.to(_ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
     return kl, kk, ll
 
 
@@ -148,7 +144,7 @@ class LayerMoments:
         n, device = xs[0].shape[0], xs[0].device
         grams = [self_product(x).to(_ACC) for x in xs]
         if need_unbiased:
-            sq_norms = torch.stack([torch.linalg.vector_norm(x, dim=1, dtype=_ACC) ** 2 for x in xs], dim=1)
+            sq_norms = torch.stack([sq_row_norms(x) for x in xs], dim=1)
         else:  # the biased estimator needs no per-sample norms
             sq_norms = torch.zeros(n, len(xs), dtype=_ACC, device=device)
         moments = LayerMoments(
@@ -195,7 +191,7 @@ class LayerMoments:
             else:
                 k_sum = s @ s - self.sq[i]
                 kl_sum = s @ g @ s - 2 * s @ self.x_sq[offsets[i] : offsets[i + 1]] + self.sq2[i]
-                out.append(_unbiased_combine(n, g.pow(2).sum() - self.sq2[i], k_sum, k_sum, kl_sum))
+                out.append(unbiased_hsic(n, g.pow(2).sum() - self.sq2[i], k_sum, k_sum, kl_sum))
         return torch.stack(out)
 
 
@@ -241,23 +237,6 @@ class CrossMoments:
         self.sq_sq += other.sq_sq
 
 
-def _block_sq_norms(m: Tensor, row_sizes: list[int], col_sizes: list[int]) -> Tensor:
-    """|M_lm|_F^2 of every block, accumulated in float64 without a full-size float64 copy."""
-    rows = [0, *itertools.accumulate(row_sizes)]
-    cols = [0, *itertools.accumulate(col_sizes)]
-    return torch.stack(
-        [
-            torch.stack(
-                [
-                    torch.linalg.vector_norm(m[rows[i] : rows[i + 1], cols[j] : cols[j + 1]], dtype=_ACC) ** 2
-                    for j in range(len(col_sizes))
-                ]
-            )
-            for i in range(len(row_sizes))
-        ]
-    )
-
-
 def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, estimator: str) -> Tensor:
     """HSIC(K_l, L_m) for every layer pair from linear-kernel moments, shape (L, M).
 
@@ -267,7 +246,7 @@ def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, es
     n, c = mx.n, cross.cross
     seg_x, seg_y = _segments(mx.sizes, c.device), _segments(my.sizes, c.device)
     sx, sy = mx.total, my.total
-    block = _block_sq_norms(c, mx.sizes, my.sizes)
+    block = block_sq_norms(c, mx.sizes, my.sizes)
     # s_l^T C_lm s_m for all pairs: (S_x^T C) with S_x the block-diagonal (P, L) matrix of sx, then per y-layer
     s_blocks = (seg_x.T * sx[:, None]).to(c.dtype)
     s_c_s = ((s_blocks.T @ c).to(_ACC) * sy) @ seg_y.T
@@ -277,4 +256,4 @@ def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, es
     tr_kl = block - cross.sq_sq
     k_sum, l_sum = sx2 - mx.sq, sy2 - my.sq
     kl_sum = s_c_s - seg_x @ (sx[:, None] * cross.x_ysq) - (seg_y @ (sy[:, None] * cross.y_xsq)).T + cross.sq_sq
-    return _unbiased_combine(n, tr_kl, k_sum[:, None], l_sum[None, :], kl_sum)
+    return unbiased_hsic(n, tr_kl, k_sum[:, None], l_sum[None, :], kl_sum)

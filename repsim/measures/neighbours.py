@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._numerics import unbiased_hsic, unit_rows
 from .._validation import (
     as_features,
     as_layer_lists,
@@ -32,11 +33,8 @@ _HUH = "Huh et al. 2024, The platonic representation hypothesis (ICML)"
 
 
 def _unit_rows(x: Tensor, name: str, dtype) -> Tensor:
-    x64 = x.to(_ACC)
-    norms = x64.norm(dim=1, keepdim=True)
-    if bool((norms <= 1e-12 * norms.max()).any()):
-        raise ValueError(f"{name} has all-zero rows, whose cosine similarity to anything is undefined")
-    return (x64 / norms).to(resolve_dtype(dtype, x))
+    """Unit rows normalised in float64, returned in the compute dtype."""
+    return unit_rows(x.to(_ACC), name).to(resolve_dtype(dtype, x))
 
 
 def knn_indices(z: Tensor, k: int, block_size: int = 4096) -> Tensor:
@@ -209,11 +207,9 @@ def _masked_kernel(layer: _Layer) -> tuple[Tensor, Tensor]:
 
 
 def _song_hsic(k: Tensor, l: Tensor) -> Tensor:
-    """Song et al.'s unbiased HSIC of zero-diagonal (possibly non-symmetric) kernels, with tr(K L)."""
-    n = k.shape[0]
-    return ((k * l.T).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k.sum(0) @ l.sum(1))) / (
-        n * (n - 3)
-    )
+    """Song et al.'s unbiased HSIC of zero-diagonal (possibly non-symmetric) kernels: tr(K L) = sum K * L^T
+    and 1^T K L 1 = (K^T 1) . (L 1)."""
+    return unbiased_hsic(k.shape[0], (k * l.T).sum(), k.sum(), l.sum(), k.sum(0) @ l.sum(1))
 
 
 def _cknna(lx, ly, k):

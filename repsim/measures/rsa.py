@@ -13,12 +13,13 @@ import scipy.stats
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_features,
     check_choice,
     resolve_dtype,
 )
-from .gram import center_columns, squared_distances
+from .gram import squared_distances
 from .kinds import layer_measure
 
 RDMS = ("cosine", "correlation", "euclidean")
@@ -48,22 +49,18 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
     if method == "euclidean":
         return squared_distances(x.to(compute)).sqrt()
     x = x.to(_ACC)
+    reference = None
     if method == "correlation":
         if x.shape[1] < 2:
             raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
+        reference = torch.linalg.vector_norm(x, dim=1)  # removing the row mean cancels: rounding residue is no row
         x = x - x.mean(dim=1, keepdim=True)
-    norms = x.norm(dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        what = "constant" if method == "correlation" else "all-zero"
-        raise ValueError(
-            f"{name} has {int((norms == 0).sum())} {what} rows, for which a {method} RDM is undefined; "
-            "drop them or use rdm='euclidean'"
-        )
-    z = x / norms
-    z = z - z.mean(dim=0, keepdim=True)
-    sq = z.pow(2).sum(1)
+    what = "constant" if method == "correlation" else "all-zero"
+    z = unit_rows(x, name, reference, what, f"a {method} RDM needs every row's; drop them or use rdm='euclidean'")
+    z = center_columns(z, _ACC)
     zc = z.to(compute)
-    d = ((sq[:, None] + sq[None, :]) / 2 - (zc @ zc.T).to(_ACC)).clamp_min_(0)  # rounding can dip below 0
+    # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2 for unit rows (halving is exact, so this is bitwise the half)
+    d = gram_sq_distances(sq_row_norms(z), sq_row_norms(z), (zc @ zc.T).to(_ACC)) / 2
     return d.fill_diagonal_(0)
 
 

@@ -22,6 +22,15 @@ import math
 import torch
 from torch import Tensor
 
+from .._numerics import (
+    EIGEN_RTOL,
+    block_sq_norms,
+    center_columns,
+    column_mean,
+    eigh_kept,
+    gram_sq_distances,
+    sq_row_norms,
+)
 from .._validation import (
     as_features,
     as_layer_lists,
@@ -48,26 +57,20 @@ def _pair(x, y, min_samples: int, reason: str, varying: bool) -> tuple[Tensor, T
     return x, y
 
 
-def _centred(x: Tensor, compute: torch.dtype) -> Tensor:
-    """Column-centred copy in ``compute``; the mean is taken in float64 so large offsets do not cancel."""
-    x64 = x.to(_ACC)
-    return (x64 - x64.mean(0)).to(compute)
-
-
 class _DistanceRows:
     """Euclidean distance matrices of several layers, produced in row blocks (never n x n at once
     unless it fits the block budget). Distances come from the Gram identity on centred features,
     |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>, products in ``compute``, the rest float64."""
 
     def __init__(self, layers: list[Tensor], compute: torch.dtype) -> None:
-        self.layers = [_centred(x, compute) for x in layers]
-        self.sq = [x.to(_ACC).pow(2).sum(1) for x in self.layers]
+        self.layers = [center_columns(x, compute) for x in layers]
+        self.sq = [sq_row_norms(x) for x in self.layers]
         self.n = layers[0].shape[0]
 
     def block(self, k: int, i0: int, i1: int) -> Tensor:
         x = self.layers[k]
         g = (x[i0:i1] @ x.T).to(_ACC)
-        d2 = (self.sq[k][i0:i1, None] + self.sq[k][None, :] - 2 * g).clamp_min_(0)
+        d2 = gram_sq_distances(self.sq[k][i0:i1], self.sq[k], g)
         rows = torch.arange(i1 - i0, device=d2.device)
         d2[rows, rows + i0] = 0  # exact zero self-distances
         return d2.sqrt_()
@@ -163,15 +166,8 @@ def distance_correlation_grid(xs, ys=None, bias_corrected: bool = False, dtype: 
 
 # ---------------------------------------------------------------------------- column-space bases
 def _default_rtol(compute: torch.dtype) -> float:
-    # Second moments resolve eigenvalues to ~eps * lambda_max; float32 products to ~1e-7.
-    return 1e-10 if compute == torch.float64 else 1e-5
-
-
-def _whitener(s: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
-    """(V_r, lambda_r) of the symmetric PSD ``s`` keeping eigenvalues > rtol * lambda_max."""
-    lam, vec = torch.linalg.eigh(s)
-    keep = lam > rtol * lam[-1].clamp_min(0)
-    return vec[:, keep], lam[keep]
+    # float64 scatters: the library's eigen cut-off; float32 products resolve eigenvalues only to ~1e-7 lambda_max
+    return EIGEN_RTOL if compute == torch.float64 else 1e-5
 
 
 class _ColumnSpace:
@@ -185,7 +181,7 @@ class _ColumnSpace:
     """
 
     def __init__(self, sxx: Tensor, mean: Tensor, n: int, rtol: float) -> None:
-        v, lam = _whitener(sxx, rtol)
+        lam, v = eigh_kept(sxx, rtol)
         self.whiten = v / lam.sqrt()  # p x r: Xc @ whiten has orthonormal columns
         a = torch.cat([lam.sqrt()[:, None] * v.T, math.sqrt(n) * mean[None, :]])
         u, sv, _ = torch.linalg.svd(a, full_matrices=False)
@@ -211,22 +207,12 @@ def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tens
 NORMALIZERS = ("rank", "width")
 
 
-def _block_sums(products: Tensor, sizes_x: list[int], sizes_y: list[int]) -> Tensor:
-    """Sum of squares of each (i, j) block of ``products`` (sum sizes_x, sum sizes_y) -> (L, M)."""
-    sq = products.to(_ACC).pow(2)
-    dev = sq.device
-    ix = torch.repeat_interleave(torch.arange(len(sizes_x), device=dev), torch.tensor(sizes_x, device=dev))
-    iy = torch.repeat_interleave(torch.arange(len(sizes_y), device=dev), torch.tensor(sizes_y, device=dev))
-    rows = torch.zeros(len(sizes_x), sq.shape[1], dtype=_ACC, device=dev).index_add_(0, ix, sq)
-    return torch.zeros(len(sizes_x), len(sizes_y), dtype=_ACC, device=dev).index_add_(1, iy, rows)
-
-
 def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float) -> tuple[list[Tensor], list[int]]:
     n = xs[0].shape[0]
     bases, ranks = [], []
     for k, x in enumerate(xs):
-        mean = x.to(_ACC).mean(0)
-        xc = _centred(x, compute)
+        mean = column_mean(x)
+        xc = center_columns(x, compute, mean)
         cs = _ColumnSpace(self_product(xc).to(_ACC), mean, n, rtol)
         if cs.rank == 0:
             raise ValueError(f"layer {k} is all zeros, so its column space is empty and the overlap undefined")
@@ -241,7 +227,7 @@ def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype) -> Tensor:
     rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
     bx, rx = _eos_layers(xs, compute, rtol)
     by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol)
-    overlap = _block_sums(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
+    overlap = block_sq_norms(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
     if normalizer == "rank":
         norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
     else:
@@ -312,7 +298,7 @@ class _RidgeWeights:
             ev, v = torch.linalg.eigh(sigma)
             self.w = v / (ev.clamp_min(0) + lam).sqrt()
         else:
-            v, ev = _whitener(sigma, rtol)
+            ev, v = eigh_kept(sigma, rtol)
             self.w = v / ev.sqrt()
 
     def whitened(self, cross: Tensor, other: _RidgeWeights) -> Tensor:
@@ -352,7 +338,7 @@ def _check_lam(lam: float) -> float:
 def _gulp_layers(xs, compute, lam, rtol):
     ts, selfs = [], []
     for x in xs:
-        xc = _centred(x, compute)
+        xc = center_columns(x, compute)
         rw = _RidgeWeights(self_product(xc).to(_ACC), lam, rtol)
         t = xc @ (rw.w * torch.sqrt(rw.scale2)).to(compute)  # columns of Sigma-whitened predictors
         ts.append(t)
@@ -366,7 +352,7 @@ def _gulp_grid(xs, ys, lam, rtol, dtype) -> Tensor:
     rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
     tx, sx = _gulp_layers(xs, compute, lam, rtol)
     ty, sy = (tx, sx) if ys is xs else _gulp_layers(ys, compute, lam, rtol)
-    cross = _block_sums(torch.cat(tx, 1).T @ torch.cat(ty, 1), [t.shape[1] for t in tx], [t.shape[1] for t in ty])
+    cross = block_sq_norms(torch.cat(tx, 1).T @ torch.cat(ty, 1), [t.shape[1] for t in tx], [t.shape[1] for t in ty])
     return _gulp_distance(sx[:, None], sy[None, :], cross, compute)
 
 

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_feature_list,
     as_feature_pair,
@@ -86,16 +87,6 @@ def magnitude_difference_from_moments(m, statistic: str = "mean_row_norm") -> Te
 
 
 # ---------------------------------------------------------------------------- concentricity
-def _unit_rows(x64: Tensor, name: str) -> Tensor:
-    norms = torch.linalg.vector_norm(x64, dim=1, keepdim=True)
-    if bool((norms == 0).any()):
-        raise ValueError(
-            f"{name} has {int((norms == 0).sum())} all-zero rows, whose direction (cosine) is undefined; "
-            "drop them or add a small offset"
-        )
-    return x64 / norms
-
-
 def concentricity(x: Tensor) -> Tensor:
     """mean_i cos(x_i, mean_j x_j): how tightly the samples point along the mean representation."""
     return _concentricity_of(as_features(x, "x", 1).to(_ACC))
@@ -104,9 +95,9 @@ def concentricity(x: Tensor) -> Tensor:
 def _concentricity_of(x64: Tensor) -> Tensor:
     mean = x64.mean(0)
     mean_norm = torch.linalg.vector_norm(mean)
-    unit = _unit_rows(x64, "x")
+    unit = unit_rows(x64, "x", fix="drop them or add a small offset")
     # A mean that is zero up to rounding (centred features) has no direction to measure cosines to.
-    if not bool(mean_norm > 1e-12 * x64.pow(2).sum(1).mean().sqrt()):
+    if not bool(mean_norm > ZERO_NORM_RTOL * x64.pow(2).sum(1).mean().sqrt()):
         raise ValueError(
             "the mean representation of x is the zero vector (up to rounding, e.g. centred features), so its "
             "cosine with the samples is undefined; concentricity needs uncentred features"
@@ -198,7 +189,7 @@ class StreamingConcentricity(Accumulator):
         def conc(total: Tensor, unit_total: Tensor, sq: Tensor, side: str) -> Tensor:
             mean = total / self.n
             mean_norm = torch.linalg.vector_norm(mean)
-            if not bool(mean_norm > 1e-12 * (sq / self.n).sqrt()):  # the one-shot measure's threshold
+            if not bool(mean_norm > ZERO_NORM_RTOL * (sq / self.n).sqrt()):  # the one-shot measure's threshold
                 raise ValueError(
                     f"the mean representation of {side} is the zero vector (up to rounding, e.g. centred features), "
                     "so its cosine with the samples is undefined; concentricity needs uncentred features"
@@ -224,16 +215,16 @@ def uniformity(x: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.d
     x = as_features(x, "x", 2, "uniformity averages over pairs of samples")
     compute = resolve_dtype(dtype, x)
     x64 = x.to(_ACC)
-    z = _unit_rows(x64, "x") if normalize else x64 - x64.mean(0)  # centring: distances unchanged, less cancellation
+    z = unit_rows(x64, "x", fix="drop them or add a small offset") if normalize else center_columns(x64, _ACC)
     n = z.shape[0]
-    sq = z.pow(2).sum(1)
+    sq = sq_row_norms(z)
     zc = z.to(compute)
     b = max(1, min(n, _BLOCK_ELEMENTS // n))
     parts = []
     for i0 in range(0, n - 1, b):
         i1 = min(n - 1, i0 + b)
         gram = (zc[i0:i1] @ zc.T).to(_ACC)
-        d2 = (sq[i0:i1, None] + sq[None, :] - 2 * gram).clamp_min_(0)
+        d2 = gram_sq_distances(sq[i0:i1], sq, gram)
         cols = torch.arange(n, device=z.device)[None, :]
         rows = torch.arange(i0, i1, device=z.device)[:, None]
         logits = torch.where(cols > rows, -t * d2, torch.tensor(-math.inf, dtype=_ACC, device=z.device))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns
 from .._validation import as_feature_list, check_same_samples, near_constant, resolve_dtype
 from .accumulator import Accumulator, combine_states
-from .gram import center_columns
 from .hsic import (
     CrossMoments,
     LayerMoments,

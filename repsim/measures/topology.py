@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._numerics import center_columns, gram_sq_distances, sq_row_norms
 from .._validation import as_feature_pair, as_features, as_layer_lists, check_same_samples
 from .gram import squared_distances
 from .registry import register
@@ -181,19 +182,19 @@ def _mean_rlt(x: Tensor, landmarks: Tensor, gamma: float, i_max: int) -> np.ndar
     W(L, x) (every sample a witness) with distances d(w, l) and relaxation up to
     alpha_max = gamma * max_{w, l} d(w, l)."""
     gudhi = _gudhi()
-    xc = x.to(_ACC)
-    xc = xc - xc.mean(0)  # distances of centred samples: a large offset does not eat the digits
+    xc = center_columns(x, _ACC)  # distances of centred samples: a large offset does not eat the digits
     n, n_repeats, n_landmarks = xc.shape[0], landmarks.shape[0], landmarks.shape[1]
     landmarks = landmarks.to(x.device)
-    sq_norms = (xc * xc).sum(1)
+    sq_norms = sq_row_norms(xc)
     total = np.zeros(i_max)
     per_chunk = max(1, (1 << 22) // (n * n_landmarks))  # witness tables of ~4M entries per host transfer
     for start in range(0, n_repeats, per_chunk):
         idx = landmarks[start : start + per_chunk]  # (c, L)
         # |w - l|^2 = |w|^2 + |l|^2 - 2 w.l, in float64 (in float32 the cancellation would move the
         # filtration by ~1e-4 of the data's spread, i.e. a few % of alpha_max); ~10x faster than differences
-        sq = sq_norms[:, None] + sq_norms[idx][:, None, :] - 2 * torch.matmul(xc, xc[idx].transpose(1, 2))
-        dist = sq.clamp_min_(0.0).sqrt_()  # (c, n, L)
+        dist = gram_sq_distances(
+            sq_norms, sq_norms[idx], torch.matmul(xc, xc[idx].transpose(1, 2))
+        ).sqrt_()  # (c, n, L)
         rows = torch.arange(idx.shape[0], device=x.device)[:, None]
         dist[rows, idx, torch.arange(n_landmarks, device=x.device)] = 0.0  # a landmark witnesses itself at 0
         dist, order = dist.sort(dim=2, stable=True)  # each witness's landmarks, nearest first
