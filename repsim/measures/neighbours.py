@@ -20,16 +20,21 @@ from torch import Tensor
 
 from .._numerics import unbiased_hsic, unit_rows
 from .._validation import (
-    as_features,
-    as_layer_lists,
-    check_same_samples,
     resolve_dtype,
 )
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 _RESI = "Klabunde et al. 2025, ReSi (ICLR)"
 _HUH = "Huh et al. 2024, The platonic representation hypothesis (ICML)"
+_COSINE_KNN = ("orthogonal", "isotropic_scaling", "permutation")
+_NEIGHBOURS = dict(
+    family="neighbours",
+    larger_is_more_similar=True,
+    invariances=_COSINE_KNN,
+    cost="O(n^2 d), O(block_size n) memory",
+    min_samples=2,
+)
 
 
 def _unit_rows(x: Tensor, name: str, dtype) -> Tensor:
@@ -65,14 +70,6 @@ class _Layer:
         self.knn = knn_indices(self.z, k, block_size)
 
 
-def _layers(xs, ys, k: int, dtype, block_size: int, min_samples: int = 2):
-    xs, ys_list = as_layer_lists(xs, ys, min_samples, varying=True)
-    _check_k(k, xs[0].shape[0])
-    lx = [_Layer(x, f"xs[{i}]", k, dtype, block_size) for i, x in enumerate(xs)]
-    ly = lx if ys is None else [_Layer(y, f"ys[{j}]", k, dtype, block_size) for j, y in enumerate(ys_list)]
-    return lx, ly
-
-
 def _matches(a: Tensor, b: Tensor) -> Tensor:
     """(..., n, k, k) boolean: a[..., i, r] == b[..., i, s] (neighbour lists hold distinct indices)."""
     return a[..., :, :, None] == b[..., :, None, :]
@@ -83,21 +80,17 @@ def _pairwise_lists(lx, ly) -> tuple[Tensor, Tensor]:
     return torch.stack([layer.knn for layer in lx])[:, None], torch.stack([layer.knn for layer in ly])[None]
 
 
-def _grid_from(per_pair_stat):
-    def grid(xs, ys=None, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
-        lx, ly = _layers(xs, ys, k, dtype, block_size)
+def _neighbour_grid(per_pair_stat, min_k: int = 1):
+    """The batched grid of a neighbourhood measure: each layer's unit rows and lists once (a
+    :class:`_Layer`), then ``per_pair_stat(lx, ly, k)`` -> (L, M) for every pair at once."""
+
+    def grid(xs, ys, k: int, block_size: int, dtype, names) -> Tensor:
+        _check_k(k, xs[0].shape[0], min_k)
+        lx = [_Layer(x, nm, k, dtype, block_size) for x, nm in zip(xs, names[0], strict=True)]
+        ly = lx if ys is xs else [_Layer(y, nm, k, dtype, block_size) for y, nm in zip(ys, names[1], strict=True)]
         return per_pair_stat(lx, ly, k).to(_ACC)
 
     return grid
-
-
-def _single(grid_fn):
-    def one(x, y, **opts):
-        x, y = as_features(x, "x", 2, varying=True), as_features(y, "y", 2, varying=True)
-        check_same_samples(x, y)
-        return grid_fn([x], [y], **opts)[0, 0]
-
-    return one
 
 
 # -------------------------------------------------------------------------------- overlap measures
@@ -150,25 +143,48 @@ def _second_order(lx, ly, k):
     return out
 
 
-def jaccard_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+@layer_measure(
+    "jaccard_knn",
+    grid=_neighbour_grid(_jaccard),
+    identity_value=1.0,
+    reference=_RESI,
+    **_NEIGHBOURS,
+)
+def jaccard_knn(
+    x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+) -> Tensor:
     """Mean Jaccard similarity of the k-NN sets: mean_i |N_k(i) ∩ N'_k(i)| / |N_k(i) ∪ N'_k(i)| (ReSi).
 
     Cosine neighbours; invariant to rotations, isotropic scaling and feature permutations, not to
     translation. O(n^2 d) time, O(block_size n) memory.
     """
-    return _single(_grid_from(_jaccard))(x, y, k=k, block_size=block_size, dtype=dtype)
 
 
-def mutual_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+@layer_measure(
+    "mutual_knn",
+    grid=_neighbour_grid(_mutual),
+    identity_value=1.0,
+    reference=_HUH,
+    **_NEIGHBOURS,
+)
+def mutual_knn(
+    x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+) -> Tensor:
     """Mutual k-NN alignment of the platonic-representation paper: mean_i |N_k(i) ∩ N'_k(i)| / k.
 
     Neighbours by cosine similarity (the paper L2-normalises features and ranks inner products).
     """
-    return _single(_grid_from(_mutual))(x, y, k=k, block_size=block_size, dtype=dtype)
 
 
+@layer_measure(
+    "rank_similarity",
+    grid=_neighbour_grid(_rank),
+    identity_value=1.0,
+    reference="Wang et al. 2022; " + _RESI,
+    **_NEIGHBOURS,
+)
 def rank_similarity(
-    x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+    x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
 ) -> Tensor:
     """Rank similarity (Wang et al. 2022, as defined in ReSi's survey): neighbours shared by both
     lists, weighted by how high and how equally they rank.
@@ -177,17 +193,31 @@ def rank_similarity(
     v_i = [sum_{j in C_i} 2 / ((1 + |r_j - r'_j|)(r_j + r'_j))] / sum_{m=1}^{|C_i|} 1/m  (0 if C_i is empty);
     the measure is mean_i v_i, in [0, 1].
     """
-    return _single(_grid_from(_rank))(x, y, k=k, block_size=block_size, dtype=dtype)
 
 
-def cycle_knn(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+@layer_measure(
+    "cycle_knn",
+    grid=_neighbour_grid(_cycle),
+    symmetric=False,
+    identity_value=None,  # kNN is not a symmetric relation: even cycle_knn(x, x) can be below 1
+    attainable_best=1.0,  # a fraction of samples: 1 when every cycle returns
+    reference=_HUH,
+    **_NEIGHBOURS,
+)
+def cycle_knn(x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
     """Cycle k-NN (Huh et al. 2024): the fraction of samples i for which some neighbour j of i in y
     has i among its neighbours in x (i -> N'_k(i) -> N_k(j) returns to i). Not symmetric."""
-    return _single(_grid_from(_cycle))(x, y, k=k, block_size=block_size, dtype=dtype)
 
 
+@layer_measure(
+    "second_order_cosine",
+    grid=_neighbour_grid(_second_order),
+    identity_value=1.0,
+    reference="Hamilton et al. 2016, Cultural shift or linguistic drift? (EMNLP); " + _RESI,
+    **_NEIGHBOURS,
+)
 def second_order_cosine(
-    x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
+    x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None
 ) -> Tensor:
     """Second-order cosine similarity (Hamilton et al. 2016).
 
@@ -195,7 +225,6 @@ def second_order_cosine(
     (cos(x_i, x_j))_{j in U_i} and (cos(y_i, y_j))_{j in U_i}; averaged over i. These are
     cosine *similarities*, as published (ReSi uses cosine distances in the vectors).
     """
-    return _single(_grid_from(_second_order))(x, y, k=k, block_size=block_size, dtype=dtype)
 
 
 # -------------------------------------------------------------------------------- CKNNA
@@ -231,13 +260,19 @@ def _cknna(lx, ly, k):
     return out
 
 
-def _cknna_grid(xs, ys=None, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
-    _check_k(k, 10**18, minimum=2)
-    lx, ly = _layers(xs, ys, k, dtype, block_size, min_samples=4)
-    return _cknna(lx, ly, k)
-
-
-def cknna(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
+@layer_measure(
+    "cknna",
+    grid=_neighbour_grid(_cknna, min_k=2),
+    min_samples=4,
+    cost="O(n^2 d), O(n^2) memory",
+    symmetric=False,  # the kNN masks are not symmetric, and 1^T K L 1 uses K's column and L's row sums
+    identity_value=1.0,
+    reference=_HUH,
+    family="neighbours",
+    larger_is_more_similar=True,
+    invariances=_COSINE_KNN,
+)
+def cknna(x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtype: torch.dtype | None = None) -> Tensor:
     """CKNNA (Huh et al. 2024): CKA restricted to pairs that are mutual k-nearest neighbours.
 
     K = Z_x Z_x^T, L = Z_y Z_y^T of the unit rows; M_ij = 1 if j is among i's k nearest neighbours
@@ -246,68 +281,3 @@ def cknna(x: Tensor, y: Tensor, k: int = 10, block_size: int = 4096, dtype: torc
     kernels nor (slightly) the measure: cknna(x, y) != cknna(y, x) in general. No epsilon is
     added to the denominator (the paper's code adds 1e-6); an undefined value is refused. O(n^2) memory per layer.
     """
-    x, y = as_features(x, "x", 4, varying=True), as_features(y, "y", 4, varying=True)
-    check_same_samples(x, y)
-    return _cknna_grid([x], [y], k=k, block_size=block_size, dtype=dtype)[0, 0]
-
-
-_COSINE_KNN = ("orthogonal", "isotropic_scaling", "permutation")
-_KNN_COST = "O(n^2 d), O(block_size n) memory"
-_NEIGHBOURS = {"family": "neighbours", "larger_is_more_similar": True, "invariances": _COSINE_KNN}
-register(
-    "jaccard_knn",
-    fn=jaccard_knn,
-    cost=_KNN_COST,
-    identity_value=1.0,
-    grid=_grid_from(_jaccard),
-    reference=_RESI,
-    **_NEIGHBOURS,
-)
-register(
-    "second_order_cosine",
-    fn=second_order_cosine,
-    cost=_KNN_COST,
-    identity_value=1.0,
-    grid=_grid_from(_second_order),
-    reference="Hamilton et al. 2016, Cultural shift or linguistic drift? (EMNLP); " + _RESI,
-    **_NEIGHBOURS,
-)
-register(
-    "rank_similarity",
-    fn=rank_similarity,
-    cost=_KNN_COST,
-    identity_value=1.0,
-    grid=_grid_from(_rank),
-    reference="Wang et al. 2022; " + _RESI,
-    **_NEIGHBOURS,
-)
-register(
-    "mutual_knn",
-    fn=mutual_knn,
-    cost=_KNN_COST,
-    identity_value=1.0,
-    grid=_grid_from(_mutual),
-    reference=_HUH,
-    **_NEIGHBOURS,
-)
-register(
-    "cycle_knn",
-    fn=cycle_knn,
-    cost=_KNN_COST,
-    symmetric=False,
-    identity_value=None,  # kNN is not a symmetric relation: even cycle_knn(x, x) can be below 1
-    attainable_best=1.0,  # a fraction of samples: 1 when every cycle returns
-    grid=_grid_from(_cycle),
-    reference=_HUH,
-    **_NEIGHBOURS,
-)
-register(
-    "cknna",
-    fn=cknna,
-    cost="O(n^2 d), O(n^2) memory",
-    symmetric=False,  # the kNN masks are not symmetric, and 1^T K L 1 uses K's column and L's row sums
-    identity_value=1.0,
-    grid=_cknna_grid,
-    reference=_HUH,
-    **_NEIGHBOURS,
-)
