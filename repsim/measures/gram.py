@@ -10,12 +10,11 @@ from torch import Tensor
 from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_features,
-    as_layer_lists,
     check_same_samples,
     resolve_dtype,
 )
 from .hsic import double_center
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 
@@ -110,70 +109,55 @@ def gram_gap(x: Tensor, y: Tensor) -> GramGap:
     return GramGap(gap, rho, cka_bound, r, rsa_bound)
 
 
-def frobenius_gap(x: Tensor, y: Tensor) -> Tensor:
-    """|Sigma_x - Sigma_y|_F of the cosine-similarity matrices (see :func:`gram_gap`)."""
-    return gram_gap(x, y).frobenius_gap
+_GAP_REFERENCE = "arXiv 2510.08852 (alignment of supervised and self-supervised CL)"
+_GAP = dict(family="gram", invariances=("orthogonal", "isotropic_scaling", "permutation"), cost="O(n^2 d)")
 
 
-def cka_lower_bound(x: Tensor, y: Tensor) -> Tensor:
-    """max((1 - rho)/(1 + rho), 0), rho relative to ``x`` (see :func:`gram_gap`)."""
-    return gram_gap(x, y).cka_lower_bound
-
-
-def _cosine_gram(x: Tensor, name: str) -> Tensor:
+def _cosine_gram(x: Tensor, name: str = "x", **_) -> Tensor:
     """Sigma = Z Z^T of the float64 row-normalised features."""
     z = unit_rows(x.to(_ACC), name)
     return z @ z.T
 
 
-def _cosine_grams(xs, name: str) -> list[Tensor]:
-    return [_cosine_gram(x, f"{name}[{i}]") for i, x in enumerate(xs)]
+def _centred_cosine_gram(x: Tensor, name: str = "x", **_) -> tuple[Tensor, Tensor]:
+    """H Sigma H and its Frobenius norm, refused when it is 0 (rho would divide by it)."""
+    c = double_center(_cosine_gram(x, name))
+    norm = c.norm()
+    if not bool(norm > 0):
+        raise ValueError(f"{name} has a constant cosine-similarity matrix (all rows parallel), so rho is undefined")
+    return c, norm
 
 
-def frobenius_gap_grid(xs, ys=None) -> Tensor:
-    """|Sigma_x - Sigma_y|_F for every layer pair, (L, M): each cosine Gram matrix built once."""
-    xs, ys_list = as_layer_lists(xs, ys, 3)
-    sa = _cosine_grams(xs, "xs")
-    sb = sa if ys_list is xs else _cosine_grams(ys_list, "ys")
-    return torch.stack([torch.stack([(a - b).norm() for b in sb]) for a in sa])
-
-
-def cka_lower_bound_grid(xs, ys=None) -> Tensor:
-    """max((1 - rho)/(1 + rho), 0) for every layer pair, rho relative to the ``xs`` layer: each
-    double-centred cosine Gram matrix and its norm computed once."""
-    xs, ys_list = as_layer_lists(xs, ys, 3)
-    ca = [double_center(s) for s in _cosine_grams(xs, "xs")]
-    cb = ca if ys_list is xs else [double_center(s) for s in _cosine_grams(ys_list, "ys")]
-    norms = torch.stack([c.norm() for c in ca])
-    if not bool((norms > 0).all()):
-        bad = int((norms <= 0).nonzero()[0, 0])
-        raise ValueError(f"xs[{bad}] has a constant cosine-similarity matrix (all rows parallel), so rho is undefined")
-    rho = torch.stack([torch.stack([(a - b).norm() for b in cb]) for a in ca]) / norms[:, None]
+def _cka_bound_pair(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], **_) -> Tensor:
+    rho = (a[0] - b[0]).norm() / a[1]
     return ((1 - rho) / (1 + rho)).clamp_min(0)
 
 
-_GAP_REFERENCE = "arXiv 2510.08852 (alignment of supervised and self-supervised CL)"
-register(
+@layer_measure(
     "frobenius_gap",
-    fn=frobenius_gap,
-    family="gram",
+    prepare=_cosine_gram,
+    pair=lambda a, b, **_: (a - b).norm(),
     larger_is_more_similar=False,
     metric=True,
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d)",
     identity_value=0.0,
-    grid=frobenius_gap_grid,
     reference=_GAP_REFERENCE,
+    **_GAP,
 )
-register(
+def frobenius_gap(x: Tensor, y: Tensor) -> Tensor:
+    """|Sigma_x - Sigma_y|_F of the cosine-similarity matrices Sigma = Z Z^T of the unit rows (see
+    :func:`gram_gap`, which also gives the bounds; arXiv 2510.08852). Each Gram matrix once in a grid."""
+
+
+@layer_measure(
     "cka_lower_bound",
-    fn=cka_lower_bound,
-    family="gram",
+    prepare=_centred_cosine_gram,
+    pair=_cka_bound_pair,
     larger_is_more_similar=True,
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d)",
     symmetric=False,
     identity_value=1.0,
-    grid=cka_lower_bound_grid,
     reference=_GAP_REFERENCE,
+    **_GAP,
 )
+def cka_lower_bound(x: Tensor, y: Tensor) -> Tensor:
+    """max((1 - rho)/(1 + rho), 0), rho = |H Sigma_x H - H Sigma_y H|_F / |H Sigma_x H|_F relative to ``x``:
+    a lower bound on the CKA of the cosine-similarity matrices (see :func:`gram_gap`; arXiv 2510.08852)."""
