@@ -310,7 +310,9 @@ register(
     fn=imd,
     family="topology",
     larger_is_more_similar=False,
-    metric=True,
+    # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
+    # any two inputs with isospectral kNN graphs (e.g. the same graph after a non-rigid map), not only equivalent ones.
+    metric=False,
     invariances=_INVARIANT,
     cost="O(n^3) (exact Laplacian spectra)",
     identity_value=0.0,
