@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from repsim._io import atomic_write_text
+from repsim.io import atomic_write_text
 from repsim.checkpoints import load_model
 from repsim.cli import ChannelAdapter, input_channels
 from repsim.data import DatasetNotFoundError, reference_loader

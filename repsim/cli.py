@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._io import atomic_save_figure, atomic_write_text
+from .io import atomic_save_figure, atomic_write_text
 from .checkpoints import build_arch, load_model
 from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from ._io import atomic_write_text
+from .io import atomic_write_text
 from .features import _LABEL_KEYS, eval_mode, expected_samples, resolve_device, split_batch, total_batches
 from .hooks import (
     HIDDEN_STATES,

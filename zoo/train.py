@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 import repsim
-from repsim._io import atomic_write, atomic_write_text
+from repsim.io import atomic_write, atomic_write_text
 from repsim.data import in_channels
 
 from . import distributed as D
