@@ -38,8 +38,9 @@ FASHION = dict(
     reference_samples=2000,
     warmup_epochs=1,
 )
-# The authors' setup (arXiv 2510.08852, SimCLR's CIFAR recipe), for a GPU: ResNet-50 with the CIFAR stem, 2048-2048-128 projector,
-# LARS, lr 0.3 * B/256, wd 1e-6, 10 warm-up epochs then cosine, B = 1024, tau = 0.1 on CIFAR-100.
+# The authors' setup (arXiv 2510.08852, on SimCLR's CIFAR recipe), for a GPU: ResNet-50 with the CIFAR
+# stem, 2048-2048-128 projector, LARS, lr 0.3 * B/256, wd 1e-6, 10 warm-up epochs then cosine, B = 1024,
+# tau = 0.1 on CIFAR-100.
 FULL = dict(
     epochs=300,
     batch_size=1024,

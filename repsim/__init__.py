@@ -97,7 +97,7 @@ from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
 from .text import compare_texts, sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .weights import WeightDistance, weight_distance  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "INVARIANCES",

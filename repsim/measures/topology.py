@@ -252,7 +252,8 @@ def geometry_score(
 
     Defaults follow the paper's Algorithm 1 (L_0 = 64 landmarks, gamma = 1/128, i_max = 100) except
     two: ``n_landmarks=None`` (default) means min(64, n), so fewer than 64 samples are all landmarks
-    (every draw is then the same set, and the repeats agree) instead of being refused; and the number of repeats: the paper averages n = 10000 draws, here ``n_repeats = 100`` (seconds on
+    (every draw is then the same set, and the repeats agree) instead of being refused; and the
+    number of repeats: the paper averages n = 10000 draws, here ``n_repeats = 100`` (seconds on
     one CPU core at n = 5000); raise it for a less noisy MRLT. gamma = 1/128 is the authors' value at
     N = 5000 samples (their code's default scales it by N / 5000); it is fixed here, pass
     ``gamma=n / (128 * 5000)`` to reproduce that. Landmarks are distinct samples (the authors' code
