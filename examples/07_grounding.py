@@ -359,11 +359,11 @@ print(heat.round(3).to_string())
 if failures:
     fail = pd.DataFrame(failures).drop_duplicates()
     print(f"{len(fail)} measure/reason pairs gave NaN (see grounding_failures.csv)")
-    from repsim._io import atomic_write_text
+    from repsim.io import atomic_write_text
 
     print("wrote:\n  " + str(atomic_write_text(out / "grounding_failures.csv", fail.to_csv(index=False))))
 if paired:
-    from repsim._io import atomic_write_text
+    from repsim.io import atomic_write_text
 
     print("wrote:\n  " + str(atomic_write_text(out / "objective_paired.csv", pd.DataFrame(paired).to_csv(index=False))))
 save(table, fig, out, "grounding")

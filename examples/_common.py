@@ -38,8 +38,9 @@ FASHION = dict(
     reference_samples=2000,
     warmup_epochs=1,
 )
-# The authors' setup (DESIGN.md), for a GPU: ResNet-50 with the CIFAR stem, 2048-2048-128 projector,
-# LARS, lr 0.3 * B/256, wd 1e-6, 10 warm-up epochs then cosine, B = 1024, tau = 0.1 on CIFAR-100.
+# The authors' setup (arXiv 2510.08852, on SimCLR's CIFAR recipe), for a GPU: ResNet-50 with the CIFAR
+# stem, 2048-2048-128 projector, LARS, lr 0.3 * B/256, wd 1e-6, 10 warm-up epochs then cosine, B = 1024,
+# tau = 0.1 on CIFAR-100.
 FULL = dict(
     epochs=300,
     batch_size=1024,
@@ -143,7 +144,7 @@ def summarise(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.Da
 
 
 def save(table: pd.DataFrame, fig, out: Path, name: str) -> None:
-    from repsim._io import atomic_save_figure, atomic_write_text
+    from repsim.io import atomic_save_figure, atomic_write_text
 
     paths = [
         atomic_write_text(out / f"{name}.csv", table.to_csv(index=False)),

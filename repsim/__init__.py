@@ -1,11 +1,16 @@
 """repsim: representational similarity of neural networks, exact and streaming.
 
 Measures are pure functions on (n, d) tensors behind one registry (``measure``, ``measure_grid``,
-``list_measures``; ``linear_cka``, ``rsa``, ``svcca``, ``procrustes``, ... by name); accumulators
-(``StreamingMoments``, ``StreamingLinearCKA``, ``MinibatchCKA``, on the ``Accumulator`` protocol)
-stream data that does not fit in memory; ``compare`` runs two models over a loader under a memory
-plan (``plan``, ``MemoryPlan``), with permutation tests and intervals (``permutation_test``,
-``bootstrap``, ``compare_paired``).
+``list_measures``, ``get_measure``): every family of the survey literature (CKA, RSA, the CCA
+family, Procrustes and shape metrics, neighbourhood, distance-matrix, topological, descriptive
+statistics and functional measures; ``list_measures()`` is the current list), each also callable by
+name (``linear_cka``, ``rsa``, ``svcca``, ``procrustes``, ...). Accumulators (``StreamingMoments``,
+``StreamingLinearCKA``, ``MinibatchCKA``, on the ``Accumulator`` protocol) stream data that does not
+fit in memory; ``compare`` runs two models over a loader under a memory plan (``plan``,
+``MemoryPlan``, ``sketch`` for wide layers) and ``compare_many`` an N x N grid of models;
+``compare_texts`` and the ``*_features`` helpers take language models; ``permutation_test``,
+``bootstrap``, ``compare_paired`` and ``calibrate`` give p-values, intervals and chance-corrected
+scores.
 """
 
 from ._compat import ensure_torchvision_importable
@@ -98,7 +103,7 @@ from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
 from .text import compare_texts, sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .weights import WeightDistance, weight_distance  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "INVARIANCES",

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_write
+from .io import atomic_write
 
 NESTING_KEYS = (
     "state_dict",

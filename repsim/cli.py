@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._io import atomic_save_figure, atomic_write_text
 from .checkpoints import build_arch, load_model
 from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
 from .distributed import is_distributed, rank_and_world
 from .hooks import default_layers
 from .inference.grid import GRID_AGGREGATE_LAYER
+from .io import atomic_save_figure, atomic_write_text
 from .many import compare_many
 from .measures.registry import registered_names
 

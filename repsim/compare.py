@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from ._io import atomic_write_text
 from .features import _LABEL_KEYS, eval_mode, expected_samples, resolve_device, split_batch, total_batches
 from .hooks import (
     HIDDEN_STATES,
@@ -26,6 +25,7 @@ from .hooks import (
     pool_features,
     with_hidden_states,
 )
+from .io import atomic_write_text
 from .measures.blocked import workspace_limit
 from .measures.moments import StreamingMoments
 from .measures.registry import call_with_supported, get_measure, measure_grid, registered_names

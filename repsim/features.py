@@ -285,7 +285,7 @@ class _FeatureSink:
     def _checkpoint(self) -> None:
         import json
 
-        from ._io import atomic_write_text
+        from .io import atomic_write_text
 
         for f in self.files.values():
             f.flush()

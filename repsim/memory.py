@@ -10,7 +10,7 @@ very different costs (bytes of state, multiply-adds):
   (:mod:`repsim.measures.blocked`): n^2 (P + Q + L M) multiply-adds and a bounded workspace.
   Cheap when n << d.
 * ``capped at k``: the measures that need all samples at once (neighbours, RSA, topology, ...)
-  on the first k samples (``sample_cap``), as before.
+  on the first k samples (``sample_cap``).
 
 and two estimators past exactness that only an explicit choice selects: ``minibatch b``
 (``minibatch_cka``) and ``sketch k`` (``sketch=k``: seeded Gaussian projections to k dims, see

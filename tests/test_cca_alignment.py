@@ -98,6 +98,22 @@ def test_cca_refuses_too_few_samples_with_the_fix():
         repsim.linear_regression(torch.randn(6, 8, generator=g), torch.randn(6, 2, generator=g))
 
 
+@pytest.mark.parametrize(("n", "p", "q", "forced"), [(100, 50, 50, 1), (60, 40, 30, 11), (40, 45, 5, 5)])
+def test_cca_refusal_says_how_many_correlations_are_forced(n, p, q, forced):
+    # r_x + r_y - (n - 1) canonical correlations (at most min(r_x, r_y)) are 1 for any data: the centred
+    # column spaces share that many directions in the (n - 1)-dimensional space orthogonal to 1
+    g = np.random.default_rng(0)
+    x, y = g.normal(size=(n, p)), g.normal(size=(n, q))
+    rank_x, rank_y = min(p, n - 1), min(q, n - 1)
+    with pytest.raises(ValueError, match=f"so {forced} of the {min(rank_x, rank_y)} canonical correlations are 1"):
+        repsim.mean_cca(torch.from_numpy(x), torch.from_numpy(y))
+    # the count is the fact: the float64 correlations from orthonormal bases of the centred columns
+    qx = np.linalg.svd(x - x.mean(0), full_matrices=False)[0][:, :rank_x]
+    qy = np.linalg.svd(y - y.mean(0), full_matrices=False)[0][:, :rank_y]
+    rho = np.linalg.svd(qx.T @ qy, compute_uv=False)
+    assert int((rho > 1 - 1e-8).sum()) == forced
+
+
 def test_option_and_width_errors():
     x, y = (torch.from_numpy(a) for a in _pair(5))
     with pytest.raises(ValueError, match="variance must be in"):

@@ -121,6 +121,18 @@ def test_grid_computes_each_layer_once_and_equals_pairs():
     assert torch.equal(square, square.T) and float(square.diagonal().abs().max()) == 0.0
 
 
+def test_the_default_runs_below_64_samples():
+    # n_landmarks=None: min(64, n) landmarks, so n = 30 samples are all landmarks (every draw the same set)
+    x, y = _circles(20, 30, ((0.0, 0.0),)), _cloud(21, n=30, d=2)
+    opts = {"n_repeats": 3, "i_max": 10}
+    got = repsim.geometry_score(x, y, **opts)
+    assert got.dtype == torch.float64 and np.isfinite(got.item()) and got.item() >= 0
+    assert got.item() == repsim.geometry_score(x, y, n_landmarks=30, **opts).item()
+    assert repsim.geometry_score(x, y, n_repeats=1, i_max=10).item() == got.item()  # the repeats agree
+    assert repsim.geometry_score(x, x, **opts).item() == 0.0
+    assert repsim.measure_grid("geometry_score", [x, y], **opts)[0, 1].item() == got.item()
+
+
 # ----------------------------------------------------------------------------- refusals
 def test_bad_inputs_and_options_are_refused():
     x = _cloud(10, n=20)
@@ -133,9 +145,9 @@ def test_bad_inputs_and_options_are_refused():
     with pytest.raises(ValueError, match="constant"):
         repsim.geometry_score(torch.ones(20, 3, dtype=torch.float64), x, n_landmarks=8)
     with pytest.raises(ValueError, match=r"n_landmarks = 64 landmarks .* only 20 samples"):
-        repsim.geometry_score(x, x)
-    with pytest.raises(ValueError, match=r"n_landmarks = 64 landmarks .* only 20 samples"):
-        repsim.measure_grid("geometry_score", [x], [x])
+        repsim.geometry_score(x, x, n_landmarks=64)
+    with pytest.raises(ValueError, match=r"n_landmarks = 21 landmarks .* only 20 samples"):
+        repsim.measure_grid("geometry_score", [x], [x], n_landmarks=21)
     for option, value in (("n_landmarks", 2), ("n_landmarks", 8.0), ("i_max", 0), ("n_repeats", 0)):
         with pytest.raises(ValueError, match=f"{option} must be an integer"):
             repsim.geometry_score(x, x, **{"n_landmarks": 8, option: value})

@@ -1,4 +1,5 @@
-"""Loss values against naive per-anchor loops written from DESIGN.md, identities, gradients, edge cases."""
+"""Loss values against naive per-anchor loops from the papers' definitions (zoo/losses.py), identities, gradients,
+edge cases."""
 
 import math
 import warnings

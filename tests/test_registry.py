@@ -1,9 +1,13 @@
 """The registry's API and the shared moment accumulator (per-measure properties: test_measure_properties.py)."""
 
+import dataclasses
+import re
+
 import pytest
 import torch
 
 import repsim
+from repsim.measures import registry
 from repsim.measures.moments import StreamingMoments, moments_of
 
 from .conftest import related
@@ -47,11 +51,33 @@ def test_alias_equals_base_with_option(gen):
     assert torch.allclose(grid[:, 0], torch.stack([repsim.linear_cka(x, y, debiased=True), torch.tensor(1.0).double()]))
 
 
-def test_grid_fallback_loops_over_pairs(gen):
+def test_grid_fallback_loops_over_pairs(gen, monkeypatch):
+    # a temporary measure without a batched grid (every registered one may have one); removed after the test
+    calls = []
+
+    def pair_only(x, y, sigma=0.8):
+        calls.append((x.shape[1], y.shape[1]))
+        return repsim.kernel_cka(x, y, sigma=sigma)
+
+    info = dataclasses.replace(registry.get_measure("kernel_cka"), name="test_pair_only", fn=pair_only, grid=None)
+    monkeypatch.setitem(registry._REGISTRY, "test_pair_only", info)
     x, y = related(gen)
-    grid = repsim.measure_grid("kernel_cka", [x, y], [y])
+    grid = repsim.measure_grid("test_pair_only", [x, y], [y], sigma=0.5)
     assert grid.shape == (2, 1) and grid.dtype == torch.float64
-    assert torch.allclose(grid[0, 0], repsim.kernel_cka(x, y))
+    assert calls == [(x.shape[1], y.shape[1]), (y.shape[1], y.shape[1])]  # one call per pair, options passed on
+    assert grid[0, 0] == repsim.kernel_cka(x, y, sigma=0.5) and grid[1, 0] == repsim.kernel_cka(y, y, sigma=0.5)
+
+
+def test_measures_guide_lists_the_measures_without_dtype():
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "guide" / "measures.md").read_text()
+    names = registry.registered_names()
+    without = sorted(n for n in names if "dtype" not in registry.get_measure(n).options())
+    paragraph = page.split("**Precision.**")[1].split("For the others")[0]
+    listed = sorted(re.findall(r"`(\w+)`", paragraph.split("to choose:")[1].split("(`repsim")[0]))
+    assert listed == without, "update the **Precision.** paragraph of docs/guide/measures.md"
+    assert f"({len(names) - len(without)} of the {len(names)})" in " ".join(paragraph.split())
 
 
 @pytest.mark.parametrize("same", [False, True])

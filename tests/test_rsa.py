@@ -53,6 +53,48 @@ def test_kendall_tau_a_with_ties_against_brute_force():
     assert abs(got - scipy.stats.kendalltau(a, b).statistic) > 1e-3
 
 
+def _tau_b_bruteforce(a, b):
+    # Kendall (1945): sum_{i<j} sgn(a_i - a_j) sgn(b_i - b_j) / sqrt((n0 - n1)(n0 - n2)), float64, O(M^2)
+    m = len(a)
+    s = untied_a = untied_b = 0.0
+    for i in range(m):
+        for j in range(i + 1, m):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            s += da * db
+            untied_a += da != 0
+            untied_b += db != 0
+    return s / np.sqrt(untied_a * untied_b)
+
+
+def test_kendall_tau_b_with_ties_in_both_against_the_formula_and_scipy():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 5, 70).astype(float)
+    b = np.where(rng.random(70) < 0.7, a, rng.integers(0, 5, 70)).astype(float)  # ties in both, related
+    got = repsim.measures.kendall_tau_b(torch.from_numpy(a), torch.from_numpy(b))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(_tau_b_bruteforce(a, b), abs=1e-12)
+    assert got.item() == pytest.approx(scipy.stats.kendalltau(a, b, variant="b").statistic, abs=1e-12)
+    assert repsim.measures.kendall_tau_b(torch.from_numpy(a), torch.from_numpy(a)).item() == pytest.approx(1.0)
+
+
+def test_rsa_kendall_tau_b_is_one_for_a_tied_rdm_against_itself(gen):
+    # integer points on a small grid: many equal Euclidean distances
+    x = torch.randint(0, 3, (30, 2), generator=gen).double() + 0.1 * torch.arange(30).double()[:, None].remainder(2)
+    a = ssd.pdist(x.numpy())
+    assert len(np.unique(a)) < len(a) / 10  # heavily tied
+    assert repsim.rsa(x, x, rdm="euclidean", compare="kendall_tau_b").item() == pytest.approx(1.0, abs=1e-12)
+    tau_a = repsim.rsa(x, x, rdm="euclidean", compare="kendall").item()
+    assert tau_a < 0.99  # tau_a counts the tied pairs as neither concordant nor discordant
+    y = x + 0.3 * torch.randn(30, 2, generator=gen, dtype=torch.float64).round()
+    # against scipy on repsim's own RDM entries (the Gram identity splits some exact ties by ~1e-16)
+    iu = np.triu_indices(30, 1)
+    ra, rb = (repsim.rdm(t, "euclidean").numpy()[iu] for t in (x, y))
+    got = repsim.rsa(x, y, rdm="euclidean", compare="kendall_tau_b").item()
+    assert got == pytest.approx(scipy.stats.kendalltau(ra, rb, variant="b").statistic, abs=1e-12)
+    grid = repsim.rsa_grid([x, y], rdm="euclidean", compare="kendall_tau_b")
+    assert grid[0, 1].item() == pytest.approx(got, abs=1e-12) and grid[1, 1].item() == pytest.approx(1.0, abs=1e-12)
+
+
 def test_spearman_ties_use_average_ranks():
     v = torch.tensor([3.0, 1.0, 3.0, 2.0, 3.0])
     assert torch.equal(repsim.measures.average_ranks(v), torch.from_numpy(scipy.stats.rankdata(v.numpy())))
@@ -67,7 +109,7 @@ def test_rsa_self_is_one_and_symmetric(gen):
 def test_rsa_grid_matches_pairwise(gen):
     x, y = related(gen, n=40)
     z = torch.rand(40, 3, generator=gen, dtype=torch.float64)
-    for compare in ("pearson", "spearman", "kendall"):
+    for compare in ("pearson", "spearman", "kendall", "kendall_tau_b"):
         grid = repsim.rsa_grid([x, y], [z, x, y], compare=compare)
         assert grid.shape == (2, 3)
         for i, a in enumerate([x, y]):

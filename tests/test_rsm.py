@@ -180,6 +180,26 @@ def test_bad_inputs_are_clear_errors(gen):
         repsim.rsm_norm_difference(x[:, :, None], y)
 
 
+def test_grid_errors_name_the_layer(gen):
+    x, _ = related(gen, n=4, p=2, q=2)
+    # four samples, two distinct: the U-centred distance variance is 0 (too few distinct samples)
+    few = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"distance variance of xs\[1\] is not positive"):
+        rsm.distance_correlation_grid([x, few], bias_corrected=True)
+    with pytest.raises(ValueError, match=r"distance variance of ys\[0\] is not positive"):
+        rsm.distance_correlation_grid([x], [few], bias_corrected=True)
+    with pytest.raises(ValueError, match=r"distance variance of y is not positive"):
+        repsim.distance_correlation(x, few, bias_corrected=True)
+    # an all-zero layer only reaches the column-space check through streamed moments
+    acc = StreamingMoments()
+    acc.update(x, torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^y is all zeros"):
+        acc.compute("eigenspace_overlap")
+    xs = [x, torch.zeros(4, 2, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"^xs\[1\] is all zeros"):
+        rsm._eos_grid(xs, xs, "rank", None, None)
+
+
 def test_registry_declarations():
     table = repsim.list_measures().set_index("name")
     for name in ("distance_correlation", "eigenspace_overlap", "gulp", "rsm_norm_difference"):

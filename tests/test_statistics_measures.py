@@ -118,6 +118,27 @@ def test_bad_inputs_are_clear_errors(gen):
         repsim.uniformity_difference(x.clone().fill_(float("inf")), y)
 
 
+def test_errors_name_the_argument_that_is_wrong(gen):
+    x, y = related(gen, n=20)
+    zero_row = torch.cat([y[:-1], torch.zeros(1, y.shape[1], dtype=y.dtype)])
+    centred = y - y.mean(0)
+    with pytest.raises(ValueError, match=r"^y has 1 all-zero rows"):
+        repsim.concentricity_difference(x + 1, zero_row)
+    with pytest.raises(ValueError, match="mean representation of y is the zero vector"):
+        repsim.concentricity_difference(x + 1, centred)
+    with pytest.raises(ValueError, match=r"^y has 1 all-zero rows"):
+        repsim.uniformity_difference(x, zero_row)
+    with pytest.raises(ValueError, match=r"^y contains 20 NaN or Inf"):
+        repsim.magnitude_difference(x, y.clone().fill_(float("inf"))[:, :1])
+    # grids name the layer: xs[k] / ys[k]
+    with pytest.raises(ValueError, match=r"mean representation of xs\[1\] is the zero vector"):
+        statistics.concentricity_difference_grid([x + 1, centred])
+    with pytest.raises(ValueError, match=r"^ys\[1\] has 1 all-zero rows"):
+        statistics.concentricity_difference_grid([x + 1], [y + 1, zero_row])
+    with pytest.raises(ValueError, match=r"^ys\[0\] has 1 all-zero rows"):
+        statistics.uniformity_difference_grid([x], [zero_row])
+
+
 def test_registry_declarations():
     table = repsim.list_measures().set_index("name")
     for name in ("magnitude_difference", "concentricity_difference", "uniformity_difference"):

@@ -5,7 +5,7 @@ L2-normalised inside; s_ik = z_i . z_k / tau. Every objective is
 
     loss_i = -mean_{p in P(i)} s_ip + lam * log sum_{k in D(i)} exp(s_ik)
 
-and only declares its positive set P(i) and denominator set D(i) (DESIGN.md):
+and only declares its positive set P(i) and denominator set D(i):
 
 * NT-Xent (SimCLR, Chen et al. 2020): P = {p(i)}, D = {k != i}
 * DCL (decoupled, Yeh et al. 2022):   P = {p(i)}, D = {k not in {i, p(i)}}

@@ -3,7 +3,7 @@
 Every zoo model is a :class:`ContrastiveModel` with three children:
 
 * ``encoder``: the backbone, whose output (B, num_features) is "the representation";
-* ``projector``: the MLP the contrastive losses act on (DESIGN.md: d -> hidden -> out with BN);
+* ``projector``: the MLP the contrastive losses act on (d -> hidden -> out with BN, as SimCLR's; Chen et al. 2020);
 * ``classifier``: a linear head on the encoder output, used by the CE objective.
 
 All objectives share this one architecture, so one initial model deep-copied per objective gives
@@ -85,7 +85,7 @@ def timm_backbone(name: str, in_channels: int = 3) -> nn.Module:
 
 
 def projector(in_features: int, hidden: int = 2048, out: int = 128, layers: int = 2) -> nn.Sequential:
-    """SimCLR's MLP projector: (Linear-BN-ReLU) x (layers-1), then Linear-BN (DESIGN.md 2048->2048->128)."""
+    """SimCLR's MLP projector: (Linear-BN-ReLU) x (layers-1), then Linear-BN (2048->2048->128 in Chen et al. 2020)."""
     dims = [in_features] + [hidden] * (layers - 1) + [out]
     blocks: list[nn.Module] = []
     for i in range(layers):

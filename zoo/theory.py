@@ -1,4 +1,4 @@
-"""The CL-NSCL alignment bound of arXiv 2510.08852, exactly as DESIGN.md writes it.
+"""The CL-NSCL alignment bound of arXiv 2510.08852, with the paper's constants as stated there.
 
 With probability >= 1 - delta, under shared randomness, after T steps with learning rates eta_t,
 batch size B, C balanced classes and temperature tau:

@@ -27,7 +27,7 @@ from .hsic import hsic
 from .moments import Moments, StreamingMoments, moments_of
 from .neighbours import cknna, cycle_knn, jaccard_knn, knn_indices, mutual_knn, rank_similarity, second_order_cosine
 from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, register
-from .rsa import average_ranks, kendall_tau_a, rdm, rsa, rsa_grid
+from .rsa import average_ranks, kendall_tau_a, kendall_tau_b, rdm, rsa, rsa_grid
 from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
 from .statistics import concentricity_difference, magnitude_difference, uniformity_difference
 from .topology import geometry_score, imd, rtd
@@ -67,6 +67,7 @@ __all__ = [
     "jaccard_knn",
     "jsd",
     "kendall_tau_a",
+    "kendall_tau_b",
     "kernel_cka",
     "knn_indices",
     "linear_cka",

@@ -7,9 +7,11 @@ below ``repsim._numerics.EIGEN_RTOL`` (1e-10) of the largest dropped (rank defic
 them would amplify rounding).
 
 The CCA family is invariant to every invertible linear map of either side, which is why it needs
-many more samples than features: with n <= rank(x) + rank(y) there is always a perfect linear
-match and every canonical correlation is 1. The measures refuse that case instead of returning
-a meaningless 1.
+many more samples than features: the centred column spaces (dimensions r_x, r_y) lie in the
+(n - 1)-dimensional space orthogonal to the constant vector, so they share at least
+r_x + r_y - (n - 1) directions, and that many canonical correlations are 1 whatever the data
+(all min(r_x, r_y) of them once max(r_x, r_y) >= n - 1). The measures refuse n <= r_x + r_y, where
+at least one is forced, instead of averaging it in.
 """
 
 from __future__ import annotations
@@ -51,10 +53,14 @@ def _whiten(s: Tensor, n: int, variance: float | None = None, n_components: int 
 def _check_rank(px: _Whitened, py: _Whitened, n: int) -> None:
     kx, ky = px.inv_sqrt.numel(), py.inv_sqrt.numel()
     if n <= kx + ky:
+        # Centred column spaces of dimensions kx, ky inside the (n - 1)-dimensional space orthogonal to the
+        # constant vector intersect in at least kx + ky - (n - 1) dimensions: that many correlations are exactly 1.
+        forced = min(kx + ky - (n - 1), kx, ky)
         raise ValueError(
             f"CCA needs more samples than the two ranks together: n = {n} but x has rank {kx} and y rank {ky}, "
-            "so every canonical correlation would be 1; use more samples, reduce the widths "
-            "(e.g. svcca, which keeps the leading principal components) or a measure without this need (linear_cka)"
+            f"so {forced} of the {min(kx, ky)} canonical correlations are 1 whatever the data; use more samples, "
+            "reduce the widths (e.g. svcca, which keeps the leading principal components) or a measure without "
+            "this need (linear_cka)"
         )
 
 

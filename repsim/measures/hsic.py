@@ -1,6 +1,6 @@
 """HSIC estimators, on Gram matrices and on feature moments, for whole layer grids at once.
 
-Notation (DESIGN.md): K, L are n x n Gram matrices, H = I - 11^T/n, K~ is K with its diagonal
+Notation: K, L are n x n Gram matrices, H = I - 11^T/n, K~ is K with its diagonal
 zeroed.
 
 * biased HSIC (Gretton et al. 2005):   tr(KHLH) / (n-1)^2

@@ -3,7 +3,8 @@
 An RDM holds a dissimilarity for every pair of samples: 1 - cosine similarity, 1 - Pearson
 correlation (across features), or Euclidean distance. Two RDMs are compared on their upper
 triangles (M = n(n-1)/2 entries) by Pearson correlation (what the alignment paper's code uses),
-Spearman correlation (average ranks for ties) or Kendall's tau_a.
+Spearman correlation (average ranks for ties), Kendall's tau_a or Kendall's tau_b (tau_a corrected
+for ties, Kendall 1945: a tied RDM compared with itself scores 1 under tau_b, below 1 under tau_a).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .gram import squared_distances
 from .kinds import layer_measure
 
 RDMS = ("cosine", "correlation", "euclidean")
-COMPARATORS = ("pearson", "spearman", "kendall")
+# "kendall" stays tau_a (its values, ties included, are what they were); tau_b is the separate "kendall_tau_b"
+COMPARATORS = ("pearson", "spearman", "kendall", "kendall_tau_b")
 _ACC = torch.float64
 
 
@@ -121,6 +123,23 @@ def kendall_tau_a(a: Tensor, b: Tensor) -> Tensor:
     scipy computes tau_b = (C - D)/sqrt((n0 - n1)(n0 - n2)) with the O(M log M) algorithm of
     Knight (1966); tau_a follows by rescaling with the tie counts n1, n2.
     """
+    tau_b, n0, n1, n2 = _kendall(a, b)
+    return torch.tensor(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0, dtype=_ACC, device=a.device)
+
+
+def kendall_tau_b(a: Tensor, b: Tensor) -> Tensor:
+    """Kendall's tau_b = (C - D) / sqrt((n0 - n1)(n0 - n2)) (Kendall 1945), in O(M log M).
+
+    C, D: concordant and discordant pairs among the n0 = M(M-1)/2; n1, n2: pairs tied in ``a``, in
+    ``b``. Pairs tied in either count in neither C nor D, and the denominator drops them too, so
+    a vector compared with itself scores 1 whatever its ties (tau_a gives (n0 - n1)/n0).
+    """
+    tau_b, *_ = _kendall(a, b)
+    return torch.tensor(tau_b, dtype=_ACC, device=a.device)
+
+
+def _kendall(a: Tensor, b: Tensor) -> tuple[float, float, float, float]:
+    """(tau_b, n0, n1, n2) of two vectors, refusing a constant one (no untied pair: tau undefined)."""
     av, bv = a.detach().cpu().to(_ACC).numpy(), b.detach().cpu().to(_ACC).numpy()
     m = av.size
     n0 = m * (m - 1) / 2
@@ -132,8 +151,7 @@ def kendall_tau_a(a: Tensor, b: Tensor) -> Tensor:
     n1, n2 = tied_pairs(av), tied_pairs(bv)
     if n1 == n0 or n2 == n0:
         raise ValueError("an RDM is constant, so Kendall's tau is undefined")
-    tau_b = scipy.stats.kendalltau(av, bv, variant="b").statistic
-    return torch.tensor(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0, dtype=_ACC, device=a.device)
+    return float(scipy.stats.kendalltau(av, bv, variant="b").statistic), n0, n1, n2
 
 
 def _prepared(v: Tensor, compare: str, name: str) -> Tensor:
@@ -211,7 +229,8 @@ def rsa(
 
     Args:
         rdm: "cosine" (1 - cosine similarity), "correlation" (1 - Pearson r) or "euclidean".
-        compare: "pearson", "spearman" or "kendall" (tau_a).
+        compare: "pearson", "spearman", "kendall" (tau_a) or "kendall_tau_b" (tau_a corrected for
+            ties; 1 for an RDM with tied entries against itself, where tau_a is below 1).
     Returns a float64 0-d tensor. O(n^2) memory. ``rsa.grid(xs, ys)`` (= :func:`rsa_grid`): each
     layer's RDM (and ranks, for Spearman) once; Pearson and Spearman grids are one matrix product
     of the standardised upper triangles (Pearson by row blocks: no n x n RDM is held).
@@ -238,8 +257,9 @@ def rsa_grid_validated(
 
     ax = vectors(xs, names[0])
     by = ax if ys is xs else vectors(ys, names[1])
-    if compare == "kendall":
-        return torch.stack([torch.stack([kendall_tau_a(a, b) for b in by]) for a in ax])
+    if compare in ("kendall", "kendall_tau_b"):
+        tau = kendall_tau_a if compare == "kendall" else kendall_tau_b
+        return torch.stack([torch.stack([tau(a, b) for b in by]) for a in ax])
     px = torch.stack([_prepared(a, compare, nm) for a, nm in zip(ax, names[0], strict=True)])
     py = px if by is ax else torch.stack([_prepared(b, compare, nm) for b, nm in zip(by, names[1], strict=True)])
     return px @ py.T

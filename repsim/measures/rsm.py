@@ -76,12 +76,17 @@ class _DistanceRows:
         return d2.sqrt_()
 
 
+def _which(side: str, k: int, pair: bool) -> str:
+    """How an error names layer k of side "x" or "y": the argument itself for a pair, ``xs[k]``/``ys[k]`` in a grid."""
+    return side if pair else f"{side}s[{k}]"
+
+
 def _block_size(n: int, layers: int) -> int:
     return max(1, min(n, _BLOCK_ELEMENTS // max(1, layers * n)))
 
 
 # ---------------------------------------------------------------------------- distance correlation
-def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype) -> Tensor:
+def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, pair: bool = False) -> Tensor:
     compute = resolve_dtype(dtype, *xs, *ys)
     same = ys is xs
     dist = _DistanceRows(xs if same else xs + ys, compute)
@@ -123,8 +128,10 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype) 
         cross += flat[:lx] @ (flat[:lx] if same else flat[lx:]).T
     vx, vy = var[:lx], (var[:lx] if same else var[lx:])
     if not bool((vx > 0).all() and (vy > 0).all()):
+        side, v = ("x", vx) if not bool((vx > 0).all()) else ("y", vy)
+        k = int((v <= 0).nonzero()[0])
         raise ValueError(
-            "the distance variance of a layer is not positive (all samples coincide"
+            f"the distance variance of {_which(side, k, pair)} is not positive (all samples coincide"
             + (", or too few distinct samples for the bias-corrected estimate" if bias_corrected else "")
             + "); pass distinct samples"
         )
@@ -152,7 +159,7 @@ def distance_correlation(x: Tensor, y: Tensor, bias_corrected: bool = False, dty
     """
     need = 4 if bias_corrected else 2
     x, y = _pair(x, y, need, "distance correlation needs n >= 4 for the bias-corrected estimate", True)
-    return _dcor_grid([x], [y], bias_corrected, dtype)[0, 0]
+    return _dcor_grid([x], [y], bias_corrected, dtype, pair=True)[0, 0]
 
 
 def distance_correlation_grid(xs, ys=None, bias_corrected: bool = False, dtype: torch.dtype | None = None):
@@ -207,7 +214,9 @@ def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tens
 NORMALIZERS = ("rank", "width")
 
 
-def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float) -> tuple[list[Tensor], list[int]]:
+def _eos_layers(
+    xs: list[Tensor], compute: torch.dtype, rtol: float, side: str = "x", pair: bool = False
+) -> tuple[list[Tensor], list[int]]:
     n = xs[0].shape[0]
     bases, ranks = [], []
     for k, x in enumerate(xs):
@@ -215,18 +224,20 @@ def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float) -> tuple[li
         xc = center_columns(x, compute, mean)
         cs = _ColumnSpace(self_product(xc).to(_ACC), mean, n, rtol)
         if cs.rank == 0:
-            raise ValueError(f"layer {k} is all zeros, so its column space is empty and the overlap undefined")
+            raise ValueError(
+                f"{_which(side, k, pair)} is all zeros, so its column space is empty and the overlap undefined"
+            )
         bases.append(cs.basis(xc, n))
         ranks.append(cs.rank)
     return bases, ranks
 
 
-def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype) -> Tensor:
+def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype, pair: bool = False) -> Tensor:
     check_choice(normalizer, "normalizer", NORMALIZERS)
     compute = resolve_dtype(dtype, *xs, *ys)
     rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
-    bx, rx = _eos_layers(xs, compute, rtol)
-    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol)
+    bx, rx = _eos_layers(xs, compute, rtol, "x", pair)
+    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol, "y", pair)
     overlap = block_sq_norms(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
     if normalizer == "rank":
         norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
@@ -263,7 +274,7 @@ def eigenspace_overlap(
     the centred scatter and cross-scatter matrices).
     """
     x, y = _pair(x, y, 1, "", True)
-    return _eos_grid([x], [y], normalizer, rtol, dtype)[0, 0]
+    return _eos_grid([x], [y], normalizer, rtol, dtype, pair=True)[0, 0]
 
 
 def eigenspace_overlap_grid(xs, ys=None, normalizer: str = "rank", rtol: float | None = None, dtype=None):
@@ -279,7 +290,8 @@ def eigenspace_overlap_from_moments(m, normalizer: str = "rank", rtol: float | N
     cx = _ColumnSpace(m.sxx, m.mean_x, m.n, rtol)
     cy = _ColumnSpace(m.syy, m.mean_y, m.n, rtol)
     if cx.rank == 0 or cy.rank == 0:
-        raise ValueError("a layer is all zeros, so its column space is empty and the overlap undefined")
+        name = "x" if cx.rank == 0 else "y"
+        raise ValueError(f"{name} is all zeros, so its column space is empty and the overlap undefined")
     norm = max(cx.rank, cy.rank) if normalizer == "rank" else max(m.sxx.shape[0], m.syy.shape[0])
     return _cross_of_bases(cx, cy, m.sxy) / norm
 

@@ -67,8 +67,9 @@ def magnitude_difference(x: Tensor, y: Tensor, statistic: str = "mean_row_norm")
     orthogonal maps and permutations of the features only; in the units of the features (a
     scale difference shows up as a difference). Cost O(n d).
     """
+    check_choice(statistic, "statistic", MAGNITUDES)
     x, y = _pair(x, y, 1)
-    return (magnitude(x, statistic) - magnitude(y, statistic)).abs()
+    return (_magnitude_of(x.to(_ACC), statistic) - _magnitude_of(y.to(_ACC), statistic)).abs()
 
 
 def magnitude_difference_grid(xs, ys=None, statistic: str = "mean_row_norm") -> Tensor:
@@ -92,14 +93,14 @@ def concentricity(x: Tensor) -> Tensor:
     return _concentricity_of(as_features(x, "x", 1).to(_ACC))
 
 
-def _concentricity_of(x64: Tensor) -> Tensor:
+def _concentricity_of(x64: Tensor, name: str = "x") -> Tensor:
     mean = x64.mean(0)
     mean_norm = torch.linalg.vector_norm(mean)
-    unit = unit_rows(x64, "x", fix="drop them or add a small offset")
+    unit = unit_rows(x64, name, fix="drop them or add a small offset")
     # A mean that is zero up to rounding (centred features) has no direction to measure cosines to.
     if not bool(mean_norm > ZERO_NORM_RTOL * x64.pow(2).sum(1).mean().sqrt()):
         raise ValueError(
-            "the mean representation of x is the zero vector (up to rounding, e.g. centred features), so its "
+            f"the mean representation of {name} is the zero vector (up to rounding, e.g. centred features), so its "
             "cosine with the samples is undefined; concentricity needs uncentred features"
         )
     return (unit @ mean).mean() / mean_norm
@@ -112,13 +113,13 @@ def concentricity_difference(x: Tensor, y: Tensor) -> Tensor:
     do not see them); not to shifts. Refuses all-zero rows and a zero mean. Cost O(n d).
     """
     x, y = _pair(x, y, 1)
-    return (concentricity(x) - concentricity(y)).abs()
+    return (_concentricity_of(x.to(_ACC), "x") - _concentricity_of(y.to(_ACC), "y")).abs()
 
 
 def concentricity_difference_grid(xs, ys=None) -> Tensor:
     xs, ys = _layers(xs, ys, 1)
-    sx = torch.stack([_concentricity_of(x.to(_ACC)) for x in xs])
-    sy = sx if ys is xs else torch.stack([_concentricity_of(y.to(_ACC)) for y in ys])
+    sx = torch.stack([_concentricity_of(x.to(_ACC), f"xs[{i}]") for i, x in enumerate(xs)])
+    sy = sx if ys is xs else torch.stack([_concentricity_of(y.to(_ACC), f"ys[{j}]") for j, y in enumerate(ys)])
     return _difference_grid(sx, sy)
 
 
@@ -210,12 +211,17 @@ def uniformity(x: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.d
     log(mean(exp(...))) gives log 0 = -inf once the distances are large). Cost O(n^2 d); the
     n x n products run in ``dtype`` (default: the inputs' precision), the rest in float64.
     """
+    return _uniformity_of(x, t, normalize, dtype, "x")
+
+
+def _uniformity_of(x: Tensor, t: float, normalize: bool, dtype: torch.dtype | None, name: str) -> Tensor:
+    """:func:`uniformity` with errors naming the argument ``name`` (``y``, ``xs[2]``...)."""
     if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
         raise ValueError(f"t must be a positive number (the uniformity temperature), got {t!r}")
-    x = as_features(x, "x", 2, "uniformity averages over pairs of samples")
+    x = as_features(x, name, 2, "uniformity averages over pairs of samples")
     compute = resolve_dtype(dtype, x)
     x64 = x.to(_ACC)
-    z = unit_rows(x64, "x", fix="drop them or add a small offset") if normalize else center_columns(x64, _ACC)
+    z = unit_rows(x64, name, fix="drop them or add a small offset") if normalize else center_columns(x64, _ACC)
     n = z.shape[0]
     sq = sq_row_norms(z)
     zc = z.to(compute)
@@ -243,15 +249,15 @@ def uniformity_difference(
     maps, permutations and shifts. Cost O(n^2 d), memory O(block n).
     """
     x, y = _pair(x, y, 2, "uniformity averages over pairs of samples")
-    return (uniformity(x, t, normalize, dtype) - uniformity(y, t, normalize, dtype)).abs()
+    return (_uniformity_of(x, t, normalize, dtype, "x") - _uniformity_of(y, t, normalize, dtype, "y")).abs()
 
 
 def uniformity_difference_grid(
     xs, ys=None, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
 ) -> Tensor:
     xs, ys = _layers(xs, ys, 2, "uniformity averages over pairs of samples")
-    sx = torch.stack([uniformity(x, t, normalize, dtype) for x in xs])
-    sy = sx if ys is xs else torch.stack([uniformity(y, t, normalize, dtype) for y in ys])
+    sx = torch.stack([_uniformity_of(x, t, normalize, dtype, f"xs[{i}]") for i, x in enumerate(xs)])
+    sy = sx if ys is xs else torch.stack([_uniformity_of(y, t, normalize, dtype, f"ys[{j}]") for j, y in enumerate(ys)])
     return _difference_grid(sx, sy)
 
 

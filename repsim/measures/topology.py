@@ -228,7 +228,7 @@ def _check_gs_options(n: int, n_landmarks, gamma, i_max, n_repeats) -> None:
 def geometry_score(
     x: Tensor,
     y: Tensor,
-    n_landmarks: int = 64,
+    n_landmarks: int | None = None,
     gamma: float = 1 / 128,
     i_max: int = 100,
     n_repeats: int = 100,
@@ -252,7 +252,9 @@ def geometry_score(
         GS(x, y) = sum_i (MRLT_x(i) - MRLT_y(i))^2.
 
     Defaults follow the paper's Algorithm 1 (L_0 = 64 landmarks, gamma = 1/128, i_max = 100) except
-    the number of repeats: the paper averages n = 10000 draws, here ``n_repeats = 100`` (seconds on
+    two: ``n_landmarks=None`` (default) means min(64, n), so fewer than 64 samples are all landmarks
+    (every draw is then the same set, and the repeats agree) instead of being refused; and the
+    number of repeats: the paper averages n = 10000 draws, here ``n_repeats = 100`` (seconds on
     one CPU core at n = 5000); raise it for a less noisy MRLT. gamma = 1/128 is the authors' value at
     N = 5000 samples (their code's default scales it by N / 5000); it is fixed here, pass
     ``gamma=n / (128 * 5000)`` to reproduce that. Landmarks are distinct samples (the authors' code
@@ -274,7 +276,7 @@ def geometry_score(
 def _geometry_score_grid(
     xs,
     ys=None,
-    n_landmarks: int = 64,
+    n_landmarks: int | None = None,
     gamma: float = 1 / 128,
     i_max: int = 100,
     n_repeats: int = 100,
@@ -287,6 +289,8 @@ def _geometry_score_grid(
 
 
 def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma, i_max, n_repeats, seed) -> Tensor:
+    if n_landmarks is None:  # the paper's 64, or every sample when there are fewer (n >= 3 is checked)
+        n_landmarks = min(64, xs[0].shape[0])
     _check_gs_options(xs[0].shape[0], n_landmarks, gamma, i_max, n_repeats)
     landmarks = _landmark_sets(xs[0].shape[0], n_landmarks, n_repeats, seed)
     mx = np.stack([_mean_rlt(x, landmarks, gamma, i_max) for x in xs])
@@ -311,7 +315,9 @@ register(
     fn=imd,
     family="topology",
     larger_is_more_similar=False,
-    metric=True,
+    # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
+    # any two inputs with isospectral kNN graphs (e.g. the same graph after a non-rigid map), not only equivalent ones.
+    metric=False,
     invariances=_INVARIANT,
     cost="O(n^3) (exact Laplacian spectra)",
     identity_value=0.0,
