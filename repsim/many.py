@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .checkpoints import load_model, save_state_dict
 from .batches import split_batch, to_device, walk
+from .checkpoints import load_model, save_state_dict
 from .features import eval_mode, extract_features, resolve_device
 from .hooks import FeatureHooks, Pool, forward_features
 from .measures.registry import get_measure, measure_grid
@@ -189,7 +189,9 @@ def compare_many(
     collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed, calibrate)
     if shard.world > 1 or cache_dir is not None:  # a cache_dir always takes the sharded, resumable path
         if max_samples is not None and shard.world > 1:
-            raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
+            raise ValueError(
+                "max_samples is not supported under a process group; subset the dataset before sharding it"
+            )
         extract = (loader, layer, pool, device, max_samples, shard, chunk_batches)
         for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
             collect.add(_sharded_features(item, arch, cache_dir, extract))

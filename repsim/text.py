@@ -20,12 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import distributed as D
 from ._validation import check_choice
+from .batches import model_inputs, walk
 from .features import eval_mode, resolve_device
-from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, with_hidden_states
+from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, forward_features, with_hidden_states
 
 __all__ = [
     "UNITS",
@@ -179,8 +179,6 @@ def _collect(
     gathered and put in the global order (a sentence's tokens keep theirs), as by
     :func:`repsim.extract_features`. Sentence ids number the sentences 0, 1, ... in that order.
     """
-    from .compare import _forward, _head, _model_inputs, _size, _to_device
-
     shard = D.shard_of(batches, distributed)
     model, layers = with_hidden_states(model, layers)
     if isinstance(layers, str):
@@ -191,22 +189,19 @@ def _collect(
     tokens = pool == "tokens"
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
     keys: list[Tensor] = []
-    n_stream = 0
+
+    def adapt(batch) -> tuple[Mapping, None, None]:
+        inputs = model_inputs(batch, model)
+        if not isinstance(inputs, Mapping):
+            raise ValueError("batches must be dicts of model inputs (see repsim.text.text_batches)")
+        return inputs, None, None
+
     with torch.inference_mode(), eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        for local_batch, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
-            inputs = _model_inputs(batch, model)
-            if not isinstance(inputs, Mapping):
-                raise ValueError("batches must be dicts of model inputs (see repsim.text.text_batches)")
-            size = _size(inputs)
-            batch_keys, keep = shard.keys(n_stream, local_batch, size)
-            n_stream += size
-            if keep <= 0:
-                continue
-            inputs = _head(inputs, keep)
-            feats = _forward(model, hooks, _to_device(inputs, device, False), False, pool)
-            batch_keys = batch_keys[:keep]
+        for batch in walk(batches, shard, adapt, None, device, False, progress, desc):
+            feats = forward_features(model, hooks, batch.inputs)
+            batch_keys = batch.keys
             if tokens:
-                mask = inputs.get("attention_mask")
+                mask = batch.inputs.get("attention_mask")
                 if mask is None:
                     raise ValueError("token features need batches with an 'attention_mask' (see text_batches)")
                 batch_keys = batch_keys.repeat_interleave(mask.bool().sum(dim=1).cpu())
@@ -219,16 +214,14 @@ def _collect(
                     )
                 chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
             keys.append(batch_keys)
-    local = ({n: torch.cat(c) for n, c in chunks.items() if c}, torch.cat(keys) if keys else None)
-    parts = [p for p in D.gather(local) if p[1] is not None] if shard.world > 1 else [local]
-    parts = [p for p in parts if p[1] is not None]
-    if not parts:
+    all_keys = torch.cat(keys) if keys else None
+    columns = [torch.cat(chunks[n]) if chunks[n] else None for n in layers]
+    if shard.world > 1:  # one process's keys are in order already
+        all_keys, columns = D.in_global_order(all_keys, columns)
+    if all_keys is None:
         raise ValueError("the batches held no samples")
-    all_keys = torch.cat([p[1] for p in parts])
-    order = torch.argsort(all_keys, stable=True)
-    feats = {n: torch.cat([p[0][n] for p in parts])[order] for n in layers}
-    sentence_ids = torch.unique(all_keys[order], return_inverse=True)[1]
-    return feats, sentence_ids
+    sentence_ids = torch.unique(all_keys, return_inverse=True)[1]
+    return dict(zip(layers, columns, strict=True)), sentence_ids
 
 
 def sentence_features(
@@ -404,7 +397,7 @@ def compare_texts(
     ``n`` is the number of units. Tokens and words of one sentence are not independent samples:
     for intervals resample whole sentences (the units' sentence ids, see :func:`token_features`).
     """
-    from .compare import Comparison
+    from .comparison import Comparison
     from .measures.registry import get_measure, measure_grid
 
     texts = _check_texts(texts)

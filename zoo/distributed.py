@@ -49,4 +49,3 @@ def shard(batch: list[int]) -> list[int]:
     """This rank's share of a global batch of indices (the sampler is seeded alike on every rank)."""
     r, world = rank_and_world()
     return batch[r::world]
-
