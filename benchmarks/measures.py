@@ -142,7 +142,6 @@ def run_one(case_name: str, method: str, device: str, quick: bool) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
     def timed():
         start = time.perf_counter()
         out = fn(*args)
