@@ -1,4 +1,7 @@
-"""Feeding loaders through models: batch unpacking, device/eval handling, feature extraction."""
+"""Feature extraction over a loader: device/eval handling, the sample count, and the features held or spilled.
+
+Batches are unpacked and walked by :mod:`repsim.batches` (``split_batch`` is re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -125,8 +128,8 @@ def extract_features(
     sink = _FeatureSink(layers, expected_samples(loader, max_samples), budget, dtype, spill_dir, fingerprint)
     with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
         # skip: batches already on disk (a resumed extraction) are passed over before they are copied
-        for batch in walk(loader, shard, _inputs_and_labels, max_samples, device, False, progress, "features",
-                          skip=sink.skip):  # fmt: skip
+        batches = walk(loader, shard, _inputs_and_labels, max_samples, device, False, progress, "features", sink.skip)
+        for batch in batches:
             sink.add(forward_features(model, hooks, batch.inputs), batch.labels)
     return sink.result()
 
