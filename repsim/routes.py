@@ -108,7 +108,7 @@ class Plan:
         return out
 
     def route(self, memory: MemoryPlan, sketch: int | None) -> None:
-        """Build the accumulators of the streamed routes; stored ones are computed in _finish."""
+        """Build the accumulators of the streamed routes; stored ones are computed in measure_rows."""
         self.memory, self.sketch = memory, sketch
         self.routes = dict(zip(memory.table["measure"], memory.table["route"], strict=True))
         for name in self.order:
