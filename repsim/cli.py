@@ -13,7 +13,7 @@ from torch import nn
 from .checkpoints import build_arch, load_model
 from .compare import available_measures, compare
 from .data import DatasetNotFoundError, reference_loader
-from .distributed import is_distributed, rank_and_world
+from .distributed import close, init_from_env, is_distributed, rank_and_world
 from .hooks import default_layers
 from .inference.grid import GRID_AGGREGATE_LAYER
 from .io import atomic_save_figure, atomic_write_text
@@ -217,24 +217,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _init_torchrun() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    started = _init_torchrun() if args.command in ("compare",) else False
+    started = init_from_env() if args.command in ("compare",) else False
     if getattr(args, "device", None) is None and hasattr(args, "device"):
         args.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     try:
@@ -244,10 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if started:
-            import torch.distributed as dist
-
-            dist.barrier()
-            dist.destroy_process_group()
+            close()
     return 0
 
 

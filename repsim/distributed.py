@@ -19,14 +19,15 @@ merged in rank order, so the result equals a single-process run to rounding (1e-
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-__all__ = ["ShardedBatches", "is_distributed", "rank_and_world", "shard"]
+__all__ = ["ShardedBatches", "close", "init_from_env", "is_distributed", "rank_and_world", "shard"]
 
 _BATCH_STRIDE = 1 << 32  # order key of sample j of global batch b: b * 2^32 + j
 
@@ -38,6 +39,28 @@ def is_distributed() -> bool:
 
 def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def init_from_env(device_type: str | None = None) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE > 1``): NCCL for ``device_type``
+    "cuda" (default: "cuda" when a GPU is available), gloo otherwise; True when this call started it.
+
+    On CUDA each rank takes the GPU ``LOCAL_RANK`` names, before the group starts (NCCL binds to it).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def close() -> None:
+    """Leave together, then tear down: a rank that destroys gloo while another still works aborts it."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class ShardedBatches:
@@ -151,3 +174,28 @@ def gather(obj) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def in_global_order(
+    keys: torch.Tensor | None, columns: Sequence[torch.Tensor | None], limit: int | None = None
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """Every rank's kept samples, gathered and put in the global order of one process's run.
+
+    ``keys``: this rank's global order keys (None: it kept no sample); ``columns``: tensors with
+    one row per key (features of a layer, labels). Returns the sorted keys and each column's rows
+    of every rank in that order (CPU tensors; a stable sort, so a sentence's tokens, which share
+    their sentence's key, keep their order), the first ``limit`` of them when given. A column
+    that some rank with samples lacks (None) is None. Keys and columns are both None when no rank
+    kept a sample.
+    """
+    parts = [p for p in gather(to_cpu((keys, list(columns)))) if p[0] is not None]
+    if not parts:
+        return None, [None] * len(columns)
+    all_keys = torch.cat([p[0] for p in parts])
+    order = torch.argsort(all_keys, stable=True)[:limit]
+
+    def pick(j: int) -> torch.Tensor | None:
+        got = [p[1][j] for p in parts]
+        return None if any(g is None for g in got) else torch.cat(got)[order]
+
+    return all_keys[order], [pick(j) for j in range(len(columns))]

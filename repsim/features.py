@@ -1,39 +1,21 @@
-"""Feeding loaders through models: batch unpacking, device/eval handling, feature extraction."""
+"""Feature extraction over a loader: device/eval handling, the sample count, and the features held or spilled.
+
+Batches are unpacked and walked by :mod:`repsim.batches` (``split_batch`` is re-exported here).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from .batches import split_batch, walk
 from .hooks import FeatureHooks, Pool, default_layers, forward_features
 
-_INPUT_KEYS = ("x", "image", "images", "input", "inputs", "pixel_values", "img")
-_LABEL_KEYS = ("y", "label", "labels", "target", "targets")
-
-
-def split_batch(batch) -> tuple[Tensor, Tensor | None]:
-    """(inputs, labels or None) from a batch that is a tensor, an (x, y, ...) tuple or a dict."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in _INPUT_KEYS if k in batch), None)
-        if x is None:
-            x = next((v for v in batch.values() if isinstance(v, Tensor)), None)
-        if x is None:
-            raise ValueError(
-                f"cannot find the inputs in a dict batch with keys {list(batch)}; use one of {_INPUT_KEYS}"
-            )
-        y = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
-        return x, torch.as_tensor(y) if y is not None else None
-    if isinstance(batch, Sequence) and batch and isinstance(batch[0], Tensor):
-        y = batch[1] if len(batch) > 1 else None
-        return batch[0], torch.as_tensor(y) if y is not None and not isinstance(y, str) else None
-    raise ValueError(f"cannot read a batch of type {type(batch).__name__}; yield tensors, (x, y) tuples or dicts")
+__all__ = ["eval_mode", "expected_samples", "extract_features", "resolve_device", "split_batch"]
 
 
 def resolve_device(device, model: nn.Module | None = None) -> torch.device:
@@ -57,42 +39,6 @@ def eval_mode(*models: nn.Module):
         for pairs in flags:
             for m, was_training in pairs:
                 m.training = was_training
-
-
-def limited(loader: Iterable, max_samples: int | None) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Batches of the loader, the last one cut so that at most ``max_samples`` samples come out."""
-    seen = 0
-    for batch in loader:
-        x, y = split_batch(batch)
-        if max_samples is not None:
-            if seen >= max_samples:
-                return
-            keep = max_samples - seen
-            x, y = x[:keep], (y[:keep] if y is not None else None)
-        seen += x.shape[0]
-        yield x, y
-
-
-def progress_batches(loader: Iterable, max_samples: int | None, desc: str, progress: bool):
-    """:func:`limited` batches behind a tqdm bar (silent when ``progress`` is False)."""
-    return tqdm(
-        limited(loader, max_samples),
-        total=total_batches(loader, max_samples),
-        desc=desc,
-        disable=not progress,
-        leave=False,
-    )
-
-
-def total_batches(loader, max_samples: int | None) -> int | None:
-    try:
-        n = len(loader)
-    except TypeError:
-        return None
-    batch_size = getattr(loader, "batch_size", None)
-    if max_samples is not None and batch_size:
-        n = min(n, -(-max_samples // batch_size))
-    return n
 
 
 def expected_samples(loader: Iterable, max_samples: int | None) -> int | None:
@@ -174,20 +120,30 @@ def extract_features(
         if spill_dir is not None:
             raise ValueError("spill_dir is not supported under a process group; use compare_many's cache_dir")
         return _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard)
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers) if layers is not None else default_layers(model)
+    layers = _layers(model, layers)
     device = resolve_device(device, model)
     model.to(device)
     budget = parse_memory(memory)
     fingerprint = _fingerprint(loader, layers, pool, max_samples, dtype)
     sink = _FeatureSink(layers, expected_samples(loader, max_samples), budget, dtype, spill_dir, fingerprint)
     with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        for x, y in progress_batches(loader, max_samples, "features", progress):
-            if sink.skip(x.shape[0]):  # already on disk (a resumed extraction)
-                continue
-            sink.add(forward_features(model, hooks, _to(x, device)), y)
+        # skip: batches already on disk (a resumed extraction) are passed over before they are copied
+        batches = walk(loader, shard, _inputs_and_labels, max_samples, device, False, progress, "features", sink.skip)
+        for batch in batches:
+            sink.add(forward_features(model, hooks, batch.inputs), batch.labels)
     return sink.result()
+
+
+def _layers(model: nn.Module, layers) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    return list(layers) if layers is not None else default_layers(model)
+
+
+def _inputs_and_labels(batch) -> tuple[Tensor, None, Tensor | None]:
+    """walk's adapter for one model fed the batch's inputs (see :func:`repsim.batches.split_batch`)."""
+    x, y = split_batch(batch)
+    return x, None, y
 
 
 def _fingerprint(loader, layers, pool, max_samples, dtype) -> str:
@@ -319,47 +275,28 @@ class _FeatureSink:
 
 @torch.inference_mode()
 def _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard):
+    """Each rank runs its shard; every rank returns all features in the global order (see extract_features)."""
     from . import distributed as D
 
-    if isinstance(layers, str):
-        layers = [layers]
-    layers = list(layers) if layers is not None else default_layers(model)
+    layers = _layers(model, layers)
     device = resolve_device(device, model)
     model.to(device)
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
     keys: list[Tensor] = []
-    n_stream = 0
     with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        for local_batch, batch in enumerate(tqdm(loader, desc="features", disable=not progress, leave=False)):
-            x, y = split_batch(batch)
-            k, keep = shard.keys(n_stream, local_batch, x.shape[0])
-            n_stream += x.shape[0]
-            if keep <= 0:
-                continue
-            feats = forward_features(model, hooks, _to(x[:keep], device))
-            for name, f in feats.items():
+        for batch in walk(loader, shard, _inputs_and_labels, None, device, False, progress, "features"):
+            for name, f in forward_features(model, hooks, batch.inputs).items():
                 chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
-            if y is not None:
-                labels.append(y[:keep].cpu())
-            keys.append(k[:keep])
-    local = (
-        {n: torch.cat(c) for n, c in chunks.items() if c},
-        torch.cat(labels) if labels else None,
-        torch.cat(keys) if keys else None,
-    )
-    parts = [p for p in D.gather(local) if p[2] is not None]
-    if not parts:
+            if batch.labels is not None:
+                labels.append(batch.labels.cpu())
+            keys.append(batch.keys)
+    columns = [torch.cat(chunks[n]) if chunks[n] else None for n in layers]
+    columns.append(torch.cat(labels) if labels else None)
+    order_keys, columns = D.in_global_order(torch.cat(keys) if keys else None, columns)
+    if order_keys is None:
         raise ValueError("the loader yielded no samples")
-    order = torch.argsort(torch.cat([p[2] for p in parts]))
-    feats = {n: torch.cat([p[0][n] for p in parts])[order] for n in layers}
-    y = torch.cat([p[1] for p in parts])[order] if all(p[1] is not None for p in parts) else None
-    if y is not None and y.shape[0] != order.shape[0]:
+    y = columns[-1]
+    if y is not None and y.shape[0] != order_keys.shape[0]:
         y = None
-    return feats, y
-
-
-def _to(x, device):
-    if isinstance(x, Mapping):
-        return {k: _to(v, device) for k, v in x.items()}
-    return x.to(device, non_blocking=True) if isinstance(x, Tensor) else x
+    return dict(zip(layers, columns[:-1], strict=True)), y

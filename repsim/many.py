@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from .batches import split_batch, to_device, walk
 from .checkpoints import load_model, save_state_dict
-from .features import _to, eval_mode, extract_features, resolve_device, split_batch
+from .features import eval_mode, extract_features, resolve_device
 from .hooks import FeatureHooks, Pool, forward_features
 from .measures.registry import get_measure, measure_grid
 
@@ -31,13 +32,13 @@ def _check_measure(measure: str) -> None:
 
 def _extract_sharded(
     load: Callable[[], nn.Module],
+    folder: Path | None,
     loader: Iterable,
     layer: str,
     pool,
     device,
     max_samples: int | None,
     shard: D.Shard,
-    folder: Path | None,
     chunk_batches: int,
 ) -> tuple[Tensor, Tensor]:
     """This rank's (features, global order keys) of ``layer``; padding repeats dropped.
@@ -47,44 +48,18 @@ def _extract_sharded(
     memory-mapped and their batches are not run again, so a killed extraction resumes from
     its last finished chunk.
     """
-    from safetensors.torch import load_file
-
     part = None if folder is None else folder / f"rank{shard.rank}of{shard.world}"
+    cache = _ChunkCache(part, chunk_batches)
     model = hooks = None
     feats: list[Tensor] = []
     keys: list[Tensor] = []
-    buf_f: list[Tensor] = []
-    buf_k: list[Tensor] = []
-    n_stream = n_real = 0
-    current, current_done = -1, False
-
-    def close() -> None:  # write the chunk just finished (unless it was read back from disk)
-        if part is not None and current >= 0 and not current_done:
-            f = torch.cat(buf_f) if buf_f else torch.zeros(0, 0)
-            k = torch.cat(buf_k) if buf_k else torch.zeros(0, dtype=torch.int64)
-            save_state_dict({"features": f, "keys": k}, part / f"chunk{current:06d}.safetensors")
-
     with contextlib.ExitStack() as stack:
-        for local_batch, batch in enumerate(loader):
-            if max_samples is not None and n_real >= max_samples:
-                break
-            if local_batch // chunk_batches != current:
-                close()
-                current, buf_f, buf_k = local_batch // chunk_batches, [], []
-                done = None if part is None else part / f"chunk{current:06d}.safetensors"
-                current_done = done is not None and done.exists()
-                if current_done:  # a finished chunk: read back (memory-mapped), its batches not run again
-                    saved = load_file(str(done))
-                    feats.append(saved["features"])
-                    keys.append(saved["keys"])
-            x, _ = split_batch(batch)
-            size = x.shape[0]
-            k, keep = shard.keys(n_stream, local_batch, size)
-            n_stream += size
-            if max_samples is not None:
-                keep = min(keep, max_samples - n_real)
-            n_real += max(keep, 0)
-            if current_done or keep <= 0:
+        for batch in walk(loader, shard, _inputs_only, max_samples):
+            saved = cache.enter(batch.index)
+            if saved is not None:  # a finished chunk: read back (memory-mapped), its batches not run again
+                feats.append(saved["features"])
+                keys.append(saved["keys"])
+            if cache.done:
                 continue
             if model is None:
                 model = load()
@@ -92,15 +67,59 @@ def _extract_sharded(
                 stack.enter_context(eval_mode(model))
                 hooks = stack.enter_context(FeatureHooks(model, [layer], pool))
             with torch.inference_mode():
-                f = forward_features(model, hooks, _to(x[:keep], resolve_device(device, model)))[layer].cpu()
+                x = to_device(batch.inputs, resolve_device(device, model))
+                f = forward_features(model, hooks, x)[layer].cpu()
             feats.append(f)
-            keys.append(k[:keep])
-            buf_f.append(f)
-            buf_k.append(k[:keep])
-        close()
+            keys.append(batch.keys)
+            cache.add(f, batch.keys)
+        cache.close()
     if not feats:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
     return torch.cat([f for f in feats if f.numel()]), torch.cat(keys)
+
+
+def _inputs_only(batch) -> tuple[Tensor, None, None]:
+    """walk's adapter: the batch's inputs, labels left out (compare_many compares features only)."""
+    return split_batch(batch)[0], None, None
+
+
+class _ChunkCache:
+    """One rank's features in ``chunk_batches``-batch safetensors files (``folder/chunk{i}.safetensors``).
+
+    Files are written atomically when a chunk is finished; a chunk whose file exists is read back
+    instead of run, so a killed extraction resumes from its last finished chunk. ``folder`` None: no cache.
+    """
+
+    def __init__(self, folder: Path | None, chunk_batches: int) -> None:
+        self.folder, self.chunk_batches = folder, chunk_batches
+        self.current, self.done = -1, False
+        self.features: list[Tensor] = []
+        self.keys: list[Tensor] = []
+
+    def enter(self, local_batch: int) -> dict[str, Tensor] | None:
+        """Move to the chunk of ``local_batch``; a finished chunk's saved features when it starts one."""
+        if local_batch // self.chunk_batches == self.current:
+            return None
+        self.close()
+        self.current, self.features, self.keys = local_batch // self.chunk_batches, [], []
+        path = None if self.folder is None else self.folder / f"chunk{self.current:06d}.safetensors"
+        self.done = path is not None and path.exists()
+        if not self.done:
+            return None
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+
+    def add(self, features: Tensor, keys: Tensor) -> None:
+        self.features.append(features)
+        self.keys.append(keys)
+
+    def close(self) -> None:
+        """Write the chunk just finished (unless it was read back from disk)."""
+        if self.folder is not None and self.current >= 0 and not self.done:
+            f = torch.cat(self.features) if self.features else torch.zeros(0, 0)
+            k = torch.cat(self.keys) if self.keys else torch.zeros(0, dtype=torch.int64)
+            save_state_dict({"features": f, "keys": k}, self.folder / f"chunk{self.current:06d}.safetensors")
 
 
 def _cache_key(path: Path, layer: str, pool, max_samples, loader) -> str:
@@ -168,36 +187,48 @@ def compare_many(
         raise ValueError("names must be unique and as many as the models; pass names=[...] explicitly")
     shard = D.shard_of(loader, distributed)
     collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed, calibrate)
-    if shard.world > 1 or cache_dir is not None:
-        return _compare_many_sharded(
-            collect,
-            models_or_paths,
-            loader,
-            layer,
-            arch,
-            measure,
-            names,
-            pool,
-            device,
-            max_samples,
-            cache_dir,
-            progress,
-            chunk_batches,
-            shard,
-        )
-    # one process, no cache (a cache_dir always goes through the sharded, resumable path above)
-    for item in tqdm(models_or_paths, desc="models", disable=not progress):
-        if isinstance(item, (str, Path)):
-            if arch is None:
-                raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
-            model = load_model(Path(item), arch)
-        else:
-            model = item
+    if shard.world > 1 or cache_dir is not None:  # a cache_dir always takes the sharded, resumable path
+        if max_samples is not None and shard.world > 1:
+            raise ValueError(
+                "max_samples is not supported under a process group; subset the dataset before sharding it"
+            )
+        extract = (loader, layer, pool, device, max_samples, shard, chunk_batches)
+        for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
+            collect.add(_sharded_features(item, arch, cache_dir, extract))
+        return collect.frame(names)
+    for item in tqdm(models_or_paths, desc="models", disable=not progress):  # one process, no cache
         feats, _ = extract_features(
-            model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=False, memory=memory
+            _model_of(item, arch)(), loader, [layer], pool, device, max_samples, progress=False, memory=memory
         )
         collect.add(feats[layer])
     return collect.frame(names)
+
+
+def _model_of(item, arch) -> Callable[[], nn.Module]:
+    """How to get one model: a module as it is, a checkpoint path loaded with ``arch`` when called."""
+    if not isinstance(item, (str, Path)):
+        return lambda: item
+    if arch is None:
+        raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
+    return lambda: load_model(Path(item), arch)
+
+
+def _sharded_features(item, arch, cache_dir, extract: tuple) -> Tensor:
+    """One model's features on every sample in the global order: each rank extracts its shard (cached
+    in ``cache_dir`` for checkpoint files; modules are not cached: nothing identifies their weights on
+    disk) and the shards are gathered."""
+    loader, layer, pool, _, max_samples, shard, _ = extract
+    folder = None
+    if cache_dir is not None and isinstance(item, (str, Path)):
+        path = Path(item)
+        folder = Path(cache_dir) / f"{path.stem}-{_cache_key(path, layer, pool, max_samples, loader)}"
+    f, k = _extract_sharded(_model_of(item, arch), folder, *extract)
+    if shard.world == 1:
+        return f
+    keys, (f,) = D.in_global_order(k if k.numel() else None, [f])
+    if keys is None:
+        raise ValueError("the loader yielded no samples")
+    return f
 
 
 class _Collector:
@@ -277,49 +308,3 @@ def _sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Ten
             m = moments_of(features[i], features[j])
             grid[i, j] = grid[j, i] = sketched_linear_cka(m, k, projected[i], projected[j]).cpu()
     return grid
-
-
-def _compare_many_sharded(
-    collect: _Collector,
-    models_or_paths,
-    loader,
-    layer,
-    arch,
-    measure,
-    names,
-    pool,
-    device,
-    max_samples,
-    cache_dir,
-    progress,
-    chunk_batches,
-    shard: D.Shard,
-) -> pd.DataFrame:
-    if max_samples is not None and shard.world > 1:
-        raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
-    for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
-        folder = None
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            if arch is None:
-                raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
-
-            def load(path=path):
-                return load_model(path, arch)
-
-            if cache_dir is not None:
-                folder = Path(cache_dir) / f"{path.stem}-{_cache_key(path, layer, pool, max_samples, loader)}"
-        else:
-
-            def load(item=item):
-                return item  # modules are not cached: nothing identifies their weights on disk
-
-        f, k = _extract_sharded(load, loader, layer, pool, device, max_samples, shard, folder, chunk_batches)
-        if shard.world == 1:
-            collect.add(f)
-            continue
-        parts = [p for p in D.gather((f, k)) if p[1].numel()]
-        keys = torch.cat([p[1] for p in parts])
-        order = torch.argsort(keys)
-        collect.add(torch.cat([p[0] for p in parts])[order])
-    return collect.frame(names)

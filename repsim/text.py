@@ -20,12 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import distributed as D
 from ._validation import check_choice
+from .batches import model_inputs, walk
 from .features import eval_mode, resolve_device
-from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, with_hidden_states
+from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, forward_features, with_hidden_states
 
 __all__ = [
     "UNITS",
@@ -114,40 +114,15 @@ def text_batches(
     batches: list[dict[str, Tensor]] = []
     offsets: list[Tensor] = []
     for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        kwargs = {"return_offsets_mapping": True} if return_offsets else {}
-        try:
-            enc = tokenizer(
-                chunk,
-                add_special_tokens=add_special_tokens,
-                truncation=max_length is not None,
-                max_length=max_length,
-                padding=False,
-                **kwargs,
-            )
-        except NotImplementedError as err:  # slow (Python) tokenizers have no offsets
-            raise ValueError(
-                f"return_offsets needs a fast tokenizer (PreTrainedTokenizerFast); {type(tokenizer).__name__} "
-                "gives no character offsets"
-            ) from err
-        ids = enc["input_ids"]
-        empty = next((i for i, row in enumerate(ids) if len(row) == 0), None)
-        if empty is not None:
-            raise ValueError(f"texts[{start + empty}] tokenises to no tokens; drop it or add special tokens")
-        width = max(len(row) for row in ids)
+        enc = _encode(
+            tokenizer, texts[start : start + batch_size], start, add_special_tokens, max_length, return_offsets
+        )
+        width = max(len(row) for row in enc["input_ids"])
         if pad_to is not None:
             if pad_to < width:
                 raise ValueError(f"pad_to={pad_to} is shorter than the longest text of a batch ({width} tokens)")
             width = pad_to
-        batch: dict[str, Tensor] = {}
-        for name in names:
-            rows = [[1] * len(r) for r in ids] if name == "attention_mask" and name not in enc else enc.get(name)
-            if rows is None:
-                continue
-            fill = pad_id if name == "input_ids" else 0
-            batch[name] = _pad([list(r) for r in rows], width, fill, side)
-        if "token_type_ids" in batch and not bool(batch["token_type_ids"].any()):
-            del batch["token_type_ids"]  # one segment: BERT's default anyway, and GPT-2 would embed them
+        batch = _padded(enc, names, width, pad_id, side)
         if position_ids or (position_ids is None and side == "left"):
             batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp_min(0)
         batches.append(batch)
@@ -155,6 +130,44 @@ def text_batches(
             spans = [[list(span) for span in row] for row in enc["offset_mapping"]]
             offsets.append(_pad(spans, width, [0, 0], side))
     return (batches, offsets) if return_offsets else batches
+
+
+def _encode(tokenizer, chunk: Sequence[str], start: int, add_special_tokens: bool, max_length, offsets: bool):
+    """The tokenizer's unpadded encoding of one batch of texts (``start``: the first one's index)."""
+    kwargs = {"return_offsets_mapping": True} if offsets else {}
+    try:
+        enc = tokenizer(
+            chunk,
+            add_special_tokens=add_special_tokens,
+            truncation=max_length is not None,
+            max_length=max_length,
+            padding=False,
+            **kwargs,
+        )
+    except NotImplementedError as err:  # slow (Python) tokenizers have no offsets
+        raise ValueError(
+            f"return_offsets needs a fast tokenizer (PreTrainedTokenizerFast); {type(tokenizer).__name__} "
+            "gives no character offsets"
+        ) from err
+    empty = next((i for i, row in enumerate(enc["input_ids"]) if len(row) == 0), None)
+    if empty is not None:
+        raise ValueError(f"texts[{start + empty}] tokenises to no tokens; drop it or add special tokens")
+    return enc
+
+
+def _padded(enc, names: list[str], width: int, pad_id: int, side: str) -> dict[str, Tensor]:
+    """One batch's model inputs padded to ``width`` on ``side`` (an all-zero token_type_ids left out)."""
+    ids = enc["input_ids"]
+    batch: dict[str, Tensor] = {}
+    for name in names:
+        rows = [[1] * len(r) for r in ids] if name == "attention_mask" and name not in enc else enc.get(name)
+        if rows is None:
+            continue
+        fill = pad_id if name == "input_ids" else 0
+        batch[name] = _pad([list(r) for r in rows], width, fill, side)
+    if "token_type_ids" in batch and not bool(batch["token_type_ids"].any()):
+        del batch["token_type_ids"]  # one segment: BERT's default anyway, and GPT-2 would embed them
+    return batch
 
 
 def _pad(rows: list[list], width: int, fill, side: str) -> Tensor:
@@ -179,8 +192,6 @@ def _collect(
     gathered and put in the global order (a sentence's tokens keep theirs), as by
     :func:`repsim.extract_features`. Sentence ids number the sentences 0, 1, ... in that order.
     """
-    from .compare import _forward, _head, _model_inputs, _size, _to_device
-
     shard = D.shard_of(batches, distributed)
     model, layers = with_hidden_states(model, layers)
     if isinstance(layers, str):
@@ -191,22 +202,19 @@ def _collect(
     tokens = pool == "tokens"
     chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
     keys: list[Tensor] = []
-    n_stream = 0
+
+    def adapt(batch) -> tuple[Mapping, None, None]:
+        inputs = model_inputs(batch, model)
+        if not isinstance(inputs, Mapping):
+            raise ValueError("batches must be dicts of model inputs (see repsim.text.text_batches)")
+        return inputs, None, None
+
     with torch.inference_mode(), eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        for local_batch, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
-            inputs = _model_inputs(batch, model)
-            if not isinstance(inputs, Mapping):
-                raise ValueError("batches must be dicts of model inputs (see repsim.text.text_batches)")
-            size = _size(inputs)
-            batch_keys, keep = shard.keys(n_stream, local_batch, size)
-            n_stream += size
-            if keep <= 0:
-                continue
-            inputs = _head(inputs, keep)
-            feats = _forward(model, hooks, _to_device(inputs, device, False), False, pool)
-            batch_keys = batch_keys[:keep]
+        for batch in walk(batches, shard, adapt, None, device, False, progress, desc):
+            feats = forward_features(model, hooks, batch.inputs)
+            batch_keys = batch.keys
             if tokens:
-                mask = inputs.get("attention_mask")
+                mask = batch.inputs.get("attention_mask")
                 if mask is None:
                     raise ValueError("token features need batches with an 'attention_mask' (see text_batches)")
                 batch_keys = batch_keys.repeat_interleave(mask.bool().sum(dim=1).cpu())
@@ -219,16 +227,14 @@ def _collect(
                     )
                 chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
             keys.append(batch_keys)
-    local = ({n: torch.cat(c) for n, c in chunks.items() if c}, torch.cat(keys) if keys else None)
-    parts = [p for p in D.gather(local) if p[1] is not None] if shard.world > 1 else [local]
-    parts = [p for p in parts if p[1] is not None]
-    if not parts:
+    all_keys = torch.cat(keys) if keys else None
+    columns = [torch.cat(chunks[n]) if chunks[n] else None for n in layers]
+    if shard.world > 1:  # one process's keys are in order already
+        all_keys, columns = D.in_global_order(all_keys, columns)
+    if all_keys is None:
         raise ValueError("the batches held no samples")
-    all_keys = torch.cat([p[1] for p in parts])
-    order = torch.argsort(all_keys, stable=True)
-    feats = {n: torch.cat([p[0][n] for p in parts])[order] for n in layers}
-    sentence_ids = torch.unique(all_keys[order], return_inverse=True)[1]
-    return feats, sentence_ids
+    sentence_ids = torch.unique(all_keys, return_inverse=True)[1]
+    return dict(zip(layers, columns, strict=True)), sentence_ids
 
 
 def sentence_features(
@@ -404,8 +410,9 @@ def compare_texts(
     ``n`` is the number of units. Tokens and words of one sentence are not independent samples:
     for intervals resample whole sentences (the units' sentence ids, see :func:`token_features`).
     """
-    from .compare import Comparison
+    from .comparison import Comparison
     from .measures.registry import get_measure, measure_grid
+    from .routes import check_options
 
     texts = _check_texts(texts)
     check_choice(unit, "unit", UNITS)
@@ -416,14 +423,34 @@ def compare_texts(
     unusable = [name for name, info in infos.items() if info.needs_labels or info.needs_outputs]
     if unusable:
         raise ValueError(f"compare_texts compares layer features; {unusable} need labels or model outputs")
-    options = {k: dict(v) for k, v in (measure_options or {}).items()}
-    stray = sorted(set(options) - set(measures))
-    if stray:
-        raise ValueError(f"measure_options names measures that are not requested: {stray}")
+    options = check_options(measures, measure_options)
     if max_units is not None and not (isinstance(max_units, int) and max_units >= 4):
         raise ValueError(f"max_units must be an integer >= 4 or None, got {max_units!r}")
     tokenizer_b = tokenizer_a if tokenizer_b is None else tokenizer_b
     common = dict(device=device, progress=progress, distributed=distributed)
+    models, tokenizers, layers = (model_a, model_b), (tokenizer_a, tokenizer_b), (layers_a, layers_b)
+    fa, fb = _unit_features(models, tokenizers, texts, layers, unit, pool, batch_size, max_length, common)
+    names_a, names_b = list(fa), list(fb)
+    xs, ys = list(fa.values()), list(fb.values())
+    if max_units is not None:
+        xs, ys = [x[:max_units] for x in xs], [y[:max_units] for y in ys]
+    n = xs[0].shape[0]
+    rows = []
+    for name in measures:
+        grid = measure_grid(name, xs, ys, **options.get(name, {})).to("cpu", torch.float64).tolist()
+        rows += [
+            {"layer_a": a, "layer_b": b, "measure": name, "value": grid[i][j], "n": n}
+            for i, a in enumerate(names_a)
+            for j, b in enumerate(names_b)
+        ]
+    table = pd.DataFrame(rows, columns=["layer_a", "layer_b", "measure", "value", "n"])
+    return Comparison(table, names_a, names_b)
+
+
+def _unit_features(models, tokenizers, texts, layers, unit: str, pool, batch_size, max_length, common: dict):
+    """Both models' features of every unit of ``texts``, the rows of the two aligned (see compare_texts)."""
+    (model_a, model_b), (tokenizer_a, tokenizer_b), (layers_a, layers_b) = models, tokenizers, layers
+    distributed = common["distributed"]
     if unit in ("word", "char"):
         fa, units_a = word_features(model_a, tokenizer_a, texts, layers_a, unit, batch_size, max_length, **common)
         fb, units_b = word_features(model_b, tokenizer_b, texts, layers_b, unit, batch_size, max_length, **common)
@@ -445,21 +472,7 @@ def compare_texts(
         else:
             fa = sentence_features(model_a, loader_a, layers_a, pool, **common)
             fb = sentence_features(model_b, loader_b, layers_b, pool, **common)
-    names_a, names_b = list(fa), list(fb)
-    xs, ys = list(fa.values()), list(fb.values())
-    if max_units is not None:
-        xs, ys = [x[:max_units] for x in xs], [y[:max_units] for y in ys]
-    n = xs[0].shape[0]
-    rows = []
-    for name in measures:
-        grid = measure_grid(name, xs, ys, **options.get(name, {})).to("cpu", torch.float64).tolist()
-        rows += [
-            {"layer_a": a, "layer_b": b, "measure": name, "value": grid[i][j], "n": n}
-            for i, a in enumerate(names_a)
-            for j, b in enumerate(names_b)
-        ]
-    table = pd.DataFrame(rows, columns=["layer_a", "layer_b", "measure", "value", "n"])
-    return Comparison(table, names_a, names_b)
+    return fa, fb
 
 
 def _check_same_tokens(batches_a: list[dict], batches_b: list[dict]) -> None:

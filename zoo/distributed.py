@@ -1,4 +1,4 @@
-"""Multi-process helpers: rank info, batch sharding and an autograd-aware gather.
+"""Multi-process helpers: rank info (:mod:`repsim.distributed`'s), batch sharding and an autograd-aware gather.
 
 Contrastive losses need every sample's embedding as a negative. ``torch.distributed.all_gather``
 returns tensors with no gradient path back to the other ranks (the classic trap);
@@ -9,33 +9,17 @@ DDP's gradient averaging then yields exactly the single-process gradient.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from repsim.distributed import close, init_from_env, is_distributed, rank_and_world
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+__all__ = ["close", "gather_labels", "gather_with_grad", "init_from_env", "is_distributed", "rank", "shard"]
 
 
 def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def init_from_env(device_type: str) -> bool:
-    """Start the process group when launched by torchrun (WORLD_SIZE > 1); True if distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return is_distributed()
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    if device_type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
+    return rank_and_world()[0]
 
 
 def gather_with_grad(t: Tensor) -> Tensor:
@@ -56,18 +40,12 @@ def gather_with_grad(t: Tensor) -> Tensor:
 def gather_labels(y: Tensor) -> Tensor:
     if not is_distributed():
         return y
-    parts = [torch.empty_like(y) for _ in range(world_size())]
+    parts = [torch.empty_like(y) for _ in range(rank_and_world()[1])]
     dist.all_gather(parts, y.contiguous())
     return torch.cat(parts)
 
 
 def shard(batch: list[int]) -> list[int]:
     """This rank's share of a global batch of indices (the sampler is seeded alike on every rank)."""
-    return batch[rank() :: world_size()] if is_distributed() else batch
-
-
-def close() -> None:
-    """Leave together, then tear down: a rank that destroys gloo while another still works aborts it."""
-    if is_distributed():
-        dist.barrier()
-        dist.destroy_process_group()
+    r, world = rank_and_world()
+    return batch[r::world]
