@@ -132,11 +132,11 @@ def test_errors_name_the_argument_that_is_wrong(gen):
         repsim.magnitude_difference(x, y.clone().fill_(float("inf"))[:, :1])
     # grids name the layer: xs[k] / ys[k]
     with pytest.raises(ValueError, match=r"mean representation of xs\[1\] is the zero vector"):
-        statistics.concentricity_difference_grid([x + 1, centred])
+        repsim.concentricity_difference.grid([x + 1, centred])
     with pytest.raises(ValueError, match=r"^ys\[1\] has 1 all-zero rows"):
-        statistics.concentricity_difference_grid([x + 1], [y + 1, zero_row])
+        repsim.concentricity_difference.grid([x + 1], [y + 1, zero_row])
     with pytest.raises(ValueError, match=r"^ys\[0\] has 1 all-zero rows"):
-        statistics.uniformity_difference_grid([x], [zero_row])
+        repsim.uniformity_difference.grid([x], [zero_row])
 
 
 def test_registry_declarations():

@@ -17,15 +17,13 @@ from torch import Tensor
 from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from .._validation import (
     as_feature_list,
-    as_feature_pair,
     as_features,
-    as_layer_lists,
     check_choice,
     check_same_samples,
     resolve_dtype,
 )
 from .accumulator import Accumulator, combine_states
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 _BLOCK_ELEMENTS = 1 << 24
@@ -33,17 +31,14 @@ _BLOCK_ELEMENTS = 1 << 24
 MAGNITUDES = ("mean_row_norm", "norm_of_mean")
 
 
-# a representation constant across samples says nothing about the samples: refused, as everywhere
-def _pair(x, y, min_samples: int, reason: str = "") -> tuple[Tensor, Tensor]:
-    return as_feature_pair(x, y, min_samples, reason, varying=True)
-
-
-def _layers(xs, ys, min_samples: int, reason: str = ""):
-    return as_layer_lists(xs, ys, min_samples, reason, varying=True)
-
-
-def _difference_grid(sx: Tensor, sy: Tensor) -> Tensor:
-    return (sx[:, None] - sy[None, :]).abs()
+_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
+# |s(x) - s(y)| of one statistic per representation: computed once per layer in a grid
+_DIFFERENCE = dict(
+    pair=lambda sx, sy, **_: (sx - sy).abs(),
+    family="statistics",
+    larger_is_more_similar=False,
+    identity_value=0.0,
+)
 
 
 # ---------------------------------------------------------------------------- magnitude
@@ -59,7 +54,30 @@ def _magnitude_of(x64: Tensor, statistic: str) -> Tensor:
     return torch.linalg.vector_norm(x64.mean(0))
 
 
-def magnitude_difference(x: Tensor, y: Tensor, statistic: str = "mean_row_norm") -> Tensor:
+def magnitude_difference_from_moments(m, statistic: str = "mean_row_norm") -> Tensor:
+    check_choice(statistic, "statistic", MAGNITUDES)
+    if statistic == "mean_row_norm":
+        return ((m.norm_sum_x - m.norm_sum_y) / m.n).abs()
+    return (torch.linalg.vector_norm(m.mean_x) - torch.linalg.vector_norm(m.mean_y)).abs()
+
+
+def _check_statistic(statistic: str = "mean_row_norm", **_) -> None:
+    check_choice(statistic, "statistic", MAGNITUDES)
+
+
+@layer_measure(
+    "magnitude_difference",
+    prepare=lambda x, name, statistic="mean_row_norm", **_: _magnitude_of(x.to(_ACC), statistic),
+    options_check=_check_statistic,
+    min_samples=1,
+    invariances=("orthogonal", "permutation"),
+    streaming=True,
+    from_moments=magnitude_difference_from_moments,
+    cost="O(n d)",
+    reference=_SURVEY,
+    **_DIFFERENCE,
+)
+def magnitude_difference(x: Tensor, y: Tensor, *, statistic: str = "mean_row_norm") -> Tensor:
     """|mean_i |x_i| - mean_i |y_i||: the difference of the mean Euclidean row norms (Klabunde et al. 2025).
 
     ``statistic="norm_of_mean"`` gives ReSi's implementation, | |mean x| - |mean y| |, the norms
@@ -67,24 +85,6 @@ def magnitude_difference(x: Tensor, y: Tensor, statistic: str = "mean_row_norm")
     orthogonal maps and permutations of the features only; in the units of the features (a
     scale difference shows up as a difference). Cost O(n d).
     """
-    check_choice(statistic, "statistic", MAGNITUDES)
-    x, y = _pair(x, y, 1)
-    return (_magnitude_of(x.to(_ACC), statistic) - _magnitude_of(y.to(_ACC), statistic)).abs()
-
-
-def magnitude_difference_grid(xs, ys=None, statistic: str = "mean_row_norm") -> Tensor:
-    check_choice(statistic, "statistic", MAGNITUDES)
-    xs, ys = _layers(xs, ys, 1)
-    sx = torch.stack([_magnitude_of(x.to(_ACC), statistic) for x in xs])
-    sy = sx if ys is xs else torch.stack([_magnitude_of(y.to(_ACC), statistic) for y in ys])
-    return _difference_grid(sx, sy)
-
-
-def magnitude_difference_from_moments(m, statistic: str = "mean_row_norm") -> Tensor:
-    check_choice(statistic, "statistic", MAGNITUDES)
-    if statistic == "mean_row_norm":
-        return ((m.norm_sum_x - m.norm_sum_y) / m.n).abs()
-    return (torch.linalg.vector_norm(m.mean_x) - torch.linalg.vector_norm(m.mean_y)).abs()
 
 
 # ---------------------------------------------------------------------------- concentricity
@@ -104,23 +104,6 @@ def _concentricity_of(x64: Tensor, name: str = "x") -> Tensor:
             "cosine with the samples is undefined; concentricity needs uncentred features"
         )
     return (unit @ mean).mean() / mean_norm
-
-
-def concentricity_difference(x: Tensor, y: Tensor) -> Tensor:
-    """|mean_i cos(x_i, x_bar) - mean_i cos(y_i, y_bar)| (Klabunde et al. 2025; as ReSi).
-
-    Invariant to orthogonal maps, permutations and isotropic scaling of the features (cosines
-    do not see them); not to shifts. Refuses all-zero rows and a zero mean. Cost O(n d).
-    """
-    x, y = _pair(x, y, 1)
-    return (_concentricity_of(x.to(_ACC), "x") - _concentricity_of(y.to(_ACC), "y")).abs()
-
-
-def concentricity_difference_grid(xs, ys=None) -> Tensor:
-    xs, ys = _layers(xs, ys, 1)
-    sx = torch.stack([_concentricity_of(x.to(_ACC), f"xs[{i}]") for i, x in enumerate(xs)])
-    sy = sx if ys is xs else torch.stack([_concentricity_of(y.to(_ACC), f"ys[{j}]") for j, y in enumerate(ys)])
-    return _difference_grid(sx, sy)
 
 
 class StreamingConcentricity(Accumulator):
@@ -199,8 +182,27 @@ class StreamingConcentricity(Accumulator):
 
         sx = torch.stack([conc(v[0], v[1], v[2], "xs") for v in self._sums[0]])
         sy = torch.stack([conc(v[0], v[1], v[2], "ys") for v in self._sums[1]])
-        grid = _difference_grid(sx, sy)
+        grid = (sx[:, None] - sy[None, :]).abs()
         return grid[0, 0] if self._single else grid
+
+
+@layer_measure(
+    "concentricity_difference",
+    prepare=lambda x, name, **_: _concentricity_of(x.to(_ACC), name),
+    min_samples=1,
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    streaming=True,
+    accumulator=StreamingConcentricity,
+    cost="O(n d)",
+    reference=_SURVEY,
+    **_DIFFERENCE,
+)
+def concentricity_difference(x: Tensor, y: Tensor) -> Tensor:
+    """|mean_i cos(x_i, x_bar) - mean_i cos(y_i, y_bar)| (Klabunde et al. 2025; as ReSi).
+
+    Invariant to orthogonal maps, permutations and isotropic scaling of the features (cosines
+    do not see them); not to shifts. Refuses all-zero rows and a zero mean. Cost O(n d).
+    """
 
 
 # ---------------------------------------------------------------------------- uniformity
@@ -238,8 +240,24 @@ def _uniformity_of(x: Tensor, t: float, normalize: bool, dtype: torch.dtype | No
     return torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1) / 2)
 
 
+def _check_temperature(t: float = 2.0, **_) -> None:
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
+        raise ValueError(f"t must be a positive number (the uniformity temperature), got {t!r}")
+
+
+@layer_measure(
+    "uniformity_difference",
+    prepare=lambda x, name, t=2.0, normalize=True, dtype=None, **_: _uniformity_of(x, t, normalize, dtype, name),
+    options_check=_check_temperature,
+    min_samples=2,
+    reason="uniformity averages over pairs of samples",
+    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    cost="O(n^2 d) time, O(block n) memory",
+    reference="Wang & Isola 2020, ICML; " + _SURVEY,
+    **_DIFFERENCE,
+)
 def uniformity_difference(
-    x: Tensor, y: Tensor, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
+    x: Tensor, y: Tensor, *, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
 ) -> Tensor:
     """|U(x) - U(y)| with U the uniformity of Wang & Isola (2020) over pairs i < j, on L2-normalised rows.
 
@@ -248,55 +266,3 @@ def uniformity_difference(
     orthogonal maps, permutations and isotropic scaling; with ``normalize=False`` to orthogonal
     maps, permutations and shifts. Cost O(n^2 d), memory O(block n).
     """
-    x, y = _pair(x, y, 2, "uniformity averages over pairs of samples")
-    return (_uniformity_of(x, t, normalize, dtype, "x") - _uniformity_of(y, t, normalize, dtype, "y")).abs()
-
-
-def uniformity_difference_grid(
-    xs, ys=None, t: float = 2.0, normalize: bool = True, dtype: torch.dtype | None = None
-) -> Tensor:
-    xs, ys = _layers(xs, ys, 2, "uniformity averages over pairs of samples")
-    sx = torch.stack([_uniformity_of(x, t, normalize, dtype, f"xs[{i}]") for i, x in enumerate(xs)])
-    sy = sx if ys is xs else torch.stack([_uniformity_of(y, t, normalize, dtype, f"ys[{j}]") for j, y in enumerate(ys)])
-    return _difference_grid(sx, sy)
-
-
-_SURVEY = "Klabunde, Schumacher, Strohmaier & Lemmerich 2025, ACM Comput. Surv.; ReSi (Klabunde et al. 2025, ICLR)"
-
-register(
-    "magnitude_difference",
-    fn=magnitude_difference,
-    family="statistics",
-    larger_is_more_similar=False,
-    invariances=("orthogonal", "permutation"),
-    streaming=True,
-    from_moments=magnitude_difference_from_moments,
-    cost="O(n d)",
-    identity_value=0.0,
-    grid=magnitude_difference_grid,
-    reference=_SURVEY,
-)
-register(
-    "concentricity_difference",
-    fn=concentricity_difference,
-    family="statistics",
-    larger_is_more_similar=False,
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    streaming=True,
-    accumulator=StreamingConcentricity,
-    cost="O(n d)",
-    identity_value=0.0,
-    grid=concentricity_difference_grid,
-    reference=_SURVEY,
-)
-register(
-    "uniformity_difference",
-    fn=uniformity_difference,
-    family="statistics",
-    larger_is_more_similar=False,
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
-    cost="O(n^2 d) time, O(block n) memory",
-    identity_value=0.0,
-    grid=uniformity_difference_grid,
-    reference="Wang & Isola 2020, ICML; " + _SURVEY,
-)
