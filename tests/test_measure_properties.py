@@ -129,6 +129,8 @@ OPTION_SETTINGS = {
     "rsa": [{"rdm": "euclidean"}, {"rdm": "correlation"}, {"rdm": "euclidean", "compare": "spearman"}],
     "rsa_spearman": [{"rdm": "euclidean"}, {"rdm": "correlation"}],
     "angular_shape": [{"alpha": 0.0}, {"alpha": 0.5}, {"alpha": 0.0, "center": False}, {"center": False}],
+    "gulp": [{"lam": 0.1}],
+    "soft_matching": [{"center": False}],
 }
 OPTION_CASES = [
     (name, options, kind)

@@ -185,9 +185,9 @@ def test_grid_errors_name_the_layer(gen):
     # four samples, two distinct: the U-centred distance variance is 0 (too few distinct samples)
     few = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"distance variance of xs\[1\] is not positive"):
-        rsm.distance_correlation_grid([x, few], bias_corrected=True)
+        repsim.distance_correlation.grid([x, few], bias_corrected=True)
     with pytest.raises(ValueError, match=r"distance variance of ys\[0\] is not positive"):
-        rsm.distance_correlation_grid([x], [few], bias_corrected=True)
+        repsim.distance_correlation.grid([x], [few], bias_corrected=True)
     with pytest.raises(ValueError, match=r"distance variance of y is not positive"):
         repsim.distance_correlation(x, few, bias_corrected=True)
     # an all-zero layer only reaches the column-space check through streamed moments

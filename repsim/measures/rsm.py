@@ -32,31 +32,17 @@ from .._numerics import (
     sq_row_norms,
 )
 from .._validation import (
-    as_features,
-    as_layer_lists,
     check_choice,
-    check_same_samples,
     resolve_dtype,
 )
 from ._products import self_product
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 _BLOCK_ELEMENTS = 1 << 25  # float64 entries of distance blocks held at once (256 MiB)
 
 
 # ---------------------------------------------------------------------------- shared helpers
-def _layers(xs, ys, min_samples: int, reason: str, varying: bool) -> tuple[list[Tensor], list[Tensor]]:
-    return as_layer_lists(xs, ys, min_samples, reason, varying)
-
-
-def _pair(x, y, min_samples: int, reason: str, varying: bool) -> tuple[Tensor, Tensor]:
-    x = as_features(x, "x", min_samples, reason, varying=varying)
-    y = as_features(y, "y", min_samples, reason, varying=varying)
-    check_same_samples(x, y)
-    return x, y
-
-
 class _DistanceRows:
     """Euclidean distance matrices of several layers, produced in row blocks (never n x n at once
     unless it fits the block budget). Distances come from the Gram identity on centred features,
@@ -144,33 +130,6 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, 
     return r2.clamp_min(0).sqrt()
 
 
-def distance_correlation(x: Tensor, y: Tensor, bias_corrected: bool = False, dtype: torch.dtype | None = None):
-    """Distance correlation of ``x`` (n, p) and ``y`` (n, q) (Szekely, Rizzo & Bakirov 2007).
-
-    a_ij = |x_i - x_j|, A = a - a_i. - a_.j + a_.. (double centring), likewise B from y;
-    dCov^2 = (1/n^2) sum A_ij B_ij, dCor = sqrt(dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))),
-    in [0, 1], 1 for x = y. ``bias_corrected=True`` (n >= 4) returns Szekely & Rizzo's (2013)
-    R*: U-centred matrices (zero diagonal, a_i./(n-2), a../((n-1)(n-2))), the bias-corrected
-    estimate of dCor^2 (the square, not its root); it is near 0 for independent data even when
-    d >> n and can be negative (never clamped).
-
-    Cost O(n^2 (p + q)) time; memory O(block x n): the n x n matrices are built in row blocks,
-    twice (once for the row means, once for the products).
-    """
-    need = 4 if bias_corrected else 2
-    x, y = _pair(x, y, need, "distance correlation needs n >= 4 for the bias-corrected estimate", True)
-    return _dcor_grid([x], [y], bias_corrected, dtype, pair=True)[0, 0]
-
-
-def distance_correlation_grid(xs, ys=None, bias_corrected: bool = False, dtype: torch.dtype | None = None):
-    """:func:`distance_correlation` for every layer pair: (L, M). Each layer's distance matrix
-    (row sums, then centred row blocks) is built once; all pair products come from one matrix
-    product per row block."""
-    need = 4 if bias_corrected else 2
-    xs, ys = _layers(xs, ys, need, "distance correlation needs n >= 4 for the bias-corrected estimate", True)
-    return _dcor_grid(xs, ys, bias_corrected, dtype)
-
-
 # ---------------------------------------------------------------------------- column-space bases
 def _default_rtol(compute: torch.dtype) -> float:
     # float64 scatters: the library's eigen cut-off; float32 products resolve eigenvalues only to ~1e-7 lambda_max
@@ -250,37 +209,6 @@ def _check_rtol(rtol: float) -> float:
     if not 0 < rtol < 1:
         raise ValueError(f"rtol must be in (0, 1) (relative eigenvalue cut-off), got {rtol}")
     return float(rtol)
-
-
-def eigenspace_overlap(
-    x: Tensor, y: Tensor, normalizer: str = "rank", rtol: float | None = None, dtype: torch.dtype | None = None
-) -> Tensor:
-    """Eigenspace overlap score (May et al. 2019): |U^T V|_F^2 / max(r_x, r_y) = tr(P_x P_y) / max(r_x, r_y).
-
-    U (n x r_x), V (n x r_y): orthonormal bases of the column spaces of the uncentred ``x``, ``y``
-    (May et al. compare embedding matrices as they are; no centring). In [0, 1], 1 when the
-    column spaces coincide (e.g. y = x A with A invertible).
-
-    Args:
-        normalizer: "rank" (default): max of the numerical ranks. May et al. define the score for
-            full-column-rank matrices, where rank = width, so this is their definition and keeps
-            EOS(x, x) = 1 for rank-deficient or wide (p > n) inputs. "width": max(p, q), what ReSi
-            divides by (its EOS(x, x) is rank/p < 1 when x is rank-deficient).
-        rtol: eigenvalues of the centred scatter (and squared singular values of x) below
-            rtol * largest count as zero; default 1e-10 in float64, 1e-5 for float32 products.
-        dtype: precision of the n x d products (default: the inputs'); decompositions are float64.
-
-    Cost O(n d^2 + d^3); exact from streamed moments (``tr(P_x P_y)`` needs only the means and
-    the centred scatter and cross-scatter matrices).
-    """
-    x, y = _pair(x, y, 1, "", True)
-    return _eos_grid([x], [y], normalizer, rtol, dtype, pair=True)[0, 0]
-
-
-def eigenspace_overlap_grid(xs, ys=None, normalizer: str = "rank", rtol: float | None = None, dtype=None):
-    """:func:`eigenspace_overlap` for every layer pair: one basis per layer, one product for all pairs."""
-    xs, ys = _layers(xs, ys, 1, "", True)
-    return _eos_grid(xs, ys, normalizer, rtol, dtype)
 
 
 def eigenspace_overlap_from_moments(m, normalizer: str = "rank", rtol: float | None = None) -> Tensor:
@@ -368,32 +296,6 @@ def _gulp_grid(xs, ys, lam, rtol, dtype) -> Tensor:
     return _gulp_distance(sx[:, None], sy[None, :], cross, compute)
 
 
-def gulp(x: Tensor, y: Tensor, lam: float = 0.0, rtol: float | None = None, dtype: torch.dtype | None = None):
-    """GULP distance (Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS).
-
-    With Sigma_x, Sigma_y, Sigma_xy the covariances of the centred representations, each scaled
-    to tr(Sigma) = 1 (as the authors' code does), and R_x = (Sigma_x + lam I)^{-1}:
-        d_lam^2 = tr(R_x Sigma_x R_x Sigma_x) + tr(R_y Sigma_y R_y Sigma_y) - 2 tr(R_x Sigma_xy R_y Sigma_yx),
-    it measures how differently lam-ridge regression on the two representations predicts targets.
-    Returns d_lam (not its square, which ReSi returns). ``lam = 0`` (default, as ReSi and the
-    authors' function) uses the pseudo-inverse over eigenvalues > rtol * largest; then
-    d_0^2 = r_x + r_y - 2 sum rho_i^2 (canonical correlations) and the distance is invariant to
-    invertible linear maps; lam > 0 only to orthogonal maps, scaling and shifts.
-
-    The square is a difference of terms T of order min(d, 1/lam): squares below 64 eps T (and
-    negatives down to -10 sqrt(eps) T) are rounding and give 0; a more negative square is refused.
-    Cost O(n d^2 + d^3); exact from streamed moments.
-    """
-    x, y = _pair(x, y, 2, "GULP centres the features", True)
-    return _gulp_grid([x], [y], lam, rtol, dtype)[0, 0]
-
-
-def gulp_grid(xs, ys=None, lam: float = 0.0, rtol: float | None = None, dtype: torch.dtype | None = None):
-    """:func:`gulp` for every layer pair: one eigendecomposition per layer, one product for all pairs."""
-    xs, ys = _layers(xs, ys, 2, "GULP centres the features", True)
-    return _gulp_grid(xs, ys, lam, rtol, dtype)
-
-
 def gulp_from_moments(m, lam: float = 0.0, rtol: float | None = None) -> Tensor:
     """GULP from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
     lam = _check_lam(lam)
@@ -424,7 +326,129 @@ def _rsm_norm_grid(xs, ys, dtype) -> Tensor:
     return sq.sqrt()
 
 
-def rsm_norm_difference(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+# ---------------------------------------------------------------------------- declarations
+def _one_pair(names) -> bool:
+    """Whether a grid computes the one-shot measure (its errors then say x / y, not xs[k] / ys[k])."""
+    return names == (["x"], ["y"])
+
+
+@layer_measure(
+    "distance_correlation",
+    grid=lambda xs, ys, bias_corrected, dtype, names: _dcor_grid(xs, ys, bias_corrected, dtype, _one_pair(names)),
+    min_samples=lambda bias_corrected=False, **_: 4 if bias_corrected else 2,
+    reason="distance correlation needs n >= 4 for the bias-corrected estimate",
+    family="rsm",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
+    cost="O(n^2 d) time, O(block n) memory",
+    identity_value=1.0,
+    reference="Szekely, Rizzo & Bakirov 2007, Ann. Stat.; bias-corrected: Szekely & Rizzo 2013, J. Multivar. Anal.",
+)
+def distance_correlation(x: Tensor, y: Tensor, *, bias_corrected: bool = False, dtype: torch.dtype | None = None):
+    """Distance correlation of ``x`` (n, p) and ``y`` (n, q) (Szekely, Rizzo & Bakirov 2007).
+
+    a_ij = |x_i - x_j|, A = a - a_i. - a_.j + a_.. (double centring), likewise B from y;
+    dCov^2 = (1/n^2) sum A_ij B_ij, dCor = sqrt(dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))),
+    in [0, 1], 1 for x = y. ``bias_corrected=True`` (n >= 4) returns Szekely & Rizzo's (2013)
+    R*: U-centred matrices (zero diagonal, a_i./(n-2), a../((n-1)(n-2))), the bias-corrected
+    estimate of dCor^2 (the square, not its root); it is near 0 for independent data even when
+    d >> n and can be negative (never clamped).
+
+    Cost O(n^2 (p + q)) time; memory O(block x n): the n x n matrices are built in row blocks,
+    twice (once for the row means, once for the products).
+    """
+
+
+@layer_measure(
+    "eigenspace_overlap",
+    grid=lambda xs, ys, normalizer, rtol, dtype, names: _eos_grid(xs, ys, normalizer, rtol, dtype, _one_pair(names)),
+    min_samples=1,
+    family="rsm",
+    larger_is_more_similar=True,
+    invariances=("orthogonal", "isotropic_scaling", "permutation", "invertible_linear"),
+    streaming=True,
+    from_moments=eigenspace_overlap_from_moments,
+    cost="O(n d^2 + d^3)",
+    identity_value=1.0,
+    reference="May, Zhang, Dao & Re 2019, NeurIPS",
+)
+def eigenspace_overlap(
+    x: Tensor, y: Tensor, *, normalizer: str = "rank", rtol: float | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Eigenspace overlap score (May et al. 2019): |U^T V|_F^2 / max(r_x, r_y) = tr(P_x P_y) / max(r_x, r_y).
+
+    U (n x r_x), V (n x r_y): orthonormal bases of the column spaces of the uncentred ``x``, ``y``
+    (May et al. compare embedding matrices as they are; no centring). In [0, 1], 1 when the
+    column spaces coincide (e.g. y = x A with A invertible).
+
+    Args:
+        normalizer: "rank" (default): max of the numerical ranks. May et al. define the score for
+            full-column-rank matrices, where rank = width, so this is their definition and keeps
+            EOS(x, x) = 1 for rank-deficient or wide (p > n) inputs. "width": max(p, q), what ReSi
+            divides by (its EOS(x, x) is rank/p < 1 when x is rank-deficient).
+        rtol: eigenvalues of the centred scatter (and squared singular values of x) below
+            rtol * largest count as zero; default 1e-10 in float64, 1e-5 for float32 products.
+        dtype: precision of the n x d products (default: the inputs'); decompositions are float64.
+
+    Cost O(n d^2 + d^3); exact from streamed moments (``tr(P_x P_y)`` needs only the means and
+    the centred scatter and cross-scatter matrices).
+    """
+
+
+def _gulp_invariances(lam: float = 0.0, **_) -> tuple[str, ...]:
+    # lam = 0: the predictor spaces are the centred column spaces, so any affine map of the features
+    # leaves the distance unchanged; lam > 0 keeps only orthogonal maps, scaling, translation, permutation
+    rigid = ("orthogonal", "isotropic_scaling", "translation", "permutation")
+    return rigid + (("invertible_linear", "affine") if lam == 0 else ())
+
+
+@layer_measure(
+    "gulp",
+    grid=lambda xs, ys, lam, rtol, dtype, **_: _gulp_grid(xs, ys, lam, rtol, dtype),
+    min_samples=2,
+    reason="GULP centres the features",
+    family="rsm",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=_gulp_invariances,
+    streaming=True,
+    from_moments=gulp_from_moments,
+    cost="O(n d^2 + d^3)",
+    identity_value=0.0,
+    reference="Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS",
+)
+def gulp(x: Tensor, y: Tensor, *, lam: float = 0.0, rtol: float | None = None, dtype: torch.dtype | None = None):
+    """GULP distance (Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS).
+
+    With Sigma_x, Sigma_y, Sigma_xy the covariances of the centred representations, each scaled
+    to tr(Sigma) = 1 (as the authors' code does), and R_x = (Sigma_x + lam I)^{-1}:
+        d_lam^2 = tr(R_x Sigma_x R_x Sigma_x) + tr(R_y Sigma_y R_y Sigma_y) - 2 tr(R_x Sigma_xy R_y Sigma_yx),
+    it measures how differently lam-ridge regression on the two representations predicts targets.
+    Returns d_lam (not its square, which ReSi returns). ``lam = 0`` (default, as ReSi and the
+    authors' function) uses the pseudo-inverse over eigenvalues > rtol * largest; then
+    d_0^2 = r_x + r_y - 2 sum rho_i^2 (canonical correlations) and the distance is invariant to
+    invertible linear maps; lam > 0 only to orthogonal maps, scaling and shifts.
+
+    The square is a difference of terms T of order min(d, 1/lam): squares below 64 eps T (and
+    negatives down to -10 sqrt(eps) T) are rounding and give 0; a more negative square is refused.
+    Cost O(n d^2 + d^3); exact from streamed moments.
+    """
+
+
+@layer_measure(
+    "rsm_norm_difference",
+    grid=lambda xs, ys, dtype, **_: _rsm_norm_grid(xs, ys, dtype),
+    min_samples=2,
+    reason="a distance matrix needs two samples",
+    family="rsm",
+    larger_is_more_similar=False,
+    metric=True,
+    invariances=("orthogonal", "translation", "permutation"),
+    cost="O(n^2 d) time, O(block n) memory",
+    identity_value=0.0,
+    reference="Shahbazi et al. 2021, NeuroImage; Klabunde et al. 2025 (ReSi)",
+)
+def rsm_norm_difference(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """|D_x - D_y|_F, D the (n, n) Euclidean distance matrix of the rows (Shahbazi et al. 2021; ReSi).
 
     The Frobenius norm of the difference of the full matrices; the norm of the condensed upper
@@ -433,66 +457,3 @@ def rsm_norm_difference(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) 
     rigid motions (orthogonal maps and shifts); not scale-invariant. Cost O(n^2 (p + q)), memory
     O(block x n).
     """
-    x, y = _pair(x, y, 2, "a distance matrix needs two samples", True)
-    return _rsm_norm_grid([x], [y], dtype)[0, 0]
-
-
-def rsm_norm_difference_grid(xs, ys=None, dtype: torch.dtype | None = None) -> Tensor:
-    """:func:`rsm_norm_difference` for every layer pair, distance blocks built once per layer and block."""
-    xs, ys = _layers(xs, ys, 2, "a distance matrix needs two samples", True)
-    return _rsm_norm_grid(xs, ys, dtype)
-
-
-# ---------------------------------------------------------------------------- registry
-register(
-    "distance_correlation",
-    fn=distance_correlation,
-    family="rsm",
-    larger_is_more_similar=True,
-    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
-    cost="O(n^2 d) time, O(block n) memory",
-    identity_value=1.0,
-    grid=distance_correlation_grid,
-    reference="Szekely, Rizzo & Bakirov 2007, Ann. Stat.; bias-corrected: Szekely & Rizzo 2013, J. Multivar. Anal.",
-)
-register(
-    "eigenspace_overlap",
-    fn=eigenspace_overlap,
-    family="rsm",
-    larger_is_more_similar=True,
-    invariances=("orthogonal", "isotropic_scaling", "permutation", "invertible_linear"),
-    streaming=True,
-    from_moments=eigenspace_overlap_from_moments,
-    cost="O(n d^2 + d^3)",
-    identity_value=1.0,
-    grid=eigenspace_overlap_grid,
-    reference="May, Zhang, Dao & Re 2019, NeurIPS",
-)
-register(
-    "gulp",
-    fn=gulp,
-    family="rsm",
-    larger_is_more_similar=False,
-    metric=True,
-    # lam = 0 (default): the predictor spaces are the centred column spaces, so any affine map of
-    # the features leaves it unchanged; lam > 0 keeps only orthogonal, scaling, translation, permutation.
-    invariances=("orthogonal", "isotropic_scaling", "translation", "permutation", "invertible_linear", "affine"),
-    streaming=True,
-    from_moments=gulp_from_moments,
-    cost="O(n d^2 + d^3)",
-    identity_value=0.0,
-    grid=gulp_grid,
-    reference="Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS",
-)
-register(
-    "rsm_norm_difference",
-    fn=rsm_norm_difference,
-    family="rsm",
-    larger_is_more_similar=False,
-    metric=True,
-    invariances=("orthogonal", "translation", "permutation"),
-    cost="O(n^2 d) time, O(block n) memory",
-    identity_value=0.0,
-    grid=rsm_norm_difference_grid,
-    reference="Shahbazi et al. 2021, NeuroImage; Klabunde et al. 2025 (ReSi)",
-)
