@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns, gram_sq_distances, sq_row_norms
-from .._validation import as_feature_pair, as_features, as_layer_lists, check_same_samples
 from .gram import squared_distances
-from .registry import register
+from .kinds import layer_measure
 
 _ACC = torch.float64
 
@@ -66,22 +65,16 @@ def _cross_barcode_total(dx: np.ndarray, dy: np.ndarray) -> float:
     return float((finite[:, 1] - finite[:, 0]).sum())
 
 
-def rtd(x: Tensor, y: Tensor, trials: int = 10, batch: int = 500, symmetric: bool = True, seed: int = 0) -> Tensor:
-    """Representation Topology Divergence (Barannikov et al. 2022, ICML).
+_INVARIANT = ("orthogonal", "isotropic_scaling", "translation", "permutation")
+_TOPOLOGY = dict(family="topology", larger_is_more_similar=False, invariances=_INVARIANT, identity_value=0.0)
 
-    Distances of each representation are divided by their 0.9 quantile; RTD(x, y) is the total
-    length of the H1 bars of the R-Cross-Barcode: the persistent homology of the Rips filtration of
-    [[0, D_x^T], [D_x, min(D_x, D_y)]] over 2n vertices, i.e. the cycles that appear in
-    min(D_x, D_y) but not in D_x. ``symmetric=True`` averages RTD(x, y) and RTD(y, x). With more
-    than ``batch`` samples it is averaged over ``trials`` random subsets of ``batch`` samples
-    (seeded by ``seed``; the same subsets for both sides), as the authors do. 0 for identical
-    inputs; invariant to rotations, translations, isotropic scaling and feature permutations.
-    Homology runs on the host (ripser); cost grows steeply with ``batch``.
-    """
-    x, y = as_features(x, "x", 4, "RTD needs n >= 4", varying=True), as_features(y, "y", 4, varying=True)
-    check_same_samples(x, y)
+
+def _check_rtd_options(trials: int = 10, batch: int = 500, **_) -> None:
     if trials < 1 or batch < 4:
         raise ValueError(f"trials must be >= 1 and batch >= 4, got trials={trials}, batch={batch}")
+
+
+def _rtd_pair(x: Tensor, y: Tensor, trials: int, batch: int, symmetric: bool, seed: int) -> Tensor:
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
     subsets = [torch.arange(n)] if n <= batch else [torch.randperm(n, generator=gen)[:batch] for _ in range(trials)]
@@ -93,6 +86,30 @@ def rtd(x: Tensor, y: Tensor, trials: int = 10, batch: int = 500, symmetric: boo
         forward = _cross_barcode_total(dx, dy)
         values.append((forward + _cross_barcode_total(dy, dx)) / 2 if symmetric else forward)
     return torch.tensor(float(np.mean(values)), dtype=_ACC, device=x.device)
+
+
+@layer_measure(
+    "rtd",
+    pair=_rtd_pair,
+    options_check=_check_rtd_options,
+    min_samples=4,
+    reason="RTD needs n >= 4",
+    cost="ripser H1 of 2*batch points per trial (host)",
+    reference="Barannikov et al. 2022, Representation Topology Divergence (ICML)",
+    **_TOPOLOGY,
+)
+def rtd(x: Tensor, y: Tensor, *, trials: int = 10, batch: int = 500, symmetric: bool = True, seed: int = 0) -> Tensor:
+    """Representation Topology Divergence (Barannikov et al. 2022, ICML).
+
+    Distances of each representation are divided by their 0.9 quantile; RTD(x, y) is the total
+    length of the H1 bars of the R-Cross-Barcode: the persistent homology of the Rips filtration of
+    [[0, D_x^T], [D_x, min(D_x, D_y)]] over 2n vertices, i.e. the cycles that appear in
+    min(D_x, D_y) but not in D_x. ``symmetric=True`` averages RTD(x, y) and RTD(y, x). With more
+    than ``batch`` samples it is averaged over ``trials`` random subsets of ``batch`` samples
+    (seeded by ``seed``; the same subsets for both sides), as the authors do. 0 for identical
+    inputs; invariant to rotations, translations, isotropic scaling and feature permutations.
+    Homology runs on the host (ripser); cost grows steeply with ``batch``.
+    """
 
 
 # -------------------------------------------------------------------------------- IMD
@@ -109,27 +126,6 @@ def _heat_traces(x: Tensor, k: int, ts: Tensor) -> Tensor:
     lap = torch.eye(n, dtype=_ACC, device=x.device) - inv_sqrt_deg[:, None] * adj * inv_sqrt_deg[None, :]
     eig = torch.linalg.eigvalsh(lap).clamp_min(0.0)
     return torch.exp(-ts[:, None] * eig[None, :]).sum(1) / n
-
-
-def imd(x: Tensor, y: Tensor, k: int = 5, n_scales: int = 256, max_samples: int = 4000) -> Tensor:
-    """Intrinsic Multi-scale Distance (Tsitsulin et al. 2020, ICLR).
-
-    Each representation becomes the undirected kNN graph of its samples (Euclidean, k = 5 by
-    default) with normalised Laplacian L; its heat-trace descriptor is h(t) = tr(exp(-t L)) / n at
-    ``n_scales`` scales t log-spaced in [0.1, 10]; IMD = max_t exp(-2 (t + 1/t)) |h_x(t) - h_y(t)|.
-    The traces are exact (eigendecomposition, O(n^3)), so no estimation noise; n is limited to
-    ``max_samples``. A pseudo-metric, invariant to rotations, translations, isotropic scaling
-    and feature permutations (it depends only on the kNN graphs).
-    """
-    x, y = as_feature_pair(x, y, 3, varying=True)
-    return _imd_validated([x], [y], k, n_scales, max_samples)[0, 0]
-
-
-def imd_grid(xs, ys=None, k: int = 5, n_scales: int = 256, max_samples: int = 4000) -> Tensor:
-    """IMD between every layer in ``xs`` and every layer in ``ys``, (L, M): each layer's heat-trace
-    descriptor (one O(n^3) eigendecomposition) is computed once, not once per pair."""
-    xs, ys_list = as_layer_lists(xs, ys, 3, varying=True)
-    return _imd_validated(xs, ys_list, k, n_scales, max_samples)
 
 
 def _imd_validated(xs: list[Tensor], ys_list: list[Tensor], k, n_scales: int, max_samples: int) -> Tensor:
@@ -169,6 +165,28 @@ def _relative_living_times(intervals: np.ndarray, alpha_max: float, i_max: int) 
     lengths = np.diff(ends)
     kept = alive < i_max
     return np.bincount(alive[kept], weights=lengths[kept], minlength=i_max) / alpha_max
+
+
+@layer_measure(
+    "imd",
+    grid=lambda xs, ys, k, n_scales, max_samples, **_: _imd_validated(xs, ys, k, n_scales, max_samples),
+    # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
+    # any two inputs with isospectral kNN graphs (e.g. the same graph after a non-rigid map), not only equivalent ones.
+    metric=False,
+    cost="O(n^3) (exact Laplacian spectra)",
+    reference="Tsitsulin et al. 2020, The shape of data: Intrinsic distance for data distributions (ICLR)",
+    **_TOPOLOGY,
+)
+def imd(x: Tensor, y: Tensor, *, k: int = 5, n_scales: int = 256, max_samples: int = 4000) -> Tensor:
+    """Intrinsic Multi-scale Distance (Tsitsulin et al. 2020, ICLR).
+
+    Each representation becomes the undirected kNN graph of its samples (Euclidean, k = 5 by
+    default) with normalised Laplacian L; its heat-trace descriptor is h(t) = tr(exp(-t L)) / n at
+    ``n_scales`` scales t log-spaced in [0.1, 10]; IMD = max_t exp(-2 (t + 1/t)) |h_x(t) - h_y(t)|.
+    The traces are exact (eigendecomposition, O(n^3)), so no estimation noise; n is limited to
+    ``max_samples``. A pseudo-metric, invariant to rotations, translations, isotropic scaling
+    and feature permutations (it depends only on the kNN graphs).
+    """
 
 
 def _landmark_sets(n: int, n_landmarks: int, n_repeats: int, seed: int) -> Tensor:
@@ -225,9 +243,32 @@ def _check_gs_options(n: int, n_landmarks, gamma, i_max, n_repeats) -> None:
         )
 
 
+def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma, i_max, n_repeats, seed) -> Tensor:
+    if n_landmarks is None:  # the paper's 64, or every sample when there are fewer (n >= 3 is checked)
+        n_landmarks = min(64, xs[0].shape[0])
+    _check_gs_options(xs[0].shape[0], n_landmarks, gamma, i_max, n_repeats)
+    landmarks = _landmark_sets(xs[0].shape[0], n_landmarks, n_repeats, seed)
+    mx = np.stack([_mean_rlt(x, landmarks, gamma, i_max) for x in xs])
+    my = mx if ys_list is xs else np.stack([_mean_rlt(y, landmarks, gamma, i_max) for y in ys_list])
+    diff = mx[:, None, :] - my[None, :, :]
+    return torch.tensor((diff * diff).sum(-1), dtype=_ACC, device=xs[0].device)
+
+
+@layer_measure(
+    "geometry_score",
+    grid=lambda xs, ys, n_landmarks, gamma, i_max, n_repeats, seed, **_: _geometry_scores(
+        xs, ys, n_landmarks, gamma, i_max, n_repeats, seed
+    ),
+    reason=_GS_REASON,
+    cost="O(n_repeats n n_landmarks d) + n_repeats gudhi witness complexes and H1 persistence (host)",
+    reference="Khrulkov & Oseledets 2018, Geometry Score: A Method For Comparing Generative Adversarial Networks "
+    "(ICML)",
+    **_TOPOLOGY,
+)
 def geometry_score(
     x: Tensor,
     y: Tensor,
+    *,
     n_landmarks: int | None = None,
     gamma: float = 1 / 128,
     i_max: int = 100,
@@ -269,70 +310,3 @@ def geometry_score(
     streaming; cost O(n_repeats * (n * n_landmarks * d + witness complex + persistence)), on the
     host (gudhi) after the distances.
     """
-    x, y = as_feature_pair(x, y, 3, _GS_REASON, varying=True)
-    return _geometry_scores([x], [y], n_landmarks, gamma, i_max, n_repeats, seed)[0, 0]
-
-
-def _geometry_score_grid(
-    xs,
-    ys=None,
-    n_landmarks: int | None = None,
-    gamma: float = 1 / 128,
-    i_max: int = 100,
-    n_repeats: int = 100,
-    seed: int = 0,
-) -> Tensor:
-    """(L, M) Geometry Scores: each layer's MRLT is computed once (the landmark indices depend only
-    on n and ``seed``), then every pair is a squared distance between MRLTs."""
-    xs, ys_list = as_layer_lists(xs, ys, 3, _GS_REASON, varying=True)
-    return _geometry_scores(xs, ys_list, n_landmarks, gamma, i_max, n_repeats, seed)
-
-
-def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma, i_max, n_repeats, seed) -> Tensor:
-    if n_landmarks is None:  # the paper's 64, or every sample when there are fewer (n >= 3 is checked)
-        n_landmarks = min(64, xs[0].shape[0])
-    _check_gs_options(xs[0].shape[0], n_landmarks, gamma, i_max, n_repeats)
-    landmarks = _landmark_sets(xs[0].shape[0], n_landmarks, n_repeats, seed)
-    mx = np.stack([_mean_rlt(x, landmarks, gamma, i_max) for x in xs])
-    my = mx if ys_list is xs else np.stack([_mean_rlt(y, landmarks, gamma, i_max) for y in ys_list])
-    diff = mx[:, None, :] - my[None, :, :]
-    return torch.tensor((diff * diff).sum(-1), dtype=_ACC, device=xs[0].device)
-
-
-_INVARIANT = ("orthogonal", "isotropic_scaling", "translation", "permutation")
-register(
-    "rtd",
-    fn=rtd,
-    family="topology",
-    larger_is_more_similar=False,
-    invariances=_INVARIANT,
-    cost="ripser H1 of 2*batch points per trial (host)",
-    identity_value=0.0,
-    reference="Barannikov et al. 2022, Representation Topology Divergence (ICML)",
-)
-register(
-    "imd",
-    fn=imd,
-    family="topology",
-    larger_is_more_similar=False,
-    # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
-    # any two inputs with isospectral kNN graphs (e.g. the same graph after a non-rigid map), not only equivalent ones.
-    metric=False,
-    invariances=_INVARIANT,
-    cost="O(n^3) (exact Laplacian spectra)",
-    identity_value=0.0,
-    grid=imd_grid,
-    reference="Tsitsulin et al. 2020, The shape of data: Intrinsic distance for data distributions (ICLR)",
-)
-register(
-    "geometry_score",
-    fn=geometry_score,
-    family="topology",
-    larger_is_more_similar=False,
-    invariances=_INVARIANT,
-    cost="O(n_repeats n n_landmarks d) + n_repeats gudhi witness complexes and H1 persistence (host)",
-    identity_value=0.0,
-    grid=_geometry_score_grid,
-    reference="Khrulkov & Oseledets 2018, Geometry Score: A Method For Comparing Generative Adversarial Networks "
-    "(ICML)",
-)
