@@ -296,8 +296,8 @@ def _shared_gram_grids(plan: Plan, xs: list[Tensor], ys: list[Tensor], n_kept: i
     fuse_rsa = bool(ckas) and bool(rsas) and n_kept <= sample_cap and plan.dtype == torch.float64
     if len(ckas) + (len(rsas) if fuse_rsa else 0) < 2:
         return {}
-    from ._validation import as_layer_lists
     from .measures.gram import center_columns
+    from .validation import as_layer_lists
 
     same = ys is xs
     xs_v, ys_v = as_layer_lists(xs, None if same else ys, 4, varying=True)

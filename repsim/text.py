@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed as D
-from ._validation import check_choice
 from .batches import model_inputs, walk
 from .features import eval_mode, resolve_device
 from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, forward_features, with_hidden_states
+from .validation import check_choice
 
 __all__ = [
     "UNITS",

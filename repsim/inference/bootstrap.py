@@ -34,10 +34,10 @@ from scipy.stats import norm
 from torch import Tensor
 
 from .._numerics import center_columns, unbiased_hsic
-from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import MeasureInfo, get_measure
-from .permutation import _generator
+from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
+from .permutation import seeded_generator
 
 _ACC = torch.float64
 SCHEMES = ("auto", "replacement", "subsample")
@@ -352,7 +352,7 @@ def bootstrap(
     info, x, y, opts = _prepared(x, y, measure, measure_options)
     used = _scheme(info, check_choice(scheme, "scheme", SCHEMES))
     n = x.shape[0]
-    gen = _generator(seed, x.device)
+    gen = seeded_generator(seed, x.device)
     estimate = float(info.fn(x, y, **opts))
     indices = _draw(n, n_resamples, used, gen)
     fast = _fast_subsamples(measure, opts) if used == "subsample" else None
@@ -407,7 +407,7 @@ def compare_paired(
     check_same_samples(x, z, ("x", "z"))
     used = _scheme(info, check_choice(scheme, "scheme", SCHEMES))
     n = x.shape[0]
-    gen = _generator(seed, x.device)
+    gen = seeded_generator(seed, x.device)
 
     def diff(idx=None):
         if idx is None:

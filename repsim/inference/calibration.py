@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
 from ..measures.registry import MeasureInfo, get_measure, measure_grid
+from ..validation import as_feature_list, as_features, check_choice, check_same_samples
 from ._quadratic import (
     block_shift_null_grid,
     block_shift_permutations,
@@ -169,7 +169,7 @@ def _check_common(measure: str, n_permutations, alpha, scheme: str, aggregate=No
     return info
 
 
-def _generator(seed: int | None) -> torch.Generator:
+def _fresh_or_seeded_generator(seed: int | None) -> torch.Generator:
     gen = torch.Generator(device="cpu")
     if seed is None:
         gen.seed()  # fresh entropy: not reproducible, by request
@@ -215,7 +215,7 @@ def null_grid(
     opts = info.resolve_options(user)
     n = xs[0].shape[0]
     design = permutation_design(n, groups, blocks)
-    gen = _generator(seed)
+    gen = _fresh_or_seeded_generator(seed)
     form = quadratic_form(measure, opts)
     shifts_ok = form is not None and not design.restricted and n_permutations <= n - 1
     if scheme == "shifts" and not shifts_ok:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_choice
+from ..validation import check_choice
 
 ADJUSTMENTS = ("holm", "bh", "none")
 

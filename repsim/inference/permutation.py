@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns, sq_frobenius, unbiased_hsic
-from .._validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import get_measure
 from ..measures.rsa import rdm
+from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ._quadratic import standardised_rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design
@@ -109,7 +109,8 @@ def _shift_statistics(name: str, options: dict):
 
 
 # -------------------------------------------------------------------------------- the test
-def _generator(seed: int | None, device) -> torch.Generator:
+def seeded_generator(seed: int | None, device) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` (None: 0, so an unseeded test is reproducible)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(0 if seed is None else seed)
     return gen
@@ -156,7 +157,7 @@ def permutation_test(
     design = permutation_design(n, groups, blocks)
     if design.restricted and scheme == "shifts":
         raise ValueError("scheme='shifts' cannot respect groups/blocks; use scheme='auto' or 'random'")
-    gen = _generator(seed, x.device)
+    gen = seeded_generator(seed, x.device)
     order = torch.randperm(n, generator=gen).to(x.device)
     statistic = info.fn(x, y, **opts)
     shifts_fn = _shift_statistics(measure, opts) if scheme != "random" and not design.restricted else None

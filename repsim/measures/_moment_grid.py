@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns, column_mean
-from .._validation import as_feature_pair, as_layer_lists, resolve_dtype
+from ..validation import as_feature_pair, as_layer_lists, resolve_dtype
 from ._products import self_product, transpose_product
 from .moments import Moments
 

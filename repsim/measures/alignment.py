@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns, eigh_kept, sq_row_norms, unit_rows
-from .._validation import check_choice, resolve_dtype
+from ..validation import check_choice, resolve_dtype
 from . import _moment_grid as mg
 from .kinds import MomentParts, layer_measure, moment_measure
 
@@ -267,7 +267,7 @@ class _Whitening(NamedTuple):
     z: Tensor  # (d, d) partial whitening map
 
 
-def _partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening:
+def partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening:
     if alpha == 1.0:
         return _Whitening(torch.eye(s.shape[0], dtype=s.dtype, device=s.device))
     vals, vecs = eigh_kept(s / n)
@@ -280,12 +280,12 @@ def _partial_whitening(s: Tensor, n: int, alpha: float = 1.0, **_) -> _Whitening
     return _Whitening((vecs * scale) @ vecs.T)
 
 
-def _angle(cos: Tensor) -> Tensor:
+def angle_of_cosine(cos: Tensor) -> Tensor:
     """arccos, with 1 - cos within rounding of 0 reported as angle 0 (see :func:`_sqrt_nonneg`)."""
     return torch.where(1 - cos <= _ROUNDING, torch.zeros_like(cos), torch.arccos(cos.clamp(-1.0, 1.0)))
 
 
-def _check_alpha(alpha: float = 1.0, **_) -> None:
+def check_alpha(alpha: float = 1.0, **_) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (1: rotation-invariant, 0: CCA-whitened), got {alpha}")
 
@@ -295,17 +295,17 @@ def _angular_parts(alpha: float = 1.0, center: bool = True, **_) -> MomentParts:
     if alpha == 1.0:
 
         def rotation_pair(tx, ty, sxy, n, **_):
-            return _angle(_nuclear(sxy) / (tx * ty).sqrt())
+            return angle_of_cosine(_nuclear(sxy) / (tx * ty).sqrt())
 
         return MomentParts(_trace, rotation_pair, centre=center)
 
     def prepare(s, n, **_):
-        w = _partial_whitening(s, n, alpha).z
+        w = partial_whitening(s, n, alpha).z
         return w, torch.trace(w.T @ s @ w)
 
     def pair(px, py, sxy, n, **_):
         (zx, nx), (zy, ny) = px, py
-        return _angle(_nuclear(zx.T @ sxy @ zy) / (nx * ny).sqrt())
+        return angle_of_cosine(_nuclear(zx.T @ sxy @ zy) / (nx * ny).sqrt())
 
     return MomentParts(prepare, pair, centre=center)
 
@@ -325,7 +325,7 @@ def _angular_invariances(alpha: float = 1.0, center: bool = True, **_) -> tuple[
 @moment_measure(
     "angular_shape",
     parts=_angular_parts,
-    options_check=_check_alpha,
+    options_check=check_alpha,
     family="alignment",
     larger_is_more_similar=False,
     metric=True,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns
-from .._validation import (
+from ..validation import (
     as_layer_lists,
     check_choice,
     resolve_dtype,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import as_feature_pair
-from .alignment import _angle, _check_alpha, _partial_whitening
+from ..validation import as_feature_pair
+from .alignment import angle_of_cosine, check_alpha, partial_whitening
 
 __all__ = ["crossvalidated_shape"]
 
@@ -57,7 +57,7 @@ def crossvalidated_shape(
     ``alpha < 1`` the training covariance must have full rank. A float64 0-d tensor; not exact
     from moments of the whole set (it depends on the split).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     x, y = as_feature_pair(x, y, min_samples=5, varying=True)
     n = x.shape[0]
     mask = _train_mask(train, n, seed).to(x.device)
@@ -70,11 +70,11 @@ def crossvalidated_shape(
     x64, y64 = x.to(torch.float64), y.to(torch.float64)
     mu_x, mu_y = x64[mask].mean(0), y64[mask].mean(0)
     xtr, ytr = x64[mask] - mu_x, y64[mask] - mu_y
-    zx = _partial_whitening(xtr.T @ xtr, n_train, alpha).z
-    zy = _partial_whitening(ytr.T @ ytr, n_train, alpha).z
+    zx = partial_whitening(xtr.T @ xtr, n_train, alpha).z
+    zy = partial_whitening(ytr.T @ ytr, n_train, alpha).z
     u, _, vh = torch.linalg.svd((xtr @ zx).T @ (ytr @ zy), full_matrices=False)
     px, py = (x64[~mask] - mu_x) @ zx, (y64[~mask] - mu_y) @ zy
     norms = px.norm() * py.norm()
     if not bool(norms > 0):
         raise ValueError("the test samples of x or y all sit at the training mean; use another split")
-    return _angle(torch.trace(u.T @ px.T @ py @ vh.T) / norms)
+    return angle_of_cosine(torch.trace(u.T @ px.T @ py @ vh.T) / norms)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import block_sq_norms, sq_row_norms, unbiased_hsic
-from .._validation import check_choice
+from ..validation import check_choice
 from ._products import self_product, transpose_product
 
 ESTIMATORS = ("biased", "unbiased")
@@ -100,7 +100,7 @@ def hsic(k: Tensor, l: Tensor, estimator: str = "biased") -> Tensor:
     ``estimator="unbiased"``: Song et al. (2012), needs n >= 4; it can be negative, and is not
     clamped.
     """
-    from .._validation import as_features, check_same_samples
+    from ..validation import as_features, check_same_samples
 
     check_choice(estimator, "estimator", ESTIMATORS)
     need = min_samples(estimator)

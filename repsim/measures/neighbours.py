@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import unbiased_hsic, unit_rows
-from .._validation import (
+from ..validation import (
     resolve_dtype,
 )
 from .kinds import layer_measure

@@ -221,7 +221,7 @@ def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
     compares ``xs`` with itself. Per-layer work (centring, decompositions, neighbour lists) is
     done once per layer where the measure has a batched grid.
     """
-    from .._validation import as_layer_lists
+    from ..validation import as_layer_lists
 
     info = get_measure(name)
     opts = info.resolve_options(options)

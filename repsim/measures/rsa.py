@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
-from .._validation import (
+from ..validation import (
     as_features,
     check_choice,
     resolve_dtype,

@@ -31,7 +31,7 @@ from .._numerics import (
     gram_sq_distances,
     sq_row_norms,
 )
-from .._validation import (
+from ..validation import (
     check_choice,
     resolve_dtype,
 )

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
-from .._validation import (
+from ..validation import (
     as_feature_list,
     as_features,
     check_choice,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns
-from .._validation import as_feature_list, check_same_samples, near_constant, resolve_dtype
+from ..validation import as_feature_list, check_same_samples, near_constant, resolve_dtype
 from .accumulator import Accumulator, combine_states
 from .hsic import (
     CrossMoments,

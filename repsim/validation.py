@@ -1,4 +1,8 @@
-"""Input checks shared by every public function: one clear ``ValueError`` per misuse."""
+"""Input checks shared by every public function: one clear ``ValueError`` per misuse.
+
+Public for the packages built on repsim (``probes``, ``zoo``) and for new measures: a function that
+takes features validates them with :func:`as_features` (or :func:`as_feature_pair` /
+:func:`as_layer_lists`), and its errors name the argument and say how to fix it."""
 
 from __future__ import annotations
 
