@@ -136,3 +136,19 @@ def test_choosing_guide_table_is_current():
     spec.loader.exec_module(module)
     text = module.PAGE.read_text()
     assert module.render(text) == text, "run: python scripts/registry_table.py"
+
+
+def test_exports_and_api_page_follow_the_registry():
+    """Every registered measure is importable from repsim under its function's name and documented in
+    the API page; repsim re-exports everything repsim.measures exports."""
+    import pathlib
+
+    import repsim.measures
+
+    exported = set(repsim.__all__)
+    assert set(repsim.measures.__all__) <= exported, sorted(set(repsim.measures.__all__) - exported)
+    api = (pathlib.Path(__file__).parents[1] / "docs" / "api" / "repsim.md").read_text()
+    for name in registry.registered_names():
+        fn = repsim.get_measure(name).fn
+        assert fn.__name__ in exported and getattr(repsim, fn.__name__) is fn, f"{name}: export {fn.__name__}"
+        assert f"::: repsim.{fn.__name__}\n" in api, f"{name}: add '::: repsim.{fn.__name__}' to docs/api/repsim.md"

@@ -24,9 +24,10 @@ from .dimensions import ensd
 from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
+from .kinds import MomentParts, layer_measure, moment_measure
 from .moments import Moments, StreamingMoments, moments_of
 from .neighbours import cknna, cycle_knn, jaccard_knn, knn_indices, mutual_knn, rank_similarity, second_order_cosine
-from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, register
+from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid
 from .rsa import average_ranks, kendall_tau_a, kendall_tau_b, rdm, rsa, rsa_grid
 from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
 from .statistics import concentricity_difference, magnitude_difference, uniformity_difference
@@ -37,6 +38,7 @@ __all__ = [
     "BiasedCKAChanceWarning",
     "GramGap",
     "MeasureInfo",
+    "MomentParts",
     "Moments",
     "StreamingMoments",
     "abs_acc_diff",
@@ -70,6 +72,7 @@ __all__ = [
     "kendall_tau_b",
     "kernel_cka",
     "knn_indices",
+    "layer_measure",
     "linear_cka",
     "linear_regression",
     "list_measures",
@@ -78,6 +81,7 @@ __all__ = [
     "mean_squared_cca",
     "measure",
     "measure_grid",
+    "moment_measure",
     "moments_of",
     "mutual_knn",
     "nbs",
@@ -88,7 +92,6 @@ __all__ = [
     "rank_similarity",
     "rbf_gram",
     "rdm",
-    "register",
     "rsa",
     "rsa_grid",
     "rsm_norm_difference",
