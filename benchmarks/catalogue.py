@@ -108,7 +108,7 @@ ROWS = [
     ("platonic_svcca", "svcca", {}, "platonic", "svcca(cca_dim=10)", "xy"),
     # PyPI peers
     ("dcor_dcor", "distance_correlation", {}, "dcor", "dcor.distance_correlation", "xy"),
-    ("dcor_dcor_u", "distance_correlation", {"bias_corrected": True}, "dcor", "dcor.u_distance_correlation_sqr", "xy"),
+    ("dcor_dcor_u", "distance_correlation", {"debiased": True}, "dcor", "dcor.u_distance_correlation_sqr", "xy"),
     ("rsatoolbox_rsa", "rsa", {"rdm": "correlation", "compare": "pearson"}, "rsatoolbox",
      "calc_rdm(correlation) + compare(corr)", "xy"),
     ("rsatoolbox_rsa_spearman", "rsa", {"rdm": "correlation", "compare": "spearman"}, "rsatoolbox",

@@ -84,9 +84,18 @@ INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm
 INFERENCE_KEYS |= {"calibrate": 0, "alpha": 0.05}
 
 
+# the vocabulary of permutation_test / bootstrap / calibrate, accepted as the same keys
+INFERENCE_SYNONYMS = {"n_permutations": "permutations", "n_resamples": "bootstrap"}
+
+
 def check_inference(inference: Mapping | None) -> dict | None:
     if not inference:
         return None
+    for synonym, key in INFERENCE_SYNONYMS.items():
+        if synonym in inference:
+            if key in inference:
+                raise ValueError(f"inference: pass {key!r} or {synonym!r}, not both (they are the same count)")
+            inference = {key if k == synonym else k: v for k, v in inference.items()}
     unknown = sorted(set(inference) - set(INFERENCE_KEYS))
     if unknown:
         raise ValueError(f"inference takes the keys {sorted(INFERENCE_KEYS)}; got unknown {unknown}")

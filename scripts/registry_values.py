@@ -36,7 +36,7 @@ from repsim.measures.registry import get_measure, registered_names
 
 N, P, Q = 90, 6, 5
 OPTIONAL_PACKAGE = {"rtd": "ripser", "geometry_score": "gudhi"}
-OPTIONS = {"geometry_score": {"n_landmarks": 16, "n_repeats": 10}, "rtd": {"n_subsets": 2, "subset_size": 40}}
+OPTIONS = {"geometry_score": {"n_landmarks": 16, "n_repeats": 10}}
 
 
 def names() -> list[str]:

@@ -206,3 +206,28 @@ def test_every_registered_measure_is_built_by_a_kind():
         assert info.grid is not None and getattr(info.fn, "grid", None) is info.grid, name
         params = list(inspect.signature(info.fn).parameters.values())[2:]
         assert all(p.kind is p.KEYWORD_ONLY for p in params), f"{name}: options must be keyword-only"
+
+
+def test_old_option_names_still_work_with_a_warning():
+    """One vocabulary (debiased=, n_repeats=, subset_size=, max_exact_samples=); the old names map to it."""
+    x, y = _data(n=30)
+    with pytest.warns(DeprecationWarning, match="bias_corrected= is now debiased="):
+        old = repsim.distance_correlation(x, y, bias_corrected=True)
+    assert float(old) == float(repsim.distance_correlation(x, y, debiased=True))
+    with pytest.warns(DeprecationWarning, match="bias_corrected= is now debiased="):
+        via_registry = repsim.measure("distance_correlation", x, y, bias_corrected=True)
+    assert float(via_registry) == float(old)
+    with pytest.raises(ValueError, match="pass debiased= only"):
+        repsim.distance_correlation(x, y, bias_corrected=True, debiased=True)
+    with pytest.warns(DeprecationWarning, match="max_samples= is now max_exact_samples="):
+        repsim.imd(x, y, max_samples=100)
+
+
+def test_compare_inference_takes_the_functions_vocabulary():
+    from repsim.comparison import check_inference
+
+    assert check_inference({"n_permutations": 50, "n_resamples": 20}) == check_inference(
+        {"permutations": 50, "bootstrap": 20}
+    )
+    with pytest.raises(ValueError, match="not both"):
+        check_inference({"n_permutations": 50, "permutations": 50})

@@ -22,7 +22,7 @@ def _np(t):
 @pytest.mark.parametrize("bias_corrected", [False, True])
 def test_distance_correlation_matches_reference(gen, bias_corrected):
     x, y = related(gen, n=60, p=7, q=5)
-    got = repsim.distance_correlation(x, y, bias_corrected=bias_corrected)
+    got = repsim.distance_correlation(x, y, debiased=bias_corrected)
     assert got.dtype == torch.float64 and got.ndim == 0
     assert got.item() == pytest.approx(ref.dcor(_np(x), _np(y), bias_corrected), abs=1e-12)
 
@@ -31,7 +31,7 @@ def test_distance_correlation_closed_forms(gen):
     x = torch.randn(400, 3, generator=gen, dtype=torch.float64)
     y = torch.randn(400, 2, generator=gen, dtype=torch.float64)
     assert repsim.distance_correlation(x, y) < 0.2  # independent: V-statistic dCor = O(n^-1/2)
-    assert abs(repsim.distance_correlation(x, y, bias_corrected=True)) < 0.02  # unbiased: ~0, may be < 0
+    assert abs(repsim.distance_correlation(x, y, debiased=True)) < 0.02  # unbiased: ~0, may be < 0
     assert repsim.distance_correlation(x, x) == pytest.approx(1.0, abs=1e-12)
     # dCor detects a non-linear (non-monotone) dependence that Pearson misses
     t = torch.randn(400, 1, generator=gen, dtype=torch.float64)
@@ -126,7 +126,7 @@ def test_streaming_equals_one_shot_with_large_offsets(gen, name, options):
     ("name", "options"),
     [
         ("distance_correlation", {}),
-        ("distance_correlation", {"bias_corrected": True}),
+        ("distance_correlation", {"debiased": True}),
         ("eigenspace_overlap", {}),
         ("gulp", {"lam": 0.1}),
         ("rsm_norm_difference", {}),
@@ -161,7 +161,7 @@ def test_bad_inputs_are_clear_errors(gen):
     with pytest.raises(ValueError, match="samples"):
         repsim.gulp(x, y[:20])
     with pytest.raises(ValueError, match="n >= 4"):
-        repsim.distance_correlation(x[:3], y[:3], bias_corrected=True)
+        repsim.distance_correlation(x[:3], y[:3], debiased=True)
     with pytest.raises(ValueError, match="constant across samples"):
         repsim.distance_correlation(torch.ones(10, 2), y[:10])
     with pytest.raises(ValueError, match="constant across samples"):
@@ -185,11 +185,11 @@ def test_grid_errors_name_the_layer(gen):
     # four samples, two distinct: the U-centred distance variance is 0 (too few distinct samples)
     few = torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match=r"distance variance of xs\[1\] is not positive"):
-        repsim.distance_correlation.grid([x, few], bias_corrected=True)
+        repsim.distance_correlation.grid([x, few], debiased=True)
     with pytest.raises(ValueError, match=r"distance variance of ys\[0\] is not positive"):
-        repsim.distance_correlation.grid([x], [few], bias_corrected=True)
+        repsim.distance_correlation.grid([x], [few], debiased=True)
     with pytest.raises(ValueError, match=r"distance variance of y is not positive"):
-        repsim.distance_correlation(x, few, bias_corrected=True)
+        repsim.distance_correlation(x, few, debiased=True)
     # an all-zero layer only reaches the column-space check through streamed moments
     acc = StreamingMoments()
     acc.update(x, torch.zeros(4, 2, dtype=torch.float64))

@@ -34,9 +34,9 @@ def test_rtd_circle_against_a_filled_disc():
 def test_rtd_subsets_are_seeded():
     x = _cloud(2, n=40)
     y = x + 0.3 * _cloud(3, n=40)
-    a = repsim.rtd(x, y, batch=20, trials=3, seed=5)
-    assert float(a) == float(repsim.rtd(x, y, batch=20, trials=3, seed=5))
-    assert float(a) != float(repsim.rtd(x, y, batch=20, trials=3, seed=6))
+    a = repsim.rtd(x, y, subset_size=20, n_repeats=3, seed=5)
+    assert float(a) == float(repsim.rtd(x, y, subset_size=20, n_repeats=3, seed=5))
+    assert float(a) != float(repsim.rtd(x, y, subset_size=20, n_repeats=3, seed=6))
 
 
 def _imd_reference(x, k=5):
@@ -67,7 +67,7 @@ def test_bad_options():
     x = _cloud(6, n=10)
     with pytest.raises(ValueError, match="k must be an integer"):
         repsim.imd(x, x, k=10)
-    with pytest.raises(ValueError, match="exceeds max_samples"):
-        repsim.imd(x, x, max_samples=5)
-    with pytest.raises(ValueError, match="trials must be"):
-        repsim.rtd(x, x, trials=0)
+    with pytest.raises(ValueError, match="exceeds max_exact_samples"):
+        repsim.imd(x, x, max_exact_samples=5)
+    with pytest.raises(ValueError, match="n_repeats must be"):
+        repsim.rtd(x, x, n_repeats=0)

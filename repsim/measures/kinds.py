@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..validation import as_feature_pair, as_layer_lists
 from . import _moment_grid as mg
-from .registry import register
+from .registry import register, renamed_options
 
 __all__ = ["MomentParts", "layer_measure", "moment_measure"]
 
@@ -113,23 +113,23 @@ def _options_of(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> d
     return {**defaults, **given}
 
 
-def _built(declaration: Callable, sig: inspect.Signature, body: Callable) -> Callable:
+def _built(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
     """``body(x, y, options)`` behind the declaration's name, signature and docstring."""
     name, defaults = declaration.__name__, _declared_options(declaration)[1]
 
     @functools.wraps(declaration)
     def fn(x, y, **given):
-        return body(x, y, _options_of(name, defaults, given))
+        return body(x, y, _options_of(name, defaults, renamed_options(name, renamed, given)))
 
     fn.__signature__ = sig  # type: ignore[attr-defined]
     return fn
 
 
-def _grid_function(declaration: Callable, sig: inspect.Signature, body: Callable) -> Callable:
+def _grid_function(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
     name, defaults = declaration.__name__, _declared_options(declaration)[1]
 
     def grid(xs, ys=None, **given):
-        return body(xs, ys, _options_of(name, defaults, given))
+        return body(xs, ys, _options_of(name, defaults, renamed_options(name, renamed, given)))
 
     grid.__name__ = grid.__qualname__ = f"{name}_grid"
     grid.__module__ = declaration.__module__
@@ -146,6 +146,7 @@ def moment_measure(
     parts: Callable[..., MomentParts] | None = None,
     options_check: Callable[..., None] | None = None,
     min_samples: int = 3,
+    renamed: dict[str, str] | None = None,
     **properties,
 ) -> Callable[[Callable], Callable]:
     """Declare a measure that is a function of the second moments; it streams exactly.
@@ -154,8 +155,10 @@ def moment_measure(
     MomentParts`` when the computation depends on an option (angular_shape's ``alpha``,
     regression's ``predict``). Every option except ``dtype`` (the precision of the products) is
     passed to ``prepare`` and ``pair``, which ignore what they do not use (``**_``).
+    ``renamed={"old": "new"}`` keeps a deprecated option name working (with a DeprecationWarning).
     ``properties``: the registry's (see :func:`repsim.measures.registry.register`).
     """
+    renamed = dict(renamed or {})
     if (parts is None) == (prepare is None or pair is None):
         raise TypeError(f"{name}: give prepare and pair, or parts")
     fixed = MomentParts(prepare, pair) if parts is None else None
@@ -187,18 +190,19 @@ def moment_measure(
 
         def from_moments(m, **given):
             moment_options = {k: v for k, v in _declared_options(declaration)[1].items() if k != "dtype"}
-            _, options, p = resolved(_options_of(name, moment_options, given))
+            _, options, p = resolved(_options_of(name, moment_options, renamed_options(name, renamed, given)))
             m = m.swapped() if p.swap else m
             return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
 
-        fn = _built(declaration, sig, one_shot)
-        fn.grid = _grid_function(declaration, sig, grid)  # type: ignore[attr-defined]
+        fn = _built(declaration, sig, one_shot, renamed)
+        fn.grid = _grid_function(declaration, sig, grid, renamed)  # type: ignore[attr-defined]
         register(
             name,
             fn=fn,
             grid=fn.grid,
             from_moments=from_moments,
             streaming=True,
+            renamed=renamed,
             **properties,
         )
         return fn
@@ -229,6 +233,7 @@ def layer_measure(
     min_samples: int | Callable[..., int] = 3,
     reason: str | Callable[..., str] = "",
     aliases: dict[str, dict[str, Any]] | None = None,
+    renamed: dict[str, str] | None = None,
     **properties,
 ) -> Callable[[Callable], Callable]:
     """Declare a measure computed per layer pair: ``prepare(x, **options)`` once per layer and
@@ -248,6 +253,7 @@ def layer_measure(
     other properties}}`` (``debiased_cka`` is ``linear_cka`` with ``debiased=True``).
     ``properties``: the registry's.
     """
+    renamed = dict(renamed or {})
     if (grid is None) == (pair is None):
         raise TypeError(f"{name}: give pair (and prepare, if a layer has work to share), or grid")
     if (validate_pair is None) != (validate_layers is None):
@@ -298,13 +304,13 @@ def layer_measure(
                 x, y = as_feature_pair(x, y, *needed(options), varying=True)
             return compute([x], [y], options, _layer_names(1, None))[0, 0]
 
-        fn = _built(declaration, sig, one_shot)
-        grid_fn = _grid_function(declaration, sig, all_pairs)
+        fn = _built(declaration, sig, one_shot, renamed)
+        grid_fn = _grid_function(declaration, sig, all_pairs, renamed)
         grid_fn.batched = batched  # type: ignore[attr-defined]  # list_measures' "batched" column
         fn.grid = grid_fn  # type: ignore[attr-defined]
-        register(name, fn=fn, grid=grid_fn, **properties)
+        register(name, fn=fn, grid=grid_fn, renamed=renamed, **properties)
         for alias, overrides in (aliases or {}).items():
-            register(alias, fn=fn, grid=grid_fn, **{**properties, **overrides})
+            register(alias, fn=fn, grid=grid_fn, renamed=renamed, **{**properties, **overrides})
         return fn
 
     return declare

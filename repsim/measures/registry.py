@@ -18,6 +18,7 @@ Invariances are of the *feature* space (the same map applied to every sample of 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ class MeasureInfo:
     invariances_given: Callable[..., tuple[str, ...]] | None = None
     """For a measure whose invariances depend on its options: ``invariances_given(**options)``; see
     :meth:`invariances_at`. ``invariances`` holds those of the default options."""
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    """Deprecated option names and their current ones (accepted with a DeprecationWarning)."""
     quadratic: Callable[..., str | None] | None = None
     """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa"``) the measure is
     with these options, or None: the permutation, bootstrap and calibration engines
@@ -87,6 +90,7 @@ class MeasureInfo:
     def resolve_options(self, options: Mapping[str, object]) -> dict[str, object]:
         """``options`` with this entry's fixed ``defaults`` added; a ValueError for an unknown option
         or one the entry fixes (set it on the base measure)."""
+        options = renamed_options(self.name, self.renamed, options)
         clash = sorted(set(options) & set(self.defaults))
         if clash:
             raise ValueError(f"{self.name} fixes {clash}; use the base measure to set them")
@@ -117,6 +121,19 @@ class MeasureInfo:
 _REGISTRY: dict[str, MeasureInfo] = {}
 
 
+def renamed_options(measure: str, renamed: Mapping[str, str], options: Mapping[str, object]) -> dict[str, object]:
+    """``options`` with deprecated names replaced by the current ones (one DeprecationWarning each):
+    the library keeps one vocabulary (``debiased``, ``n_repeats``, ...) and old names keep working."""
+    out = dict(options)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{measure}: pass {new}= only ({old}= is its old name)")
+            warnings.warn(f"{measure}: {old}= is now {new}=", DeprecationWarning, stacklevel=4)
+            out[new] = out.pop(old)
+    return out
+
+
 def register(
     name: str,
     *,
@@ -140,6 +157,7 @@ def register(
     fn: Callable[..., Tensor] | None = None,
     workspace: Callable[..., int] | None = None,
     quadratic: Callable[..., str | None] | None = None,
+    renamed: Mapping[str, str] | None = None,
 ):
     """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
     is declared with a kind, not with this).
@@ -191,6 +209,7 @@ def register(
         workspace=workspace,
         invariances_given=given,
         quadratic=quadratic,
+        renamed=dict(renamed or {}),
     )
     return fn
 

@@ -3,7 +3,7 @@ overlap, GULP, RSM norm difference.
 
 * ``distance_correlation`` (Szekely, Rizzo & Bakirov 2007): dCor = sqrt(dCov^2(X, Y) /
   sqrt(dVar^2(X) dVar^2(Y))) with dCov^2 = (1/n^2) sum_ij A_ij B_ij of the double-centred Euclidean
-  distance matrices; ``bias_corrected=True`` gives the U-centred estimate R* of dCor^2
+  distance matrices; ``debiased=True`` gives the U-centred estimate R* of dCor^2
   (Szekely & Rizzo 2013), which may be negative and is never clamped.
 * ``eigenspace_overlap`` (May et al. 2019): EOS = |U^T V|_F^2 / max(r_x, r_y) with U, V orthonormal
   bases of the (uncentred) column spaces of x and y, r their ranks.
@@ -72,7 +72,7 @@ def _block_size(n: int, layers: int) -> int:
 
 
 # ---------------------------------------------------------------------------- distance correlation
-def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, pair: bool = False) -> Tensor:
+def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, pair: bool = False) -> Tensor:
     compute = resolve_dtype(dtype, *xs, *ys)
     same = ys is xs
     dist = _DistanceRows(xs if same else xs + ys, compute)
@@ -91,7 +91,7 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, 
             if keep:
                 kept.append(block)
     total = row_sums.sum(1)
-    if bias_corrected:  # U-centring (Szekely & Rizzo 2013): zero diagonal, 1/(n-2) row terms
+    if debiased:  # U-centring (Szekely & Rizzo 2013): zero diagonal, 1/(n-2) row terms
         row_term, grand = row_sums / (n - 2), total / ((n - 1) * (n - 2))
     else:  # double centring A = a - a_i. - a_.j + a_..
         row_term, grand = row_sums / n, total / n**2
@@ -105,7 +105,7 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, 
         for k in range(nl):
             c = (kept[k] if keep else dist.block(k, i0, i1)) - row_term[k, i0:i1, None] - row_term[k, None, :]
             c += grand[k]
-            if bias_corrected:
+            if debiased:
                 rows = torch.arange(i1 - i0, device=c.device)
                 c[rows, rows + i0] = 0
             blocks.append(c.flatten())
@@ -118,11 +118,11 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], bias_corrected: bool, dtype, 
         k = int((v <= 0).nonzero()[0])
         raise ValueError(
             f"the distance variance of {_which(side, k, pair)} is not positive (all samples coincide"
-            + (", or too few distinct samples for the bias-corrected estimate" if bias_corrected else "")
+            + (", or too few distinct samples for the bias-corrected estimate" if debiased else "")
             + "); pass distinct samples"
         )
     r2 = cross / torch.sqrt(vx[:, None] * vy[None, :])
-    if bias_corrected:
+    if debiased:
         return r2
     # The V-statistic dCov^2 is a squared norm, >= 0; only rounding can make it negative.
     if not bool((r2 >= -1e-12).all()):
@@ -334,9 +334,10 @@ def _one_pair(names) -> bool:
 
 @layer_measure(
     "distance_correlation",
-    grid=lambda xs, ys, bias_corrected, dtype, names: _dcor_grid(xs, ys, bias_corrected, dtype, _one_pair(names)),
-    min_samples=lambda bias_corrected=False, **_: 4 if bias_corrected else 2,
+    grid=lambda xs, ys, debiased, dtype, names: _dcor_grid(xs, ys, debiased, dtype, _one_pair(names)),
+    min_samples=lambda debiased=False, **_: 4 if debiased else 2,
     reason="distance correlation needs n >= 4 for the bias-corrected estimate",
+    renamed={"bias_corrected": "debiased"},  # one vocabulary with CKA's debiased=
     family="rsm",
     larger_is_more_similar=True,
     invariances=("orthogonal", "isotropic_scaling", "translation", "permutation"),
@@ -344,12 +345,12 @@ def _one_pair(names) -> bool:
     identity_value=1.0,
     reference="Szekely, Rizzo & Bakirov 2007, Ann. Stat.; bias-corrected: Szekely & Rizzo 2013, J. Multivar. Anal.",
 )
-def distance_correlation(x: Tensor, y: Tensor, *, bias_corrected: bool = False, dtype: torch.dtype | None = None):
+def distance_correlation(x: Tensor, y: Tensor, *, debiased: bool = False, dtype: torch.dtype | None = None):
     """Distance correlation of ``x`` (n, p) and ``y`` (n, q) (Szekely, Rizzo & Bakirov 2007).
 
     a_ij = |x_i - x_j|, A = a - a_i. - a_.j + a_.. (double centring), likewise B from y;
     dCov^2 = (1/n^2) sum A_ij B_ij, dCor = sqrt(dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))),
-    in [0, 1], 1 for x = y. ``bias_corrected=True`` (n >= 4) returns Szekely & Rizzo's (2013)
+    in [0, 1], 1 for x = y. ``debiased=True`` (n >= 4) returns Szekely & Rizzo's (2013)
     R*: U-centred matrices (zero diagonal, a_i./(n-2), a../((n-1)(n-2))), the bias-corrected
     estimate of dCor^2 (the square, not its root); it is near 0 for independent data even when
     d >> n and can be negative (never clamped).

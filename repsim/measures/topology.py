@@ -69,15 +69,21 @@ _INVARIANT = ("orthogonal", "isotropic_scaling", "translation", "permutation")
 _TOPOLOGY = dict(family="topology", larger_is_more_similar=False, invariances=_INVARIANT, identity_value=0.0)
 
 
-def _check_rtd_options(trials: int = 10, batch: int = 500, **_) -> None:
-    if trials < 1 or batch < 4:
-        raise ValueError(f"trials must be >= 1 and batch >= 4, got trials={trials}, batch={batch}")
+def _check_rtd_options(n_repeats: int = 10, subset_size: int = 500, **_) -> None:
+    if n_repeats < 1 or subset_size < 4:
+        raise ValueError(
+            f"n_repeats must be >= 1 and subset_size >= 4, got n_repeats={n_repeats}, subset_size={subset_size}"
+        )
 
 
-def _rtd_pair(x: Tensor, y: Tensor, trials: int, batch: int, symmetric: bool, seed: int) -> Tensor:
+def _rtd_pair(x: Tensor, y: Tensor, n_repeats: int, subset_size: int, symmetric: bool, seed: int) -> Tensor:
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    subsets = [torch.arange(n)] if n <= batch else [torch.randperm(n, generator=gen)[:batch] for _ in range(trials)]
+    subsets = (
+        [torch.arange(n)]
+        if n <= subset_size
+        else [torch.randperm(n, generator=gen)[:subset_size] for _ in range(n_repeats)]
+    )
     values = []
     for idx in subsets:
         idx = idx.to(x.device)
@@ -94,21 +100,24 @@ def _rtd_pair(x: Tensor, y: Tensor, trials: int, batch: int, symmetric: bool, se
     options_check=_check_rtd_options,
     min_samples=4,
     reason="RTD needs n >= 4",
-    cost="ripser H1 of 2*batch points per trial (host)",
+    renamed={"trials": "n_repeats", "batch": "subset_size"},  # the vocabulary of geometry_score
+    cost="ripser H1 of 2*subset_size points per repeat (host)",
     reference="Barannikov et al. 2022, Representation Topology Divergence (ICML)",
     **_TOPOLOGY,
 )
-def rtd(x: Tensor, y: Tensor, *, trials: int = 10, batch: int = 500, symmetric: bool = True, seed: int = 0) -> Tensor:
+def rtd(
+    x: Tensor, y: Tensor, *, n_repeats: int = 10, subset_size: int = 500, symmetric: bool = True, seed: int = 0
+) -> Tensor:
     """Representation Topology Divergence (Barannikov et al. 2022, ICML).
 
     Distances of each representation are divided by their 0.9 quantile; RTD(x, y) is the total
     length of the H1 bars of the R-Cross-Barcode: the persistent homology of the Rips filtration of
     [[0, D_x^T], [D_x, min(D_x, D_y)]] over 2n vertices, i.e. the cycles that appear in
     min(D_x, D_y) but not in D_x. ``symmetric=True`` averages RTD(x, y) and RTD(y, x). With more
-    than ``batch`` samples it is averaged over ``trials`` random subsets of ``batch`` samples
+    than ``subset_size`` samples it is averaged over ``n_repeats`` random subsets of ``subset_size`` samples
     (seeded by ``seed``; the same subsets for both sides), as the authors do. 0 for identical
     inputs; invariant to rotations, translations, isotropic scaling and feature permutations.
-    Homology runs on the host (ripser); cost grows steeply with ``batch``.
+    Homology runs on the host (ripser); cost grows steeply with ``subset_size``.
     """
 
 
@@ -128,14 +137,14 @@ def _heat_traces(x: Tensor, k: int, ts: Tensor) -> Tensor:
     return torch.exp(-ts[:, None] * eig[None, :]).sum(1) / n
 
 
-def _imd_validated(xs: list[Tensor], ys_list: list[Tensor], k, n_scales: int, max_samples: int) -> Tensor:
+def _imd_validated(xs: list[Tensor], ys_list: list[Tensor], k, n_scales: int, max_exact_samples: int) -> Tensor:
     n = xs[0].shape[0]
     if not isinstance(k, int) or not 1 <= k < n:
         raise ValueError(f"k must be an integer in [1, n) for the kNN graph, got {k!r} with n = {n}")
-    if n > max_samples:
+    if n > max_exact_samples:
         raise ValueError(
-            f"imd computes exact spectra (O(n^3)); n = {n} exceeds max_samples = {max_samples}: subsample the "
-            "samples (compare() does, with sample_cap) or raise max_samples"
+            f"imd computes exact spectra (O(n^3)); n = {n} exceeds max_exact_samples = {max_exact_samples}: "
+            "subsample the samples (compare() does, with sample_cap) or raise max_exact_samples"
         )
     ts = torch.logspace(-1, 1, n_scales, dtype=_ACC, device=xs[0].device)
     hx = torch.stack([_heat_traces(x, k, ts) for x in xs])
@@ -169,7 +178,8 @@ def _relative_living_times(intervals: np.ndarray, alpha_max: float, i_max: int) 
 
 @layer_measure(
     "imd",
-    grid=lambda xs, ys, k, n_scales, max_samples, **_: _imd_validated(xs, ys, k, n_scales, max_samples),
+    grid=lambda xs, ys, k, n_scales, max_exact_samples, **_: _imd_validated(xs, ys, k, n_scales, max_exact_samples),
+    renamed={"max_samples": "max_exact_samples"},  # max_samples truncates elsewhere; this one refuses
     # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
     # any two inputs with isospectral kNN graphs (e.g. the same graph after a non-rigid map), not only equivalent ones.
     metric=False,
@@ -177,14 +187,14 @@ def _relative_living_times(intervals: np.ndarray, alpha_max: float, i_max: int) 
     reference="Tsitsulin et al. 2020, The shape of data: Intrinsic distance for data distributions (ICLR)",
     **_TOPOLOGY,
 )
-def imd(x: Tensor, y: Tensor, *, k: int = 5, n_scales: int = 256, max_samples: int = 4000) -> Tensor:
+def imd(x: Tensor, y: Tensor, *, k: int = 5, n_scales: int = 256, max_exact_samples: int = 4000) -> Tensor:
     """Intrinsic Multi-scale Distance (Tsitsulin et al. 2020, ICLR).
 
     Each representation becomes the undirected kNN graph of its samples (Euclidean, k = 5 by
     default) with normalised Laplacian L; its heat-trace descriptor is h(t) = tr(exp(-t L)) / n at
     ``n_scales`` scales t log-spaced in [0.1, 10]; IMD = max_t exp(-2 (t + 1/t)) |h_x(t) - h_y(t)|.
     The traces are exact (eigendecomposition, O(n^3)), so no estimation noise; n is limited to
-    ``max_samples``. A pseudo-metric, invariant to rotations, translations, isotropic scaling
+    ``max_exact_samples``. A pseudo-metric, invariant to rotations, translations, isotropic scaling
     and feature permutations (it depends only on the kNN graphs).
     """
 
