@@ -69,62 +69,23 @@ def compare(
     sketch: int | None = None,
     sketch_seed: int = 0,
 ) -> Comparison | MemoryPlan | None:
-    """Compare two models layer by layer on the samples of ``loader``.
+    """Compare two models layer by layer on the samples of ``loader``: a :class:`Comparison` (a tidy
+    table of every measure between every pair of ``layers_a`` x ``layers_b``).
 
-    One pass over the loader: each batch goes through both models (eval mode, ``inference_mode``,
-    on ``device``), hooks capture ``layers_a``/``layers_b`` (module names as in ``named_modules()``;
-    default :func:`repsim.hooks.default_layers`; ``"hidden_states"``: the model's
-    ``output_hidden_states``, rows ``hidden_states.0 ..``), outputs become (n, d) vectors by ``pool``
-    ("mean": global average pool, the default; "flatten"; "mask_mean"/"mask_max"/"first"/"last"
-    for token sequences, see :func:`repsim.hooks.pool_features`; or a callable). ``pool="tokens"``:
-    every real token is a sample (both models must see the same tokens; the ``n`` column counts
-    tokens, ``max_samples`` sentences; ``inference`` permutes whole sentences and refuses
-    intervals; see :mod:`repsim.text` for models with different tokenizers).
+    One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``),
+    hooks capture the layers (default :func:`repsim.hooks.default_layers`; ``"hidden_states"`` for
+    transformers), ``pool`` makes (n, d) rows ("mean", "flatten", "mask_mean", ..., "tokens", or a
+    callable). ``measures``: registry names (:func:`repsim.list_measures`) or ``minibatch_cka``;
+    streaming ones see every sample, the others the first ``sample_cap``. A memory plan made after
+    the first batch chooses each measure's route within ``memory`` or refuses before any work
+    (``dry_run=True`` returns it; ``sketch=k`` projects wide layers); every row's ``route`` says how
+    it was computed. ``inference`` adds p-values, intervals or calibrated scores. Batches may be
+    tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/``paired``
+    give the two models different inputs. ``autocast``/``channels_last`` for speed. Under
+    ``torchrun`` each rank reads its shard and the states merge in rank order (``result_on``,
+    ``distributed``). Hooks and training flags are restored afterwards, also after an exception.
 
-    ``measures``: any name of the registry (:func:`repsim.list_measures`) or ``minibatch_cka``.
-    Streaming entries see every sample in O(d^2) memory (through
-    :class:`~repsim.measures.moments.StreamingMoments` or the entry's own accumulator); the others
-    use the first ``sample_cap`` samples (O(sample_cap^2) memory). Functional measures
-    (``needs_outputs``) compare the models' outputs (a ``logits`` entry of a dict output, else the
-    first tensor), in rows whose layer is ``"<output>"``; ``needs_labels`` measures get the
-    loader's labels. The table's ``n`` column says how many samples each value saw.
-
-    Memory (wide layers: ``pool="flatten"``, token features): after the first batch's forward
-    pass, a plan (:mod:`repsim.memory`) chooses for every streaming measure the exact route with
-    the fewest multiply-adds that fits ``memory`` (bytes or a string like ``"8GB"``; default 60 %
-    of the memory available now, or of free device memory on a GPU): float64 feature moments
-    (O(d^2), ``"moments"``) or the features of all n samples kept and the measure computed at the
-    end, in Gram space by row blocks for CKA and RSA (O(n d), ``"stored"``; n from the loader's
-    length or ``max_samples``). When no exact route fits, nothing runs: a
-    :class:`repsim.memory.MemoryBudgetError` names the layers, the bytes of each route and the
-    options. ``dry_run=True`` returns the :class:`~repsim.memory.MemoryPlan` (per measure: route,
-    bytes, multiply-adds; per layer: d) after one forward pass, without computing. Every row of
-    the result says how it was computed in its ``route`` column: ``moments``, ``stored``,
-    ``capped at k``, ``minibatch b`` (``minibatch_cka``), ``sketch k``. ``sketch=k`` (an
-    estimator, never chosen for you) projects every layer wider than k by a seeded Gaussian
-    projection (``sketch_seed``; independent per model and layer) before any measure; linear CKA
-    then corrects its denominators for the projection (:mod:`repsim.measures.sketch`).
-
-    Inputs: a batch is a tensor, an ``(x, y)`` tuple, or a dict. A dict batch is passed by keyword
-    (``model(**batch)``, labels left out) to a model whose ``forward`` takes its keys (e.g.
-    ``input_ids``, ``attention_mask``, ``pixel_values``); the ``attention_mask`` drives
-    ``pool="mask_mean"``/``"last"``. ``inputs_a``/``inputs_b``: callables mapping the loader's batch
-    to each model's inputs (two resolutions, an image and its caption); ``paired=True``: the loader
-    yields ``(inputs_a, inputs_b)`` or ``(inputs_a, inputs_b, labels)``. The samples stay aligned.
-
-    Speed: ``autocast=True`` runs the forward passes in bfloat16 autocast; ``channels_last=True``
-    converts the models and 4-D inputs to channels-last; host-to-device copies are pinned and
-    non-blocking, and the per-batch loop never synchronises with the host.
-
-    Distributed (``torchrun``): when a process group is initialised (``distributed=None``) each
-    rank reads its shard (a ``DistributedSampler`` or :func:`repsim.distributed.shard`, see
-    :mod:`repsim.distributed`), and the float64 states are merged in rank order, so the result
-    equals one process's to rounding. Capped measures use the same samples in the same order as
-    one process. ``result_on="all"`` returns the result on every rank, ``"rank0"`` on rank 0 only
-    (None elsewhere). ``distributed=False`` computes on each rank's own data independently.
-
-    Hooks are removed and training flags restored afterwards, also after an exception. Passing
-    the same module twice runs it once per batch.
+    Every argument in detail: docs/guide/compare.md, "What compare does".
     """
     plan, inference = _checked(measures, measure_options, inference, dtype, pool, sample_cap, result_on, sketch)
     shard = D.shard_of(loader, distributed)

@@ -214,26 +214,9 @@ def plan_routes(
     failures: list[str] = []
     shared_moments_counted = False
     for r in requests:
-        if r.functional:
-            rows.append((r.name, f"capped at {n_cap}", 0, 0, 0.0))
-            continue
-        if r.minibatch is not None:
-            b = r.minibatch
-            layers = len(dx) + (len(dy) if dy is not None else 0)
-            rows.append((r.name, f"minibatch {b}", 8 * (len(dx) * max(1, len(dy or dx)) + layers),
-                         layers * b * b * (itemsize + 8), float(n or 0) * b * (p + q)))  # fmt: skip
-            continue
-        if r.sketch is not None:
-            k = r.sketch
-            sk_x = [min(d, k) for d in dx]
-            sk_y = None if dy is None else [min(d, k) for d in dy]
-            proj = 4 * sum(d * k for d in [*dx, *(dy or [])] if d > k)
-            rows.append((r.name, f"sketch {k}", moment_bytes(sk_x, sk_y) + proj, 0,
-                         float(n or 0) * (p + q) * k + moment_flops(n, sk_x, sk_y)))  # fmt: skip
-            continue
-        if r.capped:
-            ws = workspace_estimate(r.name, n_cap, dx, dy, workspace, r.options)
-            rows.append((r.name, f"capped at {n_cap}", 0, ws, gram_flops(n_cap, dx, dy)))
+        row = _non_exact_row(r, dx, dy, n, n_cap, workspace, itemsize)
+        if row is not None:
+            rows.append(row)
             continue
         # an exact streaming measure: moments vs stored features
         moments = moment_bytes(dx, dy)  # StreamingMoments, or an accumulator of the same second moments
@@ -274,6 +257,30 @@ def plan_routes(
     if failures or plan.total_bytes > budget:
         raise MemoryBudgetError(_refusal(plan, failures, dims_x, dims_y, n, budget))
     return plan
+
+
+def _non_exact_row(r: MeasureRequest, dx, dy, n, n_cap: int, workspace: int, itemsize: int) -> tuple | None:
+    """The plan's row of a measure that does not choose between exact routes: functional and capped
+    measures (the first ``n_cap`` samples), minibatch CKA and sketches; None for an exact streaming one."""
+    p, q = sum(dx), (sum(dy) if dy is not None else 0)
+    if r.functional:
+        return (r.name, f"capped at {n_cap}", 0, 0, 0.0)
+    if r.minibatch is not None:
+        b = r.minibatch
+        layers = len(dx) + (len(dy) if dy is not None else 0)
+        return (r.name, f"minibatch {b}", 8 * (len(dx) * max(1, len(dy or dx)) + layers),
+                layers * b * b * (itemsize + 8), float(n or 0) * b * (p + q))  # fmt: skip
+    if r.sketch is not None:
+        k = r.sketch
+        sk_x = [min(d, k) for d in dx]
+        sk_y = None if dy is None else [min(d, k) for d in dy]
+        proj = 4 * sum(d * k for d in [*dx, *(dy or [])] if d > k)
+        return (r.name, f"sketch {k}", moment_bytes(sk_x, sk_y) + proj, 0,
+                float(n or 0) * (p + q) * k + moment_flops(n, sk_x, sk_y))  # fmt: skip
+    if r.capped:
+        ws = workspace_estimate(r.name, n_cap, dx, dy, workspace, r.options)
+        return (r.name, f"capped at {n_cap}", 0, ws, gram_flops(n_cap, dx, dy))
+    return None
 
 
 def _refusal(plan: MemoryPlan, failures: list[str], dims_x, dims_y, n, budget: int) -> str:

@@ -309,21 +309,9 @@ def calibrate(
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
     best = attainable_best(info, smax)
-    grid = calibrate_grid(
-        [x],
-        [y],
-        measure,
-        "max",
-        n_permutations,
-        alpha,
-        smax=math.inf if best is None else best,
-        groups=groups,
-        blocks=blocks,
-        seed=seed,
-        scheme=scheme,
-        keep_permutations=keep_permutations,
-        **measure_options,
-    )
+    smax = math.inf if best is None else best
+    grid = calibrate_grid([x], [y], measure, "max", n_permutations, alpha, smax, groups, blocks, seed, scheme,
+                          keep_permutations, **measure_options)  # fmt: skip
     return CalibrationResult(
         measure=measure,
         score=grid.score,
@@ -350,6 +338,15 @@ def _aggregate_fn(aggregate, larger_is_more_similar: bool) -> tuple[Callable[[Te
 
 def _layer_names(layers, count: int) -> list:
     return list(layers.keys()) if isinstance(layers, Mapping) else list(range(count))
+
+
+def _cell_table(names_a, names_b, observed, threshold, calibrated, p_value) -> pd.DataFrame:
+    """One row per (layer_a, layer_b) cell of the (L, M) grids."""
+    columns = {"observed": observed, "threshold": threshold, "calibrated": calibrated, "p_value": p_value}
+    table = pd.DataFrame([(a, b) for a in names_a for b in names_b], columns=["layer_a", "layer_b"])
+    for key, grid in columns.items():
+        table[key] = grid.cpu().to(torch.float64).reshape(-1).numpy()
+    return table
 
 
 def calibrate_grid(
@@ -410,14 +407,6 @@ def calibrate_grid(
         null_agg = agg(null)
     score, tau, p = calibrated_values(obs_agg, null_agg, alpha, best, info.larger_is_more_similar)
     cell_score, cell_tau, cell_p = calibrated_values(observed, null, alpha, best, info.larger_is_more_similar)
-    rows = []
-    obs_l, tau_l, cal_l, p_l = (t.cpu().tolist() for t in (observed, cell_tau, cell_score, cell_p))
-    for i, a in enumerate(names_a):
-        for j, b in enumerate(names_b):
-            rows.append(
-                {"layer_a": a, "layer_b": b, "observed": obs_l[i][j], "threshold": tau_l[i][j],
-                 "calibrated": cal_l[i][j], "p_value": p_l[i][j]}
-            )  # fmt: skip
     return GridCalibrationResult(
         measure=measure,
         aggregate=agg_name,
@@ -426,7 +415,7 @@ def calibrate_grid(
         threshold=float(tau),
         p_value=float(p),
         null=null_agg.cpu(),
-        cells=pd.DataFrame(rows, columns=["layer_a", "layer_b", "observed", "threshold", "calibrated", "p_value"]),
+        cells=_cell_table(names_a, names_b, observed, cell_tau, cell_score, cell_p),
         cell_null=null.cpu(),
         alpha=alpha,
         smax=best,

@@ -258,55 +258,14 @@ def layer_measure(
         raise TypeError(f"{name}: give pair (and prepare, if a layer has work to share), or grid")
     if (validate_pair is None) != (validate_layers is None):
         raise TypeError(f"{name}: give both validate_pair and validate_layers, or neither")
-    batched = grid is not None or prepare is not None
-    prepare = prepare or (lambda x, **_: x)
-    named_prepare, named_grid = _takes(prepare, "name"), grid is not None and _takes(grid, "names")
+    parts = _LayerParts(prepare, pair, grid, validate_pair, validate_layers, options_check, min_samples, reason)
 
     def declare(declaration: Callable) -> Callable:
         _check_declaration_body(declaration)
         sig, _ = _declared_options(declaration)
-
-        def compute(xs, ys, options, names):
-            if grid is not None:
-                extra = {"names": names} if named_grid else {}
-                return grid(xs, ys, **options, **extra).to(torch.float64)
-
-            def prep(t, nm):
-                return prepare(t, name=nm, **options) if named_prepare else prepare(t, **options)
-
-            preps_x = [prep(x, nm) for x, nm in zip(xs, names[0], strict=True)]
-            preps_y = preps_x if ys is xs else [prep(y, nm) for y, nm in zip(ys, names[1], strict=True)]
-            return torch.stack([torch.stack([pair(a, b, **options) for b in preps_y]) for a in preps_x]).to(
-                torch.float64
-            )
-
-        def needed(options) -> tuple[int, str]:
-            return (
-                min_samples(**options) if callable(min_samples) else min_samples,
-                reason(**options) if callable(reason) else reason,
-            )
-
-        def all_pairs(xs, ys, options):
-            if options_check is not None:
-                options_check(**options)
-            if validate_layers is not None:
-                xs, ys = validate_layers(xs, ys)
-            else:
-                xs, ys = as_layer_lists(xs, ys, *needed(options), varying=True)
-            return compute(xs, ys, options, _layer_names(len(xs), len(ys)))
-
-        def one_shot(x, y, options):
-            if options_check is not None:
-                options_check(**options)
-            if validate_pair is not None:
-                x, y = validate_pair(x, y)
-            else:
-                x, y = as_feature_pair(x, y, *needed(options), varying=True)
-            return compute([x], [y], options, _layer_names(1, None))[0, 0]
-
-        fn = _built(declaration, sig, one_shot, renamed)
-        grid_fn = _grid_function(declaration, sig, all_pairs, renamed)
-        grid_fn.batched = batched  # type: ignore[attr-defined]  # list_measures' "batched" column
+        fn = _built(declaration, sig, parts.one_shot, renamed)
+        grid_fn = _grid_function(declaration, sig, parts.all_pairs, renamed)
+        grid_fn.batched = grid is not None or prepare is not None  # type: ignore[attr-defined]  # list_measures
         fn.grid = grid_fn  # type: ignore[attr-defined]
         register(name, fn=fn, grid=grid_fn, renamed=renamed, **properties)
         for alias, overrides in (aliases or {}).items():
@@ -314,3 +273,53 @@ def layer_measure(
         return fn
 
     return declare
+
+
+class _LayerParts:
+    """What :func:`layer_measure` computes from its parts: validation, then per-layer preparation and
+    the pairs (or the batched grid)."""
+
+    def __init__(self, prepare, pair, grid, validate_pair, validate_layers, options_check, min_samples, reason):
+        self.prepare = prepare or (lambda x, **_: x)
+        self.pair, self.grid = pair, grid
+        self.validate_pair, self.validate_layers = validate_pair, validate_layers
+        self.options_check, self.min_samples, self.reason = options_check, min_samples, reason
+        self.named_prepare = _takes(self.prepare, "name")
+        self.named_grid = grid is not None and _takes(grid, "names")
+
+    def _needed(self, options) -> tuple[int, str]:
+        return (
+            self.min_samples(**options) if callable(self.min_samples) else self.min_samples,
+            self.reason(**options) if callable(self.reason) else self.reason,
+        )
+
+    def _compute(self, xs, ys, options, names) -> Tensor:
+        if self.grid is not None:
+            extra = {"names": names} if self.named_grid else {}
+            return self.grid(xs, ys, **options, **extra).to(torch.float64)
+
+        def prep(t, nm):
+            return self.prepare(t, name=nm, **options) if self.named_prepare else self.prepare(t, **options)
+
+        preps_x = [prep(x, nm) for x, nm in zip(xs, names[0], strict=True)]
+        preps_y = preps_x if ys is xs else [prep(y, nm) for y, nm in zip(ys, names[1], strict=True)]
+        rows = [torch.stack([self.pair(a, b, **options) for b in preps_y]) for a in preps_x]
+        return torch.stack(rows).to(torch.float64)
+
+    def all_pairs(self, xs, ys, options) -> Tensor:
+        if self.options_check is not None:
+            self.options_check(**options)
+        if self.validate_layers is not None:
+            xs, ys = self.validate_layers(xs, ys)
+        else:
+            xs, ys = as_layer_lists(xs, ys, *self._needed(options), varying=True)
+        return self._compute(xs, ys, options, _layer_names(len(xs), len(ys)))
+
+    def one_shot(self, x, y, options) -> Tensor:
+        if self.options_check is not None:
+            self.options_check(**options)
+        if self.validate_pair is not None:
+            x, y = self.validate_pair(x, y)
+        else:
+            x, y = as_feature_pair(x, y, *self._needed(options), varying=True)  # errors name x and y
+        return self._compute([x], [y], options, _layer_names(1, None))[0, 0]
