@@ -51,7 +51,9 @@ from ..validation import as_feature_pair, as_layer_lists
 from . import _moment_grid as mg
 from .registry import register, renamed_options
 
-__all__ = ["MomentParts", "layer_measure", "moment_measure"]
+__all__ = ["MomentParts", "diagonal_only", "layer_measure", "moment_measure"]
+
+diagonal_only = mg.diagonal_only  # public here: a moment prepare that reads only its scatter's diagonal
 
 
 class MomentParts(NamedTuple):
