@@ -47,7 +47,9 @@ hook="$(pwd)/repsim/_import_hook.py"
 echo "import importlib.util as u; s = u.spec_from_file_location('_repsim_import_hook', '$hook'); m = u.module_from_spec(s); s.loader.exec_module(m); m.install()" > "$site/repsim_torchvision_guard.pth"
 # Fashion-MNIST for --data fashion-mnist: Debian's dataset-fashion-mnist package, installed only when this runs
 # as root where apt already knows the package; skipped silently otherwise (the data is optional).
+# (apt's lists may be empty on a fresh machine: refresh them once when the package is unknown)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1 \
-    && apt-cache show dataset-fashion-mnist >/dev/null 2>&1; then
+    && { apt-cache show dataset-fashion-mnist >/dev/null 2>&1 \
+         || { apt-get update -qq >>"$log" 2>&1 && apt-cache show dataset-fashion-mnist >/dev/null 2>&1; }; }; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >>"$log" 2>&1 || true
 fi
