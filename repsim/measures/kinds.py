@@ -101,6 +101,11 @@ def _declared_options(declaration: Callable) -> tuple[inspect.Signature, dict[st
     return sig, options
 
 
+def _options_in(sig: inspect.Signature) -> dict[str, Any]:
+    """The options of a checked declaration's signature with their defaults (after ``x, y``)."""
+    return {p.name: p.default for p in list(sig.parameters.values())[2:]}
+
+
 def _grid_signature(sig: inspect.Signature) -> inspect.Signature:
     params = list(sig.parameters.values())
     xs = inspect.Parameter("xs", inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -117,7 +122,7 @@ def _options_of(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> d
 
 def _built(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
     """``body(x, y, options)`` behind the declaration's name, signature and docstring."""
-    name, defaults = declaration.__name__, _declared_options(declaration)[1]
+    name, defaults = declaration.__name__, _options_in(sig)
 
     @functools.wraps(declaration)
     def fn(x, y, **given):
@@ -128,7 +133,7 @@ def _built(declaration: Callable, sig: inspect.Signature, body: Callable, rename
 
 
 def _grid_function(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
-    name, defaults = declaration.__name__, _declared_options(declaration)[1]
+    name, defaults = declaration.__name__, _options_in(sig)
 
     def grid(xs, ys=None, **given):
         return body(xs, ys, _options_of(name, defaults, renamed_options(name, renamed, given)))
@@ -167,7 +172,8 @@ def moment_measure(
 
     def declare(declaration: Callable) -> Callable:
         _check_declaration_body(declaration)
-        sig, _ = _declared_options(declaration)
+        sig, declared = _declared_options(declaration)
+        moment_options = {k: v for k, v in declared.items() if k != "dtype"}  # dtype: the products' only
 
         def resolved(options: dict[str, Any]) -> tuple[torch.dtype | None, dict[str, Any], MomentParts]:
             options = dict(options)
@@ -191,7 +197,6 @@ def moment_measure(
             return mg.grid(xs, ys, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.centre, True, **options)
 
         def from_moments(m, **given):
-            moment_options = {k: v for k, v in _declared_options(declaration)[1].items() if k != "dtype"}
             _, options, p = resolved(_options_of(name, moment_options, renamed_options(name, renamed, given)))
             m = m.swapped() if p.swap else m
             return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)

@@ -17,6 +17,7 @@ Invariances are of the *feature* space (the same map applied to every sample of 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
@@ -78,7 +79,8 @@ class MeasureInfo:
     renamed: Mapping[str, str] = field(default_factory=dict)
     """Deprecated option names and their current ones (accepted with a DeprecationWarning)."""
     quadratic: Callable[..., str | None] | None = None
-    """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa"``) the measure is
+    """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa_pearson"``,
+    ``"rsa_spearman"``) the measure is
     with these options, or None: the permutation, bootstrap and calibration engines
     (:mod:`repsim.inference`) then use their fast paths instead of recomputing the measure."""
 
@@ -174,25 +176,18 @@ def register(
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
     given = invariances if callable(invariances) else None
-    if given is not None:
-        params = list(inspect.signature(fn).parameters.values())[2:]
-        at_defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        invariances = given(**{**at_defaults, **(defaults or {})})
-    unknown = set(invariances) - set(INVARIANCES)
-    if unknown:
-        raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
     if streaming and from_moments is None and accumulator is None:
         raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
 
     if name in _REGISTRY:
         raise ValueError(f"measure {name!r} is registered twice")
-    _REGISTRY[name] = MeasureInfo(
+    info = MeasureInfo(
         name=name,
         family=family,
         fn=fn,
         larger_is_more_similar=larger_is_more_similar,
         metric=metric,
-        invariances=frozenset(invariances),
+        invariances=frozenset() if given is not None else frozenset(invariances),
         streaming=streaming,
         cost=cost,
         symmetric=symmetric,
@@ -211,6 +206,12 @@ def register(
         quadratic=quadratic,
         renamed=dict(renamed or {}),
     )
+    if given is not None:  # those at the defaults; invariances_at gives the others
+        info = dataclasses.replace(info, invariances=frozenset(given(**info.option_defaults())))
+    unknown = set(info.invariances) - set(INVARIANCES)
+    if unknown:
+        raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
+    _REGISTRY[name] = info
     return fn
 
 
