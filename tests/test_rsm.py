@@ -197,7 +197,7 @@ def test_grid_errors_name_the_layer(gen):
         acc.compute("eigenspace_overlap")
     xs = [x, torch.zeros(4, 2, dtype=torch.float64)]
     with pytest.raises(ValueError, match=r"^xs\[1\] is all zeros"):
-        rsm._eos_grid(xs, xs, "rank", None, None)
+        rsm._eos_grid(xs, xs, "rank", None, None, (["xs[0]", "xs[1]"], ["ys[0]", "ys[1]"]))
 
 
 def test_registry_declarations():

@@ -62,17 +62,13 @@ class _DistanceRows:
         return d2.sqrt_()
 
 
-def _which(side: str, k: int, pair: bool) -> str:
-    """How an error names layer k of side "x" or "y": the argument itself for a pair, ``xs[k]``/``ys[k]`` in a grid."""
-    return side if pair else f"{side}s[{k}]"
-
-
 def _block_size(n: int, layers: int) -> int:
     return max(1, min(n, _BLOCK_ELEMENTS // max(1, layers * n)))
 
 
 # ---------------------------------------------------------------------------- distance correlation
-def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, pair: bool = False) -> Tensor:
+def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, names) -> Tensor:
+    """``names``: what errors call the layers of xs and ys (the kind's ``x``/``y`` or ``xs[k]``/``ys[k]``)."""
     compute = resolve_dtype(dtype, *xs, *ys)
     same = ys is xs
     dist = _DistanceRows(xs if same else xs + ys, compute)
@@ -114,10 +110,10 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, pair: 
         cross += flat[:lx] @ (flat[:lx] if same else flat[lx:]).T
     vx, vy = var[:lx], (var[:lx] if same else var[lx:])
     if not bool((vx > 0).all() and (vy > 0).all()):
-        side, v = ("x", vx) if not bool((vx > 0).all()) else ("y", vy)
+        side, v = (names[0], vx) if not bool((vx > 0).all()) else (names[1], vy)
         k = int((v <= 0).nonzero()[0])
         raise ValueError(
-            f"the distance variance of {_which(side, k, pair)} is not positive (all samples coincide"
+            f"the distance variance of {side[k]} is not positive (all samples coincide"
             + (", or too few distinct samples for the bias-corrected estimate" if debiased else "")
             + "); pass distinct samples"
         )
@@ -173,9 +169,7 @@ def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tens
 NORMALIZERS = ("rank", "width")
 
 
-def _eos_layers(
-    xs: list[Tensor], compute: torch.dtype, rtol: float, side: str = "x", pair: bool = False
-) -> tuple[list[Tensor], list[int]]:
+def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float, names: list[str]) -> tuple[list, list[int]]:
     n = xs[0].shape[0]
     bases, ranks = [], []
     for k, x in enumerate(xs):
@@ -183,20 +177,18 @@ def _eos_layers(
         xc = center_columns(x, compute, mean)
         cs = _ColumnSpace(self_product(xc).to(_ACC), mean, n, rtol)
         if cs.rank == 0:
-            raise ValueError(
-                f"{_which(side, k, pair)} is all zeros, so its column space is empty and the overlap undefined"
-            )
+            raise ValueError(f"{names[k]} is all zeros, so its column space is empty and the overlap undefined")
         bases.append(cs.basis(xc, n))
         ranks.append(cs.rank)
     return bases, ranks
 
 
-def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype, pair: bool = False) -> Tensor:
+def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype, names) -> Tensor:
     check_choice(normalizer, "normalizer", NORMALIZERS)
     compute = resolve_dtype(dtype, *xs, *ys)
     rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
-    bx, rx = _eos_layers(xs, compute, rtol, "x", pair)
-    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol, "y", pair)
+    bx, rx = _eos_layers(xs, compute, rtol, names[0])
+    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol, names[1])
     overlap = block_sq_norms(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
     if normalizer == "rank":
         norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
@@ -327,14 +319,9 @@ def _rsm_norm_grid(xs, ys, dtype) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- declarations
-def _one_pair(names) -> bool:
-    """Whether a grid computes the one-shot measure (its errors then say x / y, not xs[k] / ys[k])."""
-    return names == (["x"], ["y"])
-
-
 @layer_measure(
     "distance_correlation",
-    grid=lambda xs, ys, debiased, dtype, names: _dcor_grid(xs, ys, debiased, dtype, _one_pair(names)),
+    grid=_dcor_grid,
     min_samples=lambda debiased=False, **_: 4 if debiased else 2,
     reason="distance correlation needs n >= 4 for the bias-corrected estimate",
     renamed={"bias_corrected": "debiased"},  # one vocabulary with CKA's debiased=
@@ -362,7 +349,7 @@ def distance_correlation(x: Tensor, y: Tensor, *, debiased: bool = False, dtype:
 
 @layer_measure(
     "eigenspace_overlap",
-    grid=lambda xs, ys, normalizer, rtol, dtype, names: _eos_grid(xs, ys, normalizer, rtol, dtype, _one_pair(names)),
+    grid=_eos_grid,
     min_samples=1,
     family="rsm",
     larger_is_more_similar=True,
