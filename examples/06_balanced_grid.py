@@ -12,6 +12,8 @@ import repsim
 from zoo.train import Trainer
 
 args = parser(__doc__, default_seeds=3).parse_args()
+# the smoke run fits one L2 strength instead of cross-validating the grid (46 fits per probe)
+probe_options = {"l2_grid": (1e-3,)} if args.smoke else {}
 rows = []
 for alpha in sweep((1.0, 2.0, 5.0), args):
     for lam in sweep((0.5, 1.0, 2.0), args):
@@ -30,7 +32,7 @@ for alpha in sweep((1.0, 2.0, 5.0), args):
             model = trainer.models["balanced"]
             train_x, train_y = probes.extract(model, trainer.bank_loader, "encoder", progress=False)
             test_x, test_y = probes.extract(model, trainer.ref_loader, "encoder", progress=False)
-            top1 = probes.linear_probe(train_x, train_y, test_x, test_y, seed=seed).top1
+            top1 = probes.linear_probe(train_x, train_y, test_x, test_y, seed=seed, **probe_options).top1
             cl_x, _ = probes.extract(trainer.models["cl"], trainer.ref_loader, "encoder", progress=False)
             cka = repsim.linear_cka(cl_x, test_x).item()
             rows.append({"alpha": alpha, "lambda": lam, "seed": seed, "linear_probe_top1": top1, "cka_with_cl": cka})

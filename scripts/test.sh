@@ -9,4 +9,6 @@ export HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 site=$(mktemp -d)
 .venv/bin/python -m mkdocs build --strict --quiet --site-dir "$site"
 rm -rf "$site"
-.venv/bin/python -m pytest -q "$@"
+# one worker per core (at most 4), each single-threaded (tests/conftest.py); worksteal rebalances the
+# long example smokes
+.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal "$@"

@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (scripts/test.sh): a second OpenMP thread per worker, in
+    # this process or the example subprocesses that inherit the variable, would only wait for a core
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest
 import torch

@@ -113,6 +113,9 @@ def test_cli_end_to_end_two_epochs(tmp_path, capsys):
                 "1",
                 "--reference-samples",
                 "150",
+                # one strength: the pipeline is under test here, the cross-validation in test_probes.py
+                "--probe-l2-grid",
+                "1e-3",
                 "--out",
                 str(out),
                 "--no-progress",

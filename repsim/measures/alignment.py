@@ -8,6 +8,7 @@ Notation: Xc, Yc column-centred (n, p), (n, q); S_xx = Xc^T Xc, S_yy, S_xy = Xc^
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -196,19 +197,32 @@ def permutation_procrustes(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = 
 
 
 # -------------------------------------------------------------------------------- soft matching
-def _transport_cost(c: Tensor) -> Tensor:
+# The replicated assignment's cost matrix has (L/p)(L/q) times the p q entries of the cost; beyond
+# 16 times HiGHS was faster in our measurements (100 x 64, L = 1600: 0.57 s against 0.065 s; with
+# p = q the assignment wins by far: 1024 x 1024 in 0.08 s against 16 s).
+_MAX_REPLICATION = 16
+
+
+def _transport_cost(c: Tensor, max_replication: int = _MAX_REPLICATION) -> Tensor:
     """min over plans P (p x q, P >= 0, rows summing to 1/p, columns to 1/q) of sum_ij P_ij c_ij.
 
-    With p == q the optimum is a permutation divided by p (Birkhoff-von Neumann: the polytope's
-    vertices are the scaled permutations), found by the Hungarian algorithm; otherwise HiGHS
-    solves the linear programme. On the host, in float64; the value is read back from the plan on
-    ``c`` itself so that it carries ``c``'s device and dtype.
+    Exact by an assignment problem whenever L = lcm(p, q) has (L/p)(L/q) <= ``max_replication``:
+    scaled by L, the marginals are the integers L/p and L/q, the transportation polytope then has integral vertices
+    (its constraint matrix is totally unimodular), and an integral plan is an assignment between L/p
+    copies of every row and L/q copies of every column, so the optimum is the Hungarian algorithm's
+    (scipy.optimize.linear_sum_assignment) on the replicated L x L cost, divided by L. With p == q
+    this is Birkhoff-von Neumann (L = p, no copies). Otherwise HiGHS solves the p q-variable linear
+    programme. On the host, in float64; the value is read back from the plan on ``c`` itself so
+    that it carries ``c``'s device and dtype.
     """
     p, q = c.shape
     cost = c.detach().cpu().to(torch.float64).numpy()
-    if p == q:
-        rows, cols = scipy.optimize.linear_sum_assignment(cost)
-        return c[torch.as_tensor(rows, device=c.device), torch.as_tensor(cols, device=c.device)].sum() / p
+    copies = math.lcm(p, q)
+    if (copies // p) * (copies // q) <= max_replication:
+        rows, cols = scipy.optimize.linear_sum_assignment(np.repeat(np.repeat(cost, copies // p, 0), copies // q, 1))
+        i = torch.as_tensor(rows // (copies // p), device=c.device)
+        j = torch.as_tensor(cols // (copies // q), device=c.device)
+        return c[i, j].sum() / copies
     # variable P_ij at index i * q + j; one equality per row sum and per column sum
     rows = scipy.sparse.kron(scipy.sparse.eye(p), np.ones((1, q)))
     cols = scipy.sparse.kron(np.ones((1, p)), scipy.sparse.eye(q))
@@ -239,7 +253,7 @@ def _soft_matching_invariances(center: bool = True, **_) -> tuple[str, ...]:
     larger_is_more_similar=False,
     metric=True,
     invariances=_soft_matching_invariances,
-    cost="O(n p q) + a p x q transport problem on the host (Hungarian when p = q)",
+    cost="O(n p q) + a p x q transport problem on the host (Hungarian on lcm(p, q) copies when few)",
     identity_value=0.0,
     reference=_KHOSLA,
 )
@@ -257,8 +271,10 @@ def soft_matching(x: Tensor, y: Tensor, *, center: bool = True, dtype: torch.dty
     ``center=True`` centres each neuron over the samples first (so a shift of one neuron's mean
     does not count, as in :func:`permutation_procrustes`); ``center=False`` compares raw
     activations. Exact from moments: |x_i - y_j|^2 needs only diag(S_xx), diag(S_yy) and S_xy.
-    The transport problem is solved on the host (scipy: ``linear_sum_assignment`` when p = q,
-    else HiGHS ``linprog`` with p q variables).
+    The transport problem is solved exactly on the host: by scipy's ``linear_sum_assignment`` on
+    copies of the neurons (lcm(p, q)/p of each of x's, lcm(p, q)/q of each of y's) when that makes at
+    most 16 times as many pairs (every p = q, and widths such as 64 and 256), else by HiGHS
+    ``linprog`` with p q variables.
     """
 
 
