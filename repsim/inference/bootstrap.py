@@ -28,9 +28,9 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import torch
-from scipy.stats import norm
 from torch import Tensor
 
 from .._numerics import center_columns, unbiased_hsic
@@ -40,6 +40,7 @@ from ..validation import as_features, check_choice, check_same_samples, resolve_
 from .permutation import seeded_generator
 
 _ACC = torch.float64
+_NORMAL = NormalDist()  # the standard normal's cdf and quantile (the stdlib's are exact to double precision)
 SCHEMES = ("auto", "replacement", "subsample")
 METHODS = ("percentile", "bca", "normal")
 
@@ -104,12 +105,12 @@ def _interval(estimate: float, values: Tensor, level: float, method: str, scheme
         c = math.sqrt(m / (n - m))
         centred = values - values.mean()
         if method == "normal":
-            half = norm.ppf(1 - alpha / 2) * c * float(centred.std(correction=1))
+            half = _NORMAL.inv_cdf(1 - alpha / 2) * c * float(centred.std(correction=1))
             return estimate - half, estimate + half
         lo, hi = torch.quantile(centred, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=_ACC)).tolist()
         return estimate - c * hi, estimate - c * lo
     if method == "normal":
-        half = norm.ppf(1 - alpha / 2) * float(values.std(correction=1))
+        half = _NORMAL.inv_cdf(1 - alpha / 2) * float(values.std(correction=1))
         return estimate - half, estimate + half
     if method == "percentile":
         lo, hi = torch.quantile(values, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=_ACC)).tolist()
@@ -117,13 +118,13 @@ def _interval(estimate: float, values: Tensor, level: float, method: str, scheme
     # BCa (Efron 1987): bias correction z0 from the share below the estimate, acceleration from a
     # grouped jackknife (20 groups of samples left out; n leave-one-out fits would cost n measures)
     share = float(((values < estimate).sum() + 0.5 * (values == estimate).sum()) / values.numel())
-    z0 = norm.ppf(min(max(share, 1e-10), 1 - 1e-10))
+    z0 = _NORMAL.inv_cdf(min(max(share, 1e-10), 1 - 1e-10))
     theta = jackknife()
     d = theta.mean() - theta
     accel = float((d**3).sum() / (6 * (d**2).sum() ** 1.5)) if float((d**2).sum()) > 0 else 0.0
     qs = []
-    for z in (norm.ppf(alpha / 2), norm.ppf(1 - alpha / 2)):
-        qs.append(float(norm.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z)))))
+    for z in (_NORMAL.inv_cdf(alpha / 2), _NORMAL.inv_cdf(1 - alpha / 2)):
+        qs.append(float(_NORMAL.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z)))))
     lo, hi = torch.quantile(values, torch.tensor(qs, dtype=_ACC)).tolist()
     return lo, hi
 

@@ -12,8 +12,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import scipy.optimize
-import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -157,6 +155,8 @@ def bures_distance(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) ->
 
 def _assignment(c: Tensor) -> Tensor:
     """Rows and columns of the maximum-weight matching of ``c`` (scipy's Hungarian solver, on the host)."""
+    import scipy.optimize  # here, not at the top: scipy.optimize adds ~0.7 s to `import repsim`
+
     rows, cols = scipy.optimize.linear_sum_assignment(c.detach().cpu().numpy(), maximize=True)
     return c[torch.as_tensor(rows, device=c.device), torch.as_tensor(cols, device=c.device)]
 
@@ -215,6 +215,9 @@ def _transport_cost(c: Tensor, max_replication: int = _MAX_REPLICATION) -> Tenso
     programme. On the host, in float64; the value is read back from the plan on ``c`` itself so
     that it carries ``c``'s device and dtype.
     """
+    import scipy.optimize  # here, not at the top: scipy.optimize adds ~0.7 s to `import repsim`
+    import scipy.sparse
+
     p, q = c.shape
     cost = c.detach().cpu().to(torch.float64).numpy()
     copies = math.lcm(p, q)
