@@ -29,8 +29,8 @@ def test_example_runs(script, tmp_path):
     if script.stem == "07_grounding":  # the integrator's path: rescore from the cached features (every measure
         # went through the same scoring above; two here keep the rerun cheap)
         again = subprocess.run(
-            [sys.executable, str(script), "--seeds", "1", "--smoke", "--out", str(tmp_path), "--rescore"]
-            + ["--measures", "linear_cka", "rsa"],
+            [sys.executable, str(script), "--seeds", "1", "--smoke", "--out", str(tmp_path), "--rescore",
+             "--measures", "linear_cka", "rsa"],
             capture_output=True,
             text=True,
             env=env,
