@@ -37,7 +37,6 @@ from _common import save
 from torch import nn
 
 import repsim
-from repsim.inference.bootstrap import _interval  # the subsample scheme's interval
 
 CORPUS = Path("/usr/share/games/fortunes")
 TOPICS = ("computers", "food", "law", "love", "science", "sports")  # fortune files: the fine-tuning labels
@@ -154,38 +153,6 @@ def fine_tuned(model, tokenizer, train: pd.DataFrame, steps: int, seed: int = 0)
     return tuned, float((predicted == y_test).double().mean()), chance
 
 
-def gram_cka(k: torch.Tensor, l: torch.Tensor) -> float:
-    """Linear CKA from the Gram matrices K = X X^T, L = Y Y^T of the same rows: <HKH, HLH> / (|HKH| |HLH|)."""
-
-    def centred(g):
-        return g - g.mean(0, keepdim=True) - g.mean(1, keepdim=True) + g.mean()
-
-    kc, lc = centred(k), centred(l)
-    return float((kc * lc).sum() / ((kc * kc).sum() * (lc * lc).sum()).sqrt())
-
-
-def resampled_interval(x, y, sentence_ids, resamples: int, whole_sentences: bool, seed: int = 0) -> tuple:
-    """95% interval of linear CKA from half-samples of whole sentences, or of single tokens (naive).
-
-    repsim.bootstrap's subsample scheme with the sentence as the unit: complementary halves of a
-    permutation of the sentences (a half keeps every token of its sentences), the centred
-    half-sample values scaled by the delete-d jackknife factor.
-    """
-    x, y = x.double(), y.double()
-    k, l = x @ x.T, y @ y.T  # every half-sample's CKA is that of a submatrix of these
-    estimate = float(repsim.linear_cka(x, y))
-    assert abs(gram_cka(k, l) - estimate) < 1e-9  # the Gram form is the same CKA
-    gen = torch.Generator().manual_seed(seed)
-    n = int(sentence_ids.max()) + 1 if whole_sentences else x.shape[0]
-    values = []
-    for _ in range((resamples + 1) // 2):
-        perm = torch.randperm(n, generator=gen)
-        for half in (perm[: n // 2], perm[n // 2 : 2 * (n // 2)]):
-            rows = torch.isin(sentence_ids, half).nonzero().squeeze(1) if whole_sentences else half
-            values.append(gram_cka(k[rows][:, rows], l[rows][:, rows]))
-    return _interval(estimate, torch.tensor(values, dtype=torch.float64), 0.95, "percentile", "subsample", n, None)
-
-
 def main() -> None:
     args = parse_args()
     out = Path(args.out or "results/examples/11_text_layers")
@@ -223,11 +190,11 @@ def main() -> None:
                 )
             )
             x, y = tokens["itself"][0][layer], tokens[pair][0][layer]
-            estimate = float(repsim.linear_cka(x, y))
-            for whole, label in ((True, "whole sentences"), (False, "single tokens (naive)")):
-                lo, hi = (
-                    resampled_interval(x, y, sentence_ids, args.token_resamples, whole) if pair != "itself" else (1, 1)
-                )
+            estimate = float(repsim.linear_cka(x, y, dtype=torch.float64))
+            for blocks, label in ((sentence_ids, "whole sentences"), (None, "single tokens (naive)")):
+                # half-samples of whole sentences (blocks=) or, naively, of single tokens
+                t = repsim.bootstrap(x, y, "linear_cka", args.token_resamples, blocks=blocks, dtype=torch.float64)
+                lo, hi = (t.ci_low, t.ci_high) if pair != "itself" else (1, 1)
                 common = dict(pair=pair, layer=layer, depth=depth, n=x.shape[0])
                 rows.append(dict(level="token", cka=estimate, ci_low=lo, ci_high=hi, interval=label, **common))
     table = pd.DataFrame(rows)

@@ -142,7 +142,7 @@ def _checked(measures, measure_options, inference, dtype, pool, sample_cap, resu
     if sketch is not None and not (isinstance(sketch, int) and not isinstance(sketch, bool) and sketch >= 2):
         raise ValueError(f"sketch must be an integer number of dimensions >= 2 (e.g. sketch=512), got {sketch!r}")
     plan = Plan(measures, dtype, options)
-    plan.tokens = _check_tokens(pool, plan, inference)
+    plan.tokens = _check_tokens(pool, plan)
     plan.keep_capped = bool(inference)
     return plan, inference
 
@@ -358,15 +358,11 @@ def _released(chunks: list[Tensor]) -> Tensor | None:
     return out
 
 
-def _check_tokens(pool: Pool, plan: Plan, inference) -> bool:
-    """pool="tokens": refuse what would treat a sentence's tokens as independent or unlabelled samples."""
+def _check_tokens(pool: Pool, plan: Plan) -> bool:
+    """pool="tokens": refuse measures that need per-sample labels, which tokens do not have (inference is
+    safe: it moves and resamples whole sentences, the ``blocks`` add_inference passes on)."""
     if not (isinstance(pool, str) and pool == "tokens"):
         return False
-    if inference and inference.get("bootstrap"):
-        raise ValueError(
-            "intervals with pool='tokens' would resample tokens as if they were independent; use permutations or "
-            "calibrate (they move whole sentences), or resample whole sentences on repsim.text.token_features"
-        )
     if plan.needs_labels:
         raise ValueError(
             f"pool='tokens' has no per-token labels for {sorted(plan.needs_labels)}; use repsim.text.token_features "

@@ -408,7 +408,8 @@ def compare_texts(
     the registry (:func:`repsim.list_measures`) runs on them through :func:`repsim.measure_grid`;
     ``max_units`` keeps the first units only (the all-samples measures cost O(n^2)). The table's
     ``n`` is the number of units. Tokens and words of one sentence are not independent samples:
-    for intervals resample whole sentences (the units' sentence ids, see :func:`token_features`).
+    for intervals resample whole sentences (``blocks=`` the units' sentence ids in
+    :func:`repsim.bootstrap`, see :func:`token_features`).
     """
     from .comparison import Comparison
     from .measures.registry import get_measure, measure_grid

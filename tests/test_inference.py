@@ -155,3 +155,45 @@ def test_shifted_quadratic_equals_the_brute_force_sum(n):
     idx = torch.arange(n)
     expected = torch.stack([(a * b[(idx[:, None] + s) % n, (idx[None, :] + s) % n]).sum() for s in range(n)])
     assert torch.allclose(shifted_quadratic(a, b), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("scheme", "method"), [("subsample", "percentile"), ("replacement", "bca")])
+def test_blocks_resample_whole_blocks(scheme, method):
+    # k exact copies of every sample, one block per sample: linear CKA of the copied data equals that
+    # of the originals for any multiset of whole blocks (copying every row scales the covariances), so
+    # resampling blocks of the copies must give exactly the sample bootstrap of the originals
+    x, y = _independent(11, n=60, p=5, q=4)
+    y = y + x[:, :4]
+    k = 3
+    ids = torch.arange(60).repeat_interleave(k)
+    blocked = repsim.bootstrap(
+        x.repeat_interleave(k, 0),
+        y.repeat_interleave(k, 0),
+        "linear_cka",
+        100,
+        scheme=scheme,
+        method=method,
+        blocks=ids,
+    )
+    plain = repsim.bootstrap(x, y, "linear_cka", 100, scheme=scheme, method=method)
+    assert torch.allclose(blocked.resamples, plain.resamples, atol=1e-12, rtol=0)
+    assert blocked.ci_low == pytest.approx(plain.ci_low, abs=1e-12)
+    assert blocked.ci_high == pytest.approx(plain.ci_high, abs=1e-12)
+    if scheme == "subsample":  # the copies resampled one by one, as if 180 independent rows: ~1/sqrt(3) as wide
+        naive = repsim.bootstrap(x.repeat_interleave(k, 0), y.repeat_interleave(k, 0), "linear_cka", 100)
+        assert naive.ci_high - naive.ci_low < 0.7 * (blocked.ci_high - blocked.ci_low)
+
+
+def test_paired_blocks_and_bad_blocks():
+    x, y = _independent(12, n=40, p=4, q=4)
+    near, far = x + 0.3 * y, x + 2.0 * y
+    ids = torch.arange(40).repeat_interleave(2)
+    twice = [t.repeat_interleave(2, 0) for t in (x, near, far)]
+    blocked = repsim.compare_paired(*twice, "linear_cka", n_resamples=60, blocks=ids)
+    plain = repsim.compare_paired(x, near, far, "linear_cka", n_resamples=60)
+    assert torch.allclose(blocked.resamples, plain.resamples, atol=1e-12, rtol=0)
+    assert blocked.p_value == plain.p_value and blocked.ci_low == pytest.approx(plain.ci_low, abs=1e-12)
+    with pytest.raises(ValueError, match="blocks has 39 labels but there are 40 samples"):
+        repsim.bootstrap(x, y, blocks=torch.arange(39))
+    with pytest.raises(ValueError, match="blocks: 2 distinct blocks"):
+        repsim.bootstrap(x, y, blocks=torch.arange(40) % 2)

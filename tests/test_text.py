@@ -299,21 +299,19 @@ def test_compare_pool_tokens_is_linear_cka_of_the_token_features(tokenizers):
             assert capped["value"] == pytest.approx(float(repsim.rsa(x[:20].double(), y[:20].double())), abs=1e-9)
 
 
-def test_compare_pool_tokens_refuses_different_tokens_and_inference(tokenizers):
+def test_compare_pool_tokens_refuses_different_tokens_and_bad_layers(tokenizers):
     words, pieces = tokenizers
     a = make("bert")
     pairs = list(zip(repsim.text_batches(SENTENCES, words), repsim.text_batches(SENTENCES, pieces), strict=True))
     with pytest.raises(ValueError, match=r"attention masks differ.*unit='word'"):
         repsim.compare(a, make("gpt2"), pairs, paired=True, pool="tokens", measures=["linear_cka"], progress=False)
     batches = repsim.text_batches(SENTENCES, words)
-    with pytest.raises(ValueError, match="resample whole sentences"):
-        repsim.compare(a, a, batches, pool="tokens", inference={"bootstrap": 10}, progress=False)
     with pytest.raises(ValueError, match="pool='tokens' takes"):
         repsim.compare(a, a, batches, layers_a=["pooler"], pool="tokens", progress=False)
 
 
-def test_compare_pool_tokens_permutes_whole_sentences(tokenizers):
-    """inference on token samples moves whole sentences: the p-values equal permutation_test(blocks=sentence ids)."""
+def test_compare_pool_tokens_permutes_and_resamples_whole_sentences(tokenizers):
+    """inference on token samples moves whole sentences: permutation_test and bootstrap with blocks=sentence ids."""
     words, _ = tokenizers
     a, b = make("bert"), make("llama")
     batches = repsim.text_batches(SENTENCES, words, batch_size=2)
@@ -324,6 +322,14 @@ def test_compare_pool_tokens_permutes_whole_sentences(tokenizers):
     fb, _ = repsim.token_features(b, batches, ["layers.0"], progress=False)
     expected = repsim.permutation_test(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 30, seed=3, blocks=ids)
     assert res.table["p_value"].iloc[0] == pytest.approx(expected.p_value)
+    # intervals resample whole sentences too: the same as bootstrap(blocks=sentence ids)
+    boot = repsim.compare(a, b, batches, layers_a=["encoder.layer.0"], layers_b=["layers.0"], pool="tokens",
+                          measures=["linear_cka"], inference={"bootstrap": 20, "seed": 3}, progress=False)  # fmt: skip
+    expected = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 20, seed=3, blocks=ids)
+    naive = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 20, seed=3)
+    row = boot.table.iloc[0]
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high), abs=1e-9)
+    assert (row["ci_low"], row["ci_high"]) != pytest.approx((naive.ci_low, naive.ci_high), abs=1e-6)
 
 
 def test_word_features_equal_a_hand_computed_word_pooling(tokenizers):

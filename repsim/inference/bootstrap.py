@@ -38,6 +38,7 @@ from ..measures._products import self_product
 from ..measures.registry import MeasureInfo, get_measure
 from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
 from .permutation import seeded_generator
+from .restricted import _codes
 
 _ACC = torch.float64
 _NORMAL = NormalDist()  # the standard normal's cdf and quantile (the stdlib's are exact to double precision)
@@ -84,6 +85,30 @@ def _draw(n: int, n_resamples: int, scheme: str, gen: torch.Generator) -> Tensor
         perm = torch.randperm(n, generator=gen)
         rows += [perm[:m], perm[m : 2 * m]]
     return torch.stack(rows[:n_resamples])
+
+
+def _block_members(blocks, n: int) -> list[Tensor] | None:
+    """The sample positions of each block (None: every sample is its own unit)."""
+    if blocks is None:
+        return None
+    codes = torch.from_numpy(_codes(blocks, "blocks", n))
+    order = torch.argsort(codes, stable=True)
+    members = list(torch.split(order, torch.bincount(codes).tolist()))
+    if len(members) < 4:
+        raise ValueError(
+            f"blocks: {len(members)} distinct blocks; resampling whole blocks needs at least 4 "
+            "(use smaller blocks, or blocks=None to resample samples)"
+        )
+    return members
+
+
+def _resamples(n: int, n_resamples: int, scheme: str, gen: torch.Generator, members) -> list[Tensor] | Tensor:
+    """Sample indices of every resample: rows of :func:`_draw`, or with ``members`` (blocks) the
+    samples of the drawn blocks, so a block is always kept or left out whole."""
+    if members is None:
+        return _draw(n, n_resamples, scheme, gen)
+    units = _draw(len(members), n_resamples, scheme, gen)
+    return [torch.cat([members[u] for u in row.tolist()]) for row in units]
 
 
 def _check(n_resamples: int, level: float, method: str) -> None:
@@ -316,8 +341,15 @@ def _batched_values(x: Tensor, y: Tensor, indices: Tensor, build, chunk: int = 1
     return torch.cat(out)
 
 
-def _grouped_jackknife(fn, n: int, groups: int = 20) -> Tensor:
-    folds = torch.arange(n) % groups
+def _grouped_jackknife(fn, n: int, members=None, groups: int = 20) -> Tensor:
+    """fn on the data with each of ``groups`` folds of samples (of whole blocks, with ``members``) left out."""
+    if members is None:
+        folds = torch.arange(n) % groups
+    else:
+        folds = torch.empty(n, dtype=torch.long)
+        for b, rows in enumerate(members):
+            folds[rows] = b % groups
+    groups = min(groups, int(folds.max()) + 1)
     return torch.stack([fn(torch.nonzero(folds != g).flatten()) for g in range(groups)]).to(_ACC)
 
 
@@ -339,6 +371,7 @@ def bootstrap(
     method: str = "percentile",
     scheme: str = "auto",
     seed: int | None = 0,
+    blocks=None,
     **measure_options,
 ) -> BootstrapResult:
     """A confidence interval for ``measure(x, y)`` by resampling samples (rows of both sides together).
@@ -348,23 +381,37 @@ def bootstrap(
     docstring) or "replacement" (the ordinary bootstrap, for second-moment measures only).
     ``method``: "percentile", "bca" (replacement only) or "normal". The same
     ``seed`` gives bit-identical intervals.
+
+    ``blocks`` (one id per sample, as in :func:`~repsim.permutation_test`) resamples whole blocks
+    instead of samples: the tokens of one sentence, the crops of one image, the frames of one clip
+    are dependent, and an interval that resamples them one by one is too narrow. The half-samples
+    are then halves of the blocks (and the jackknife factor counts blocks); with
+    ``scheme="replacement"``, blocks are drawn with replacement (the cluster bootstrap).
     """
     _check(n_resamples, ci, method)
     info, x, y, opts = _prepared(x, y, measure, measure_options)
     used = _scheme(info, check_choice(scheme, "scheme", SCHEMES))
     n = x.shape[0]
+    members = _block_members(blocks, n)
     gen = seeded_generator(seed, x.device)
     estimate = float(info.fn(x, y, **opts))
-    indices = _draw(n, n_resamples, used, gen)
-    fast = _fast_subsamples(measure, opts) if used == "subsample" else None
+    indices = _resamples(n, n_resamples, used, gen, members)
+    fast = _fast_subsamples(measure, opts) if used == "subsample" and members is None else None
     if fast is not None:  # a few n x n matrices, every resample a weighted sum over them
         values = _batched_values(x, y, indices, fast).to(_ACC).cpu()
     else:
-        values = torch.stack([info.fn(x[i], y[i], **opts) for i in indices.to(x.device)]).to(_ACC).cpu()
-    lo, hi = _interval(
-        estimate, values, ci, method, used, n, lambda: _grouped_jackknife(lambda i: info.fn(x[i], y[i], **opts), n)
-    )
+        values = torch.stack([info.fn(x[i], y[i], **opts) for i in _on(indices, x.device)]).to(_ACC).cpu()
+    units = n if members is None else len(members)
+
+    def jackknife():
+        return _grouped_jackknife(lambda i: info.fn(x[i], y[i], **opts), n, members)
+
+    lo, hi = _interval(estimate, values, ci, method, used, units, jackknife)
     return BootstrapResult(measure, estimate, lo, hi, ci, values, method, used, n)
+
+
+def _on(indices, device) -> list[Tensor]:
+    return [i.to(device) for i in indices]
 
 
 @dataclass
@@ -392,6 +439,7 @@ def compare_paired(
     ci: float = 0.95,
     scheme: str = "auto",
     seed: int | None = 0,
+    blocks=None,
     **measure_options,
 ) -> PairedResult:
     """Is ``y`` more similar to ``x`` than ``z`` is? measure(x, y) - measure(x, z) with a paired interval.
@@ -400,7 +448,8 @@ def compare_paired(
     similarities' shared noise cancels in the difference (e.g. CKA(CL, NSCL) - CKA(CL, CE) on one
     reference set). Schemes as in :func:`bootstrap`; the interval is the percentile (replacement)
     or jackknife-scaled (subsample) interval of the differences; the two-sided p-value for
-    "no difference" is the smallest 1 - level whose interval excludes 0.
+    "no difference" is the smallest 1 - level whose interval excludes 0. ``blocks`` resamples whole
+    blocks of dependent samples, as in :func:`bootstrap`.
     """
     _check(n_resamples, ci, "percentile")
     info, x, y, opts = _prepared(x, y, measure, measure_options)
@@ -408,6 +457,8 @@ def compare_paired(
     check_same_samples(x, z, ("x", "z"))
     used = _scheme(info, check_choice(scheme, "scheme", SCHEMES))
     n = x.shape[0]
+    members = _block_members(blocks, n)
+    units = n if members is None else len(members)
     gen = seeded_generator(seed, x.device)
 
     def diff(idx=None):
@@ -416,16 +467,16 @@ def compare_paired(
         return info.fn(x[idx], y[idx], **opts) - info.fn(x[idx], z[idx], **opts)
 
     estimate = float(diff())
-    indices = _draw(n, n_resamples, used, gen)
-    fast = _fast_subsamples(measure, opts) if used == "subsample" else None
+    indices = _resamples(n, n_resamples, used, gen, members)
+    fast = _fast_subsamples(measure, opts) if used == "subsample" and members is None else None
     if fast is not None:
         values = (_batched_values(x, y, indices, fast) - _batched_values(x, z, indices, fast)).to(_ACC).cpu()
     else:
-        values = torch.stack([diff(i) for i in indices.to(x.device)]).to(_ACC).cpu()
-    lo, hi = _interval(estimate, values, ci, "percentile", used, n, None)
+        values = torch.stack([diff(i) for i in _on(indices, x.device)]).to(_ACC).cpu()
+    lo, hi = _interval(estimate, values, ci, "percentile", used, units, None)
     # invert the interval: centred differences (subsample) or the raw percentile (replacement)
     if used == "subsample":
-        c = math.sqrt((n // 2) / (n - n // 2))
+        c = math.sqrt((units // 2) / (units - units // 2))
         centred = values - values.mean()
         ref = estimate / c
         tail = min(int((centred >= ref).sum()), int((centred <= ref).sum()))

@@ -33,7 +33,8 @@ def inference_table(
     """p_value, p_adjusted, ci_low, ci_high for every (layer_a, layer_b, measure).
 
     ``blocks``: block ids of the samples (e.g. the sentence of each token): permutations move whole
-    blocks (see :func:`repsim.permutation_test`); intervals are then refused (no block bootstrap).
+    blocks (see :func:`repsim.permutation_test`) and intervals resample whole blocks (see
+    :func:`repsim.bootstrap`).
 
     ``permutations``/``bootstrap_resamples`` = 0 skips that part (its columns are absent).
     p-values are adjusted within each measure's grid (one family per measure) by ``adjust``
@@ -42,11 +43,6 @@ def inference_table(
     reproducible.
     """
     options = measure_options or {}
-    if blocks is not None and bootstrap_resamples:
-        raise ValueError(
-            "intervals that resample whole blocks (sentences) are not available; use permutations or calibrate "
-            "with blocks, or resample sentences yourself on repsim.text.token_features"
-        )
     rows = []
     cells = [
         (m, i, la, j, lb)
@@ -62,7 +58,9 @@ def inference_table(
             res = permutation_test(feats_a[i], feats_b[j], m, permutations, seed=seed + k, blocks=blocks, **opts)
             row.update(p_value=res.p_value, n_permutations=res.n_permutations)
         if bootstrap_resamples:
-            boot = bootstrap(feats_a[i], feats_b[j], m, bootstrap_resamples, ci=ci, seed=seed + k, **opts)
+            boot = bootstrap(
+                feats_a[i], feats_b[j], m, bootstrap_resamples, ci=ci, seed=seed + k, blocks=blocks, **opts
+            )
             row.update(ci_low=boot.ci_low, ci_high=boot.ci_high, ci_scheme=boot.scheme)
         row["n_inference"] = int(feats_a[i].shape[0])
         rows.append(row)
