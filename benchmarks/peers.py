@@ -73,9 +73,10 @@ def resi_cka_grid(xs, ys):
 
 def anatome_cka_grid(xs, ys, debiased=False):
     """anatome's linear_cka_distance per pair (1 - CKA, feature space, torch, the inputs' dtype)."""
-    from repsim._compat import ensure_torchvision_importable
+    # importing repsim first makes torchvision (which anatome imports) loadable beside CPU torch
+    import repsim  # noqa: F401
 
-    ensure_torchvision_importable()  # anatome imports torchvision, a CUDA wheel beside CPU torch here
+    # isort: split
     from anatome.distance import linear_cka_distance
 
     return np.array([[1.0 - linear_cka_distance(x, y, reduce_bias=debiased).item() for y in ys] for x in xs])
