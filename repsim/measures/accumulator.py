@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..validation import as_feature_list, check_same_samples
+
 REDUCTIONS = ("sum", "min", "max", "cat", "same", None)
 
 
@@ -172,3 +174,25 @@ def _device_of(value):
     if hasattr(value, "__dataclass_fields__"):
         return _device_of([getattr(value, k) for k in value.__dataclass_fields__])
     return None
+
+
+class LayerStream(Accumulator):
+    """An accumulator fed ``update(xs, ys=None)``: single (b, d) tensors or lists of per-layer tensors of
+    the same batch (``ys=None``: xs against itself), one form per stream; declares ``n`` (summed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("n", 0, "sum")
+        self.add_state("_single", None, "same")
+
+    def _layer_lists(self, xs, ys) -> tuple[list[Tensor], list[Tensor]]:
+        """The batch as per-layer lists (``ys`` is ``xs`` itself when None), values unchecked: NaN/Inf are
+        refused in ``compute``, so ``update`` never synchronises with the host."""
+        single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
+        if self._single is not None and single != self._single:
+            raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
+        self._single = single
+        xs = as_feature_list(xs, "xs", 1, check_values=False)
+        ys = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
+        check_same_samples(xs[0], ys[0], ("xs", "ys"))
+        return xs, ys

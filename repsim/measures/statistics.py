@@ -16,13 +16,11 @@ from torch import Tensor
 
 from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..validation import (
-    as_feature_list,
     as_features,
     check_choice,
-    check_same_samples,
     resolve_dtype,
 )
-from .accumulator import Accumulator, combine_states
+from .accumulator import LayerStream, combine_states
 from .kinds import layer_measure
 
 _ACC = torch.float64
@@ -106,7 +104,7 @@ def _concentricity_of(x64: Tensor, name: str = "x") -> Tensor:
     return (unit @ mean).mean() / mean_norm
 
 
-class StreamingConcentricity(Accumulator):
+class StreamingConcentricity(LayerStream):
     """Exact concentricity difference over batches: keeps n, sum_i x_i, sum_i x_i/|x_i| and sum_i |x_i|^2 per layer.
 
     mean_i cos(x_i, x_bar) = <mean_i x_i/|x_i|, x_bar> / |x_bar|, so these first moments suffice.
@@ -119,18 +117,10 @@ class StreamingConcentricity(Accumulator):
 
     def __init__(self, dtype: torch.dtype | None = None, **_) -> None:
         super().__init__()
-        self.add_state("n", 0, "sum")
-        self.add_state("_single", None, "same")
         self.add_state("_sums", None, "sum")  # [x layers, y layers] of (sum x, sum unit x, sum |x|^2, #zero rows)
 
     def update(self, xs, ys=None) -> None:
-        single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
-        if self._single is not None and single != self._single:
-            raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
-        self._single = single
-        xs = as_feature_list(xs, "xs", 1, check_values=False)
-        ys_list = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
-        check_same_samples(xs[0], ys_list[0], ("xs", "ys"))
+        xs, ys_list = self._layer_lists(xs, ys)
 
         def stats(t: Tensor) -> list[Tensor]:
             t = t.to(_ACC)

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from .._numerics import center_columns
-from ..validation import as_feature_list, check_same_samples, near_constant, resolve_dtype
-from .accumulator import Accumulator, combine_states
+from ..validation import near_constant, resolve_dtype
+from .accumulator import LayerStream, combine_states
 from .hsic import (
     CrossMoments,
     LayerMoments,
@@ -25,27 +25,19 @@ from .hsic import (
 _ACC = torch.float64
 
 
-class LayerGridAccumulator(Accumulator):
+class LayerGridAccumulator(LayerStream):
     """An accumulator over a layer grid: input checks, the single-tensor vs list form, and per-layer
     column extremes (the NaN/Inf and constancy checks run once in ``compute``, so ``update`` never
     synchronises with the host)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("n", 0, "sum")
-        self.add_state("_single", None, "same")
         self.add_state("_lo", None, "min")
         self.add_state("_hi", None, "max")
         self.add_state("_dtypes", None, "same")
 
     def _inputs(self, xs, ys) -> tuple[list[Tensor], list[Tensor]]:
-        single = isinstance(xs, Tensor) and (ys is None or isinstance(ys, Tensor))
-        if self._single is not None and single != self._single:
-            raise ValueError("update() got single tensors after lists (or the reverse); keep one form per stream")
-        self._single = single
-        xs = as_feature_list(xs, "xs", 1, check_values=False)
-        ys = xs if ys is None else as_feature_list(ys, "ys", 1, check_values=False)
-        check_same_samples(xs[0], ys[0], ("xs", "ys"))
+        xs, ys = self._layer_lists(xs, ys)
         both = xs if ys is xs else xs + ys
         extremes = [torch.aminmax(t, dim=0) for t in both]  # one read of each layer
         lows = [e.min.to(_ACC) for e in extremes]
