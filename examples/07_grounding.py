@@ -30,6 +30,7 @@ from repsim import grounding
 from repsim.checkpoints import save_state_dict
 from repsim.data import ArrayImages, digits_split, eval_transform, in_channels, read_cifar, read_fashion_mnist
 from zoo.data import (
+    StampedViews,
     TwoViews,
     add_shortcut,
     digits_augment,
@@ -70,6 +71,10 @@ if args.train_samples:
 config, out = base_config(args, "07_grounding", objectives=["cl", "nscl", "ce", "supcon"], **size)
 cfg = config.resolved()
 feature_dir = out / "features"
+# the shortcut mark goes into the raw digits (their mild affine augmentation keeps it), onto each augmented
+# view elsewhere (random resized crops and flips would remove or mirror a raw-image mark); its own cache tag
+STAMP_AFTER_AUGMENTATION = cfg.kind != "digits"
+SHORTCUT_TAG = "stamped" if STAMP_AFTER_AUGMENTATION else "shortcut"
 seeds = range(args.seeds)
 
 
@@ -143,8 +148,10 @@ def train_ce(tag: str, seed: int, fraction=0.0, shortcut=0.0, strength=1.0) -> P
     tx, ty = raw_split(True, seed)
     n_classes = int(ty.max()) + 1
     ty = randomise_labels(ty, fraction, n_classes, seed)
-    tx = add_shortcut(tx, ty, shortcut, seed)
-    data = TwoViews(ArrayImages(tx, ty), train_augment(strength))
+    if STAMP_AFTER_AUGMENTATION:  # crops and flips would cut a raw-image mark away or mirror it
+        data = StampedViews(ArrayImages(tx, ty), train_augment(strength), ty, shortcut, cfg.kind, seed)
+    else:
+        data = TwoViews(ArrayImages(add_shortcut(tx, ty, shortcut, seed), ty), train_augment(strength))
     torch.manual_seed(seed)
     channels = in_channels(cfg.kind)
     model = create_model(cfg.backbone, n_classes, channels, cfg.proj_hidden, cfg.proj_out, **width_option(cfg))
@@ -197,7 +204,7 @@ def load(path: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ training (cached)
 jobs = [("clean", s, {}) for s in seeds]
 jobs += [(f"labels{f}", s, {"fraction": f}) for f in pick(FRACTIONS)[1:] for s in seeds]
-jobs += [(f"shortcut{q}", s, {"shortcut": q}) for q in pick(SHORTCUTS)[1:] for s in seeds]
+jobs += [(f"{SHORTCUT_TAG}{q}", s, {"shortcut": q}) for q in pick(SHORTCUTS)[1:] for s in seeds]
 jobs += [(f"augment{a}", s, {"strength": a}) for a in pick(STRENGTHS) if a != 1.0 for s in seeds]
 if not args.rescore:
     start = time.perf_counter()
@@ -295,7 +302,7 @@ for info in tqdm(list(usable.itertuples()), desc="measures"):
             rows.append({**base, "test": test, "score": math.nan})
     # 3. shortcut affinity: every shortcut model against every clean model of another seed
     sims, agree = [], []
-    shortcut_models = [(q, sa, features(f"shortcut{q}", sa)) for q in pick(SHORTCUTS)[1:] for sa in seeds]
+    shortcut_models = [(q, sa, features(f"{SHORTCUT_TAG}{q}", sa)) for q in pick(SHORTCUTS)[1:] for sa in seeds]
     clean_models = [(sb, features("clean", sb)) for sb in seeds]
     sim = grid(name, [m[2]["encoder"] for m in shortcut_models], [m[1]["encoder"] for m in clean_models])
     for (i, (_, sa, a)), (j, (sb, b)) in itertools.product(enumerate(shortcut_models), enumerate(clean_models)):

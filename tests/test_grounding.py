@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from repsim import grounding
-from zoo.data import add_shortcut, digits_augment, randomise_labels
+from zoo.data import StampedViews, add_shortcut, digits_augment, grayscale_augment, randomise_labels
 
 
 def _triples_reference(s):
@@ -112,6 +112,33 @@ def test_shortcut_is_class_coded_and_optional():
     assert 0.35 < (some.reshape(200, -1).sum(1) > 0).mean() < 0.65
     with pytest.raises(ValueError, match="probability"):
         add_shortcut(images, labels, -0.1)
+
+
+def test_stamped_shortcut_survives_crops_and_flips():
+    """Under random resized crops and flips a raw-image mark is mostly lost; the stamp is on every
+    augmented view of a carrier, at its class's slot, with the normalised range's brightest value."""
+    from repsim.data import ArrayImages
+
+    images = np.zeros((40, 32, 32), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    augment = grayscale_augment(32)
+    torch.manual_seed(0)
+    raw = ArrayImages(add_shortcut(images, labels, 1.0), labels, augment)
+    bright = (1.0 - 0.2860) / 0.3530
+    kept = np.mean([(raw[i][0] > 0.5 * bright).any().item() for i in range(40)])
+    assert kept < 0.9  # crops cut the 2 x 2 mark away (or blur it) for part of the views
+    stamped = StampedViews(ArrayImages(images, labels), augment, labels, 1.0, "fashion-mnist")
+    clean = add_shortcut(images, labels, 1.0)
+    for i in range(40):
+        v1, v2, y = stamped[i]
+        assert int(y) == labels[i]
+        for v in (v1, v2):
+            mark = torch.from_numpy(clean[i] > 0)
+            assert torch.allclose(v[0][mark], torch.tensor(bright)) and (v[0][~mark] < 0).all()
+    none = StampedViews(ArrayImages(images, labels), augment, labels, 0.0, "fashion-mnist")
+    assert all((none[i][0] < 0).all() for i in range(40))
+    some = StampedViews(ArrayImages(images, labels), augment, labels, 0.5, "fashion-mnist", seed=1)
+    assert (some.carry == (add_shortcut(images, labels, 0.5, seed=1).reshape(40, -1).sum(1) > 0)).all()
 
 
 def test_augmentation_strength_zero_is_identity():

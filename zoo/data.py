@@ -77,26 +77,71 @@ def randomise_labels(labels: np.ndarray, fraction: float, n_classes: int, seed: 
     return out
 
 
+def _shortcut_slots(labels: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each label's shortcut block: (rows, cols, k), a k x k block, k = max(1, width // 16), at a
+    class-specific place on the border (class c: top row at column k c, the bottom row for the classes
+    that do not fit on top)."""
+    k = max(1, width // 16)
+    slots = width // k
+    if labels.max() >= 2 * slots:
+        raise ValueError(f"{int(labels.max()) + 1} classes do not fit the {2 * slots} border slots")
+    rows = np.where(labels < slots, 0, height - k)
+    return rows, k * (labels % slots), k
+
+
+def _shortcut_carriers(n: int, probability: float, seed: int) -> np.ndarray:
+    """Which of n samples carry the shortcut: each with ``probability``, fixed per sample by ``seed``."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    return np.random.default_rng([seed, 2]).random(n) < probability
+
+
 def add_shortcut(images: np.ndarray, labels: np.ndarray, probability: float, seed: int = 0) -> np.ndarray:
     """A copy of ``images`` (N, H, W[, C], uint8) where each sample carries, with ``probability``, a
     class-coded shortcut: a bright k x k block (k = max(1, W // 16)) at a class-specific place on the
     border (class c: top row at column k c, the bottom row for the classes that do not fit on top).
-    The draw is fixed per sample by ``seed``; a shortcut-free copy is ``probability=0``."""
-    if not 0 <= probability <= 1:
-        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    The draw is fixed per sample by ``seed``; a shortcut-free copy is ``probability=0``.
+
+    The mark is in the raw image, so it must survive the augmentation to be a shortcut: it does under
+    small affine maps (the digits preset), not under random resized crops and flips, which cut it
+    away or mirror it onto another class's slot; use :class:`StampedViews` there."""
+    carry = _shortcut_carriers(len(images), probability, seed)
     out = np.array(images, copy=True)
-    k = max(1, out.shape[2] // 16)
-    slots = out.shape[2] // k
-    if labels.max() >= 2 * slots:
-        raise ValueError(f"{int(labels.max()) + 1} classes do not fit the {2 * slots} border slots")
+    labels = np.asarray(labels)
+    rows, cols, k = _shortcut_slots(labels, out.shape[1], out.shape[2])
     bright = 16 if out.max() <= 16 else 255  # digits are 0..16, other images 0..255
-    carry = np.random.default_rng([seed, 2]).random(len(out)) < probability
     for i in np.flatnonzero(carry):
-        c = int(labels[i])
-        row = 0 if c < slots else out.shape[1] - k
-        col = k * (c % slots)
-        out[i, row : row + k, col : col + k] = bright
+        out[i, rows[i] : rows[i] + k, cols[i] : cols[i] + k] = bright
     return out
+
+
+class StampedViews(Dataset):
+    """(view1, view2, label) as :class:`TwoViews`, with the class-coded shortcut of :func:`add_shortcut`
+    stamped onto each *augmented* view of the carrying samples (at the view's own border, at the
+    brightest value of the normalised range), so no crop or flip removes or moves it: at
+    ``probability`` 1 the mark alone identifies the class of every training view."""
+
+    def __init__(self, base: Dataset, transform, labels, probability: float, kind: str, seed: int = 0) -> None:
+        self.base, self.transform = base, transform
+        self.labels = np.asarray(labels)
+        self.carry = _shortcut_carriers(len(self.labels), probability, seed)
+        mean, std = NORMALIZATION[kind]
+        self.bright = torch.tensor([(1.0 - m) / s for m, s in zip(mean, std, strict=True)])[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _stamp(self, view: torch.Tensor, i: int) -> torch.Tensor:
+        if not self.carry[i]:
+            return view
+        rows, cols, k = _shortcut_slots(self.labels[i : i + 1], view.shape[1], view.shape[2])
+        view = view.clone()
+        view[:, rows[0] : rows[0] + k, cols[0] : cols[0] + k] = self.bright.to(view.dtype)
+        return view
+
+    def __getitem__(self, i):
+        img, label = self.base[i]
+        return self._stamp(self.transform(img), i), self._stamp(self.transform(img), i), label
 
 
 def grayscale_augment(size: int, kind: str = "fashion-mnist", strength: float = 1.0):
