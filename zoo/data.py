@@ -115,35 +115,6 @@ def add_shortcut(images: np.ndarray, labels: np.ndarray, probability: float, see
     return out
 
 
-class StampedViews(Dataset):
-    """(view1, view2, label) as :class:`TwoViews`, with the class-coded shortcut of :func:`add_shortcut`
-    stamped onto each *augmented* view of the carrying samples (at the view's own border, at the
-    brightest value of the normalised range), so no crop or flip removes or moves it: at
-    ``probability`` 1 the mark alone identifies the class of every training view."""
-
-    def __init__(self, base: Dataset, transform, labels, probability: float, kind: str, seed: int = 0) -> None:
-        self.base, self.transform = base, transform
-        self.labels = np.asarray(labels)
-        self.carry = _shortcut_carriers(len(self.labels), probability, seed)
-        mean, std = NORMALIZATION[kind]
-        self.bright = torch.tensor([(1.0 - m) / s for m, s in zip(mean, std, strict=True)])[:, None, None]
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def _stamp(self, view: torch.Tensor, i: int) -> torch.Tensor:
-        if not self.carry[i]:
-            return view
-        rows, cols, k = _shortcut_slots(self.labels[i : i + 1], view.shape[1], view.shape[2])
-        view = view.clone()
-        view[:, rows[0] : rows[0] + k, cols[0] : cols[0] + k] = self.bright.to(view.dtype)
-        return view
-
-    def __getitem__(self, i):
-        img, label = self.base[i]
-        return self._stamp(self.transform(img), i), self._stamp(self.transform(img), i), label
-
-
 def grayscale_augment(size: int, kind: str = "fashion-mnist", strength: float = 1.0):
     """SimCLR's geometric augmentations for grayscale images: RandomResizedCrop(size, scale=(0.2**strength, 1)) and
     a horizontal flip; no colour jitter or grayscale step (one channel has neither hue nor saturation). At
@@ -181,6 +152,32 @@ class TwoViews(Dataset):
     def __getitem__(self, i):
         img, label = self.base[i]
         return self.transform(img), self.transform(img), label
+
+
+class StampedViews(TwoViews):
+    """(view1, view2, label) as :class:`TwoViews`, with the class-coded shortcut of :func:`add_shortcut`
+    stamped onto each *augmented* view of the carrying samples (at the view's own border, at the
+    brightest value of the normalised range), so no crop or flip removes or moves it: at
+    ``probability`` 1 the mark alone identifies the class of every training view."""
+
+    def __init__(self, base: Dataset, transform, labels, probability: float, kind: str, seed: int = 0) -> None:
+        super().__init__(base, transform)
+        self.labels = np.asarray(labels)
+        self.carry = _shortcut_carriers(len(self.labels), probability, seed)
+        mean, std = NORMALIZATION[kind]
+        self.bright = torch.tensor([(1.0 - m) / s for m, s in zip(mean, std, strict=True)])[:, None, None]
+
+    def _stamp(self, view: torch.Tensor, i: int) -> torch.Tensor:
+        if not self.carry[i]:
+            return view
+        rows, cols, k = _shortcut_slots(self.labels[i : i + 1], view.shape[1], view.shape[2])
+        view = view.clone()
+        view[:, rows[0] : rows[0] + k, cols[0] : cols[0] + k] = self.bright.to(view.dtype)
+        return view
+
+    def __getitem__(self, i):
+        v1, v2, label = super().__getitem__(i)
+        return self._stamp(v1, i), self._stamp(v2, i), label
 
 
 def class_subset(labels: np.ndarray, classes: Sequence[int] | int | None) -> tuple[np.ndarray, dict[int, int]]:

@@ -38,7 +38,7 @@ from ..measures._products import self_product
 from ..measures.registry import MeasureInfo, get_measure
 from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
 from .permutation import seeded_generator
-from .restricted import _codes
+from .restricted import _codes, block_positions
 
 _ACC = torch.float64
 _NORMAL = NormalDist()  # the standard normal's cdf and quantile (the stdlib's are exact to double precision)
@@ -91,9 +91,7 @@ def _block_members(blocks, n: int) -> list[Tensor] | None:
     """The sample positions of each block (None: every sample is its own unit)."""
     if blocks is None:
         return None
-    codes = torch.from_numpy(_codes(blocks, "blocks", n))
-    order = torch.argsort(codes, stable=True)
-    members = list(torch.split(order, torch.bincount(codes).tolist()))
+    members = [torch.from_numpy(pos) for pos in block_positions(_codes(blocks, "blocks", n))]
     if len(members) < 4:
         raise ValueError(
             f"blocks: {len(members)} distinct blocks; resampling whole blocks needs at least 4 "
@@ -410,8 +408,9 @@ def bootstrap(
     return BootstrapResult(measure, estimate, lo, hi, ci, values, method, used, n)
 
 
-def _on(indices, device) -> list[Tensor]:
-    return [i.to(device) for i in indices]
+def _on(indices, device):
+    """The resamples' indices on ``device``: one transfer for a (B, m) tensor, one per blocked resample."""
+    return indices.to(device) if isinstance(indices, Tensor) else [i.to(device) for i in indices]
 
 
 @dataclass

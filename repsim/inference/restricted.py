@@ -93,6 +93,14 @@ class PermutationDesign:
         return True
 
 
+def block_positions(codes: np.ndarray) -> list[np.ndarray]:
+    """The sample positions of each block of integer ``codes`` 0..k-1 (see ``_codes``), block by block,
+    each block's positions in increasing order (a stable sort by block id)."""
+    order = np.argsort(codes, kind="stable")
+    _, starts = np.unique(codes[order], return_index=True)
+    return np.split(order, starts[1:])
+
+
 def permutation_design(n: int, groups=None, blocks=None) -> PermutationDesign:
     """The allowed permutations of n samples for ``groups`` and/or ``blocks`` (see the module doc).
 
@@ -103,11 +111,9 @@ def permutation_design(n: int, groups=None, blocks=None) -> PermutationDesign:
         return PermutationDesign(n, (np.arange(n, dtype=np.int64)[:, None],), False)
     group = _codes(groups, "groups", n) if groups is not None else np.zeros(n, dtype=np.int64)
     block = _codes(blocks, "blocks", n) if blocks is not None else np.arange(n, dtype=np.int64)
-    # positions of each block, in order of appearance (stable sort by block id)
-    order = np.argsort(block, kind="stable")
-    ids, starts, sizes = np.unique(block[order], return_index=True, return_counts=True)
-    members = np.split(order, starts[1:])
-    block_group = np.empty(len(ids), dtype=np.int64)
+    members = block_positions(block)
+    sizes = [len(pos) for pos in members]
+    block_group = np.empty(len(members), dtype=np.int64)
     for b, pos in enumerate(members):
         g = np.unique(group[pos])
         if g.size > 1:
