@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import repsim
-from repsim.io import atomic_write_text
+from repsim.core.io import atomic_write_text
 
 
 def _best_time(fn, repeat: int) -> float:

@@ -44,7 +44,7 @@ def run(mode: str, n: int, batch: int) -> dict:
     import torch
 
     import repsim
-    from repsim.hooks import FeatureHooks, forward_features
+    from repsim.networks.hooks import FeatureHooks, forward_features
 
     torch.set_num_threads(torch.get_num_threads())
     a, b = models()

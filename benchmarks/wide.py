@@ -49,7 +49,7 @@ def _peak_rss() -> int:
 
 def _setup(n: int, size: int, batch: int, device: str):
     sys.path.insert(0, str(ROOT))
-    import repsim  # noqa: F401  (first: makes torchvision importable with the CPU torch, see repsim/_compat.py)
+    import repsim  # noqa: F401  (first: makes torchvision importable with the CPU torch, see repsim/core/compat.py)
 
     # isort: split
     import torch

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 import repsim
 from repsim import grounding
-from repsim.checkpoints import save_state_dict
-from repsim.data import ArrayImages, digits_split, eval_transform, in_channels, read_cifar, read_fashion_mnist
+from repsim.networks.checkpoints import save_state_dict
+from repsim.networks.data import ArrayImages, digits_split, eval_transform, in_channels, read_cifar, read_fashion_mnist
 from zoo.data import (
     StampedViews,
     TwoViews,
@@ -366,11 +366,11 @@ print(heat.round(3).to_string())
 if failures:
     fail = pd.DataFrame(failures).drop_duplicates()
     print(f"{len(fail)} measure/reason pairs gave NaN (see grounding_failures.csv)")
-    from repsim.io import atomic_write_text
+    from repsim.core.io import atomic_write_text
 
     print("wrote:\n  " + str(atomic_write_text(out / "grounding_failures.csv", fail.to_csv(index=False))))
 if paired:
-    from repsim.io import atomic_write_text
+    from repsim.core.io import atomic_write_text
 
     print("wrote:\n  " + str(atomic_write_text(out / "objective_paired.csv", pd.DataFrame(paired).to_csv(index=False))))
 save(table, fig, out, "grounding")

@@ -218,7 +218,7 @@ def paired_over_seeds(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(log: pd.DataFrame, final_probes: pd.DataFrame, config: TrainConfig, figures: Path, args) -> None:
-    from repsim.io import atomic_save_figure, atomic_write_text
+    from repsim.core.io import atomic_save_figure, atomic_write_text
 
     figures.mkdir(parents=True, exist_ok=True)
     written = []

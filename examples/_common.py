@@ -144,7 +144,7 @@ def summarise(table: pd.DataFrame, by: list[str], value: str = "value") -> pd.Da
 
 
 def save(table: pd.DataFrame, fig, out: Path, name: str) -> None:
-    from repsim.io import atomic_save_figure, atomic_write_text
+    from repsim.core.io import atomic_save_figure, atomic_write_text
 
     paths = [
         atomic_write_text(out / f"{name}.csv", table.to_csv(index=False)),

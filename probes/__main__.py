@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from repsim.checkpoints import load_model
 from repsim.cli import ChannelAdapter, input_channels
-from repsim.data import DatasetNotFoundError, reference_loader
-from repsim.io import atomic_write_text
+from repsim.core.io import atomic_write_text
+from repsim.networks.checkpoints import load_model
+from repsim.networks.data import DatasetNotFoundError, reference_loader
 
 from .evaluate import evaluate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from repsim.validation import as_features
+from repsim.core.validation import as_features
 
 
 def features_and_labels(x, y, name: str) -> tuple[Tensor, Tensor]:

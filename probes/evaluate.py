@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from repsim.features import extract_features
-from repsim.hooks import Pool
+from repsim.networks.features import extract_features
+from repsim.networks.hooks import Pool
 
 from .knn import knn
 from .linear import DEFAULT_L2, linear_probe
@@ -97,10 +97,10 @@ def evaluate(
     extraction is refused with the options (``pool="mean"``, a budget, ...) before it would not fit.
 
     Under ``torchrun`` the feature extraction is sharded (loaders with a ``DistributedSampler`` or
-    :func:`repsim.distributed.shard`) and every rank gets all features in the global order (see
+    :func:`repsim.core.distributed.shard`) and every rank gets all features in the global order (see
     :func:`repsim.extract_features`); the probes, cheap next to the forward passes, then run
     identically on every rank."""
-    from repsim.memory import MemoryBudgetError, format_bytes, parse_memory
+    from repsim.core.budget import MemoryBudgetError, format_bytes, parse_memory
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_memory(memory)

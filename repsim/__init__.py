@@ -13,15 +13,12 @@ fit in memory; ``compare`` runs two models over a loader under a memory plan (``
 scores.
 """
 
-from ._compat import ensure_torchvision_importable
+from .core.compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before anything in the project touches torchvision or timm
 
 from . import measures  # noqa: E402
-from .checkpoints import CheckpointError, load_model, load_state_dict, save_state_dict  # noqa: E402
-from .compare import Comparison, compare, plan  # noqa: E402
-from .features import extract_features  # noqa: E402
-from .hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
+from .core.budget import MemoryBudgetError  # noqa: E402
 from .inference import (  # noqa: E402
     BootstrapResult,
     CalibrationResult,
@@ -36,14 +33,19 @@ from .inference import (  # noqa: E402
     draw_permutations,
     permutation_test,
 )
-from .many import compare_many  # noqa: E402
 from .measures import *  # noqa: E402, F403  (every measure, the registry and the kinds: repsim.measures.__all__)
 from .measures.accumulator import Accumulator  # noqa: E402
 from .measures.sketch import sketch  # noqa: E402
-from .memory import MemoryBudgetError, MemoryPlan  # noqa: E402
+from .networks.checkpoints import CheckpointError, load_model, load_state_dict, save_state_dict  # noqa: E402
+from .networks.features import extract_features  # noqa: E402
+from .networks.hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
+from .networks.text import sentence_features, text_batches, token_features, word_features  # noqa: E402
+from .networks.weights import WeightDistance, weight_distance  # noqa: E402
+from .pipeline.compare import Comparison, compare, plan  # noqa: E402
+from .pipeline.many import compare_many  # noqa: E402
+from .pipeline.plans import MemoryPlan  # noqa: E402
+from .pipeline.text import compare_texts  # noqa: E402
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
-from .text import compare_texts, sentence_features, text_batches, token_features, word_features  # noqa: E402
-from .weights import WeightDistance, weight_distance  # noqa: E402
 
 __version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
 

@@ -17,7 +17,7 @@ class _GuardFinder:
         if name == "torchvision":
             if cls in sys.meta_path:
                 sys.meta_path.remove(cls)  # once is enough
-            from repsim._compat import ensure_torchvision_importable
+            from repsim.core.compat import ensure_torchvision_importable
 
             ensure_torchvision_importable()
         return None  # let the normal finders import it

@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import build_arch, load_model
-from .compare import available_measures, compare
-from .data import DatasetNotFoundError, reference_loader
-from .distributed import close, init_from_env, is_distributed, rank_and_world
-from .hooks import default_layers
+from .core.distributed import close, init_from_env, is_distributed, rank_and_world
+from .core.io import atomic_save_figure, atomic_write_text
 from .inference.grid import GRID_AGGREGATE_LAYER
-from .io import atomic_save_figure, atomic_write_text
-from .many import compare_many
 from .measures.registry import registered_names
+from .networks.checkpoints import build_arch, load_model
+from .networks.data import DatasetNotFoundError, reference_loader
+from .networks.hooks import default_layers
+from .pipeline.compare import available_measures, compare
+from .pipeline.many import compare_many
 
 
 def input_channels(model: nn.Module) -> int | None:
@@ -148,7 +148,7 @@ def cmd_many(args) -> None:
         calibrate=args.calibrate,
     )
     out = Path(args.out)
-    from .plotting import heatmap
+    from .pipeline.plotting import heatmap
 
     stem = f"many_{args.measure}" + ("_calibrated" if args.calibrate else "")
     written = [atomic_write_text(out / f"{stem}.csv", matrix.to_csv())]

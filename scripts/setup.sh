@@ -40,7 +40,7 @@ if [ ! -d /usr/share/games/fortunes ] && [ "$(id -u)" = 0 ] && command -v apt-ge
         echo "warning: could not install Debian's fortunes; examples/11_text_layers.py will not run (see $log)" >&2
     fi
 fi
-# Let plain `import torchvision` work even before `import repsim` (see repsim/_compat.py).
+# Let plain `import torchvision` work even before `import repsim` (see repsim/core/compat.py).
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # Loaded by path so that interpreter start-up imports neither repsim nor torch.
 hook="$(pwd)/repsim/_import_hook.py"

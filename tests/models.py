@@ -51,7 +51,7 @@ def seeded(cls, seed: int, **kwargs):
 
 
 def digits_batches(n: int = 200, batch: int = 50):
-    from repsim.data import reference_dataset
+    from repsim.networks.data import reference_dataset
 
     ds = reference_dataset("digits")
     x = torch.stack([ds[i][0] for i in range(n)])

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import repsim
-from repsim.checkpoints import CheckpointError, load_state_dict
+from repsim.networks.checkpoints import CheckpointError, load_state_dict
 from tests.models import TinyConvNet, seeded
 
 

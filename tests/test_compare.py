@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import repsim
-from repsim.features import extract_features
+from repsim.networks.features import extract_features
 from tests.models import TinyConvNet, digits_batches, seeded
 
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import repsim
-from repsim.hooks import pool_features
 from repsim.measures import registry
+from repsim.networks.hooks import pool_features
 
 
 class TinyEncoder(nn.Module):
@@ -215,7 +215,7 @@ def test_every_kind_of_registry_entry(monkeypatch):
 
 
 def test_all_registered_names_are_accepted(monkeypatch):
-    from repsim.compare import available_measures
+    from repsim.pipeline.compare import available_measures
 
     # exactly the registry plus compare's own minibatch_cka, read when asked (not frozen at import):
     # a measure registered later is accepted and one removed is not

@@ -6,7 +6,7 @@ import textwrap
 
 import torch
 
-import repsim._compat as compat
+import repsim.core.compat as compat
 
 
 def test_torchvision_and_timm_import_and_build_models():
@@ -21,7 +21,7 @@ def test_torchvision_and_timm_import_and_build_models():
 def test_guard_matches_whether_the_extension_loads():
     script = textwrap.dedent(
         """
-        import torch, repsim._compat as c
+        import torch, repsim.core.compat as c
         path = c._extension_path()
         try:
             torch.ops.load_library(str(path)); loads = True

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from repsim.data import DatasetNotFoundError, read_cifar, reference_dataset, reference_loader
+from repsim.networks.data import DatasetNotFoundError, read_cifar, reference_dataset, reference_loader
 
 
 def write_cifar(root, name="cifar10", n_per_file=6, seed=0):

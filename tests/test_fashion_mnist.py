@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from repsim.data import (
+from repsim.networks.data import (
     ArrayImages,
     DatasetNotFoundError,
     fashion_mnist_root,

@@ -1,4 +1,4 @@
-"""Grounding scores (repsim.grounding) on cases with a known answer, and the zoo.data perturbations."""
+"""Grounding scores (repsim.inference.grounding) on cases with a known answer, and the zoo.data perturbations."""
 
 import itertools
 import math
@@ -117,7 +117,7 @@ def test_shortcut_is_class_coded_and_optional():
 def test_stamped_shortcut_survives_crops_and_flips():
     """Under random resized crops and flips a raw-image mark is mostly lost; the stamp is on every
     augmented view of a carrier, at its class's slot, with the normalised range's brightest value."""
-    from repsim.data import ArrayImages
+    from repsim.networks.data import ArrayImages
 
     images = np.zeros((40, 32, 32), dtype=np.uint8)
     labels = np.arange(40) % 10

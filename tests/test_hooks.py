@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 import repsim
-from repsim.hooks import FeatureHooks, default_layers, pool_features
+from repsim.networks.hooks import FeatureHooks, default_layers, pool_features
 from tests.models import Broken, TinyConvNet, Twice
 
 

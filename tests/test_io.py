@@ -1,8 +1,8 @@
-"""repsim.io: atomic writes leave either the old or the new file, never half of one, and no temp files."""
+"""repsim.core.io: atomic writes leave either the old or the new file, never half of one, and no temp files."""
 
 import pytest
 
-from repsim.io import atomic_write, atomic_write_text
+from repsim.core.io import atomic_write, atomic_write_text
 
 
 def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):

@@ -224,7 +224,7 @@ def test_old_option_names_still_work_with_a_warning():
 
 
 def test_compare_inference_takes_the_functions_vocabulary():
-    from repsim.comparison import check_inference
+    from repsim.pipeline.comparison import check_inference
 
     assert check_inference({"n_permutations": 50, "n_resamples": 20}) == check_inference(
         {"permutations": 50, "bootstrap": 20}

@@ -1,4 +1,4 @@
-"""repsim._numerics: each helper against a float64 reference written from its formula, its threshold
+"""repsim.core.numerics: each helper against a float64 reference written from its formula, its threshold
 at the boundary, and its precision policy."""
 
 from __future__ import annotations

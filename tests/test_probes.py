@@ -6,7 +6,7 @@ from sklearn.preprocessing import StandardScaler
 
 import probes
 import repsim
-from repsim.data import digits_split
+from repsim.networks.data import digits_split
 from tests.models import TinyConvNet, digits_batches, seeded
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,52 @@ def test_no_import_cycle(package):
         if not state.get(module):
             visit(module, [module])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+# The wings of repsim and what each may import (module-level or inside functions): the model side
+# (networks) and the math side (measures, inference) meet only in the pipeline; core is under all.
+WINGS = {
+    "core": {"core"},
+    "networks": {"core", "networks"},
+    "measures": {"core", "measures"},
+    "inference": {"core", "measures", "inference"},
+    "pipeline": {"core", "networks", "measures", "inference", "pipeline"},
+}
+
+
+def _wing(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "repsim" and parts[1] in WINGS else None
+
+
+def test_wings_import_only_downwards():
+    """core <- networks; core <- measures <- inference; all <- pipeline (<- cli, the package's __init__)."""
+    upward = []
+    for path in _sources("repsim"):
+        wing = _wing(_module_name(path))
+        if wing is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = _absolute(node, path)
+                targets = [f"{base}.{a.name}" for a in node.names] if base in ("repsim", "repsim.core") else [base]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for target in targets:
+                if target.split(".")[0] != "repsim":
+                    continue
+                other = _wing(target)
+                if other is None or other not in WINGS[wing]:
+                    upward.append(f"{path.relative_to(ROOT)}:{node.lineno} ({wing}) imports {target}")
+    assert not upward, "imports against the wings' order:\n" + "\n".join(upward)
+
+
+def test_wing_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The rule above can fail: a measures module importing the pipeline is reported."""
+    fake = tmp_path / "repsim" / "measures" / "bad.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from ..pipeline.compare import compare\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match="imports repsim.pipeline.compare"):
+        test_wings_import_only_downwards()

@@ -16,7 +16,7 @@ from torch import nn
 
 import repsim
 from repsim import text as T
-from repsim.hooks import pool_features
+from repsim.networks.hooks import pool_features
 
 SENTENCES = [
     "The cats sat.",
@@ -399,7 +399,7 @@ def test_the_core_does_not_import_transformers():
     import subprocess
     import sys
 
-    code = "import sys, repsim, repsim.text; print('transformers' in sys.modules)"
+    code = "import sys, repsim, repsim.networks.text; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert out.stdout.strip() == "False"
 
@@ -448,7 +448,7 @@ class _TokenModel(nn.Module):
 def _run_text(distributed):
     model, tok = _TokenModel(), _Tokens()
     batches = repsim.text_batches(SENTENCES, tok, batch_size=3)
-    loader = repsim.distributed.shard(batches) if distributed else batches
+    loader = repsim.core.distributed.shard(batches) if distributed else batches
     tokens = repsim.token_features(model, loader, progress=False)
     words = repsim.word_features(model, tok, SENTENCES, batch_size=3, progress=False)
     sentences = repsim.sentence_features(model, loader, progress=False)

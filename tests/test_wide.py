@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import repsim
+from repsim.core.budget import MemoryBudgetError, parse_memory
 from repsim.measures.blocked import block_rows, workspace_limit
-from repsim.memory import MeasureRequest, MemoryBudgetError, parse_memory, plan_routes
+from repsim.pipeline.plans import MeasureRequest, plan_routes
 
 from .reference import linear_cka as ref_linear_cka
 
@@ -203,7 +204,7 @@ def test_peak_memory_of_the_stored_route_is_within_the_plan():
     script = textwrap.dedent(
         """
         import torch, repsim
-        from repsim.memory import MeasureRequest, plan_routes
+        from repsim.pipeline.plans import MeasureRequest, plan_routes
         from repsim.measures.blocked import workspace_limit
         torch.set_num_threads(1)
         def rss(field):

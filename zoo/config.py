@@ -119,7 +119,7 @@ class TrainConfig:
         return TrainConfig(**values)
 
     def save(self, path) -> Path:
-        from repsim.io import atomic_write_text
+        from repsim.core.io import atomic_write_text
 
         return atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 

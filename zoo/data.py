@@ -1,6 +1,6 @@
 """Training data for the zoo: two augmented views per sample, class subsets, balanced batches.
 
-Readers come from :mod:`repsim.data` (digits, Fashion-MNIST idx files, CIFAR-10/100 python pickles,
+Readers come from :mod:`repsim.networks.data` (digits, Fashion-MNIST idx files, CIFAR-10/100 python pickles,
 ImageFolder roots); nothing is ever downloaded. Augmentations are torchvision transforms v2 presets:
 SimCLR's for 32/64/224 px colour images, its crop and flip for grayscale Fashion-MNIST, and a mild
 affine + noise one for 8x8 digits. The trainer draws each batch
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from repsim.data import NORMALIZATION, ArrayImages, eval_transform, parse_spec, read_arrays
+from repsim.networks.data import NORMALIZATION, ArrayImages, eval_transform, parse_spec, read_arrays
 
 
 def simclr_augment(size: int, kind: str = "cifar10", blur: bool | None = None):
@@ -210,7 +210,7 @@ def load_split(
     if kind == "folder":
         from torchvision.datasets import ImageFolder
 
-        from repsim.data import folder_split_root
+        from repsim.networks.data import folder_split_root
 
         base = ImageFolder(str(folder_split_root(root, train)))
         labels = np.asarray(base.targets)

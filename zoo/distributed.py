@@ -1,4 +1,4 @@
-"""Multi-process helpers: rank info (:mod:`repsim.distributed`'s), batch sharding and an autograd-aware gather.
+"""Multi-process helpers: rank info (:mod:`repsim.core.distributed`'s), batch sharding and an autograd-aware gather.
 
 Contrastive losses need every sample's embedding as a negative. ``torch.distributed.all_gather``
 returns tensors with no gradient path back to the other ranks (the classic trap);
@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from repsim.distributed import close, init_from_env, is_distributed, rank_and_world
+from repsim.core.distributed import close, init_from_env, is_distributed, rank_and_world
 
 __all__ = ["close", "gather_labels", "gather_with_grad", "init_from_env", "is_distributed", "rank", "shard"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from repsim.io import atomic_save_figure, atomic_write_text
+from repsim.core.io import atomic_save_figure, atomic_write_text
 
 from .config import TrainConfig
 

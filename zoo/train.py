@@ -21,8 +21,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 import repsim
-from repsim.data import in_channels
-from repsim.io import atomic_write, atomic_write_text
+from repsim.core.io import atomic_write, atomic_write_text
+from repsim.networks.data import in_channels
 
 from . import distributed as D
 from .config import TrainConfig

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.validation import resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import get_measure
 from ..measures.rsa import average_ranks, rdm
-from ..validation import resolve_dtype
 from ._shifts import wrapped_diagonals
 
 _ACC = torch.float64

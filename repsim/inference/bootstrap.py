@@ -33,10 +33,10 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, unbiased_hsic
+from ..core.numerics import center_columns, unbiased_hsic
+from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import MeasureInfo, get_measure
-from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
 from .permutation import seeded_generator
 from .restricted import _codes, block_positions
 

@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
 from ..measures.registry import MeasureInfo, get_measure, measure_grid
-from ..validation import as_feature_list, as_features, check_choice, check_same_samples
 from ._quadratic import (
     block_shift_null_grid,
     block_shift_permutations,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..validation import check_choice
+from ..core.validation import check_choice
 
 ADJUSTMENTS = ("holm", "bh", "none")
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import get_measure
 from ..measures.rsa import rdm
-from ..validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ._quadratic import standardised_rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design

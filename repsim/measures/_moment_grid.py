@@ -15,8 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, column_mean
-from ..validation import as_feature_pair, as_layer_lists, resolve_dtype
+from ..core.numerics import center_columns, column_mean
+from ..core.validation import as_feature_pair, as_layer_lists, resolve_dtype
 from ._products import self_product, transpose_product
 from .moments import Moments
 

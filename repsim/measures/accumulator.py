@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..validation import as_feature_list, check_same_samples
+from ..core.validation import as_feature_list, check_same_samples
 
 REDUCTIONS = ("sum", "min", "max", "cat", "same", None)
 
@@ -134,7 +134,7 @@ class Accumulator:
     def sync(self) -> Accumulator:
         """Under a ``torchrun`` process group: every rank's state merged in rank order (a new
         accumulator, on this rank's device; deterministic). Without one: ``self``."""
-        from .. import distributed as D
+        from ..core import distributed as D
 
         if not D.is_distributed():
             return self

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, eigh_kept, sq_row_norms, unit_rows
-from ..validation import check_choice, resolve_dtype
+from ..core.numerics import center_columns, eigh_kept, sq_row_norms, unit_rows
+from ..core.validation import check_choice, resolve_dtype
 from . import _moment_grid as mg
 from .kinds import MomentParts, layer_measure, moment_measure
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
+from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
 
 _ACC = torch.float64
 DEFAULT_WORKSPACE = 512 * 2**20

@@ -3,7 +3,7 @@
 With centred scatter matrices S_xx, S_yy, S_xy, the canonical correlations rho_1 >= rho_2 >= ...
 are the singular values of S_xx^{-1/2} S_xy S_yy^{-1/2} (Hotelling 1936). Inverse square roots
 come from float64 eigendecompositions of the d x d scatters, with directions whose variance is
-below ``repsim._numerics.EIGEN_RTOL`` (1e-10) of the largest dropped (rank deficiency; whitening
+below ``repsim.core.numerics.EIGEN_RTOL`` (1e-10) of the largest dropped (rank deficiency; whitening
 them would amplify rounding).
 
 The CCA family is invariant to every invertible linear map of either side, which is why it needs
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._numerics import eigh_kept
+from ..core.numerics import eigh_kept
 from .kinds import moment_measure
 
 _RAGHU = "Raghu et al. 2017, SVCCA (NeurIPS)"

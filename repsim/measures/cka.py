@@ -15,8 +15,8 @@ import warnings
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns
-from ..validation import (
+from ..core.numerics import center_columns
+from ..core.validation import (
     as_layer_lists,
     check_choice,
     resolve_dtype,

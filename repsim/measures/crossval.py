@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import as_feature_pair
+from ..core.validation import as_feature_pair
 from .alignment import angle_of_cosine, check_alpha, partial_whitening
 
 __all__ = ["crossvalidated_shape"]

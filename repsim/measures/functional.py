@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..validation import as_features
+from ..core.validation import as_features
 from .kinds import layer_measure
 
 _ACC = torch.float64

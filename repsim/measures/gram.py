@@ -7,8 +7,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
-from ..validation import (
+from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.validation import (
     as_features,
     check_same_samples,
     resolve_dtype,
@@ -23,7 +23,7 @@ def squared_distances(x: Tensor) -> Tensor:
     """Pairwise squared Euclidean distances of the rows, (n, n) in ``x``'s dtype, non-negative, zero diagonal.
 
     The Gram identity on column-centred rows (translation-invariant; centring avoids cancellation),
-    the product in ``x``'s dtype and the combination in float64 (:mod:`repsim._numerics`)."""
+    the product in ``x``'s dtype and the combination in float64 (:mod:`repsim.core.numerics`)."""
     xc = center_columns(x, x.dtype)
     d = gram_sq_distances(sq_row_norms(xc), sq_row_norms(xc), (xc @ xc.T).to(_ACC))
     return d.fill_diagonal_(0).to(x.dtype)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._numerics import block_sq_norms, sq_row_norms, unbiased_hsic
-from ..validation import check_choice
+from ..core.numerics import block_sq_norms, sq_row_norms, unbiased_hsic
+from ..core.validation import check_choice
 from ._products import self_product, transpose_product
 
 ESTIMATORS = ("biased", "unbiased")
@@ -100,7 +100,7 @@ def hsic(k: Tensor, l: Tensor, estimator: str = "biased") -> Tensor:
     ``estimator="unbiased"``: Song et al. (2012), needs n >= 4; it can be negative, and is not
     clamped.
     """
-    from ..validation import as_features, check_same_samples
+    from ..core.validation import as_features, check_same_samples
 
     check_choice(estimator, "estimator", ESTIMATORS)
     need = min_samples(estimator)

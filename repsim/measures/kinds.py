@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..validation import as_feature_pair, as_layer_lists
+from ..core.validation import as_feature_pair, as_layer_lists
 from . import _moment_grid as mg
 from .registry import register, renamed_options
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..validation import as_feature_list, as_features, check_same_samples, resolve_dtype
+from ..core.validation import as_feature_list, as_features, check_same_samples, resolve_dtype
 from ._products import self_product, transpose_product
 from .accumulator import Accumulator
 

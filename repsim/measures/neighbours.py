@@ -18,8 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._numerics import unbiased_hsic, unit_rows
-from ..validation import (
+from ..core.numerics import unbiased_hsic, unit_rows
+from ..core.validation import (
     resolve_dtype,
 )
 from .kinds import layer_measure

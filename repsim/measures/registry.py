@@ -71,7 +71,7 @@ class MeasureInfo:
     workspace: Callable[..., int] | None = None
     """``workspace(n, dims_x, dims_y, limit, **options)`` -> peak temporary bytes of the grid on n
     samples (``dims_y=None``: a self-grid; ``limit``: the blocked grids' workspace limit), for
-    memory plans (:mod:`repsim.memory`); None: a conservative generic estimate."""
+    memory plans (:mod:`repsim.pipeline.plans`); None: a conservative generic estimate."""
     reference: str = ""
     invariances_given: Callable[..., tuple[str, ...]] | None = None
     """For a measure whose invariances depend on its options: ``invariances_given(**options)``; see
@@ -241,7 +241,7 @@ def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
     compares ``xs`` with itself. Per-layer work (centring, decompositions, neighbour lists) is
     done once per layer where the measure has a batched grid.
     """
-    from ..validation import as_layer_lists
+    from ..core.validation import as_layer_lists
 
     info = get_measure(name)
     opts = info.resolve_options(options)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
-from ..validation import (
+from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.validation import (
     as_features,
     check_choice,
     resolve_dtype,

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._numerics import (
+from ..core.numerics import (
     EIGEN_RTOL,
     block_sq_norms,
     center_columns,
@@ -31,7 +31,7 @@ from .._numerics import (
     gram_sq_distances,
     sq_row_norms,
 )
-from ..validation import (
+from ..core.validation import (
     check_choice,
     resolve_dtype,
 )

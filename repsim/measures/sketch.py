@@ -79,7 +79,7 @@ class LayerSketch:
 
 def sketch(x: Tensor, k: int, seed: int = 0, side: int = 0) -> Tensor:
     """``x`` (n, d) projected to k dims by the seeded Gaussian projection (unchanged when d <= k)."""
-    from ..validation import as_features
+    from ..core.validation import as_features
 
     x = as_features(x, "x")
     return LayerSketch(k, seed, side)([x])[0]

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
-from ..validation import (
+from ..core.numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.validation import (
     as_features,
     check_choice,
     resolve_dtype,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns
-from ..validation import near_constant, resolve_dtype
+from ..core.numerics import center_columns
+from ..core.validation import near_constant, resolve_dtype
 from .accumulator import LayerStream, combine_states
 from .hsic import (
     CrossMoments,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numerics import center_columns, gram_sq_distances, sq_row_norms
+from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms
 from .gram import squared_distances
 from .kinds import layer_measure
 

@@ -1,10 +1,10 @@
 """``repsim.compare``: two models, one loader, every requested layer pair, in one streaming pass.
 
 The pass reads top to bottom in :func:`compare`: check the arguments and decide each measure's
-kind (:mod:`repsim.routes`), walk the loader (:func:`repsim.batches.walk`), run both models
+kind (:mod:`repsim.pipeline.routes`), walk the loader (:func:`repsim.networks.batches.walk`), run both models
 through their hooks, make the memory plan on the first batch, stream or keep every batch's
-features, then merge the ranks' states (:mod:`repsim.distributed`) and compute the table
-(:class:`repsim.comparison.Comparison`), with inference columns when asked.
+features, then merge the ranks' states (:mod:`repsim.core.distributed`) and compute the table
+(:class:`repsim.pipeline.comparison.Comparison`), with inference columns when asked.
 """
 
 from __future__ import annotations
@@ -17,14 +17,23 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from . import distributed as D
-from .batches import Batch, batch_labels, model_inputs, walk
+from ..core import distributed as D
+from ..core.budget import parse_memory
+from ..measures.blocked import workspace_limit
+from ..measures.sketch import LayerSketch
+from ..networks.batches import Batch, batch_labels, model_inputs, walk
+from ..networks.features import eval_mode, expected_samples, resolve_device
+from ..networks.hooks import (
+    HIDDEN_STATES,
+    OUTPUT_LAYER,
+    FeatureHooks,
+    Pool,
+    default_layers,
+    forward_features,
+    with_hidden_states,
+)
 from .comparison import Comparison, add_inference, check_inference
-from .features import eval_mode, expected_samples, resolve_device
-from .hooks import HIDDEN_STATES, OUTPUT_LAYER, FeatureHooks, Pool, default_layers, forward_features, with_hidden_states
-from .measures.blocked import workspace_limit
-from .measures.sketch import LayerSketch
-from .memory import MemoryPlan, parse_memory
+from .plans import MemoryPlan
 from .routes import (
     COMPARE_ONLY,
     Plan,
@@ -73,7 +82,7 @@ def compare(
     table of every measure between every pair of ``layers_a`` x ``layers_b``).
 
     One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``),
-    hooks capture the layers (default :func:`repsim.hooks.default_layers`; ``"hidden_states"`` for
+    hooks capture the layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"`` for
     transformers), ``pool`` makes (n, d) rows ("mean", "flatten", "mask_mean", ..., "tokens", or a
     callable). ``measures``: registry names (:func:`repsim.list_measures`) or ``minibatch_cka``;
     streaming ones see every sample, the others the first ``sample_cap``. A memory plan made after
@@ -123,7 +132,7 @@ def compare(
 
 
 def plan(model_a: nn.Module, model_b: nn.Module, loader: Iterable, **options) -> MemoryPlan:
-    """The :class:`~repsim.memory.MemoryPlan` that :func:`compare` would run under, after one forward
+    """The :class:`~repsim.pipeline.plans.MemoryPlan` that :func:`compare` would run under, after one forward
     pass on the first batch: ``compare(model_a, model_b, loader, **options, dry_run=True)``."""
     if "dry_run" in options:
         raise ValueError("plan() is compare(..., dry_run=True); do not pass dry_run")
@@ -131,7 +140,7 @@ def plan(model_a: nn.Module, model_b: nn.Module, loader: Iterable, **options) ->
 
 
 def _checked(measures, measure_options, inference, dtype, pool, sample_cap, result_on, sketch) -> tuple[Plan, dict]:
-    """The checked arguments as a :class:`~repsim.routes.Plan` (each measure's kind) and the inference spec."""
+    """The checked arguments as a :class:`~repsim.pipeline.routes.Plan` (each measure's kind) and the inference spec."""
     measures = check_measures(measures)
     options = check_options(measures, measure_options)
     inference = check_inference(inference)
@@ -365,7 +374,7 @@ def _check_tokens(pool: Pool, plan: Plan) -> bool:
         return False
     if plan.needs_labels:
         raise ValueError(
-            f"pool='tokens' has no per-token labels for {sorted(plan.needs_labels)}; use repsim.text.token_features "
+            f"pool='tokens' has no per-token labels for {sorted(plan.needs_labels)}; use repsim.token_features "
             "and call the measure with your token labels"
         )
     return True
@@ -381,10 +390,10 @@ def _token_counts(in_a, in_b, rows_a: int, rows_b: int) -> Tensor:
         raise ValueError(
             "pool='tokens' needs both models to see the same tokens, but their attention masks differ "
             "(different tokenizers?); compare them on shared words instead: "
-            "repsim.text.compare_texts(..., unit='word')"
+            "repsim.compare_texts(..., unit='word')"
         )
     if mask_a is None:
-        raise ValueError("pool='tokens' needs dict batches with an 'attention_mask' (see repsim.text.text_batches)")
+        raise ValueError("pool='tokens' needs dict batches with an 'attention_mask' (see repsim.text_batches)")
     counts = mask_a.bool().sum(dim=1)
     if rows_a != rows_b or rows_a != int(counts.sum()):
         raise ValueError(

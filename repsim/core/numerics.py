@@ -9,7 +9,7 @@ Precision policy:
   (:func:`center_columns`, by row chunks, so never a float64 copy of the features); the centred
   features come back in the compute dtype, each entry rounded once.
 * The n- or d-sized matrix products run in the compute dtype chosen by the caller
-  (:func:`repsim.validation.resolve_dtype`); their results are converted to float64 before they
+  (:func:`repsim.core.validation.resolve_dtype`); their results are converted to float64 before they
   are combined with the float64 norms.
 
 Thresholds (module constants, one per question):

@@ -1,0 +1,150 @@
+"""The result of :func:`repsim.compare` (:class:`Comparison`), and the inference columns added to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.io import atomic_write_text
+from ..measures.registry import get_measure
+from .plans import MemoryPlan
+from .routes import COMPARE_ONLY, Plan
+
+
+@dataclass
+class Comparison:
+    """The result of :func:`compare`: a tidy table and views of it."""
+
+    table: pd.DataFrame
+    """Columns: layer_a, layer_b, measure, value, n (samples the value is computed on), route (how:
+    ``moments``, ``stored``, ``capped at k``, ``minibatch b`` or ``sketch k``; see :mod:`repsim.pipeline.plans`)."""
+    layers_a: list[str] = field(default_factory=list)
+    layers_b: list[str] = field(default_factory=list)
+    plan: MemoryPlan | None = None
+    """The memory plan the comparison ran under (routes, bytes, multiply-adds per measure)."""
+
+    @property
+    def measures(self) -> list[str]:
+        return list(dict.fromkeys(self.table["measure"]))
+
+    def _measure(self, measure: str | None) -> str:
+        if measure is None:
+            return self.measures[0]
+        if measure not in self.measures:
+            raise ValueError(f"measure {measure!r} is not in this comparison; it has {self.measures}")
+        return measure
+
+    def matrix(self, measure: str | None = None) -> pd.DataFrame:
+        """layer_a x layer_b matrix of one measure (default: the first), in layer order."""
+        measure = self._measure(measure)
+        sub = self.table[self.table["measure"] == measure]
+        m = sub.pivot(index="layer_a", columns="layer_b", values="value")
+        rows = [layer for layer in self.layers_a if layer in m.index] or list(m.index)
+        cols = [layer for layer in self.layers_b if layer in m.columns] or list(m.columns)
+        return m.loc[rows, cols]
+
+    def heatmap(self, measure: str | None = None, ax=None, **kwargs):
+        """Seaborn heatmap of one measure over the layer grid; returns the Axes."""
+        from .plotting import heatmap
+
+        measure = self._measure(measure)
+        info = None if measure in COMPARE_ONLY else get_measure(measure)
+        bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
+        return heatmap(
+            self.matrix(measure),
+            title=measure,
+            ax=ax,
+            marks=self._not_significant(measure),
+            **({"vmin": 0.0, "vmax": 1.0} if bounded else {}),
+            **kwargs,
+        )
+
+    def _not_significant(self, measure: str, alpha: float = 0.05) -> pd.DataFrame | None:
+        """Cells to hatch: adjusted p >= alpha, or (without p-values) an interval that includes 0."""
+        sub = self.table[self.table["measure"] == measure]
+        if "p_adjusted" in sub and sub["p_adjusted"].notna().any():
+            flags = sub.assign(flag=sub["p_adjusted"] >= alpha)
+        elif "ci_low" in sub and sub["ci_low"].notna().any():
+            flags = sub.assign(flag=(sub["ci_low"] <= 0) & (sub["ci_high"] >= 0))
+        else:
+            return None
+        matrix = self.matrix(measure)
+        return flags.pivot(index="layer_a", columns="layer_b", values="flag").loc[matrix.index, matrix.columns]
+
+    def to_csv(self, path) -> Path:
+        """Write the tidy table atomically; returns the path."""
+        return atomic_write_text(path, self.table.to_csv(index=False))
+
+
+INFERENCE_KEYS = {"permutations": 0, "bootstrap": 0, "ci": 0.95, "adjust": "holm", "seed": 0}
+# calibrate: permutations of calibrated similarity per cell and of each measure's "<max>" row, at level alpha
+INFERENCE_KEYS |= {"calibrate": 0, "alpha": 0.05}
+
+
+# the vocabulary of permutation_test / bootstrap / calibrate, accepted as the same keys
+INFERENCE_SYNONYMS = {"n_permutations": "permutations", "n_resamples": "bootstrap"}
+
+
+def check_inference(inference: Mapping | None) -> dict | None:
+    if not inference:
+        return None
+    for synonym, key in INFERENCE_SYNONYMS.items():
+        if synonym in inference:
+            if key in inference:
+                raise ValueError(f"inference: pass {key!r} or {synonym!r}, not both (they are the same count)")
+            inference = {key if k == synonym else k: v for k, v in inference.items()}
+    unknown = sorted(set(inference) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"inference takes the keys {sorted(INFERENCE_KEYS)}; got unknown {unknown}")
+    spec = {**INFERENCE_KEYS, **inference}
+    if not (spec["permutations"] or spec["bootstrap"] or spec["calibrate"]):
+        raise ValueError(
+            "inference needs permutations > 0, bootstrap > 0 or calibrate > 0 (e.g. {'permutations': 1000})"
+        )
+    return spec
+
+
+def add_inference(result: Comparison, plan: Plan, spec: dict, progress: bool) -> None:
+    """p_value, p_adjusted, ci_low, ci_high, n_inference on the first sample_cap samples."""
+    from ..inference import inference_table
+
+    xa, xb = result._capped
+    if any(t is None for t in xa + xb):
+        return
+    if spec["calibrate"]:
+        _add_calibration(result, plan, spec, progress)
+    if not (spec["permutations"] or spec["bootstrap"]):
+        return
+    extra = inference_table(
+        xa,
+        xb,
+        result.layers_a,
+        result.layers_b,
+        [m for m in plan.order if m not in COMPARE_ONLY],
+        permutations=spec["permutations"],
+        bootstrap_resamples=spec["bootstrap"],
+        ci=spec["ci"],
+        adjust=spec["adjust"],
+        seed=spec["seed"],
+        measure_options=plan.options,
+        progress=progress,
+        blocks=result._blocks,
+    )
+    if len(extra):
+        result.table = result.table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
+
+
+def _add_calibration(result: Comparison, plan: Plan, spec: dict, progress: bool) -> None:
+    """calibrated and threshold columns, and one "<max>" row per measure (repsim.inference.calibration_table)."""
+    from ..inference.grid import calibration_table
+
+    xa, xb = result._capped  # add_inference checked they are all there
+    cells, aggregates = calibration_table(
+        xa, xb, result.layers_a, result.layers_b, [m for m in plan.order if m not in COMPARE_ONLY],
+        spec["calibrate"], spec["alpha"], spec["seed"], plan.options, progress, blocks=result._blocks,
+    )  # fmt: skip
+    merged = result.table.merge(cells, on=["layer_a", "layer_b", "measure"], how="left")
+    result.table = pd.concat([merged, aggregates], ignore_index=True) if len(aggregates) else merged
