@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from repsim import _numerics as nm
+from repsim.core import numerics as nm
 
 F64 = torch.float64
 
