@@ -157,5 +157,5 @@ def test_wing_rule_catches_an_upward_import(tmp_path, monkeypatch):
     fake.parent.mkdir(parents=True)
     fake.write_text("from ..pipeline.compare import compare\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    with pytest.raises(AssertionError, match="imports repsim.pipeline.compare"):
+    with pytest.raises(AssertionError, match=r"imports repsim\.pipeline\.compare"):
         test_wings_import_only_downwards()
