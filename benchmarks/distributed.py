@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import repsim
-from repsim import distributed as D
+from repsim.core import distributed as D
 from repsim.measures.moments import StreamingMoments
 
 

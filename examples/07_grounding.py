@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import repsim
-from repsim import grounding
+from repsim.inference import grounding
 from repsim.networks.checkpoints import save_state_dict
 from repsim.networks.data import ArrayImages, digits_split, eval_transform, in_channels, read_cifar, read_fashion_mnist
 from zoo.data import (

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import repsim
-from repsim import distributed as D
+from repsim.core import distributed as D
 
 MEASURES = ["linear_cka", "debiased_cka", "rsa", "kernel_cka"]
 SAMPLE_CAP = 9  # fewer than n: the capped measures must pick the same samples in the same order

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from repsim import grounding
+from repsim.inference import grounding
 from zoo.data import StampedViews, add_shortcut, digits_augment, grayscale_augment, randomise_labels
 
 

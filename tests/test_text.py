@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import repsim
-from repsim import text as T
+from repsim.networks import text as T
 from repsim.networks.hooks import pool_features
 
 SENTENCES = [
