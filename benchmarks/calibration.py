@@ -58,23 +58,30 @@ def speed(repeat: int, n: int = 5000, d: int = 512, layers: int = 8, b: int = 20
     print("| procedure | seconds | ratio to one grid call |\n|---|---:|---:|")
     print(f"| one `cka_grid` call (linear CKA) | {one:.2f} | 1.0 |")
     for measure, ref in (("linear_cka", one), ("debiased_cka", one_deb)):
-        t = _best_time(lambda m=measure: repsim.calibrate_grid(xs, ys, m, "max", b, seed=0), repeat)
+        t = _best_time(
+            lambda m=measure: repsim.calibrate_grid(xs, ys, m, aggregate="max", n_permutations=b, seed=0), repeat
+        )
         print(f"| `calibrate_grid({measure!r})`, {b} shifts (FFT) | {t:.2f} | **{t / ref:.1f}** |")
     blocks = np.repeat(np.arange(n // 5), 5)
-    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", b, blocks=blocks, seed=0), 1)
+    t = _best_time(
+        lambda: repsim.calibrate_grid(xs, ys, "linear_cka", aggregate="max", n_permutations=b, blocks=blocks, seed=0), 1
+    )
     print(f"| `calibrate_grid('linear_cka', blocks=...)`, 1000 blocks of 5, {b} block shifts (FFT) | {t:.2f} | "
           f"{t / one:.1f} |")  # fmt: skip
     groups = np.arange(n) % 10
     few = 4  # explicit draws gather n^2 Gram entries per layer and draw: timed on a few, extrapolated
-    t = _best_time(lambda: repsim.calibrate_grid(xs, ys, "linear_cka", "max", few, groups=groups, seed=0), 1)
+    t = _best_time(
+        lambda: repsim.calibrate_grid(xs, ys, "linear_cka", aggregate="max", n_permutations=few, groups=groups, seed=0),
+        1,
+    )
     per_draw = (t - one) / few
     print(
         f"| `calibrate_grid('linear_cka', groups=...)` (10 groups), explicit draws: {per_draw:.1f} s per draw, "
         f"{b} extrapolated | {one + b * per_draw:.0f} | {(one + b * per_draw) / one:.0f} |"
     )
     small = [x[:1000] for x in xs[:4]], [y[:1000] for y in ys[:4]]
-    one_rsa = _best_time(lambda: repsim.measure_grid("rsa", *small), repeat)
-    t = _best_time(lambda: repsim.calibrate_grid(*small, "rsa", "max", b, seed=0), repeat)
+    one_rsa = _best_time(lambda: repsim.measure_grid(*small, "rsa"), repeat)
+    t = _best_time(lambda: repsim.calibrate_grid(*small, "rsa", "max", aggregate=b, seed=0), repeat)
     print(f"| RSA 4x4 grid at n = 1000: one `measure_grid` call | {one_rsa:.2f} | 1.0 |")
     print(f"| RSA 4x4 grid at n = 1000: `calibrate_grid('rsa')`, {b} shifts | {t:.2f} | {t / one_rsa:.1f} |")
     print()
@@ -106,11 +113,11 @@ def rates(runs: int, b: int = 99, alpha: float = 0.05) -> None:
     single = []
     for run in range(runs):
         x, y = torch.randn(100, 6, generator=gen, dtype=torch.float64), torch.randn(100, 4, generator=gen)
-        single.append(repsim.calibrate(x, y.double(), "linear_cka", b, alpha, seed=run).score > 0)
+        single.append(repsim.calibrate(x, y.double(), "linear_cka", n_permutations=b, alpha=alpha, seed=run).score > 0)
     grid_cal, grid_naive, raw_max, raw_cell, tau_max, tau_cell = [], [], [], [], [], []
     for run in range(runs):
         xs, ys = _layers(gen, 100, (3, 5, 8, 4)), _layers(gen, 100, (4, 6, 3, 7))
-        res = repsim.calibrate_grid(xs, ys, "linear_cka", "max", b, alpha, seed=run)
+        res = repsim.calibrate_grid(xs, ys, "linear_cka", aggregate="max", n_permutations=b, alpha=alpha, seed=run)
         grid_cal.append(res.score > 0)
         grid_naive.append(bool((res.cells["calibrated"] > 0).any()))
         raw_max.append(res.observed)
@@ -121,8 +128,10 @@ def rates(runs: int, b: int = 99, alpha: float = 0.05) -> None:
     by_token, by_block = [], []
     for run in range(runs):
         x, y = _sentences(gen, 25, 4, 5), _sentences(gen, 25, 4, 5)
-        by_token.append(repsim.calibrate(x, y, "linear_cka", b, alpha, seed=run).score > 0)
-        by_block.append(repsim.calibrate(x, y, "linear_cka", b, alpha, blocks=blocks, seed=run).score > 0)
+        by_token.append(repsim.calibrate(x, y, "linear_cka", n_permutations=b, alpha=alpha, seed=run).score > 0)
+        by_block.append(
+            repsim.calibrate(x, y, "linear_cka", n_permutations=b, alpha=alpha, blocks=blocks, seed=run).score > 0
+        )
     torch.set_num_threads(threads)
     print(f"## Rates under the null: P(calibrated > 0), alpha = {alpha}, B = {b}, {runs} simulations each\n")
     exact = math.floor(alpha * (b + 1)) / (b + 1)
@@ -179,7 +188,7 @@ def peer() -> None:
         sign = 1.0 if info.larger_is_more_similar else -1.0
 
         def sim(p, q, measure=measure, opts=opts, sign=sign):
-            return sign * float(repsim.measure(measure, p, q, **opts))
+            return sign * float(repsim.measure(p, q, measure, **opts))
 
         smax = None if mine.smax is None else mine.smax
         s, p, tau = cs.calibrate(a, bb, sim, K=200, alpha=0.05, smax=smax, perm_fn=feed(mine.permutations))

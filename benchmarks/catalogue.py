@@ -109,10 +109,22 @@ ROWS = [
     # PyPI peers
     ("dcor_dcor", "distance_correlation", {}, "dcor", "dcor.distance_correlation", "xy"),
     ("dcor_dcor_u", "distance_correlation", {"debiased": True}, "dcor", "dcor.u_distance_correlation_sqr", "xy"),
-    ("rsatoolbox_rsa", "rsa", {"rdm": "correlation", "compare": "pearson"}, "rsatoolbox",
-     "calc_rdm(correlation) + compare(corr)", "xy"),
-    ("rsatoolbox_rsa_spearman", "rsa", {"rdm": "correlation", "compare": "spearman"}, "rsatoolbox",
-     "calc_rdm(correlation) + compare(spearman)", "xy"),
+    (
+        "rsatoolbox_rsa",
+        "rsa",
+        {"rdm": "correlation", "compare": "pearson"},
+        "rsatoolbox",
+        "calc_rdm(correlation) + compare(corr)",
+        "xy",
+    ),
+    (
+        "rsatoolbox_rsa_spearman",
+        "rsa",
+        {"rdm": "correlation", "compare": "spearman"},
+        "rsatoolbox",
+        "calc_rdm(correlation) + compare(spearman)",
+        "xy",
+    ),
     ("ckatorch_cka", "linear_cka", {}, "ckatorch", "cka_base(unbiased=False)", "xy"),
     ("ckatorch_dcka", "debiased_cka", {}, "ckatorch", "cka_base(unbiased=True)", "xy"),
 ]
@@ -141,7 +153,7 @@ def _alarm(seconds: int):
 
 
 def _inputs(data: dict, case: str, kind: str):
-    d = {k[len(case) + 1:]: v for k, v in data.items() if k.startswith(case + "/")}
+    d = {k[len(case) + 1 :]: v for k, v in data.items() if k.startswith(case + "/")}
     if kind == "xy":
         return d["x"], d["y"]
     if kind == "unit":  # platonic-rep's pipeline L2-normalises rows before calling its metrics
@@ -289,8 +301,20 @@ def run_peer(peer: str, data_path: str, rows: list[str], cases: list[str], timeo
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = str(ROOT / "benchmarks")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--data", data_path,
-           "--rows", ",".join(rows), "--cases", ",".join(cases), "--timeout", str(timeout)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        peer,
+        "--data",
+        data_path,
+        "--rows",
+        ",".join(rows),
+        "--cases",
+        ",".join(cases),
+        "--timeout",
+        str(timeout),
+    ]
     total = timeout * len(rows) * len(cases) + 120
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=total, env=env, cwd="/tmp")
@@ -317,9 +341,9 @@ def repsim_value(measure: str, options: dict, a, b, kind: str, labels=None):
     start = time.perf_counter()
     ta, tb = torch.as_tensor(a), torch.as_tensor(b)
     if measure == "abs_acc_diff":
-        v = repsim.measure(measure, ta, tb, labels=torch.as_tensor(labels))
+        v = repsim.measure(ta, tb, measure, labels=torch.as_tensor(labels))
     else:
-        v = repsim.measure(measure, ta, tb, **options)
+        v = repsim.measure(ta, tb, measure, **options)
     return float(v), time.perf_counter() - start
 
 
@@ -339,7 +363,7 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
             pcs.append(u[:, 0] * s[0])
         return abs(np.corrcoef(pcs[0], pcs[1])[0, 1]), "one principal component per side"
     if row == "resi_rsa":  # Pearson-similarity RSM (row-centred cosine), Spearman of lower triangles
-        v = repsim.measure("rsa", torch.as_tensor(a), torch.as_tensor(b), rdm="correlation", compare="spearman")
+        v = repsim.measure(torch.as_tensor(a), torch.as_tensor(b), "rsa", rdm="correlation", compare="spearman")
         return float(v), "repsim rsa(rdm='correlation', compare='spearman')"
     if row == "resi_rsmnd":  # spectral norm of the difference of the n x n Euclidean distance matrices
         dist = [np.sqrt(np.maximum(((m[:, None, :] - m[None, :, :]) ** 2).sum(-1), 0)) for m in (a, b)]
@@ -355,22 +379,26 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
         r, c = linear_sum_assignment(a.T @ b, maximize=True)
         return float(np.linalg.norm(a[:, r] - b[:, c])), "uncentred |x P - y|_F, no 1/sqrt(n)"
     if row == "resi_uniformity":  # Wang & Isola on unnormalised rows: exp(-2 |x_i - x_j|^2) underflows
+
         def u(m):
             sq = ((m[:, None, :] - m[None, :, :]) ** 2).sum(-1)
             return np.log(np.exp(-2 * sq).sum() / len(m) ** 2)
+
         return abs(u(a) - u(b)), "uniformity on unnormalised rows"
     if row in ("platonic_mutual_knn", "platonic_cycle_knn"):  # neighbours by raw inner product, self excluded
+
         def knn(m):
             g = m @ m.T
             np.fill_diagonal(g, -1e8)
             return np.argsort(-g, axis=1, kind="stable")[:, :10]
+
         ka, kb = knn(a), knn(b)
         if row == "platonic_mutual_knn":
             return np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(len(a))]), "raw inner-product kNN"
         hit = (ka[kb] == np.arange(len(a))[:, None, None]).reshape(len(a), -1).any(1)
         return hit.mean(), "raw inner-product kNN"
     if row == "resi_linreg":  # ReSi regresses its FIRST argument on the second
-        v = repsim.measure("linear_regression", torch.as_tensor(a), torch.as_tensor(b), predict="x")
+        v = repsim.measure(torch.as_tensor(a), torch.as_tensor(b), "linear_regression", predict="x")
         return float(v), "repsim linear_regression(predict='x')"
     if row == "resi_aligned_cos":  # uncentred, zero-padded to equal widths, x rotated onto y
         w = max(a.shape[1], b.shape[1])
@@ -381,12 +409,13 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
         return float(cos.mean()), "uncentred x Q vs y, zero-padded"
     if row == "netrep_angular_a05":  # netrep's lambda are eigenvalues of X^T X (scatter), not X^T X / n
         k = math.sqrt(len(a))
-        v = repsim.measure("angular_shape", torch.as_tensor(a * k), torch.as_tensor(b * k), alpha=0.5)
+        v = repsim.measure(torch.as_tensor(a * k), torch.as_tensor(b * k), "angular_shape", alpha=0.5)
         return float(v), "repsim angular_shape(sqrt(n) x, sqrt(n) y, alpha=0.5)"
     if row == "resi_pwcca_yx":  # google/svcca's "directions": u^T (x - mu) + mu, u from the WHITENED problem
+
         def inv_sqrt(s):
             lam, v = np.linalg.eigh(s)
-            return v @ np.diag(lam ** -0.5) @ v.T
+            return v @ np.diag(lam**-0.5) @ v.T
 
         ca, cb = centred(a), centred(b)
         u, rho, _ = np.linalg.svd(inv_sqrt(ca.T @ ca) @ ca.T @ cb @ inv_sqrt(cb.T @ cb), full_matrices=False)
@@ -401,13 +430,15 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
         weights = np.abs(a @ coef).sum(0)
         return float(weights @ rho / weights.sum()), "weights from QR-orthonormalised coefficients, uncentred x"
     if row in ("platonic_cknna", "platonic_cknna_unit"):  # raw K = x x^T, Song's HSIC, + 1e-6 in the denominator
+
         def hsic_u(k, m):
             k, m = k.copy(), m.copy()
             np.fill_diagonal(k, 0)
             np.fill_diagonal(m, 0)
             n = len(k)
             return ((k * m.T).sum() + k.sum() * m.sum() / ((n - 1) * (n - 2)) - 2 * (k @ m).sum() / (n - 2)) / (
-                n * (n - 3))
+                n * (n - 3)
+            )
 
         def mask(k):
             g = k.copy()
@@ -433,7 +464,7 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
             _, s, vt = np.linalg.svd(m, full_matrices=False)
             k = int((np.cumsum(s) / s.sum() < 0.99).sum())
             red.append(m @ vt[:k].T)
-        v = repsim.measure("mean_cca", torch.as_tensor(red[0]), torch.as_tensor(red[1]))
+        v = repsim.measure(torch.as_tensor(red[0]), torch.as_tensor(red[1]), "mean_cca")
         return float(v), "repsim mean_cca of uncentred SVD reductions (singular-value share)"
     if row == "netrep_perm":  # a different measure: angle after the best permutation, centred, unit norm
         from scipy.optimize import linear_sum_assignment
@@ -467,16 +498,22 @@ def agreement(args) -> None:
             print(f"[{peer}] {len(rows)} rows ...", file=sys.stderr, flush=True)
             for rec in run_peer(peer, path, rows, list(cases), args.timeout):
                 results[(rec["row"], rec["case"])] = rec
-    lines = ["| measure | case | peer | peer function | repsim | peer (converted) | abs diff | convention | "
-             "explained variant | peer s | repsim s |", "|" + "---|" * 11]
+    lines = [
+        "| measure | case | peer | peer function | repsim | peer (converted) | abs diff | convention | "
+        "explained variant | peer s | repsim s |",
+        "|" + "---|" * 11,
+    ]
     diffs = []
     for row, measure, options, peer, fname, kind in ROWS:
         if peers_wanted is not None and peer not in peers_wanted:
             continue
         for case, d in cases.items():
             rec = results[(row, case)]
-            a, b = _inputs({f"{case}/{k}": v for k, v in d.items()}, case, "eq" if kind == "eq" else
-                           ("out" if kind in ("out", "acc") else kind))
+            a, b = _inputs(
+                {f"{case}/{k}": v for k, v in d.items()},
+                case,
+                "eq" if kind == "eq" else ("out" if kind in ("out", "acc") else kind),
+            )
             try:
                 rv, rt = repsim_value(measure, options, a, b, kind, labels=d["labels"])
             except Exception as e:
@@ -493,12 +530,16 @@ def agreement(args) -> None:
             ex_txt = "—" if ex is None else f"{ex[1]}: {ex[0]:.6g} (abs diff {abs(ex[0] - pv):.1e})".replace("|", "\\|")
             if diff is not None and diff > 1e-6:
                 diffs.append((mname, case, peer, diff))
-            lines.append(f"| {mname} | {case} | {peer} | {fname} | {fmt(rv)} | {fmt(pv)} | "
-                         f"{'—' if diff is None else f'{diff:.1e}'} | {conv} | {ex_txt} | "
-                         f"{fmt(rec.get('seconds'))} | {fmt(rt)} |")
-    header = (f"# repsim against the peers' own code (CPU)\n\nn = {args.n_agree}, p = 64, q = 48 (equal widths "
-              "64/64 where marked 'eq'); cases: related Gaussian, and post-ReLU + 5. Generated by "
-              "`benchmarks/catalogue.py`; explanations in `docs/guide/catalogue/peers.md`.\n\n")
+            lines.append(
+                f"| {mname} | {case} | {peer} | {fname} | {fmt(rv)} | {fmt(pv)} | "
+                f"{'—' if diff is None else f'{diff:.1e}'} | {conv} | {ex_txt} | "
+                f"{fmt(rec.get('seconds'))} | {fmt(rt)} |"
+            )
+    header = (
+        f"# repsim against the peers' own code (CPU)\n\nn = {args.n_agree}, p = 64, q = 48 (equal widths "
+        "64/64 where marked 'eq'); cases: related Gaussian, and post-ReLU + 5. Generated by "
+        "`benchmarks/catalogue.py`; explanations in `docs/guide/catalogue/peers.md`.\n\n"
+    )
     text = header + "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)
@@ -558,11 +599,15 @@ def speed(args) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     gen = np.random.default_rng(1)
     base = gen.standard_normal((args.n, 32))
-    layers = [np.maximum(base @ gen.standard_normal((32, args.d)) + 0.3 * gen.standard_normal((args.n, args.d)), 0)
-              for _ in range(8)]
+    layers = [
+        np.maximum(base @ gen.standard_normal((32, args.d)) + 0.3 * gen.standard_normal((args.n, args.d)), 0)
+        for _ in range(8)
+    ]
     only = set(args.measures.split(",")) if args.measures else None
-    lines = ["| measure | peer loop (64 calls) | n | repsim grid s | peer loop s | peer / repsim |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| measure | peer loop (64 calls) | n | repsim grid s | peer loop s | peer / repsim |",
+        "|---|---|---|---|---|---|",
+    ]
     peer_of = {r[0]: (r[3], r[4]) for r in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         for measure, options, row, cap in SPEED:
@@ -576,44 +621,66 @@ def speed(args) -> None:
             peer, fname = peer_of[row]
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
             env["PYTHONPATH"] = str(ROOT / "benchmarks")
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--speed-worker", peer, "--rows", row,
-                   "--data", path, "--timeout", str(args.timeout)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--speed-worker",
+                peer,
+                "--rows",
+                row,
+                "--data",
+                path,
+                "--timeout",
+                str(args.timeout),
+            ]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout + 60, env=env,
-                                      cwd="/tmp")
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=args.timeout + 60, env=env, cwd="/tmp"
+                )
                 rec = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
                 peer_s = rec[0]["seconds"] if rec else None
-                peer_txt = fmt(peer_s) if rec else (
-                    f"> {args.timeout} s" if "Timeout" in proc.stderr else "error: " + proc.stderr.strip()[-100:])
+                peer_txt = (
+                    fmt(peer_s)
+                    if rec
+                    else (f"> {args.timeout} s" if "Timeout" in proc.stderr else "error: " + proc.stderr.strip()[-100:])
+                )
             except subprocess.TimeoutExpired:
                 peer_s, peer_txt = None, f"> {args.timeout} s"
             txs = [torch.as_tensor(m) for m in xs]
             _alarm(args.timeout)
             try:
                 start = time.perf_counter()
-                repsim.measure_grid(measure, txs, txs, **options)
+                repsim.measure_grid(txs, txs, measure, **options)
                 rep_s = time.perf_counter() - start
                 rep_txt = fmt(rep_s)
             except TimeoutError:
                 rep_s, rep_txt = None, f"> {args.timeout} s"
             finally:
                 signal.alarm(0)
-            ratio = fmt(peer_s / rep_s) if peer_s and rep_s else ("> " + fmt(args.timeout / rep_s)
-                                                                  if rep_s and peer_txt.startswith(">") else "—")
+            ratio = (
+                fmt(peer_s / rep_s)
+                if peer_s and rep_s
+                else ("> " + fmt(args.timeout / rep_s) if rep_s and peer_txt.startswith(">") else "—")
+            )
             opt = ", ".join(f"{k}={v!r}" for k, v in options.items())
-            line = (f"| {measure}{f'({opt})' if opt else ''} | {peer}: {fname} | {n} | {rep_txt} | "
-                    f"{peer_txt.replace('|', '/')} | {ratio} |")
+            line = (
+                f"| {measure}{f'({opt})' if opt else ''} | {peer}: {fname} | {n} | {rep_txt} | "
+                f"{peer_txt.replace('|', '/')} | {ratio} |"
+            )
             print(line, flush=True)
             lines.append(line)
             _write_speed(args, lines)
 
 
 def _write_speed(args, lines: list[str]) -> None:
-    text = (f"# 8 x 8 layer grid: repsim.measure_grid against the fastest peer's per-pair loop (CPU)\n\n"
-            f"n = {args.n} (capped per row where shown), d = {args.d}, post-ReLU layers, one run, "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, per-method timeout {args.timeout} s, "
-            f"under `flock /tmp/repsim-cpu.lock`. Generated by `benchmarks/catalogue.py --speed`.\n\n"
-            + "\n".join(lines) + "\n")
+    text = (
+        f"# 8 x 8 layer grid: repsim.measure_grid against the fastest peer's per-pair loop (CPU)\n\n"
+        f"n = {args.n} (capped per row where shown), d = {args.d}, post-ReLU layers, one run, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, per-method timeout {args.timeout} s, "
+        f"under `flock /tmp/repsim-cpu.lock`. Generated by `benchmarks/catalogue.py --speed`.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     Path(args.out_speed).write_text(text)
 
 

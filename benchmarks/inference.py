@@ -44,9 +44,9 @@ def speed(n: int, d: int, b: int, device: str) -> None:
     print("| procedure | seconds | ratio to one call |\n|---|---:|---:|")
     print(f"| one linear_cka call | {one:.3f} | 1.0 |")
     for name, base in (("linear_cka", one), ("debiased_cka", one_deb)):
-        t = _timed(lambda name=name: repsim.permutation_test(x, y, name, b, seed=0))
+        t = _timed(lambda name=name: repsim.permutation_test(x, y, name, n_permutations=b, seed=0))
         print(f"| permutation_test({name}), {b} shift permutations | {t:.3f} | {t / base:.1f} |")
-        t = _timed(lambda name=name: repsim.bootstrap(x, y, name, b, seed=0))
+        t = _timed(lambda name=name: repsim.bootstrap(x, y, name, n_resamples=b, seed=0))
         print(f"| bootstrap({name}), {b} half-samples (batched) | {t:.3f} | {t / base:.1f} |")
     loop_n = 20
     t = _timed(lambda: [repsim.linear_cka(x, y[torch.randperm(n, device=device)]) for _ in range(loop_n)])
@@ -109,7 +109,7 @@ def null_calibration(sims: int, n: int = 200, p: int = 50) -> dict:
     for m in MEASURES:
         ps = np.array(
             [
-                repsim.permutation_test(*_independent(s, n, p), m, n - 1, seed=s).p_value
+                repsim.permutation_test(*_independent(s, n, p), m, n_permutations=n - 1, seed=s).p_value
                 for s in tqdm(range(sims), desc=f"null {m}", leave=False)
             ]
         )
@@ -133,7 +133,7 @@ def coverage(ns, sims_at, resamples: int, p: int, noise: float) -> dict:
         for s in tqdm(range(sims), desc=f"coverage n={n}", leave=False):
             x, y = _joint(s, n, p, p, noise)
             for m in hits:
-                r = repsim.bootstrap(x, y, m, resamples, seed=s)
+                r = repsim.bootstrap(x, y, m, n_resamples=resamples, seed=s)
                 hits[m] += r.ci_low <= truth <= r.ci_high
                 means[m] += r.estimate / sims
                 widths[m] += (r.ci_high - r.ci_low) / sims
@@ -146,7 +146,7 @@ def power(ns, sims: int, weight: float) -> dict:
     for n in ns:
         for m in MEASURES:
             hits = sum(
-                repsim.permutation_test(*_shared_signal(s, n, weight), m, 199, seed=s).p_value < 0.05
+                repsim.permutation_test(*_shared_signal(s, n, weight), m, n_permutations=199, seed=s).p_value < 0.05
                 for s in tqdm(range(sims), desc=f"power {m} n={n}", leave=False)
             )
             out[m][n] = hits / sims

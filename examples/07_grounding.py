@@ -154,7 +154,14 @@ def train_ce(tag: str, seed: int, fraction=0.0, shortcut=0.0, strength=1.0) -> P
         data = TwoViews(ArrayImages(add_shortcut(tx, ty, shortcut, seed), ty), train_augment(strength))
     torch.manual_seed(seed)
     channels = in_channels(cfg.kind)
-    model = create_model(cfg.backbone, n_classes, channels, cfg.proj_hidden, cfg.proj_out, **width_option(cfg))
+    model = create_model(
+        backbone=cfg.backbone,
+        num_classes=n_classes,
+        in_channels=channels,
+        proj_hidden=cfg.proj_hidden,
+        proj_out=cfg.proj_out,
+        **width_option(cfg),
+    )
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     g = torch.Generator().manual_seed(seed)
@@ -244,7 +251,7 @@ rows, failures, paired = [], [], []
 def grid(name: str, xs: list, ys: list | None = None) -> np.ndarray:
     """measure_grid over whole model groups: each model's per-layer work is done once, not per pair."""
     try:
-        return repsim.measure_grid(name, xs, ys).numpy()
+        return repsim.measure_grid(xs, ys, name).numpy()
     except ValueError as err:
         failures.append({"measure": name, "reason": str(err).splitlines()[0][:200]})
         return np.full((len(xs), len(xs if ys is None else ys)), math.nan)

@@ -64,7 +64,7 @@ def width_rows(seed: int) -> list[dict]:
         }
         for condition, (x, y) in pairs.items():
             for measure, opts in MEASURES.items():
-                res = repsim.calibrate(x, y, measure, n_perm, seed=seed, **opts)
+                res = repsim.calibrate(x, y, measure, n_permutations=n_perm, seed=seed, **opts)
                 rows.append({"part": "width", "condition": condition, "width": width, "measure": measure,
                              "seed": seed, "raw": res.observed, "calibrated": res.score,
                              "threshold": res.threshold, "p_value": res.p_value})  # fmt: skip
@@ -86,12 +86,17 @@ def objective_rows(seed: int) -> list[dict]:
             base = {"part": "objectives", "condition": rival, "measure": measure, "seed": seed}
             for permutations, groups in (("free", None), ("within class", labels)):
                 res = repsim.calibrate(
-                    cl["encoder"], feats[rival]["encoder"], measure, n_perm, groups=groups, seed=seed
+                    cl["encoder"], feats[rival]["encoder"], measure, n_permutations=n_perm, groups=groups, seed=seed
                 )
                 rows.append({**base, "layer": "encoder", "permutations": permutations, "raw": res.observed,
                              "calibrated": res.score, "threshold": res.threshold, "p_value": res.p_value})  # fmt: skip
             grid = repsim.calibrate_grid(
-                [cl[k] for k in GRID_LAYERS], [feats[rival][k] for k in GRID_LAYERS], measure, "max", n_perm, seed=seed
+                [cl[k] for k in GRID_LAYERS],
+                [feats[rival][k] for k in GRID_LAYERS],
+                measure,
+                aggregate="max",
+                n_permutations=n_perm,
+                seed=seed,
             )
             best = grid.cells.loc[grid.cells["observed"].idxmax()]
             rows.append({**base, "layer": "grid max", "permutations": "free", "raw": grid.observed,

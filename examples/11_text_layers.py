@@ -174,8 +174,8 @@ def main() -> None:
     texts = list(compared["text"])
     batches = repsim.text_batches(texts, tokenizer, batch_size=32, max_length=128)
     token_batches = repsim.text_batches(texts[: args.token_sentences], tokenizer, batch_size=32, max_length=128)
-    sentence = {k: repsim.sentence_features(m, batches, layers, progress=False) for k, m in copies.items()}
-    tokens = {k: repsim.token_features(m, token_batches, layers, progress=False) for k, m in copies.items()}
+    sentence = {k: repsim.sentence_features(m, batches, layers=layers, progress=False) for k, m in copies.items()}
+    tokens = {k: repsim.token_features(m, token_batches, layers=layers, progress=False) for k, m in copies.items()}
     sentence_ids = tokens["itself"][1]
     print(f"features: {time.perf_counter() - started:.0f} s; {sentence_ids.shape[0]} tokens at the token level")
     rows = []
@@ -193,7 +193,9 @@ def main() -> None:
             estimate = float(repsim.linear_cka(x, y, dtype=torch.float64))
             for blocks, label in ((sentence_ids, "whole sentences"), (None, "single tokens (naive)")):
                 # half-samples of whole sentences (blocks=) or, naively, of single tokens
-                t = repsim.bootstrap(x, y, "linear_cka", args.token_resamples, blocks=blocks, dtype=torch.float64)
+                t = repsim.bootstrap(
+                    x, y, "linear_cka", n_resamples=args.token_resamples, blocks=blocks, dtype=torch.float64
+                )
                 lo, hi = (t.ci_low, t.ci_high) if pair != "itself" else (1, 1)
                 common = dict(pair=pair, layer=layer, depth=depth, n=x.shape[0])
                 rows.append(dict(level="token", cka=estimate, ci_low=lo, ci_high=hi, interval=label, **common))

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from repsim.core.deprecation import deprecated_arguments
 from repsim.networks.features import extract_features
 from repsim.networks.hooks import Pool
 
@@ -16,10 +17,12 @@ from .linear import DEFAULT_L2, linear_probe
 from .nccc import nccc
 
 
+@deprecated_arguments(positional=("pool", "device", "max_samples", "progress", "memory"))
 def extract(
     model: nn.Module,
     loader: Iterable,
     layer: str,
+    *,
     pool: Pool = "mean",
     device=None,
     max_samples: int | None = None,
@@ -36,11 +39,13 @@ def extract(
     return feats[layer], labels
 
 
+@deprecated_arguments(positional=("shots", "episodes", "seed", "device", "k", "temperature", "l2_grid"))
 def evaluate_features(
     train_x: Tensor,
     train_y: Tensor,
     test_x: Tensor,
     test_y: Tensor,
+    *,
     shots=(1, 5),
     episodes: int = 100,
     seed: int = 0,
@@ -77,11 +82,13 @@ def evaluate_features(
     return pd.DataFrame(rows, columns=["probe", "metric", "value", "ci_low", "ci_high", "setting"])
 
 
+@deprecated_arguments(positional=("pool", "device", "shots", "episodes", "seed", "progress", "memory"))
 def evaluate(
     model: nn.Module,
     train_loader: Iterable,
     test_loader: Iterable,
     layer: str,
+    *,
     pool: Pool = "mean",
     device=None,
     shots=(1, 5),
@@ -104,7 +111,9 @@ def evaluate(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_memory(memory)
-    train_x, train_y = extract(model, train_loader, layer, pool, device, progress=progress, memory=budget // 3)
+    train_x, train_y = extract(
+        model, train_loader, layer, pool=pool, device=device, progress=progress, memory=budget // 3
+    )
     left = budget - 3 * train_x.numel() * train_x.element_size()  # the features and the probes' two working copies
     if left <= 0:
         raise MemoryBudgetError(
@@ -112,7 +121,7 @@ def evaluate(
             f"{format_bytes(budget - left)}, over the budget of {format_bytes(budget)}; "
             "use pool='mean', fewer training samples or memory='...'"
         )
-    test_x, test_y = extract(model, test_loader, layer, pool, device, progress=progress, memory=left)
+    test_x, test_y = extract(model, test_loader, layer, pool=pool, device=device, progress=progress, memory=left)
     table = evaluate_features(
         train_x, train_y, test_x, test_y, shots=shots, episodes=episodes, seed=seed, device=device
     )

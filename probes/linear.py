@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from repsim.core.deprecation import deprecated_arguments
+
 from ._checks import topk_accuracy, train_test
 
 # half-decade steps from 1e-5 to 1e-1 (lambda = 1/(C n) in scikit-learn's terms)
@@ -62,11 +64,13 @@ def _fit(
     return w, b
 
 
+@deprecated_arguments(positional=("l2_grid", "folds", "max_iter", "seed", "device", "dtype"))
 def linear_probe(
     train_x: Tensor,
     train_y: Tensor,
     test_x: Tensor,
     test_y: Tensor,
+    *,
     l2_grid: Sequence[float] = DEFAULT_L2,
     folds: int = 5,
     max_iter: int = 500,

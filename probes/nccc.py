@@ -9,15 +9,19 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from repsim.core.deprecation import deprecated_arguments
+
 from ._checks import train_test
 
 
+@deprecated_arguments(positional=("shots", "episodes", "normalize", "seed", "device"))
 @torch.no_grad()
 def nccc(
     train_x: Tensor,
     train_y: Tensor,
     test_x: Tensor,
     test_y: Tensor,
+    *,
     shots: int | Sequence[int] = (1, 5, 10),
     episodes: int = 100,
     normalize: bool = False,

@@ -74,8 +74,8 @@ def cmd_layers(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    model_a = load_model(args.a, args.arch, args.num_classes)
-    model_b = load_model(args.b, args.arch_b or args.arch, args.num_classes)
+    model_a = load_model(args.a, args.arch, num_classes=args.num_classes)
+    model_b = load_model(args.b, args.arch_b or args.arch, num_classes=args.num_classes)
     result = compare(
         model_a,
         model_b,
@@ -132,7 +132,7 @@ def cmd_compare(args) -> None:
 def cmd_many(args) -> None:
     if len(args.checkpoints) < 2:
         raise ValueError("repsim many needs at least two checkpoints")
-    loader = _loader(args, load_model(args.checkpoints[0], args.arch, args.num_classes))
+    loader = _loader(args, load_model(args.checkpoints[0], args.arch, num_classes=args.num_classes))
     matrix = compare_many(
         args.checkpoints,
         loader,

@@ -8,8 +8,8 @@ A refactor of the measures must not move a value. Run this before the change (``
 
 Routes per measure (a route the measure does not have is left out):
 
-* ``one_shot``: ``repsim.measure(name, x, y)``;
-* ``grid[i,j]``: ``repsim.measure_grid(name, xs, ys)`` over 2 x 3 layers;
+* ``one_shot``: ``repsim.measure(x, y, name)``;
+* ``grid[i,j]``: ``repsim.measure_grid(xs, ys, name)`` over 2 x 3 layers;
 * ``streaming``: ``StreamingMoments`` (or the entry's accumulator) over uneven batches with a large offset;
 * ``gloo2``: the same stream split over two gloo processes and merged with ``sync()``.
 
@@ -78,11 +78,11 @@ def values(with_gloo: bool = True) -> pd.DataFrame:
     for name in names():
         info = get_measure(name)
         x, y, opts, g = inputs(name)
-        rows.append((name, "one_shot", float(repsim.measure(name, x, y, **opts))))
+        rows.append((name, "one_shot", float(repsim.measure(x, y, name, **opts))))
         x2 = x + 0.5 * torch.randn(x.shape, generator=g, dtype=x.dtype)
         y2 = 2 * y + torch.randn(y.shape, generator=g, dtype=y.dtype)
         xs, ys = ([x, x2], [y, y2, y + x2[:, : y.shape[1]]])
-        grid = repsim.measure_grid(name, xs, ys, **opts)
+        grid = repsim.measure_grid(xs, ys, name, **opts)
         rows += [(name, f"grid[{i},{j}]", float(grid[i, j])) for i in range(2) for j in range(3)]
         if info.streaming:
             rows.append((name, "streaming", float(stream(name, x, y))))

@@ -97,7 +97,7 @@ def test_quadratic_nulls_equal_the_measure_on_permuted_features(measure, gen):
                                        ("auto", blocks, "block shifts"), ("random", blocks, "random")):  # fmt: skip
         null, perms, used = null_grid(measure, xs, ys, 12, blocks=restrict, seed=1, scheme=scheme)
         assert used == expected and null.shape == (3, 2, 12)
-        ref = torch.stack([repsim.measure_grid(measure, xs, [y[p] for y in ys]) for p in perms], -1)
+        ref = torch.stack([repsim.measure_grid(xs, [y[p] for y in ys], measure) for p in perms], -1)
         assert torch.allclose(null, ref, atol=1e-12, rtol=0)
         assert restrict is None or all(design.allows(p) for p in perms)
 
@@ -110,7 +110,7 @@ def test_all_shifts_engine_matches_explicit_permutations(gen):
     by_fft = shift_null_grid(form, xs, ys, order, shifts)
     by_gather = explicit_null_grid(form, xs, ys, shift_permutations(order, shifts))
     assert torch.allclose(by_fft, by_gather, atol=1e-12, rtol=0)
-    assert torch.allclose(by_fft[..., 0], repsim.measure_grid("debiased_cka", xs, ys), atol=1e-12)  # shift 0
+    assert torch.allclose(by_fft[..., 0], repsim.measure_grid(xs, ys, "debiased_cka"), atol=1e-12)  # shift 0
     # wide features take the Gram route of the explicit engine (narrow ones the feature route, above)
     wide_x, wide_y = _features(gen, 20, (40, 30)), _features(gen, 20, (50,))
     perms = repsim.draw_permutations(20, 6, seed=0)
@@ -134,9 +134,9 @@ def test_grid_cells_equal_single_cell_calibration_and_aggregates(gen):
     assert torch.allclose(grid.null, grid.cell_null.amax(dim=(0, 1)))
     # the maximum's threshold is above every cell's: it is the null of a search over cells
     assert grid.threshold >= grid.cells["threshold"].max() - 1e-12
-    custom = repsim.calibrate_grid(xs, ys, "linear_cka", lambda g: g.max(), n_permutations=39, seed=5)
+    custom = repsim.calibrate_grid(xs, ys, "linear_cka", aggregate=lambda g: g.max(), n_permutations=39, seed=5)
     assert custom.score == grid.score and custom.threshold == grid.threshold
-    mean = repsim.calibrate_grid(xs, ys, "linear_cka", "mean", n_permutations=39, seed=5)
+    mean = repsim.calibrate_grid(xs, ys, "linear_cka", aggregate="mean", n_permutations=39, seed=5)
     assert mean.observed == pytest.approx(grid.cells["observed"].mean())
     named = repsim.calibrate_grid({"a": xs[0]}, {"u": ys[0], "v": ys[1]}, n_permutations=9, seed=0)
     assert list(named.cells["layer_a"]) == ["a", "a"] and list(named.cells["layer_b"]) == ["u", "v"]
@@ -206,10 +206,10 @@ def test_restricted_calibration_and_permutation_test(gen):
     assert res.scheme == "random" and res.score > 0
     design = permutation_design(60, blocks=blocks)
     assert all(design.allows(p) for p in res.permutations)
-    test = repsim.permutation_test(x, y, "linear_cka", 29, groups=np.arange(60) % 3)
+    test = repsim.permutation_test(x, y, "linear_cka", n_permutations=29, groups=np.arange(60) % 3)
     assert test.scheme == "random" and test.p_value == pytest.approx(1 / 30)
     with pytest.raises(ValueError, match="shifts"):
-        repsim.permutation_test(x, y, "linear_cka", 29, scheme="shifts", blocks=blocks)
+        repsim.permutation_test(x, y, "linear_cka", n_permutations=29, scheme="shifts", blocks=blocks)
     with pytest.raises(ValueError, match="groups/blocks"):
         repsim.calibrate(x, y, n_permutations=29, blocks=blocks, scheme="shifts")
 
@@ -276,7 +276,7 @@ def test_biased_cka_warns_when_its_chance_level_is_high(gen):
     with pytest.warns(repsim.BiasedCKAChanceWarning, match=r"debiased=True.*calibrate"):
         repsim.linear_cka(x, y)
     with pytest.warns(repsim.BiasedCKAChanceWarning):
-        repsim.measure_grid("linear_cka", [x], [y])
+        repsim.measure_grid([x], [y], "linear_cka")
     with warnings.catch_warnings():
         warnings.simplefilter("error", repsim.BiasedCKAChanceWarning)
         repsim.linear_cka(x, y, debiased=True)

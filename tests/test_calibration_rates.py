@@ -40,7 +40,7 @@ def test_single_cell_rate():
     for run in range(RUNS):
         x = torch.randn(100, 6, generator=gen, dtype=torch.float64)
         y = torch.randn(100, 4, generator=gen, dtype=torch.float64)
-        hits.append(repsim.calibrate(x, y, "linear_cka", B, ALPHA, seed=run).score > 0)
+        hits.append(repsim.calibrate(x, y, "linear_cka", n_permutations=B, alpha=ALPHA, seed=run).score > 0)
     assert 0.03 <= _rate(hits) <= 0.07, _rate(hits)
 
 
@@ -56,7 +56,7 @@ def test_grid_max_rate_calibrated_and_uncalibrated():
     calibrated, naive = [], []
     for run in range(RUNS):
         xs, ys = _layers(gen, 100, (3, 5, 8, 4)), _layers(gen, 100, (4, 6, 3, 7))
-        res = repsim.calibrate_grid(xs, ys, "linear_cka", "max", B, ALPHA, seed=run)
+        res = repsim.calibrate_grid(xs, ys, "linear_cka", aggregate="max", n_permutations=B, alpha=ALPHA, seed=run)
         calibrated.append(res.score > 0)
         naive.append(bool((res.cells["calibrated"] > 0).any()))
     assert 0.03 <= _rate(calibrated) <= 0.07, _rate(calibrated)
@@ -75,8 +75,8 @@ def test_blocks_hold_the_rate_where_token_permutations_do_not():
     by_token, by_block = [], []
     for run in range(RUNS):
         x, y = _sentences(gen, 40, 3, 4), _sentences(gen, 40, 3, 4)  # independent sides, same sentence layout
-        by_token.append(repsim.calibrate(x, y, "debiased_cka", 39, ALPHA, seed=run).score > 0)
-        res = repsim.calibrate(x, y, "debiased_cka", 39, ALPHA, blocks=blocks, seed=run)
+        by_token.append(repsim.calibrate(x, y, "debiased_cka", n_permutations=39, alpha=ALPHA, seed=run).score > 0)
+        res = repsim.calibrate(x, y, "debiased_cka", n_permutations=39, alpha=ALPHA, blocks=blocks, seed=run)
         by_block.append(res.score > 0)
     assert res.scheme == "block shifts"  # all 39 cyclic shifts of the 40 blocks: exact level 2/40
     assert _rate(by_token) > 0.3, _rate(by_token)

@@ -32,7 +32,7 @@ CASES = {
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_reference(name, seed):
     x, y = _pair(seed)
-    got = repsim.measure(name, torch.from_numpy(x), torch.from_numpy(y))
+    got = repsim.measure(torch.from_numpy(x), torch.from_numpy(y), name)
     assert got.dtype == torch.float64
     assert abs(float(got) - CASES[name](x, y)) < 1e-10
 
@@ -91,7 +91,7 @@ def test_cca_refuses_too_few_samples_with_the_fix():
     x, y = torch.randn(10, 6, generator=g), torch.randn(10, 6, generator=g)
     for name in ("mean_cca", "pwcca"):
         with pytest.raises(ValueError, match="more samples than the two ranks"):
-            repsim.measure(name, x, y)
+            repsim.measure(x, y, name)
     with pytest.raises(ValueError, match="rank deficient"):
         repsim.angular_shape(torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g), alpha=0.5)
     with pytest.raises(ValueError, match="predictor's rank"):
@@ -133,8 +133,8 @@ def test_option_and_width_errors():
 def test_float32_inputs_follow_the_precision_policy():
     x, y = _pair(6)
     for name in ("mean_cca", "procrustes", "linear_regression"):
-        exact = repsim.measure(name, torch.from_numpy(x), torch.from_numpy(y))
-        fast = repsim.measure(name, torch.from_numpy(x).float(), torch.from_numpy(y).float())
+        exact = repsim.measure(torch.from_numpy(x), torch.from_numpy(y), name)
+        fast = repsim.measure(torch.from_numpy(x).float(), torch.from_numpy(y).float(), name)
         assert fast.dtype == torch.float64
         assert abs(float(fast - exact)) < 1e-5
 
@@ -142,7 +142,7 @@ def test_float32_inputs_follow_the_precision_policy():
 def test_predict_x_swaps_roles_and_grid_agrees():
     x, y = (torch.from_numpy(a) for a in _pair(7))
     assert float(repsim.linear_regression(x, y, predict="x")) == pytest.approx(float(repsim.linear_regression(y, x)))
-    grid = repsim.measure_grid("linear_regression", [x, y], [y], predict="x")
+    grid = repsim.measure_grid([x, y], [y], "linear_regression", predict="x")
     assert float(grid[0, 0]) == pytest.approx(float(repsim.linear_regression(x, y, predict="x")), abs=1e-12)
 
 

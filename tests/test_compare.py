@@ -162,13 +162,13 @@ def test_compare_accepts_the_whole_registry(batches):
         row = table.loc[name]
         if info.needs_outputs:
             extra = {"labels": labels[:120]} if info.needs_labels else {}
-            want = repsim.measure(name, fa[:120], fb[:120], **extra)
+            want = repsim.measure(fa[:120], fb[:120], name, **extra)
             assert row["layer_a"] == "<output>" and row["n"] == 120
         elif info.streaming:
-            want = repsim.measure(name, fa, fb, **options.get(name, {}))
+            want = repsim.measure(fa, fb, name, **options.get(name, {}))
             assert row["n"] == 200, name
         else:
-            want = repsim.measure(name, fa[:120], fb[:120], **options.get(name, {}))
+            want = repsim.measure(fa[:120], fb[:120], name, **options.get(name, {}))
             assert row["n"] == 120, name
         assert abs(row["value"] - float(want)) < 1e-9 * max(1.0, abs(float(want))), name
 

@@ -66,7 +66,7 @@ def test_padding_never_changes_a_pooled_feature(pool):
     short, long = _token_batches(6), _token_batches(10)
     feats = []
     for batches in (short, long):
-        with repsim.FeatureHooks(model, ["encoder"], pool) as hooks:
+        with repsim.FeatureHooks(model, ["encoder"], pool=pool) as hooks:
             rows = []
             for batch in batches:
                 hooks.mask = batch["attention_mask"]

@@ -15,7 +15,10 @@ def test_torchvision_and_timm_import_and_build_models():
 
     model = torchvision.models.resnet18(num_classes=3)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    assert timm.create_model("resnet18", pretrained=False, num_classes=0)(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    assert timm.create_model("resnet18", pretrained=False, num_classes=0)(torch.randn(2, 3, 32, 32)).shape == (
+        2,
+        512,
+    )
 
 
 def test_guard_matches_whether_the_extension_loads():

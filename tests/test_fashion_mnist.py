@@ -128,7 +128,7 @@ def test_width_scaled_resnet():
     full = cifar_resnet(18, in_channels=1)
     # torchvision ResNet-18 (11 689 512) less its fc (513 000), its 7x7 RGB stem (9 408) plus a 3x3 grey one (576)
     assert count_parameters(full) == 11_167_680 and full.num_features == 512
-    narrow = create_model("resnet18", 10, 1, 64, 32, width=8)
+    narrow = create_model(backbone="resnet18", num_classes=10, in_channels=1, proj_hidden=64, proj_out=32, width=8)
     assert narrow.num_features == 64
     assert [narrow.encoder.layer1[0].conv1.out_channels, narrow.encoder.layer4[0].conv1.out_channels] == [8, 64]
     out = narrow(torch.randn(3, 1, 28, 28))

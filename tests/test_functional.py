@@ -47,7 +47,7 @@ def test_disagreement_and_accuracy_match_reference(gen):
     want = ref.abs_acc_diff(x.numpy(), y.numpy(), labels.numpy())
     assert repsim.abs_acc_diff(x, y, labels=labels).item() == pytest.approx(want, abs=1e-15)
     assert repsim.abs_acc_diff(x, y, labels=labels.numpy().astype(np.int32)).item() == pytest.approx(want, abs=1e-15)
-    assert repsim.measure("abs_acc_diff", x, y, labels=labels).item() == pytest.approx(want, abs=1e-15)
+    assert repsim.measure(x, y, "abs_acc_diff", labels=labels).item() == pytest.approx(want, abs=1e-15)
     # closed form: y always right, x always wrong -> 1
     onehot = torch.nn.functional.one_hot(labels, 5).double()
     assert repsim.abs_acc_diff(-onehot, onehot, labels=labels).item() == 1.0
@@ -57,11 +57,11 @@ def test_disagreement_and_accuracy_match_reference(gen):
 def test_grid_equals_pair_loop(gen, name):
     outs = [_logits(gen) for _ in range(3)]
     opts = {"labels": torch.randint(0, 5, (60,), generator=gen)} if name == "abs_acc_diff" else {}
-    grid = repsim.measure_grid(name, outs, outs[:2], **opts)
-    loop = torch.stack([torch.stack([repsim.measure(name, a, b, **opts) for b in outs[:2]]) for a in outs])
+    grid = repsim.measure_grid(outs, outs[:2], name, **opts)
+    loop = torch.stack([torch.stack([repsim.measure(a, b, name, **opts) for b in outs[:2]]) for a in outs])
     assert grid.shape == (3, 2) and grid.dtype == torch.float64
     assert torch.allclose(grid, loop, rtol=0, atol=1e-15)
-    assert (repsim.measure_grid(name, outs, **opts).diagonal() == 0).all()
+    assert (repsim.measure_grid(outs, None, name, **opts).diagonal() == 0).all()
 
 
 def test_bad_inputs_are_clear_errors(gen):

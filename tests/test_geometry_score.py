@@ -77,7 +77,7 @@ def test_geometry_score_matches_the_reference_pipeline():
     assert got.dtype == torch.float64 and got.ndim == 0
     assert abs(float(got) - want) <= 1e-10 * max(1.0, want) and want > 0.05
     # the same through the registry, and the MRLT itself
-    assert float(repsim.measure("geometry_score", x, y, **opts)) == float(got)
+    assert float(repsim.measure(x, y, "geometry_score", **opts)) == float(got)
     landmarks = _landmark_sets(120, 16, 6, 3)
     assert np.allclose(_mean_rlt(x, landmarks, 1 / 16, 10), mrlt_x, rtol=0, atol=1e-12)
 
@@ -111,13 +111,13 @@ def test_grid_computes_each_layer_once_and_equals_pairs():
     xs = [_cloud(7), _cloud(8, d=5)]
     ys = [_cloud(9, d=2), xs[0]]
     opts = {"n_landmarks": 12, "n_repeats": 5, "gamma": 1 / 16}
-    grid = repsim.measure_grid("geometry_score", xs, ys, **opts)
+    grid = repsim.measure_grid(xs, ys, "geometry_score", **opts)
     assert grid.shape == (2, 2) and grid.dtype == torch.float64
     for i, a in enumerate(xs):
         for j, b in enumerate(ys):
             assert abs(float(grid[i, j]) - float(repsim.geometry_score(a, b, **opts))) < 1e-14
     assert float(grid[0, 1]) == 0.0
-    square = repsim.measure_grid("geometry_score", xs, **opts)
+    square = repsim.measure_grid(xs, None, "geometry_score", **opts)
     assert torch.equal(square, square.T) and float(square.diagonal().abs().max()) == 0.0
 
 
@@ -130,7 +130,7 @@ def test_the_default_runs_below_64_samples():
     assert got.item() == repsim.geometry_score(x, y, n_landmarks=30, **opts).item()
     assert repsim.geometry_score(x, y, n_repeats=1, i_max=10).item() == got.item()  # the repeats agree
     assert repsim.geometry_score(x, x, **opts).item() == 0.0
-    assert repsim.measure_grid("geometry_score", [x, y], **opts)[0, 1].item() == got.item()
+    assert repsim.measure_grid([x, y], None, "geometry_score", **opts)[0, 1].item() == got.item()
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -147,7 +147,7 @@ def test_bad_inputs_and_options_are_refused():
     with pytest.raises(ValueError, match=r"n_landmarks = 64 landmarks .* only 20 samples"):
         repsim.geometry_score(x, x, n_landmarks=64)
     with pytest.raises(ValueError, match=r"n_landmarks = 21 landmarks .* only 20 samples"):
-        repsim.measure_grid("geometry_score", [x], [x], n_landmarks=21)
+        repsim.measure_grid([x], [x], "geometry_score", n_landmarks=21)
     for option, value in (("n_landmarks", 2), ("n_landmarks", 8.0), ("i_max", 0), ("n_repeats", 0)):
         with pytest.raises(ValueError, match=f"{option} must be an integer"):
             repsim.geometry_score(x, x, **{"n_landmarks": 8, option: value})

@@ -18,7 +18,9 @@ def _independent(seed, n=200, p=50, q=50):
 @pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa"])
 def test_null_p_values_are_uniform(measure):
     """Acceptance test 1: 500 simulations, n = 200, p = q = 50, independent Gaussians."""
-    ps = np.array([repsim.permutation_test(*_independent(s), measure, 199, seed=s).p_value for s in range(500)])
+    ps = np.array(
+        [repsim.permutation_test(*_independent(s), measure, n_permutations=199, seed=s).p_value for s in range(500)]
+    )
     assert scipy.stats.kstest(ps, "uniform").pvalue > 0.01
     assert 0.03 <= np.mean(ps <= 0.05) <= 0.07
 
@@ -60,7 +62,7 @@ def test_batched_subsamples_equal_the_measure_on_each_subsample(measure, n):
         halves += [perm[:20], perm[20:40]]
     assert len(res.resamples) == 13
     for value, idx in zip(res.resamples, halves, strict=False):
-        assert abs(float(value) - float(repsim.measure(measure, x[idx], y[idx]))) < 1e-12
+        assert abs(float(value) - float(repsim.measure(x[idx], y[idx], measure))) < 1e-12
 
 
 @pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa"])
@@ -72,19 +74,19 @@ def test_power_for_a_weak_shared_signal(measure):
         shared = torch.randn(200, 1, generator=g, dtype=torch.float64)
         x = torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.8 * shared
         y = torch.randn(200, 20, generator=g, dtype=torch.float64) + 0.8 * shared
-        detected += repsim.permutation_test(x, y, measure, 199, seed=s).p_value < 0.05
+        detected += repsim.permutation_test(x, y, measure, n_permutations=199, seed=s).p_value < 0.05
     assert detected / 40 >= 0.8
 
 
 def test_seeds_give_bit_identical_results():
     x, y = _independent(3, n=60, p=5, q=5)
-    a = repsim.permutation_test(x, y, "debiased_cka", 100, seed=7)
-    b = repsim.permutation_test(x, y, "debiased_cka", 100, seed=7)
+    a = repsim.permutation_test(x, y, "debiased_cka", n_permutations=100, seed=7)
+    b = repsim.permutation_test(x, y, "debiased_cka", n_permutations=100, seed=7)
     assert torch.equal(a.null, b.null) and a.p_value == b.p_value
-    c = repsim.bootstrap(x, y, "rsa", 50, seed=7)
-    d = repsim.bootstrap(x, y, "rsa", 50, seed=7)
+    c = repsim.bootstrap(x, y, "rsa", n_resamples=50, seed=7)
+    d = repsim.bootstrap(x, y, "rsa", n_resamples=50, seed=7)
     assert torch.equal(c.resamples, d.resamples) and (c.ci_low, c.ci_high) == (d.ci_low, d.ci_high)
-    assert not torch.equal(a.null, repsim.permutation_test(x, y, "debiased_cka", 100, seed=8).null)
+    assert not torch.equal(a.null, repsim.permutation_test(x, y, "debiased_cka", n_permutations=100, seed=8).null)
 
 
 @pytest.mark.parametrize("measure", ["linear_cka", "debiased_cka", "rsa", "rsa_spearman"])
@@ -93,15 +95,15 @@ def test_shift_statistics_are_the_measure_of_shifted_data(measure):
     shifts = _shift_statistics(measure, dict(repsim.get_measure(measure).defaults))(x, y)
     for s in (0, 1, 17):
         moved = y[(torch.arange(30) + s) % 30]
-        assert abs(float(shifts[s]) - float(repsim.measure(measure, x, moved))) < 1e-12
+        assert abs(float(shifts[s]) - float(repsim.measure(x, moved, measure))) < 1e-12
 
 
 def test_random_scheme_for_any_measure_and_distance_tail():
     x, y = _independent(5, n=40, p=4, q=4)
-    res = repsim.permutation_test(x, x + 0.1 * y, "procrustes", 99, seed=0)
+    res = repsim.permutation_test(x, x + 0.1 * y, "procrustes", n_permutations=99, seed=0)
     assert res.scheme == "random" and res.alternative == "less"
     assert res.p_value == pytest.approx(1 / 100)  # a near-copy: no permutation is as close
-    sim = repsim.permutation_test(x, x + 0.1 * y, "linear_cka", 99, seed=0, scheme="random")
+    sim = repsim.permutation_test(x, x + 0.1 * y, "linear_cka", n_permutations=99, seed=0, scheme="random")
     assert sim.scheme == "random" and sim.p_value == pytest.approx(1 / 100)
 
 
@@ -119,10 +121,10 @@ def test_paired_difference_detects_the_closer_representation():
 def test_adjustments_match_hand_computed_values():
     p = [0.01, 0.04, 0.03, 0.2]
     # Holm: sorted 0.01*4, 0.03*3, 0.04*2, 0.2*1 -> 0.04, 0.09, 0.08 -> monotone 0.09, 0.2
-    assert np.allclose(repsim.adjust_p_values(p, "holm"), [0.04, 0.09, 0.09, 0.2])
+    assert np.allclose(repsim.adjust_p_values(p, method="holm"), [0.04, 0.09, 0.09, 0.2])
     # BH: sorted 0.01*4/1, 0.03*4/2, 0.04*4/3, 0.2*4/4 -> 0.04, 0.06, 0.0533, 0.2 -> step-up min
-    assert np.allclose(repsim.adjust_p_values(p, "bh"), [0.04, 0.16 / 3, 0.16 / 3, 0.2])
-    assert repsim.adjust_p_values(np.array([[0.5, 0.9]]), "holm").shape == (1, 2)
+    assert np.allclose(repsim.adjust_p_values(p, method="bh"), [0.04, 0.16 / 3, 0.16 / 3, 0.2])
+    assert repsim.adjust_p_values(np.array([[0.5, 0.9]]), method="holm").shape == (1, 2)
 
 
 def test_bad_inputs():
@@ -170,17 +172,17 @@ def test_blocks_resample_whole_blocks(scheme, method):
         x.repeat_interleave(k, 0),
         y.repeat_interleave(k, 0),
         "linear_cka",
-        100,
+        n_resamples=100,
         scheme=scheme,
         method=method,
         blocks=ids,
     )
-    plain = repsim.bootstrap(x, y, "linear_cka", 100, scheme=scheme, method=method)
+    plain = repsim.bootstrap(x, y, "linear_cka", n_resamples=100, scheme=scheme, method=method)
     assert torch.allclose(blocked.resamples, plain.resamples, atol=1e-12, rtol=0)
     assert blocked.ci_low == pytest.approx(plain.ci_low, abs=1e-12)
     assert blocked.ci_high == pytest.approx(plain.ci_high, abs=1e-12)
     if scheme == "subsample":  # the copies resampled one by one, as if 180 independent rows: ~1/sqrt(3) as wide
-        naive = repsim.bootstrap(x.repeat_interleave(k, 0), y.repeat_interleave(k, 0), "linear_cka", 100)
+        naive = repsim.bootstrap(x.repeat_interleave(k, 0), y.repeat_interleave(k, 0), "linear_cka", n_resamples=100)
         assert naive.ci_high - naive.ci_low < 0.7 * (blocked.ci_high - blocked.ci_low)
 
 

@@ -24,7 +24,7 @@ def test_population_cka_closed_form_at_huge_n(measure):
     truth = _population_cka(sxx, sxy, syy)
     x = rng.normal(size=(n, p)) @ b
     y = x @ a + noise * rng.normal(size=(n, q))
-    value = float(repsim.measure(measure, torch.from_numpy(x), torch.from_numpy(y)))
+    value = float(repsim.measure(torch.from_numpy(x), torch.from_numpy(y), measure))
     # sampling sd of CKA at this n is ~1e-3; the biased estimator's O(d/n) bias is ~1e-5
     assert abs(value - truth) < 4e-3, (value, truth)
     # and it is a real check: a different cross-covariance gives a clearly different value

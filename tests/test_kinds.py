@@ -70,7 +70,7 @@ def test_moment_measure_builds_function_grid_and_streaming(scratch_names):
     info = repsim.get_measure("toy_cka")
     assert info.streaming and info.options() == ["power", "dtype"] and info.fn is toy
     x2 = x + 0.5 * torch.randn_like(x)
-    grid = repsim.measure_grid("toy_cka", [x, x2], [y, x2[:, :3]])
+    grid = repsim.measure_grid([x, x2], [y, x2[:, :3]], "toy_cka")
     for i, a in enumerate([x, x2]):
         for j, b in enumerate([y, x2[:, :3]]):
             assert abs(float(grid[i, j]) - float(toy(a, b))) < 1e-12
@@ -154,7 +154,7 @@ def test_layer_measure_prepares_each_layer_once_and_names_layers(scratch_names):
     assert prepared == ["xs[0]", "xs[1]", "xs[2]"]
     assert grid.shape == (3, 3) and grid.dtype == torch.float64 and float(grid.diagonal().abs().max()) == 0.0
     assert abs(float(grid[0, 1]) - float(toy_norms(x, 2 * x))) < 1e-12
-    assert abs(float(repsim.measure("toy_norms_squared", x, y)) - float(toy_norms(x, y, power=2.0))) < 1e-12
+    assert abs(float(repsim.measure(x, y, "toy_norms_squared")) - float(toy_norms(x, y, power=2.0))) < 1e-12
     assert repsim.get_measure("toy_norms_squared").defaults == {"power": 2.0}
     z = y.clone()
     z[5] = 0.0
@@ -215,7 +215,7 @@ def test_old_option_names_still_work_with_a_warning():
         old = repsim.distance_correlation(x, y, bias_corrected=True)
     assert float(old) == float(repsim.distance_correlation(x, y, debiased=True))
     with pytest.warns(DeprecationWarning, match="bias_corrected= is now debiased="):
-        via_registry = repsim.measure("distance_correlation", x, y, bias_corrected=True)
+        via_registry = repsim.measure(x, y, "distance_correlation", bias_corrected=True)
     assert float(via_registry) == float(old)
     with pytest.raises(ValueError, match="pass debiased= only"):
         repsim.distance_correlation(x, y, bias_corrected=True, debiased=True)

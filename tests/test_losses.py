@@ -45,13 +45,13 @@ def views():
 
 def test_against_naive_loops(views):
     z1, z2, y = views
-    assert L.nt_xent(z1, z2, 0.5).item() == pytest.approx(_naive(z1, z2, 0.5), rel=1e-6)
-    assert L.dcl(z1, z2, 0.5).item() == pytest.approx(_naive(z1, z2, 0.5, include_positive=False), rel=1e-6)
+    assert L.nt_xent(z1, z2, tau=0.5).item() == pytest.approx(_naive(z1, z2, 0.5), rel=1e-6)
+    assert L.dcl(z1, z2, tau=0.5).item() == pytest.approx(_naive(z1, z2, 0.5, include_positive=False), rel=1e-6)
     for inc in (False, True):
-        assert L.nscl(z1, z2, y, 0.3, include_positive=inc).item() == pytest.approx(
+        assert L.nscl(z1, z2, y, tau=0.3, include_positive=inc).item() == pytest.approx(
             _naive(z1, z2, 0.3, y, "nscl", include_positive=inc), rel=1e-6
         )
-    assert L.supcon(z1, z2, y, 0.1).item() == pytest.approx(_naive(z1, z2, 0.1, y, "supcon"), rel=1e-6)
+    assert L.supcon(z1, z2, y, tau=0.1).item() == pytest.approx(_naive(z1, z2, 0.1, y, "supcon"), rel=1e-6)
     assert L.balanced(z1, z2, alpha=3.0, lam=0.7).item() == pytest.approx(
         _naive(z1, z2, None, kind="balanced", include_positive=False, lam=0.7, alpha=3.0), rel=1e-6
     )
@@ -60,28 +60,28 @@ def test_against_naive_loops(views):
 def test_tiny_closed_form():
     # B = 1, orthogonal views: s_12 = 0, the only other k is the positive -> NT-Xent = -0 + log(e^0) = 0
     z1, z2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    assert L.nt_xent(z1, z2, 0.5).item() == pytest.approx(0.0, abs=1e-7)
+    assert L.nt_xent(z1, z2, tau=0.5).item() == pytest.approx(0.0, abs=1e-7)
     # B = 2, identical views a, a, b, b with a.b = 0, tau = 1: anchor 0 positive s=1, denominator {1, 2, 3} -> e^1 + 2
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert L.nt_xent(z1, z1.clone(), 1.0).item() == pytest.approx(-1 + math.log(math.e + 2), rel=1e-6)
-    assert L.dcl(z1, z1.clone(), 1.0).item() == pytest.approx(-1 + math.log(2), rel=1e-6)
+    assert L.nt_xent(z1, z1.clone(), tau=1.0).item() == pytest.approx(-1 + math.log(math.e + 2), rel=1e-6)
+    assert L.dcl(z1, z1.clone(), tau=1.0).item() == pytest.approx(-1 + math.log(2), rel=1e-6)
 
 
 def test_balanced_equals_tau_times_dcl(views):
     z1, z2, _ = views
     for tau in (0.1, 0.5, 1.0):
         assert L.balanced(z1, z2, alpha=1 / tau, lam=1.0).item() == pytest.approx(
-            tau * L.dcl(z1, z2, tau).item(), rel=1e-6
+            tau * L.dcl(z1, z2, tau=tau).item(), rel=1e-6
         )
 
 
 def test_nscl_equals_dcl_when_all_labels_differ(views):
     z1, z2, _ = views
     distinct = torch.arange(6)
-    assert L.nscl(z1, z2, distinct, 0.5).item() == pytest.approx(L.dcl(z1, z2, 0.5).item(), rel=1e-7)
+    assert L.nscl(z1, z2, distinct, tau=0.5).item() == pytest.approx(L.dcl(z1, z2, tau=0.5).item(), rel=1e-7)
     # ... and with include_positive the pair CL/NSCL differs only in the class mask
-    assert L.nscl(z1, z2, distinct, 0.5, include_positive=True).item() == pytest.approx(
-        L.nt_xent(z1, z2, 0.5).item(), rel=1e-7
+    assert L.nscl(z1, z2, distinct, tau=0.5, include_positive=True).item() == pytest.approx(
+        L.nt_xent(z1, z2, tau=0.5).item(), rel=1e-7
     )
 
 
@@ -90,11 +90,11 @@ def test_float64_gradcheck(views):
     z1.requires_grad_(True)
     z2.requires_grad_(True)
     for fn in (
-        lambda a, b: L.nt_xent(a, b, 0.5),
-        lambda a, b: L.dcl(a, b, 0.5),
-        lambda a, b: L.nscl(a, b, y, 0.5),
-        lambda a, b: L.supcon(a, b, y, 0.2),
-        lambda a, b: L.balanced(a, b, 2.0, 0.5),
+        lambda a, b: L.nt_xent(a, b, tau=0.5),
+        lambda a, b: L.dcl(a, b, tau=0.5),
+        lambda a, b: L.nscl(a, b, y, tau=0.5),
+        lambda a, b: L.supcon(a, b, y, tau=0.2),
+        lambda a, b: L.balanced(a, b, alpha=2.0, lam=0.5),
     ):
         assert torch.autograd.gradcheck(fn, (z1, z2))
 
@@ -104,7 +104,7 @@ def test_stable_at_small_temperature():
     z1, z2 = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
     y = torch.randint(0, 4, (64,), generator=g)
     z1.requires_grad_(True)
-    for value in (L.nt_xent(z1, z2, 0.01), L.nscl(z1, z2, y, 0.01), L.supcon(z1, z2, y, 0.01)):
+    for value in (L.nt_xent(z1, z2, tau=0.01), L.nscl(z1, z2, y, tau=0.01), L.supcon(z1, z2, y, tau=0.01)):
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(z1.grad).all()
 
@@ -112,9 +112,9 @@ def test_stable_at_small_temperature():
 def test_float32_under_autocast_and_half_inputs():
     g = torch.Generator().manual_seed(2)
     z1, z2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
-    ref = L.nt_xent(z1, z2, 0.1)
+    ref = L.nt_xent(z1, z2, tau=0.1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = L.nt_xent(z1.bfloat16(), z2.bfloat16(), 0.1)
+        inside = L.nt_xent(z1.bfloat16(), z2.bfloat16(), tau=0.1)
     assert inside.dtype == torch.float32
     assert inside.item() == pytest.approx(ref.item(), rel=2e-2)
 
@@ -139,7 +139,7 @@ def test_empty_sets_are_dropped_counted_and_warned():
     # SupCon: every anchor has its other view as a positive, so nothing is dropped
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.isfinite(L.supcon(z1, z2, torch.arange(4), 0.1))
+        assert torch.isfinite(L.supcon(z1, z2, torch.arange(4), tau=0.1))
 
 
 def test_bad_input():
@@ -149,7 +149,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="labels must have shape"):
         L.nscl(z, z, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="tau must be positive"):
-        L.nt_xent(z, z, 0.0)
+        L.nt_xent(z, z, tau=0.0)
     with pytest.raises(ValueError, match="needs labels"):
         L.contrastive(z, z, 0.5, negatives_only=True)
 

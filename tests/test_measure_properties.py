@@ -86,7 +86,7 @@ def _transform(kind: str, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def _value(name, x, y, kwargs) -> float:
-    return float(repsim.measure(name, x, y, **kwargs))
+    return float(repsim.measure(x, y, name, **kwargs))
 
 
 def _close(a: float, b: float, tol: float = 1e-6) -> bool:
@@ -213,7 +213,7 @@ def test_streaming_equals_one_shot(name):
         for i in range(0, 97, 23):
             acc.update(x[i : i + 23], y[i : i + 23])
         streamed = acc.compute()
-    one_shot = repsim.measure(name, x, y, **kwargs)
+    one_shot = repsim.measure(x, y, name, **kwargs)
     assert abs(float(streamed) - float(one_shot)) <= 1e-10 * max(1.0, abs(float(one_shot)))
 
 
@@ -227,11 +227,11 @@ def test_grid_equals_pairwise_loop(name):
         xs, ys = [x, x2], [y, y2]
     else:
         xs, ys = [x, x2[:, :3]], [y, y2, x]
-    grid = repsim.measure_grid(name, xs, ys, **kwargs)
+    grid = repsim.measure_grid(xs, ys, name, **kwargs)
     assert grid.shape == (len(xs), len(ys)) and grid.dtype == torch.float64
     for i, a in enumerate(xs):
         for j, b in enumerate(ys):
-            want = repsim.measure(name, a, b, **kwargs)
+            want = repsim.measure(a, b, name, **kwargs)
             assert math.isclose(float(grid[i, j]), float(want), rel_tol=1e-8, abs_tol=1e-10), (name, i, j)
 
 
@@ -241,14 +241,14 @@ def test_bad_inputs_are_refused(name):
     bad = x.clone()
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN|Inf"):
-        repsim.measure(name, bad, y, **kwargs)
+        repsim.measure(bad, y, name, **kwargs)
     with pytest.raises(ValueError, match="samples"):
-        repsim.measure(name, x, y[:-1], **kwargs)
+        repsim.measure(x, y[:-1], name, **kwargs)
     with pytest.raises(ValueError, match="2-D"):
-        repsim.measure(name, x[None], y, **kwargs)
+        repsim.measure(x[None], y, name, **kwargs)
     if not get_measure(name).needs_outputs:
         with pytest.raises(ValueError, match=r"^x (is constant|has a constant)"):  # names the argument
-            repsim.measure(name, torch.ones(N, P, dtype=torch.float64), y, **kwargs)
+            repsim.measure(torch.ones(N, P, dtype=torch.float64), y, name, **kwargs)
 
 
 def test_every_entry_has_complete_metadata():

@@ -61,4 +61,4 @@ def test_near_constant_rows_are_refused_by_every_family():
     assert not bool((x == x[0]).all())  # not exactly constant
     for name in ("rsa", "linear_cka", "procrustes"):
         with pytest.raises(ValueError, match="constant"):
-            repsim.measure(name, x, y)
+            repsim.measure(x, y, name)

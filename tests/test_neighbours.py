@@ -30,15 +30,15 @@ def _pair(seed, n=50, p=6, q=5):
 @pytest.mark.parametrize(("seed", "k"), [(0, 10), (1, 3), (2, 7)])
 def test_matches_brute_force(name, seed, k):
     x, y = _pair(seed)
-    got = repsim.measure(name, torch.from_numpy(x), torch.from_numpy(y), k=k)
+    got = repsim.measure(torch.from_numpy(x), torch.from_numpy(y), name, k=k)
     assert abs(float(got) - CASES[name](x, y, k)) < 1e-10
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_block_size_does_not_change_the_value(name):
     x, y = (torch.from_numpy(a) for a in _pair(3))
-    whole = repsim.measure(name, x, y, block_size=4096)
-    assert float(repsim.measure(name, x, y, block_size=7)) == pytest.approx(float(whole), abs=1e-12)
+    whole = repsim.measure(x, y, name, block_size=4096)
+    assert float(repsim.measure(x, y, name, block_size=7)) == pytest.approx(float(whole), abs=1e-12)
 
 
 def test_duplicated_samples_are_not_their_own_neighbours():

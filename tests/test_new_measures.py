@@ -36,7 +36,7 @@ CASES = {
 @pytest.mark.parametrize("widths", [(5, 4), (3, 6), (4, 4), (6, 9)])
 def test_matches_reference(name, seed, widths):
     x, y = _pair(seed, p=widths[0], q=widths[1])
-    got = repsim.measure(name, torch.from_numpy(x), torch.from_numpy(y))
+    got = repsim.measure(torch.from_numpy(x), torch.from_numpy(y), name)
     assert got.dtype == torch.float64
     want = CASES[name](x, y)
     assert abs(float(got) - want) <= 1e-9 * max(1.0, abs(want)), (name, float(got), want)
@@ -100,7 +100,7 @@ def test_svcca_with_a_fixed_number_of_components():
     full = float(repsim.svcca(tx[:, :5], ty, n_components=5))
     assert full == pytest.approx(float(repsim.mean_cca(tx[:, :5], ty)), abs=1e-12)
     assert float(repsim.svcca(tx, ty)) == float(repsim.svcca(tx, ty, variance=0.99, n_components=None))
-    grid = repsim.measure_grid("svcca", [tx, ty], [ty], n_components=2)
+    grid = repsim.measure_grid([tx, ty], [ty], "svcca", n_components=2)
     assert float(grid[0, 0]) == pytest.approx(float(repsim.svcca(tx, ty, n_components=2)), abs=1e-12)
     with pytest.raises(ValueError, match="pass only one"):
         repsim.svcca(tx, ty, variance=0.9, n_components=2)

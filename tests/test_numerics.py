@@ -230,8 +230,8 @@ def test_correlation_rdm_refuses_a_constant_row_whose_centring_leaves_rounding()
     x[2] = 0.7  # 0.7 - mean(0.7, 0.7, 0.7) is ~2e-16, not 0: a direction made of rounding
     assert float((x[2] - x[2].mean()).norm()) > 0
     with pytest.raises(ValueError, match="1 constant rows"):
-        repsim.rdm(x, "correlation")
-    repsim.rdm(x, "cosine")  # the row itself has a direction
+        repsim.rdm(x, method="correlation")
+    repsim.rdm(x, method="cosine")  # the row itself has a direction
 
 
 def test_cosine_neighbours_accept_a_small_row_that_has_a_direction():
@@ -241,4 +241,4 @@ def test_cosine_neighbours_accept_a_small_row_that_has_a_direction():
     x[0] *= 1e-14  # 1e-14 of the other rows' norms: still a direction, so still a neighbour list
     knn = repsim.measures.knn_indices(nm.unit_rows(x, "x"), 3)
     assert knn.shape == (12, 3)
-    assert float(repsim.measure("jaccard_knn", x, x, k=3)) == 1.0
+    assert float(repsim.measure(x, x, "jaccard_knn", k=3)) == 1.0

@@ -39,7 +39,7 @@ def test_knn_and_nccc_on_digits(pixels):
     trx, tr_y, tex, te_y = pixels
     res = probes.knn(trx, tr_y, tex, te_y)
     assert res.top1 > 0.95 and (res.k, res.temperature) == (20, 0.07)
-    chunked = probes.knn(trx, tr_y, tex, te_y, chunk_size=7)
+    chunked = probes.knn(trx, tr_y, tex, te_y, block_size=7)
     assert chunked.top1 == res.top1
     few = probes.nccc(trx, tr_y, tex, te_y, shots=(1, 5), episodes=30, seed=1)
     assert list(few["shots"]) == [1, 5]

@@ -37,17 +37,17 @@ def test_list_measures_has_metadata_columns():
 def test_unknown_measure_and_option_are_clear_errors(gen):
     x, y = related(gen)
     with pytest.raises(ValueError, match="unknown measure 'nope'; registered:"):
-        repsim.measure("nope", x, y)
+        repsim.measure(x, y, "nope")
     with pytest.raises(ValueError, match="takes no option"):
-        repsim.measure("linear_cka", x, y, sigma=1.0)
+        repsim.measure(x, y, "linear_cka", sigma=1.0)
     with pytest.raises(ValueError, match="fixes"):
-        repsim.measure("debiased_cka", x, y, debiased=False)
+        repsim.measure(x, y, "debiased_cka", debiased=False)
 
 
 def test_alias_equals_base_with_option(gen):
     x, y = related(gen)
-    assert repsim.measure("debiased_cka", x, y) == repsim.linear_cka(x, y, debiased=True)
-    grid = repsim.measure_grid("debiased_cka", [x, y], [y])
+    assert repsim.measure(x, y, "debiased_cka") == repsim.linear_cka(x, y, debiased=True)
+    grid = repsim.measure_grid([x, y], [y], "debiased_cka")
     assert torch.allclose(grid[:, 0], torch.stack([repsim.linear_cka(x, y, debiased=True), torch.tensor(1.0).double()]))
 
 
@@ -62,7 +62,7 @@ def test_grid_fallback_loops_over_pairs(gen, monkeypatch):
     info = dataclasses.replace(registry.get_measure("kernel_cka"), name="test_pair_only", fn=pair_only, grid=None)
     monkeypatch.setitem(registry._REGISTRY, "test_pair_only", info)
     x, y = related(gen)
-    grid = repsim.measure_grid("test_pair_only", [x, y], [y], sigma=0.5)
+    grid = repsim.measure_grid([x, y], [y], "test_pair_only", sigma=0.5)
     assert grid.shape == (2, 1) and grid.dtype == torch.float64
     assert calls == [(x.shape[1], y.shape[1]), (y.shape[1], y.shape[1])]  # one call per pair, options passed on
     assert grid[0, 0] == repsim.kernel_cka(x, y, sigma=0.5) and grid[1, 0] == repsim.kernel_cka(y, y, sigma=0.5)

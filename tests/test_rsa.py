@@ -16,7 +16,7 @@ _SCIPY_METRIC = {"cosine": "cosine", "correlation": "correlation", "euclidean": 
 def test_rdm_matches_scipy(gen, method):
     x = torch.randn(40, 6, generator=gen, dtype=torch.float64)
     expected = ssd.squareform(ssd.pdist(x.numpy(), _SCIPY_METRIC[method]))
-    assert np.allclose(repsim.rdm(x, method).numpy(), expected, atol=1e-12)
+    assert np.allclose(repsim.rdm(x, method=method).numpy(), expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["cosine", "correlation", "euclidean"])
@@ -88,7 +88,7 @@ def test_rsa_kendall_tau_b_is_one_for_a_tied_rdm_against_itself(gen):
     y = x + 0.3 * torch.randn(30, 2, generator=gen, dtype=torch.float64).round()
     # against scipy on repsim's own RDM entries (the Gram identity splits some exact ties by ~1e-16)
     iu = np.triu_indices(30, 1)
-    ra, rb = (repsim.rdm(t, "euclidean").numpy()[iu] for t in (x, y))
+    ra, rb = (repsim.rdm(t, method="euclidean").numpy()[iu] for t in (x, y))
     got = repsim.rsa(x, y, rdm="euclidean", compare="kendall_tau_b").item()
     assert got == pytest.approx(scipy.stats.kendalltau(ra, rb, variant="b").statistic, abs=1e-12)
     grid = repsim.rsa_grid([x, y], rdm="euclidean", compare="kendall_tau_b")

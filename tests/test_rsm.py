@@ -40,9 +40,9 @@ def test_distance_correlation_closed_forms(gen):
 
 def test_distance_correlation_row_blocks_equal_one_block(gen, monkeypatch):
     xs = [related(gen, n=50)[0], related(gen, n=50)[1]]
-    whole = repsim.measure_grid("distance_correlation", xs)
+    whole = repsim.measure_grid(xs, None, "distance_correlation")
     monkeypatch.setattr(rsm, "_BLOCK_ELEMENTS", 7 * 50)  # 3-4 rows per block across 2 layers
-    blocked = repsim.measure_grid("distance_correlation", xs)
+    blocked = repsim.measure_grid(xs, None, "distance_correlation")
     assert torch.allclose(whole, blocked, rtol=0, atol=1e-12)
 
 
@@ -118,7 +118,7 @@ def test_streaming_equals_one_shot_with_large_offsets(gen, name, options):
     acc = StreamingMoments()
     for i in range(0, 130, 17):
         acc.update(x[i : i + 17], y[i : i + 17])
-    one_shot = repsim.measure(name, x, y, **options)
+    one_shot = repsim.measure(x, y, name, **options)
     assert acc.compute(name, **options).item() == pytest.approx(one_shot.item(), abs=1e-10)
 
 
@@ -136,19 +136,19 @@ def test_grid_equals_pair_loop(gen, name, options):
     x, y = related(gen, n=40, p=6, q=4)
     z = torch.randn(40, 3, generator=gen, dtype=torch.float64) + 5.0
     xs, ys = [x, y, z], [z, x]
-    grid = repsim.measure_grid(name, xs, ys, **options)
-    loop = torch.stack([torch.stack([repsim.measure(name, a, b, **options) for b in ys]) for a in xs])
+    grid = repsim.measure_grid(xs, ys, name, **options)
+    loop = torch.stack([torch.stack([repsim.measure(a, b, name, **options) for b in ys]) for a in xs])
     assert grid.shape == (3, 2) and grid.dtype == torch.float64
     assert torch.allclose(grid, loop, rtol=1e-12, atol=1e-12)
-    self_grid = repsim.measure_grid(name, xs, **options)
+    self_grid = repsim.measure_grid(xs, None, name, **options)
     assert torch.allclose(self_grid, self_grid.T, atol=1e-12)
 
 
 def test_float32_inputs_run_in_float32_and_agree(gen):
     x, y = related(gen, n=60, p=6, q=4)
     for name in ("distance_correlation", "eigenspace_overlap", "gulp", "rsm_norm_difference"):
-        want = repsim.measure(name, x, y)
-        got = repsim.measure(name, x.float(), y.float())
+        want = repsim.measure(x, y, name)
+        got = repsim.measure(x.float(), y.float(), name)
         assert got.dtype == torch.float64
         assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-4)
 
@@ -250,12 +250,12 @@ def test_declared_invariances_hold_and_the_others_fail(gen, name):
     info = repsim.get_measure(name)
     x, y = related(gen, n=40, p=5, q=4)
     x, y = x + 1.0, y + 0.5
-    base = repsim.measure(name, x, y)
+    base = repsim.measure(x, y, name)
     for inv, xt in _feature_maps(x, gen).items():
-        same = abs(repsim.measure(name, xt, y).item() - base.item()) < 1e-8 * max(1.0, abs(base.item()))
+        same = abs(repsim.measure(xt, y, name).item() - base.item()) < 1e-8 * max(1.0, abs(base.item()))
         assert same == (inv in info.invariances), (name, inv)
-    assert repsim.measure(name, y, x).item() == pytest.approx(base.item(), abs=1e-12)
-    assert repsim.measure(name, x, x.clone()).item() == pytest.approx(info.identity_value, abs=1e-12)
+    assert repsim.measure(y, x, name).item() == pytest.approx(base.item(), abs=1e-12)
+    assert repsim.measure(x, x.clone(), name).item() == pytest.approx(info.identity_value, abs=1e-12)
 
 
 @pytest.mark.parametrize(("name", "options"), [("gulp", {}), ("gulp", {"lam": 0.5}), ("rsm_norm_difference", {})])
@@ -265,5 +265,5 @@ def test_metrics_satisfy_the_triangle_inequality(gen, name, options):
             torch.randn(15, int(w), generator=gen, dtype=torch.float64)
             for w in torch.randint(1, 5, (3,), generator=gen)
         )
-        d = lambda u, v: repsim.measure(name, u, v, **options).item()  # noqa: E731
+        d = lambda u, v: repsim.measure(u, v, name, **options).item()  # noqa: E731
         assert d(a, c) <= d(a, b) + d(b, c) + 1e-12

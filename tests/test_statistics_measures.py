@@ -92,11 +92,11 @@ def test_grid_equals_pair_loop(gen, name, options):
     x, y = related(gen, n=40, p=6, q=4)
     z = torch.randn(40, 3, generator=gen, dtype=torch.float64) + 2.0
     xs, ys = [x + 1.0, y, z], [z, x + 1.0]
-    grid = repsim.measure_grid(name, xs, ys, **options)
-    loop = torch.stack([torch.stack([repsim.measure(name, a, b, **options) for b in ys]) for a in xs])
+    grid = repsim.measure_grid(xs, ys, name, **options)
+    loop = torch.stack([torch.stack([repsim.measure(a, b, name, **options) for b in ys]) for a in xs])
     assert grid.shape == (3, 2) and grid.dtype == torch.float64
     assert torch.allclose(grid, loop, rtol=0, atol=1e-13)
-    assert (repsim.measure_grid(name, xs, **options).diagonal() == 0).all()
+    assert (repsim.measure_grid(xs, None, name, **options).diagonal() == 0).all()
 
 
 def test_bad_inputs_are_clear_errors(gen):
@@ -160,7 +160,7 @@ def test_concentricity_streams_exactly_with_its_accumulator(gen):
     grid_acc = statistics.StreamingConcentricity()
     for i in range(0, 140, 33):
         grid_acc.update([x[i : i + 33], y[i : i + 33]])
-    assert torch.allclose(grid_acc.compute(), repsim.measure_grid("concentricity_difference", [x, y]), atol=1e-10)
+    assert torch.allclose(grid_acc.compute(), repsim.measure_grid([x, y], None, "concentricity_difference"), atol=1e-10)
     with pytest.raises(ValueError, match="no samples"):
         statistics.StreamingConcentricity().compute()
     with pytest.raises(ValueError, match="different number of layers"):

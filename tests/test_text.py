@@ -221,10 +221,12 @@ def test_sequence_pools_by_hand():
 def test_pooled_features_do_not_change_with_extra_padding_on_either_side(family, pool, tokenizers):
     model = make(family)
     layers = repsim.default_layers(model)
-    plain = repsim.sentence_features(model, repsim.text_batches(SENTENCES, tokenizers[1]), layers, pool, progress=False)
+    plain = repsim.sentence_features(
+        model, repsim.text_batches(SENTENCES, tokenizers[1]), layers=layers, pool=pool, progress=False
+    )
     for side in ("right", "left"):  # left padding: position ids counted over the real tokens
         padded = repsim.text_batches(SENTENCES, tokenizers[1], batch_size=3, padding_side=side, pad_to=40)
-        feats = repsim.sentence_features(model, padded, layers, pool, progress=False)
+        feats = repsim.sentence_features(model, padded, layers=layers, pool=pool, progress=False)
         for name in layers:
             assert torch.allclose(feats[name], plain[name], atol=1e-6, rtol=0), (side, name)
 
@@ -233,7 +235,7 @@ def test_pooled_features_do_not_change_with_extra_padding_on_either_side(family,
 def test_token_features_are_the_stacked_non_pad_hidden_states(family, tokenizers):
     model = make(family)
     batches = repsim.text_batches(SENTENCES, tokenizers[0], batch_size=3)
-    feats, sentence_ids = repsim.token_features(model, batches, "hidden_states", progress=False)
+    feats, sentence_ids = repsim.token_features(model, batches, layers="hidden_states", progress=False)
     with torch.no_grad():
         outs = [model(**b, output_hidden_states=True).hidden_states for b in batches]
     masks = [b["attention_mask"].bool() for b in batches]
@@ -263,8 +265,8 @@ def test_token_features_are_the_stacked_non_pad_hidden_states(family, tokenizers
 def test_hidden_states_equal_the_hooked_blocks_where_they_coincide(family, pairs, tokenizers):
     model = make(family)
     batches = repsim.text_batches(SENTENCES, tokenizers[0], batch_size=4)
-    states = repsim.sentence_features(model, batches, "hidden_states", progress=False)
-    hooked = repsim.sentence_features(model, batches, list(pairs.values()), progress=False)
+    states = repsim.sentence_features(model, batches, layers="hidden_states", progress=False)
+    hooked = repsim.sentence_features(model, batches, layers=list(pairs.values()), progress=False)
     for state, module in pairs.items():
         assert torch.allclose(states[state], hooked[module], atol=1e-6, rtol=0), (state, module)
     result = repsim.compare(
@@ -318,15 +320,17 @@ def test_compare_pool_tokens_permutes_and_resamples_whole_sentences(tokenizers):
     spec = {"permutations": 30, "seed": 3}
     res = repsim.compare(a, b, batches, layers_a=["encoder.layer.0"], layers_b=["layers.0"], pool="tokens",
                          measures=["linear_cka"], inference=spec, progress=False)  # fmt: skip
-    fa, ids = repsim.token_features(a, batches, ["encoder.layer.0"], progress=False)
-    fb, _ = repsim.token_features(b, batches, ["layers.0"], progress=False)
-    expected = repsim.permutation_test(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 30, seed=3, blocks=ids)
+    fa, ids = repsim.token_features(a, batches, layers=["encoder.layer.0"], progress=False)
+    fb, _ = repsim.token_features(b, batches, layers=["layers.0"], progress=False)
+    expected = repsim.permutation_test(
+        fa["encoder.layer.0"], fb["layers.0"], "linear_cka", n_permutations=30, seed=3, blocks=ids
+    )
     assert res.table["p_value"].iloc[0] == pytest.approx(expected.p_value)
     # intervals resample whole sentences too: the same as bootstrap(blocks=sentence ids)
     boot = repsim.compare(a, b, batches, layers_a=["encoder.layer.0"], layers_b=["layers.0"], pool="tokens",
                           measures=["linear_cka"], inference={"bootstrap": 20, "seed": 3}, progress=False)  # fmt: skip
-    expected = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 20, seed=3, blocks=ids)
-    naive = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", 20, seed=3)
+    expected = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", n_resamples=20, seed=3, blocks=ids)
+    naive = repsim.bootstrap(fa["encoder.layer.0"], fb["layers.0"], "linear_cka", n_resamples=20, seed=3)
     row = boot.table.iloc[0]
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high), abs=1e-9)
     assert (row["ci_low"], row["ci_high"]) != pytest.approx((naive.ci_low, naive.ci_high), abs=1e-6)
@@ -336,8 +340,8 @@ def test_word_features_equal_a_hand_computed_word_pooling(tokenizers):
     words, pieces = tokenizers
     bert, gpt2 = make("bert"), make("gpt2")
     text = ["The cats sat."]  # words: The | cats | sat | .
-    fw, units_w = repsim.word_features(bert, words, text, "hidden_states", progress=False)
-    fp, units_p = repsim.word_features(gpt2, pieces, text, "hidden_states", progress=False)
+    fw, units_w = repsim.word_features(bert, words, text, layers="hidden_states", progress=False)
+    fp, units_p = repsim.word_features(gpt2, pieces, text, layers="hidden_states", progress=False)
     assert units_w["text"].tolist() == units_p["text"].tolist() == ["The", "cats", "sat", "."]
     assert words.convert_ids_to_tokens(words(text[0])["input_ids"]) == ["[CLS]", "the", "cats", "sat", ".", "[SEP]"]
     assert pieces.convert_ids_to_tokens(pieces(text[0])["input_ids"]) == ["the", "cat", "##s", "s", "##a", "##t", "."]
@@ -351,7 +355,7 @@ def test_word_features_equal_a_hand_computed_word_pooling(tokenizers):
         expected_p = torch.stack([hp[i][0, idx].mean(0) for idx in piece_tokens])
         assert torch.allclose(fw[f"hidden_states.{i}"], expected_w, atol=1e-6, rtol=0)
         assert torch.allclose(fp[f"hidden_states.{i}"], expected_p, atol=1e-6, rtol=0)
-    chars, units_c = repsim.word_features(gpt2, pieces, text, ["ln_f"], unit="char", progress=False)
+    chars, units_c = repsim.word_features(gpt2, pieces, text, layers=["ln_f"], unit="char", progress=False)
     assert "".join(units_c["text"]) == "Thecatssat."
     with torch.no_grad():
         last = gpt2(**pieces(text, return_tensors="pt")).last_hidden_state[0]

@@ -92,7 +92,7 @@ def test_blocked_gram_grid_at_any_block_height(limit, debiased):
     with workspace_limit(limit):
         gram = repsim.cka_grid(xs, ys, debiased=debiased, method="gram")
         feature = repsim.cka_grid(xs, ys, debiased=debiased, method="feature")
-        rsa = repsim.measure_grid("rsa", xs, ys)
+        rsa = repsim.measure_grid(xs, ys, "rsa")
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
             expected = ref_linear_cka(x.numpy(), y.numpy(), unbiased=debiased)

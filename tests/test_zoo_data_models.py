@@ -64,14 +64,14 @@ def test_models_have_stable_hookable_names():
     assert repsim.default_layers(model) == ["encoder", "projector"]
     out = model(torch.randn(4, 1, 8, 8))
     assert out["features"].shape == (4, 128) and out["projection"].shape == (4, 64) and out["logits"].shape == (4, 10)
-    r18 = create_model("resnet18", 100)
+    r18 = create_model(backbone="resnet18", num_classes=100)
     assert r18.encoder.conv1.kernel_size == (3, 3) and r18.encoder.conv1.stride == (1, 1)
     assert isinstance(r18.encoder.maxpool, torch.nn.Identity) and r18.num_features == 512
-    assert create_model("resnet50", 10).num_features == 2048
-    timm_model = create_model("timm:resnet18", 10)
+    assert create_model(backbone="resnet50", num_classes=10).num_features == 2048
+    timm_model = create_model(backbone="timm:resnet18", num_classes=10)
     assert timm_model(torch.randn(2, 3, 32, 32))["features"].shape == (2, 512)
     with pytest.raises(ValueError, match="backbone must be"):
-        create_model("vgg")
+        create_model(backbone="vgg")
 
 
 def test_projector_matches_design():

@@ -86,8 +86,8 @@ def test_plain_all_gather_would_lose_gradients():
     z = model(torch.cat([v1, v2]))["projection"]
     from zoo.losses import nt_xent
 
-    full = torch.autograd.grad(nt_xent(z[:8], z[8:], 0.5), model.body.weight)[0]
+    full = torch.autograd.grad(nt_xent(z[:8], z[8:], tau=0.5), model.body.weight)[0]
     z = model(torch.cat([v1, v2]))["projection"]
     half = torch.cat([z[:4], z[4:8].detach()]), torch.cat([z[8:12], z[12:].detach()])
-    partial = torch.autograd.grad(nt_xent(*half, 0.5), model.body.weight)[0]
+    partial = torch.autograd.grad(nt_xent(*half, tau=0.5), model.body.weight)[0]
     assert not torch.allclose(full, 2 * partial, atol=1e-4)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from repsim.core.deprecation import deprecated_arguments
+
 
 @dataclass
 class LossOutput:
@@ -101,10 +103,12 @@ def _check_tau(tau: float) -> None:
         raise ValueError(f"tau must be positive, got {tau}")
 
 
+@deprecated_arguments(positional=("include_positive", "labels", "negatives_only"))
 def contrastive(
     z1: Tensor,
     z2: Tensor,
     tau: float,
+    *,
     include_positive: bool = True,
     labels: Tensor | None = None,
     negatives_only: bool = False,
@@ -121,22 +125,26 @@ def contrastive(
     return masked_contrastive(cos / tau, partner, denominator, name="nscl" if negatives_only else "cl")
 
 
-def nt_xent(z1: Tensor, z2: Tensor, tau: float = 0.5) -> Tensor:
+@deprecated_arguments(positional=("tau",))
+def nt_xent(z1: Tensor, z2: Tensor, *, tau: float = 0.5) -> Tensor:
     """SimCLR's NT-Xent: -s_{i,p(i)} + log sum_{k != i} exp(s_ik), mean over the 2B anchors."""
     return contrastive(z1, z2, tau, include_positive=True).loss
 
 
-def dcl(z1: Tensor, z2: Tensor, tau: float = 0.5) -> Tensor:
+@deprecated_arguments(positional=("tau",))
+def dcl(z1: Tensor, z2: Tensor, *, tau: float = 0.5) -> Tensor:
     """Decoupled contrastive loss: NT-Xent without the positive in the denominator."""
     return contrastive(z1, z2, tau, include_positive=False).loss
 
 
-def nscl(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.5, include_positive: bool = False) -> Tensor:
+@deprecated_arguments(positional=("tau", "include_positive"))
+def nscl(z1: Tensor, z2: Tensor, labels: Tensor, *, tau: float = 0.5, include_positive: bool = False) -> Tensor:
     """Negatives-only supervised CL: -s_{i,p(i)} + log sum_{k: y_k != y_i} exp(s_ik) (+ p(i) if include_positive)."""
     return contrastive(z1, z2, tau, include_positive=include_positive, labels=labels, negatives_only=True).loss
 
 
-def supcon(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
+@deprecated_arguments(positional=("tau",))
+def supcon(z1: Tensor, z2: Tensor, labels: Tensor, *, tau: float = 0.1) -> Tensor:
     """SupCon L_out: -(1/|P(i)|) sum_{p in P(i)} [s_ip - log sum_{a != i} exp(s_ia)], P(i) = same class, not i."""
     _check_tau(tau)
     cos = _cosine(z1, z2)
@@ -145,7 +153,8 @@ def supcon(z1: Tensor, z2: Tensor, labels: Tensor, tau: float = 0.1) -> Tensor:
     return masked_contrastive(cos / tau, same & ~eye, ~eye, name="supcon").loss
 
 
-def balanced(z1: Tensor, z2: Tensor, alpha: float = 2.0, lam: float = 1.0) -> Tensor:
+@deprecated_arguments(positional=("alpha", "lam"))
+def balanced(z1: Tensor, z2: Tensor, *, alpha: float = 2.0, lam: float = 1.0) -> Tensor:
     """Balanced contrastive loss (arXiv 2510.10572).
 
     -cos(z_i, z_p(i)) + (lam/alpha) log sum_{k not in {i, p(i)}} exp(alpha cos(z_i, z_k)).

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from repsim.core.deprecation import deprecated_arguments
+
 
 class SmallCNN(nn.Module):
     """A small conv net for 8x8 digits: 3 conv-BN-ReLU stages and global average pooling."""
@@ -96,8 +98,9 @@ def projector(in_features: int, hidden: int = 2048, out: int = 128, layers: int 
 
 
 class ContrastiveModel(nn.Module):
+    @deprecated_arguments(positional=("proj_hidden", "proj_out"))
     def __init__(
-        self, encoder: nn.Module, num_features: int, num_classes: int, proj_hidden: int = 2048, proj_out: int = 128
+        self, encoder: nn.Module, num_features: int, num_classes: int, *, proj_hidden: int = 2048, proj_out: int = 128
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -114,7 +117,9 @@ class ContrastiveModel(nn.Module):
 BACKBONES = ("small_cnn", "resnet18", "resnet50")
 
 
+@deprecated_arguments(positional=("backbone", "num_classes", "in_channels", "proj_hidden", "proj_out", "width"))
 def create_model(
+    *,
     backbone: str = "small_cnn",
     num_classes: int = 10,
     in_channels: int = 3,
@@ -137,12 +142,13 @@ def create_model(
         dims = enc.num_features
     else:
         raise ValueError(f"backbone must be one of {BACKBONES} or 'timm:NAME', got {backbone!r}")
-    return ContrastiveModel(enc, dims, num_classes, proj_hidden, proj_out)
+    return ContrastiveModel(enc, dims, num_classes, proj_hidden=proj_hidden, proj_out=proj_out)
 
 
-def digits_model(num_classes: int = 10) -> ContrastiveModel:
+@deprecated_arguments(positional=("num_classes",))
+def digits_model(*, num_classes: int = 10) -> ContrastiveModel:
     """The default digits architecture (also an import path for ``repsim compare --arch zoo.models:digits_model``)."""
-    return create_model("small_cnn", num_classes, in_channels=1, proj_hidden=128, proj_out=64)
+    return create_model(backbone="small_cnn", num_classes=num_classes, in_channels=1, proj_hidden=128, proj_out=64)
 
 
 def count_parameters(model: nn.Module) -> int:

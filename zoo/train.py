@@ -21,6 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 import repsim
+from repsim.core.deprecation import deprecated_arguments
 from repsim.core.io import atomic_write, atomic_write_text
 from repsim.networks.data import in_channels
 
@@ -70,15 +71,15 @@ def loss_for(run: str, out: dict, y: torch.Tensor, cfg: TrainConfig) -> torch.Te
     half = z.shape[0] // 2
     z1, z2, y = D.gather_with_grad(z[:half]), D.gather_with_grad(z[half:]), D.gather_labels(y)
     if objective == "cl":
-        return contrastive(z1, z2, cfg.tau, cfg.include_positive).loss
+        return contrastive(z1, z2, cfg.tau, include_positive=cfg.include_positive).loss
     if objective == "dcl":
         return contrastive(z1, z2, cfg.tau, include_positive=False).loss
     if objective == "nscl":
-        return contrastive(z1, z2, cfg.tau, cfg.include_positive, labels=y, negatives_only=True).loss
+        return contrastive(z1, z2, cfg.tau, include_positive=cfg.include_positive, labels=y, negatives_only=True).loss
     if objective == "supcon":
-        return supcon(z1, z2, y, cfg.supcon_tau)
+        return supcon(z1, z2, y, tau=cfg.supcon_tau)
     if objective == "balanced":
-        return balanced(z1, z2, cfg.balanced_alpha, cfg.balanced_lam)
+        return balanced(z1, z2, alpha=cfg.balanced_alpha, lam=cfg.balanced_lam)
     raise ValueError(f"unknown objective {objective!r}")
 
 
@@ -142,7 +143,12 @@ class Trainer:
         self.bank_loader = self._eval_loader(bank, 10_000)
         torch.manual_seed(cfg.seed)
         initial = create_model(
-            cfg.backbone, self.n_classes, in_channels(cfg.kind), cfg.proj_hidden, cfg.proj_out, **width_option(cfg)
+            backbone=cfg.backbone,
+            num_classes=self.n_classes,
+            in_channels=in_channels(cfg.kind),
+            proj_hidden=cfg.proj_hidden,
+            proj_out=cfg.proj_out,
+            **width_option(cfg),
         )
         if cfg.channels_last:
             initial = initial.to(memory_format=torch.channels_last)
@@ -379,6 +385,7 @@ class Trainer:
         print("wrote:\n" + "\n".join(f"  {p}" for p in [*written, self.out / "models", self.out / "checkpoints"]))
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
+@deprecated_arguments(positional=("resume",))
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
     """Train ``config``'s objectives in lockstep; returns the output folder."""
     return Trainer(config).run(resume=resume)

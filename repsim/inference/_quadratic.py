@@ -102,7 +102,7 @@ def standardised_rdm(a: Tensor, compare: str) -> Tensor:
 
 def _rsa_form(method: str, compare: str) -> QuadraticForm:
     def side(z: Tensor) -> Side:
-        a = rdm(z, method)
+        a = rdm(z, method=method)
         n = a.shape[0]
         return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=_ACC)})
 

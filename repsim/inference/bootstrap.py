@@ -33,6 +33,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import center_columns, unbiased_hsic
 from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
@@ -297,7 +298,9 @@ def _fast_subsamples(name: str, opts: dict):
 
         method = opts.get("rdm", "cosine")
         # float64: RDM entries share a large common level, which float32 sums would cancel away
-        return lambda x, y: _matrix_fast(rdm(x, method).to(_ACC), rdm(y, method).to(_ACC), _pearson_weights)
+        return lambda x, y: _matrix_fast(
+            rdm(x, method=method).to(_ACC), rdm(y, method=method).to(_ACC), _pearson_weights
+        )
     return None
 
 
@@ -360,10 +363,12 @@ def _prepared(x, y, measure: str, options: dict):
     return info, x, y, info.resolve_options(options)
 
 
+@deprecated_arguments(positional=("n_resamples", "ci", "method", "scheme", "seed", "blocks"))
 def bootstrap(
     x,
     y,
     measure: str = "linear_cka",
+    *,
     n_resamples: int = 1000,
     ci: float = 0.95,
     method: str = "percentile",
@@ -429,11 +434,13 @@ class PairedResult:
     n: int
 
 
+@deprecated_arguments(positional=("n_resamples", "ci", "scheme", "seed", "blocks"))
 def compare_paired(
     x,
     y,
     z,
     measure: str = "linear_cka",
+    *,
     n_resamples: int = 1000,
     ci: float = 0.95,
     scheme: str = "auto",

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
 from ..measures.registry import MeasureInfo, get_measure, measure_grid
@@ -251,15 +252,19 @@ def null_grid(
     grids = []
     for perm in tqdm(perms, desc=f"{measure} null", disable=not progress):
         p = perm.to(device)
-        grids.append(measure_grid(measure, xs, [y[p] for y in ys], **user).to(_ACC))
+        grids.append(measure_grid(xs, [y[p] for y in ys], measure, **user).to(_ACC))
     return torch.stack(grids, dim=-1), perms, "random"
 
 
 # -------------------------------------------------------------------------------- public API
+@deprecated_arguments(
+    positional=("n_permutations", "alpha", "smax", "groups", "blocks", "seed", "scheme", "keep_permutations")
+)
 def calibrate(
     x,
     y,
     measure: str = "linear_cka",
+    *,
     n_permutations: int = 200,
     alpha: float = 0.05,
     smax: float | None = None,
@@ -310,8 +315,21 @@ def calibrate(
     check_same_samples(x, y)
     best = attainable_best(info, smax)
     smax = math.inf if best is None else best
-    grid = calibrate_grid([x], [y], measure, "max", n_permutations, alpha, smax, groups, blocks, seed, scheme,
-                          keep_permutations, **measure_options)  # fmt: skip
+    grid = calibrate_grid(
+        [x],
+        [y],
+        measure,
+        aggregate="max",
+        n_permutations=n_permutations,
+        alpha=alpha,
+        smax=smax,
+        groups=groups,
+        blocks=blocks,
+        seed=seed,
+        scheme=scheme,
+        keep_permutations=keep_permutations,
+        **measure_options,
+    )
     return CalibrationResult(
         measure=measure,
         score=grid.score,
@@ -349,10 +367,25 @@ def _cell_table(names_a, names_b, observed, threshold, calibrated, p_value) -> p
     return table
 
 
+@deprecated_arguments(
+    positional=(
+        "aggregate",
+        "n_permutations",
+        "alpha",
+        "smax",
+        "groups",
+        "blocks",
+        "seed",
+        "scheme",
+        "keep_permutations",
+        "progress",
+    )
+)
 def calibrate_grid(
     xs,
     ys,
     measure: str = "linear_cka",
+    *,
     aggregate: str | Callable[[Tensor], Tensor] = "max",
     n_permutations: int = 200,
     alpha: float = 0.05,
@@ -394,7 +427,7 @@ def calibrate_grid(
     info.resolve_options(measure_options)  # unknown or clashing options fail here, before any work
     with warnings.catch_warnings():  # calibrating is the remedy the chance-level warning points to
         warnings.simplefilter("ignore", BiasedCKAChanceWarning)
-        observed = measure_grid(measure, xs_list, ys_list, **measure_options).to(_ACC)
+        observed = measure_grid(xs_list, ys_list, measure, **measure_options).to(_ACC)
         null, perms, used = null_grid(
             measure, xs_list, ys_list, n_permutations, groups, blocks, seed, scheme, measure_options, progress
         )

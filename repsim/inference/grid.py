@@ -55,18 +55,20 @@ def inference_table(
         row = {"layer_a": la, "layer_b": lb, "measure": m}
         opts = dict(options.get(m, {}))
         if permutations:
-            res = permutation_test(feats_a[i], feats_b[j], m, permutations, seed=seed + k, blocks=blocks, **opts)
+            res = permutation_test(
+                feats_a[i], feats_b[j], m, n_permutations=permutations, seed=seed + k, blocks=blocks, **opts
+            )
             row.update(p_value=res.p_value, n_permutations=res.n_permutations)
         if bootstrap_resamples:
             boot = bootstrap(
-                feats_a[i], feats_b[j], m, bootstrap_resamples, ci=ci, seed=seed + k, blocks=blocks, **opts
+                feats_a[i], feats_b[j], m, n_resamples=bootstrap_resamples, ci=ci, seed=seed + k, blocks=blocks, **opts
             )
             row.update(ci_low=boot.ci_low, ci_high=boot.ci_high, ci_scheme=boot.scheme)
         row["n_inference"] = int(feats_a[i].shape[0])
         rows.append(row)
     table = pd.DataFrame(rows)
     if permutations and len(table):
-        table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: adjust_p_values(p, adjust))
+        table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: adjust_p_values(p, method=adjust))
     return table
 
 
@@ -105,9 +107,9 @@ def calibration_table(
             list(feats_a),
             list(feats_b),
             m,
-            "max",
-            permutations,
-            alpha,
+            aggregate="max",
+            n_permutations=permutations,
+            alpha=alpha,
             seed=seed + k,
             blocks=blocks,
             **dict(options.get(m, {})),
@@ -133,7 +135,9 @@ def calibrated_matrix(
     permutation per draw; each pair is calibrated against its own null)."""
     from .calibration import calibrate_grid
 
-    res = calibrate_grid(list(features), list(features), measure, "max", permutations, alpha, seed=seed)
+    res = calibrate_grid(
+        list(features), list(features), measure, aggregate="max", n_permutations=permutations, alpha=alpha, seed=seed
+    )
     n = len(features)
     return (
         torch.tensor(res.cells["calibrated"].to_numpy()).reshape(n, n),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.deprecation import deprecated_arguments
 from ..core.validation import check_choice
 
 ADJUSTMENTS = ("holm", "bh", "none")
 
 
-def adjust_p_values(p_values, method: str = "holm") -> np.ndarray:
+@deprecated_arguments(positional=("method",))
+def adjust_p_values(p_values, *, method: str = "holm") -> np.ndarray:
     """Adjusted p-values, same shape as ``p_values``.
 
     ``"holm"``: Holm's (1979) step-down family-wise error control, p_(i) * (m - i + 1), made

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import center_columns, sq_frobenius, unbiased_hsic
 from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
@@ -88,7 +89,7 @@ def _cka_shifts(x: Tensor, y: Tensor, debiased: bool, dtype) -> Tensor:
 
 def _rsa_shifts(x: Tensor, y: Tensor, method: str, compare: str) -> Tensor:
     """Pearson (or Spearman) RSA of the RDMs' upper triangles, y's samples shifted by s, for every s."""
-    a, b = rdm(x, method), rdm(y, method)
+    a, b = rdm(x, method=method), rdm(y, method=method)
     n = a.shape[0]
     return shifted_quadratic(standardised_rdm(a, compare), standardised_rdm(b, compare)) / (n * (n - 1))
 
@@ -116,10 +117,12 @@ def seeded_generator(seed: int | None, device) -> torch.Generator:
     return gen
 
 
+@deprecated_arguments(positional=("n_permutations", "seed", "scheme", "groups", "blocks"))
 def permutation_test(
     x,
     y,
     measure: str = "linear_cka",
+    *,
     n_permutations: int = 1000,
     seed: int | None = 0,
     scheme: str = "auto",

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
+
 
 def _codes(values, name: str, n: int) -> np.ndarray:
     """Integer codes 0..k-1 of a length-n label sequence (ints, strings, a tensor or an array)."""
@@ -139,7 +141,8 @@ def permutation_design(n: int, groups=None, blocks=None) -> PermutationDesign:
     return design
 
 
-def draw_permutations(n: int, n_permutations: int, groups=None, blocks=None, seed: int | None = 0) -> Tensor:
+@deprecated_arguments(positional=("groups", "blocks", "seed"))
+def draw_permutations(n: int, n_permutations: int, *, groups=None, blocks=None, seed: int | None = 0) -> Tensor:
     """(n_permutations, n) random permutations allowed by ``groups``/``blocks`` (uniform on that set).
 
     ``y[perm]`` pairs x's sample i with y's sample ``perm[i]``. The same seed gives the same draws.

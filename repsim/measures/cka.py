@@ -234,8 +234,8 @@ def _kernel_cka_pairs(xs: list[Tensor], ys: list[Tensor], kernel: str, sigma: fl
     if kernel == "linear":
         return linear_cka_grid_validated(xs, ys, debiased, dtype, "gram")
     compute = resolve_dtype(dtype, *xs, *ys)
-    ks = torch.stack([rbf_gram(center_columns(x, compute), sigma) for x in xs])
-    ls = ks if ys is xs else torch.stack([rbf_gram(center_columns(y, compute), sigma) for y in ys])
+    ks = torch.stack([rbf_gram(center_columns(x, compute), sigma=sigma) for x in xs])
+    ls = ks if ys is xs else torch.stack([rbf_gram(center_columns(y, compute), sigma=sigma) for y in ys])
     kl, kk, ll = gram_hsic_grid(ks, ls, estimator_name(debiased))
     return cka_from_hsic(kl, kk, ll, debiased)
 

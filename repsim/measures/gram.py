@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
@@ -38,7 +39,8 @@ def _median(values: Tensor) -> Tensor:
     return (lo + hi) / 2
 
 
-def rbf_gram(x: Tensor, sigma: float = 0.8) -> Tensor:
+@deprecated_arguments(positional=("sigma",))
+def rbf_gram(x: Tensor, *, sigma: float = 0.8) -> Tensor:
     """RBF Gram matrix exp(-|x_i - x_j|^2 / (2 s^2)) with s^2 = sigma^2 * median(|x_i - x_j|^2).
 
     The bandwidth follows Kornblith et al.'s (2019) reference code: the median is over the full
@@ -54,7 +56,8 @@ def rbf_gram(x: Tensor, sigma: float = 0.8) -> Tensor:
     return torch.exp(-d / (2 * sigma**2 * med))
 
 
-def cosine_similarity_matrix(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+@deprecated_arguments(positional=("dtype",))
+def cosine_similarity_matrix(x: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Sigma = Z Z^T with Z the L2-normalised rows of ``x``: entries in [-1, 1], ones on the diagonal."""
     x = as_features(x, "x")
     z = unit_rows(x.to(resolve_dtype(dtype, x)), "x")

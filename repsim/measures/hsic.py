@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import block_sq_norms, sq_row_norms, unbiased_hsic
 from ..core.validation import check_choice
 from ._products import self_product, transpose_product
@@ -93,7 +94,8 @@ def gram_hsic_grid(ks: Tensor, ls: Tensor, estimator: str) -> tuple[Tensor, Tens
     return kl, kk, ll
 
 
-def hsic(k: Tensor, l: Tensor, estimator: str = "biased") -> Tensor:
+@deprecated_arguments(positional=("estimator",))
+def hsic(k: Tensor, l: Tensor, *, estimator: str = "biased") -> Tensor:
     """HSIC between two (n, n) Gram matrices, as a float64 0-d tensor.
 
     ``estimator="biased"``: tr(KHLH)/(n-1)^2 (Gretton et al. 2005).

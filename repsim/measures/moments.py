@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.validation import as_feature_list, as_features, check_same_samples, resolve_dtype
 from ._products import self_product, transpose_product
 from .accumulator import Accumulator
@@ -59,7 +60,8 @@ class Moments:
         )
 
 
-def moments_of(x: Tensor, y: Tensor, dtype: torch.dtype | None = None) -> Moments:
+@deprecated_arguments(positional=("dtype",))
+def moments_of(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Moments:
     """One-shot :class:`Moments` of validated-or-not ``x`` (n, p) and ``y`` (n, q)."""
     x, y = as_features(x, "x"), as_features(y, "y")
     check_same_samples(x, y)
@@ -88,7 +90,8 @@ class StreamingMoments(Accumulator):
     half raised to float32; ``torch.float64``: exact); centring and accumulation are always float64.
     """
 
-    def __init__(self, dtype: torch.dtype | None = None) -> None:
+    @deprecated_arguments(positional=("dtype",))
+    def __init__(self, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.dtype = dtype
         self.add_state("n", 0, None)  # n, the means and the scatters merge jointly (Chan et al.)

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import unbiased_hsic, unit_rows
 from ..core.validation import (
     resolve_dtype,
@@ -42,7 +43,8 @@ def _unit_rows(x: Tensor, name: str, dtype) -> Tensor:
     return unit_rows(x.to(_ACC), name).to(resolve_dtype(dtype, x))
 
 
-def knn_indices(z: Tensor, k: int, block_size: int = 4096) -> Tensor:
+@deprecated_arguments(positional=("block_size",))
+def knn_indices(z: Tensor, k: int, *, block_size: int = 4096) -> Tensor:
     """(n, k) indices of each row's k most cosine-similar other rows (rows of ``z`` unit length), nearest first."""
     n = z.shape[0]
     out = torch.empty(n, k, dtype=torch.long, device=z.device)
@@ -67,7 +69,7 @@ class _Layer:
 
     def __init__(self, x: Tensor, name: str, k: int, dtype, block_size: int) -> None:
         self.z = _unit_rows(x, name, dtype)
-        self.knn = knn_indices(self.z, k, block_size)
+        self.knn = knn_indices(self.z, k, block_size=block_size)
 
 
 def _matches(a: Tensor, b: Tensor) -> Tensor:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from torch import Tensor
+
+from ..core.deprecation import renamed_keywords, warn_deprecated
 
 INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation", "invertible_linear", "affine")
 FAMILIES = ("cka", "rsa", "cca", "alignment", "rsm", "neighbours", "topology", "statistics", "functional", "gram")
@@ -126,14 +127,7 @@ _REGISTRY: dict[str, MeasureInfo] = {}
 def renamed_options(measure: str, renamed: Mapping[str, str], options: Mapping[str, object]) -> dict[str, object]:
     """``options`` with deprecated names replaced by the current ones (one DeprecationWarning each):
     the library keeps one vocabulary (``debiased``, ``n_repeats``, ...) and old names keep working."""
-    out = dict(options)
-    for old, new in renamed.items():
-        if old in out:
-            if new in out:
-                raise ValueError(f"{measure}: pass {new}= only ({old}= is its old name)")
-            warnings.warn(f"{measure}: {old}= is now {new}=", DeprecationWarning, stacklevel=4)
-            out[new] = out.pop(old)
-    return out
+    return renamed_keywords(measure, renamed, options, stacklevel=6, error=ValueError)
 
 
 def register(
@@ -223,27 +217,51 @@ def get_measure(name: str) -> MeasureInfo:
     return _REGISTRY[name]
 
 
-def measure(name: str, x, y, **options) -> Tensor:
-    """The registered measure ``name`` between ``x`` (n, p) and ``y`` (n, q): a float64 0-d tensor.
+def _old_order(face: str, first, second, third):
+    """``face(name, x, y)`` (before 0.4) read as ``face(x, y, name)``, with a DeprecationWarning."""
+    warn_deprecated(f"{face}(name, x, y) is now {face}(x, y, name): data first, then the measure", stacklevel=4)
+    return second, third, first
+
+
+def measure(x, y, measure: str | None = None, **options) -> Tensor:
+    """The registered measure ``measure`` between ``x`` (n, p) and ``y`` (n, q): a float64 0-d tensor.
+
+    Data first, then the measure's name, then its options by keyword (the order of every
+    inference function: ``permutation_test(x, y, "linear_cka")``). The old order
+    ``measure("svcca", x, y)`` still works, with a DeprecationWarning.
 
     Example:
-        >>> repsim.measure("svcca", x, y)
-        >>> repsim.measure("angular_shape", x, y, alpha=0.5)
+        >>> repsim.measure(x, y, "svcca")
+        >>> repsim.measure(x, y, "angular_shape", alpha=0.5)
     """
-    info = get_measure(name)
+    if isinstance(x, str):
+        x, y, measure = _old_order("measure", x, y, measure)
+    if "name" in options and measure is None:  # the old keyword
+        measure = renamed_keywords("measure", {"name": "measure"}, {"name": options.pop("name")})["measure"]
+    if measure is None:
+        raise TypeError("measure(x, y, measure, **options) takes the two representations and the measure's name")
+    info = get_measure(measure)
     return info.fn(x, y, **info.resolve_options(options))
 
 
-def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
-    """``name`` between every layer of ``xs`` and every layer of ``ys``: an (L, M) float64 tensor.
+def measure_grid(xs, ys=None, measure: str | None = None, **options) -> Tensor:
+    """``measure`` between every layer of ``xs`` and every layer of ``ys``: an (L, M) float64 tensor.
 
     ``xs``/``ys`` are lists (or dicts) of (n, d_l) tensors of the same samples; ``ys=None``
-    compares ``xs`` with itself. Per-layer work (centring, decompositions, neighbour lists) is
-    done once per layer where the measure has a batched grid.
+    compares ``xs`` with itself (``measure_grid(xs, None, "procrustes")`` or
+    ``measure_grid(xs, measure="procrustes")``). Per-layer work (centring, decompositions,
+    neighbour lists) is done once per layer where the measure has a batched grid. The old order
+    ``measure_grid("procrustes", xs, ys)`` still works, with a DeprecationWarning.
     """
     from ..core.validation import as_layer_lists
 
-    info = get_measure(name)
+    if isinstance(xs, str):
+        xs, ys, measure = _old_order("measure_grid", xs, ys, measure)
+    if "name" in options and measure is None:
+        measure = renamed_keywords("measure_grid", {"name": "measure"}, {"name": options.pop("name")})["measure"]
+    if measure is None:
+        raise TypeError("measure_grid(xs, ys, measure, **options) takes the layers and the measure's name")
+    info = get_measure(measure)
     opts = info.resolve_options(options)
     if info.grid is not None:
         return info.grid(xs, ys, **opts)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
@@ -28,7 +29,8 @@ COMPARATORS = ("pearson", "spearman", "kendall", "kendall_tau_b")
 _ACC = torch.float64
 
 
-def rdm(x: Tensor, method: str = "cosine", dtype: torch.dtype | None = None) -> Tensor:
+@deprecated_arguments(positional=("method", "dtype"))
+def rdm(x: Tensor, *, method: str = "cosine", dtype: torch.dtype | None = None) -> Tensor:
     """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d).
 
     cosine: 1 - <x_i, x_j>/(|x_i||x_j|); correlation: 1 - Pearson r between rows x_i and x_j;

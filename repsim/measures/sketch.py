@@ -32,6 +32,8 @@ import hashlib
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
+
 _ACC = torch.float64
 
 
@@ -77,7 +79,8 @@ class LayerSketch:
         return out
 
 
-def sketch(x: Tensor, k: int, seed: int = 0, side: int = 0) -> Tensor:
+@deprecated_arguments(positional=("seed", "side"))
+def sketch(x: Tensor, k: int, *, seed: int = 0, side: int = 0) -> Tensor:
     """``x`` (n, d) projected to k dims by the seeded Gaussian projection (unchanged when d <= k)."""
     from ..core.validation import as_features
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core.deprecation import deprecated_arguments
 from ..core.numerics import center_columns
 from ..core.validation import near_constant, resolve_dtype
 from .accumulator import LayerStream, combine_states
@@ -93,7 +94,8 @@ class StreamingLinearCKA(LayerGridAccumulator):
         >>> acc.compute()
     """
 
-    def __init__(self, debiased: bool = False, dtype: torch.dtype | None = None) -> None:
+    @deprecated_arguments(positional=("debiased", "dtype"))
+    def __init__(self, *, debiased: bool = False, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.debiased, self.dtype = debiased, dtype
         unshared = "merge() needs accumulators with the same shift; fix it with set_shift() first"
@@ -170,7 +172,8 @@ class MinibatchCKA(LayerGridAccumulator):
     equal to full-data CKA: use :class:`StreamingLinearCKA` for that.
     """
 
-    def __init__(self, debiased: bool = True, dtype: torch.dtype | None = None) -> None:
+    @deprecated_arguments(positional=("debiased", "dtype"))
+    def __init__(self, *, debiased: bool = True, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.debiased, self.dtype = debiased, dtype
         self.add_state("_sums", None, "sum")  # [sum_i HSIC(K_i, L_i) (L, M), sum HSIC(K_i, K_i) (L,), ... (M,)]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..core.deprecation import deprecated_arguments
 from ..core.io import atomic_write
 
 NESTING_KEYS = (
@@ -183,9 +184,11 @@ def _fit_to_model(state: dict[str, Tensor], model: nn.Module, origin: str) -> di
     return {k: best[k] for k in wanted}
 
 
+@deprecated_arguments(positional=("num_classes",))
 def load_model(
     path_or_state,
     arch: str | Callable[..., nn.Module] | nn.Module,
+    *,
     num_classes: int | None = None,
 ) -> nn.Module:
     """A model of ``arch`` with the weights from ``path_or_state`` (a path or a state dict), in eval mode.

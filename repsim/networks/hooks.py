@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..core.deprecation import deprecated_arguments
+
 Pool = str | Callable[[Tensor], Tensor]
 POOLS = ("mean", "flatten", "none", "mask_mean", "mask_max", "first", "last", "tokens")
 SEQUENCE_POOLS = ("mask_mean", "mask_max", "first", "last")  # (n, T, D) token sequences -> (n, D)
 
 
-def list_layers(model: nn.Module, leaves_only: bool = False) -> list[str]:
+@deprecated_arguments(positional=("leaves_only",))
+def list_layers(model: nn.Module, *, leaves_only: bool = False) -> list[str]:
     """Names of ``model``'s submodules as ``named_modules()`` gives them (the root excluded)."""
     return [name for name, m in model.named_modules() if name and (not leaves_only or not list(m.children()))]
 
@@ -197,7 +200,8 @@ class FeatureHooks:
     ...     feats = hooks.pop()   # {"layer1": (n, d1), "layer4": (n, d4)}
     """
 
-    def __init__(self, model: nn.Module, layers: Iterable[str], pool: Pool = "mean", detach: bool = True) -> None:
+    @deprecated_arguments(positional=("pool", "detach"))
+    def __init__(self, model: nn.Module, layers: Iterable[str], *, pool: Pool = "mean", detach: bool = True) -> None:
         self.model = model
         self.layers = list(layers)
         if not self.layers:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import distributed as D
+from ..core.deprecation import deprecated_arguments
 from ..core.validation import check_choice
 from .batches import model_inputs, walk
 from .features import eval_mode, resolve_device
@@ -63,9 +64,21 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
+@deprecated_arguments(
+    positional=(
+        "batch_size",
+        "max_length",
+        "padding_side",
+        "pad_to",
+        "add_special_tokens",
+        "position_ids",
+        "return_offsets",
+    )
+)
 def text_batches(
     texts: Sequence[str],
     tokenizer,
+    *,
     batch_size: int = 32,
     max_length: int | None = None,
     padding_side: str | None = None,
@@ -208,7 +221,7 @@ def _collect(
             raise ValueError("batches must be dicts of model inputs (see repsim.text_batches)")
         return inputs, None, None
 
-    with torch.inference_mode(), eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
+    with torch.inference_mode(), eval_mode(model), FeatureHooks(model, layers, pool=pool) as hooks:
         for batch in walk(batches, shard, adapt, None, device, False, progress, desc):
             feats = forward_features(model, hooks, batch.inputs)
             batch_keys = batch.keys
@@ -236,9 +249,11 @@ def _collect(
     return dict(zip(layers, columns, strict=True)), sentence_ids
 
 
+@deprecated_arguments(positional=("layers", "pool", "device", "progress", "distributed", "dtype"))
 def sentence_features(
     model: nn.Module,
     batches: Iterable,
+    *,
     layers: Sequence[str] | str | None = None,
     pool: Pool = "mask_mean",
     device=None,
@@ -261,9 +276,11 @@ def sentence_features(
     return _collect(model, batches, layers, pool, device, progress, distributed, dtype, "sentence features")[0]
 
 
+@deprecated_arguments(positional=("layers", "device", "progress", "distributed", "dtype"))
 def token_features(
     model: nn.Module,
     batches: Iterable,
+    *,
     layers: Sequence[str] | str | None = None,
     device=None,
     progress: bool = True,
@@ -299,10 +316,14 @@ def text_units(texts: Sequence[str], unit: str = "word") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["sentence", "unit", "start", "end", "text"])
 
 
+@deprecated_arguments(
+    positional=("layers", "unit", "batch_size", "max_length", "device", "progress", "distributed", "dtype")
+)
 def word_features(
     model: nn.Module,
     tokenizer,
     texts: Sequence[str],
+    *,
     layers: Sequence[str] | str | None = None,
     unit: str = "word",
     batch_size: int = 32,
@@ -327,9 +348,11 @@ def word_features(
     """
     texts = _check_texts(texts)
     check_choice(unit, "unit", ("word", "char"))
-    batches, offsets = text_batches(texts, tokenizer, batch_size, max_length, return_offsets=True)
+    batches, offsets = text_batches(texts, tokenizer, batch_size=batch_size, max_length=max_length, return_offsets=True)
     loader = D.shard(batches) if distributed is not False and D.is_distributed() else batches
-    feats, sentence_ids = token_features(model, loader, layers, device, progress, distributed, dtype)
+    feats, sentence_ids = token_features(
+        model, loader, layers=layers, device=device, progress=progress, distributed=distributed, dtype=dtype
+    )
     spans = torch.cat([o[b["attention_mask"].bool()] for o, b in zip(offsets, batches, strict=True)])
     units = text_units(texts, unit)
     weights, kept = _unit_weights(units, sentence_ids, spans)

@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..core.deprecation import deprecated_arguments
+
 
 @dataclass
 class WeightDistance:
@@ -47,7 +49,8 @@ def _parameters(model_or_state, name: str) -> dict[str, Tensor]:
     raise ValueError(f"{name} must be an nn.Module or a state dict, got {type(model_or_state).__name__}")
 
 
-def weight_distance(model_a, model_b, include: str | None = None) -> WeightDistance:
+@deprecated_arguments(positional=("include",))
+def weight_distance(model_a, model_b, *, include: str | None = None) -> WeightDistance:
     """Distances between the parameters of two models (or state dicts) of the same architecture.
 
     Per tensor: relative Frobenius distance |W_A - W_B|_F / (0.5 (|W_A|_F + |W_B|_F)) (0 when both
