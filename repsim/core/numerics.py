@@ -27,7 +27,10 @@ import itertools
 import torch
 from torch import Tensor
 
-_ACC = torch.float64
+ACC = torch.float64
+"""The accumulation precision of the library (centring, reductions, decompositions): every module
+that accumulates imports this one constant (the precision policy: float32 products allowed,
+centring and reductions in float64)."""
 
 CENTRE_CHUNK = 1 << 19
 """Entries of one row chunk of :func:`column_mean` and :func:`center_columns` (4 MiB in float64):
@@ -60,11 +63,11 @@ def _row_chunks(x: Tensor):
 
 def column_mean(x: Tensor) -> Tensor:
     """mu = (1/n) sum_i x_i, shape (d,), summed in float64 (by row chunks: no float64 copy of ``x``)."""
-    if x.dtype == _ACC:
+    if x.dtype == ACC:
         return x.sum(dim=0) / x.shape[0]
-    total = torch.zeros(x.shape[1], dtype=_ACC, device=x.device)
+    total = torch.zeros(x.shape[1], dtype=ACC, device=x.device)
     for rows in _row_chunks(x):
-        total += x[rows].to(_ACC).sum(dim=0)
+        total += x[rows].to(ACC).sum(dim=0)
     return total / x.shape[0]
 
 
@@ -80,12 +83,12 @@ def center_columns(x: Tensor, dtype: torch.dtype, mean: Tensor | None = None) ->
     every row: harmless to CKA, but at an offset of 1e3 it made aligned_cosine's float32 error
     100x larger (1e-7 instead of 1.5e-9).
     """
-    mu = column_mean(x) if mean is None else mean.to(_ACC)
-    if dtype == _ACC:
-        return x.to(_ACC) - mu
+    mu = column_mean(x) if mean is None else mean.to(ACC)
+    if dtype == ACC:
+        return x.to(ACC) - mu
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
     for rows in _row_chunks(x):
-        out[rows] = x[rows].to(_ACC) - mu  # rounded once, on assignment
+        out[rows] = x[rows].to(ACC) - mu  # rounded once, on assignment
     return out
 
 
@@ -109,12 +112,12 @@ def unit_rows(
 
 def sq_frobenius(m: Tensor) -> Tensor:
     """|M|_F^2 = sum_ij M_ij^2 as a float64 0-d tensor, without a float64 copy of ``m``."""
-    return torch.linalg.vector_norm(m, dtype=_ACC) ** 2
+    return torch.linalg.vector_norm(m, dtype=ACC) ** 2
 
 
 def sq_row_norms(x: Tensor) -> Tensor:
     """|x_i|^2 of every row, shape (..., n), in float64 (the row converted before squaring)."""
-    return torch.linalg.vector_norm(x, dim=-1, dtype=_ACC) ** 2
+    return torch.linalg.vector_norm(x, dim=-1, dtype=ACC) ** 2
 
 
 def gram_sq_distances(sq_a: Tensor, sq_b: Tensor, gram: Tensor) -> Tensor:

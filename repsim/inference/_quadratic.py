@@ -29,14 +29,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.numerics import ACC, center_columns, sq_frobenius, unbiased_hsic
 from ..core.validation import resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import get_measure
 from ..measures.rsa import average_ranks, rdm
 from ._shifts import wrapped_diagonals
 
-_ACC = torch.float64
 _GATHER_ELEMENTS = 1 << 24  # float64 elements of permuted matrices held at once (128 MiB)
 
 
@@ -65,7 +64,7 @@ class QuadraticForm:
 def _cka_form(debiased: bool, dtype) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         zc = center_columns(z, resolve_dtype(dtype, z))
-        k = self_product(zc.T).to(_ACC)
+        k = self_product(zc.T).to(ACC)
         if not debiased:
             return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
         n = k.shape[0]
@@ -73,7 +72,7 @@ def _cka_form(debiased: bool, dtype) -> QuadraticForm:
         rows = k.sum(1)
         total = rows.sum()
         self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
-        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=_ACC)}, zc)
+        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=ACC)}, zc)
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         if not debiased:
@@ -91,11 +90,11 @@ def standardised_rdm(a: Tensor, compare: str) -> Tensor:
     Pearson (Spearman) RSA of two RDMs is sum_{a != b} A_ab B_ab / (n (n - 1)) of these."""
     n = a.shape[0]
     iu = torch.triu_indices(n, n, 1, device=a.device)
-    v = a[iu[0], iu[1]].to(_ACC)
+    v = a[iu[0], iu[1]].to(ACC)
     if compare == "spearman":
         v = average_ranks(v)
     v = (v - v.mean()) / v.std(correction=0)
-    full = torch.zeros(n, n, dtype=_ACC, device=a.device)
+    full = torch.zeros(n, n, dtype=ACC, device=a.device)
     full[iu[0], iu[1]] = v
     return full + full.T  # symmetric with a zero diagonal: the sum over a != b counts every pair twice
 
@@ -104,7 +103,7 @@ def _rsa_form(method: str, compare: str) -> QuadraticForm:
     def side(z: Tensor) -> Side:
         a = rdm(z, method=method)
         n = a.shape[0]
-        return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=_ACC)})
+        return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=ACC)})
 
     def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
         return q / sx["pairs"][:, None, None]
@@ -144,7 +143,7 @@ def shift_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], ord
     (symmetric matrices: diagonal n - d mirrors d, so w_d = 2 except d = 0 and d = n/2)."""
     n = order.shape[0]
     rows = n // 2 + 1
-    weight = torch.full((rows, 1), 2.0, dtype=_ACC, device=xs[0].device)
+    weight = torch.full((rows, 1), 2.0, dtype=ACC, device=xs[0].device)
     weight[0] = 1.0
     if n % 2 == 0:
         weight[-1] = 1.0  # d = n/2 is its own mirror
@@ -192,7 +191,7 @@ def explicit_null_grid(form: QuadraticForm, xs: list[Tensor], ys: list[Tensor], 
     if form.low_rank and n * widths_x * widths_y < 20 * n * n * n_y:
         q, d = _explicit_by_features(x_sides, y_sides, perms, form.uses_vector)
     else:
-        q = torch.empty(n_x, n_y, n_perm, dtype=_ACC, device=xs[0].device)
+        q = torch.empty(n_x, n_y, n_perm, dtype=ACC, device=xs[0].device)
         d = torch.empty_like(q) if form.uses_vector else None
         a_flat = torch.stack([s.matrix.reshape(-1) for s in x_sides])  # (L, n^2)
         u = torch.stack([s.vector for s in x_sides]) if form.uses_vector else None
@@ -215,19 +214,19 @@ def _explicit_by_features(x_sides: list[Side], y_sides: list[Side], perms: Tenso
 
     def membership(sides: list[Side]) -> Tensor:  # (widths, layers) 0/1: which layer owns a column
         owner = torch.cat([torch.full((s.features.shape[1],), i) for i, s in enumerate(sides)])
-        return torch.nn.functional.one_hot(owner, len(sides)).to(_ACC).to(xcat.device)
+        return torch.nn.functional.one_hot(owner, len(sides)).to(ACC).to(xcat.device)
 
     sx, sy = membership(x_sides), membership(y_sides)
     chunk = max(1, _GATHER_ELEMENTS // (n * ycat.shape[1] + xcat.shape[1] * ycat.shape[1]))
-    q = torch.empty(len(x_sides), len(y_sides), n_perm, dtype=_ACC, device=xcat.device)
+    q = torch.empty(len(x_sides), len(y_sides), n_perm, dtype=ACC, device=xcat.device)
     for lo in range(0, n_perm, chunk):
         p = perms[lo : lo + chunk]
-        cross = torch.einsum("np,cnq->cpq", xcat, ycat[p]).to(_ACC)  # (c, P, Q) in the Gram dtype
+        cross = torch.einsum("np,cnq->cpq", xcat, ycat[p]).to(ACC)  # (c, P, Q) in the Gram dtype
         q[:, :, lo : lo + chunk] = torch.einsum("pl,cpq,qm->lmc", sx, cross.square(), sy)
     if not debiased:
         return q, None
-    kd = torch.stack([s.features.to(_ACC).square().sum(1) for s in x_sides])  # (L, n) Gram diagonals
-    ld = torch.stack([s.features.to(_ACC).square().sum(1) for s in y_sides])  # (M, n)
+    kd = torch.stack([s.features.to(ACC).square().sum(1) for s in x_sides])  # (L, n) Gram diagonals
+    ld = torch.stack([s.features.to(ACC).square().sum(1) for s in y_sides])  # (M, n)
     d = torch.einsum("ln,mcn->lmc", kd, ld[:, perms])
     return q - d, d
 

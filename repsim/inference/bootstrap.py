@@ -34,14 +34,13 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import center_columns, unbiased_hsic
+from ..core.numerics import ACC, center_columns, unbiased_hsic
 from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import MeasureInfo, get_measure
 from .permutation import seeded_generator
 from .restricted import _codes, block_positions
 
-_ACC = torch.float64
 _NORMAL = NormalDist()  # the standard normal's cdf and quantile (the stdlib's are exact to double precision)
 SCHEMES = ("auto", "replacement", "subsample")
 METHODS = ("percentile", "bca", "normal")
@@ -131,13 +130,13 @@ def _interval(estimate: float, values: Tensor, level: float, method: str, scheme
         if method == "normal":
             half = _NORMAL.inv_cdf(1 - alpha / 2) * c * float(centred.std(correction=1))
             return estimate - half, estimate + half
-        lo, hi = torch.quantile(centred, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=_ACC)).tolist()
+        lo, hi = torch.quantile(centred, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=ACC)).tolist()
         return estimate - c * hi, estimate - c * lo
     if method == "normal":
         half = _NORMAL.inv_cdf(1 - alpha / 2) * float(values.std(correction=1))
         return estimate - half, estimate + half
     if method == "percentile":
-        lo, hi = torch.quantile(values, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=_ACC)).tolist()
+        lo, hi = torch.quantile(values, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=ACC)).tolist()
         return lo, hi
     # BCa (Efron 1987): bias correction z0 from the share below the estimate, acceleration from a
     # grouped jackknife (20 groups of samples left out; n leave-one-out fits would cost n measures)
@@ -149,7 +148,7 @@ def _interval(estimate: float, values: Tensor, level: float, method: str, scheme
     qs = []
     for z in (_NORMAL.inv_cdf(alpha / 2), _NORMAL.inv_cdf(1 - alpha / 2)):
         qs.append(float(_NORMAL.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z)))))
-    lo, hi = torch.quantile(values, torch.tensor(qs, dtype=_ACC)).tolist()
+    lo, hi = torch.quantile(values, torch.tensor(qs, dtype=ACC)).tolist()
     return lo, hi
 
 
@@ -179,7 +178,7 @@ class _HadamardQuad:
         torch.mul(k, l, out=self.m[0])
         torch.mul(k, k, out=self.m[1])
         torch.mul(l, l, out=self.m[2])
-        self.ones = self.m.sum(2).to(_ACC)  # M 1, (3, n), before the diagonal blocks are halved
+        self.ones = self.m.sum(2).to(ACC)  # M 1, (3, n), before the diagonal blocks are halved
         self.total = self.ones.sum(1)  # 1^T M 1, (3,)
         panels = max(1, min(n // 256, 8))
         self.edges = [i * n // panels for i in range(panels + 1)]
@@ -189,21 +188,21 @@ class _HadamardQuad:
 
     def forms(self, w: Tensor) -> Tensor:
         """w^T M w for every column of w (n, c), as (3, c) float64."""
-        out = torch.zeros(3, w.shape[1], dtype=_ACC, device=w.device)
+        out = torch.zeros(3, w.shape[1], dtype=ACC, device=w.device)
         for lo, hi in itertools.pairwise(self.edges):
             partial = self.m[:, lo:hi, lo:] @ w[lo:]  # (3, h, c): M'_{I, I:} w_{I:}
-            out += 2 * (w[lo:hi] * partial).sum(1, dtype=_ACC)
+            out += 2 * (w[lo:hi] * partial).sum(1, dtype=ACC)
         return out
 
     def row_dot(self, j: Tensor, w: Tensor) -> Tensor:
         """(M w)_j for one sample index j per column of w, (3, c) float64 (the halved block restored)."""
         rows = self.m[:, j, :]  # (3, c, n)
-        full = (rows * w.T).sum(2, dtype=_ACC)
+        full = (rows * w.T).sum(2, dtype=ACC)
         lo = torch.tensor(self.edges, device=w.device)[self.panel_of[j.cpu()].to(w.device)]
         hi = torch.tensor(self.edges, device=w.device)[self.panel_of[j.cpu()].to(w.device) + 1]
         cols = torch.arange(w.shape[0], device=w.device)[:, None]
         in_block = ((cols >= lo) & (cols < hi)).to(w.dtype)  # (n, c): the columns of j's diagonal block
-        return full + (rows * (w * in_block).T).sum(2, dtype=_ACC)
+        return full + (rows * (w * in_block).T).sum(2, dtype=ACC)
 
 
 @dataclass
@@ -224,11 +223,11 @@ def _terms(w: Tensor, kw: Tensor, lw: Tensor, forms: Tensor) -> dict[str, Tensor
         "kl": forms[0],
         "kk": forms[1],
         "ll": forms[2],
-        "k": wk.sum(0, dtype=_ACC),
-        "l": wl.sum(0, dtype=_ACC),
-        "kwkw": (wk * kw).sum(0, dtype=_ACC),
-        "lwlw": (wl * lw).sum(0, dtype=_ACC),
-        "kwlw": (wk * lw).sum(0, dtype=_ACC),
+        "k": wk.sum(0, dtype=ACC),
+        "l": wl.sum(0, dtype=ACC),
+        "kwkw": (wk * kw).sum(0, dtype=ACC),
+        "lwlw": (wl * lw).sum(0, dtype=ACC),
+        "kwlw": (wk * lw).sum(0, dtype=ACC),
     }
 
 
@@ -298,9 +297,7 @@ def _fast_subsamples(name: str, opts: dict):
 
         method = opts.get("rdm", "cosine")
         # float64: RDM entries share a large common level, which float32 sums would cancel away
-        return lambda x, y: _matrix_fast(
-            rdm(x, method=method).to(_ACC), rdm(y, method=method).to(_ACC), _pearson_weights
-        )
+        return lambda x, y: _matrix_fast(rdm(x, method=method).to(ACC), rdm(y, method=method).to(ACC), _pearson_weights)
     return None
 
 
@@ -322,7 +319,7 @@ def _batched_values(x: Tensor, y: Tensor, indices: Tensor, build, chunk: int = 1
         first, second = block[0::2], block[1::2]
         w = _weights(first, n, dtype, device)
         kw, lw, forms = fast.k_apply(w), fast.l_apply(w), quad.forms(w)
-        interleaved = torch.empty(block.shape[0], dtype=_ACC, device=device)
+        interleaved = torch.empty(block.shape[0], dtype=ACC, device=device)
         interleaved[0::2] = fast.stat(_terms(w, kw, lw, forms), m)
         if second.shape[0]:
             # w' = 1 - w (- e_j, the sample that sat out when n is odd): M w' = M 1 - M w - M e_j and
@@ -330,12 +327,12 @@ def _batched_values(x: Tensor, y: Tensor, indices: Tensor, build, chunk: int = 1
             c = second.shape[0]
             w, kw, lw, forms = w[:, :c], kw[:, :c], lw[:, :c], forms[:, :c]
             kw2, lw2 = fast.k_ones[:, None] - kw, fast.l_ones[:, None] - lw
-            forms2 = quad.total[:, None] - 2 * (quad.ones @ w.to(_ACC)) + forms
+            forms2 = quad.total[:, None] - 2 * (quad.ones @ w.to(ACC)) + forms
             if n % 2:
                 left = (1.0 - w - _weights(second, n, dtype, device)).clamp_min_(0)  # e_j per column
                 j = left.argmax(0)
                 kw2, lw2 = kw2 - fast.k_apply(left), lw2 - fast.l_apply(left)
-                m_jj = 2 * quad.m[:, j, j].to(_ACC)  # the diagonal block was halved
+                m_jj = 2 * quad.m[:, j, j].to(ACC)  # the diagonal block was halved
                 forms2 = forms2 - 2 * quad.ones[:, j] + 2 * quad.row_dot(j, w) + m_jj
             interleaved[1::2] = fast.stat(_terms(1.0 - w - (left if n % 2 else 0.0), kw2, lw2, forms2), m)
         out.append(interleaved)
@@ -351,7 +348,7 @@ def _grouped_jackknife(fn, n: int, members=None, groups: int = 20) -> Tensor:
         for b, rows in enumerate(members):
             folds[rows] = b % groups
     groups = min(groups, int(folds.max()) + 1)
-    return torch.stack([fn(torch.nonzero(folds != g).flatten()) for g in range(groups)]).to(_ACC)
+    return torch.stack([fn(torch.nonzero(folds != g).flatten()) for g in range(groups)]).to(ACC)
 
 
 def _prepared(x, y, measure: str, options: dict):
@@ -401,9 +398,9 @@ def bootstrap(
     indices = _resamples(n, n_resamples, used, gen, members)
     fast = _fast_subsamples(measure, opts) if used == "subsample" and members is None else None
     if fast is not None:  # a few n x n matrices, every resample a weighted sum over them
-        values = _batched_values(x, y, indices, fast).to(_ACC).cpu()
+        values = _batched_values(x, y, indices, fast).to(ACC).cpu()
     else:
-        values = torch.stack([info.fn(x[i], y[i], **opts) for i in _on(indices, x.device)]).to(_ACC).cpu()
+        values = torch.stack([info.fn(x[i], y[i], **opts) for i in _on(indices, x.device)]).to(ACC).cpu()
     units = n if members is None else len(members)
 
     def jackknife():
@@ -476,9 +473,9 @@ def compare_paired(
     indices = _resamples(n, n_resamples, used, gen, members)
     fast = _fast_subsamples(measure, opts) if used == "subsample" and members is None else None
     if fast is not None:
-        values = (_batched_values(x, y, indices, fast) - _batched_values(x, z, indices, fast)).to(_ACC).cpu()
+        values = (_batched_values(x, y, indices, fast) - _batched_values(x, z, indices, fast)).to(ACC).cpu()
     else:
-        values = torch.stack([diff(i) for i in _on(indices, x.device)]).to(_ACC).cpu()
+        values = torch.stack([diff(i) for i in _on(indices, x.device)]).to(ACC).cpu()
     lo, hi = _interval(estimate, values, ci, "percentile", used, units, None)
     # invert the interval: centred differences (subsample) or the raw percentile (replacement)
     if used == "subsample":

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
+from ..core.numerics import ACC
 from ..core.validation import as_feature_list, as_features, check_choice, check_same_samples
 from ..measures.cka import BiasedCKAChanceWarning
 from ..measures.registry import MeasureInfo, get_measure, measure_grid
@@ -47,7 +48,6 @@ from ._quadratic import (
 )
 from .restricted import permutation_design
 
-_ACC = torch.float64
 SCHEMES = ("auto", "shifts", "random")
 AGGREGATES = ("max", "mean")
 
@@ -131,8 +131,8 @@ def calibrated_values(
     calibrated = clip((tau - d) / (tau - best), 0, 1)). The denominator is floored at 1e-12.
     """
     sign = 1.0 if larger_is_more_similar else -1.0
-    obs = sign * observed.to(_ACC)
-    nul = sign * null.to(_ACC)
+    obs = sign * observed.to(ACC)
+    nul = sign * null.to(ACC)
     combined = torch.cat([obs[..., None], nul], dim=-1).sort(dim=-1).values
     tau = combined[..., threshold_index(null.shape[-1], alpha)]
     excess = obs - tau
@@ -141,7 +141,7 @@ def calibrated_values(
     score = excess.clamp_min(0.0) if best is None else (excess / (sign * best - tau).clamp_min(1e-12)).clamp(0.0, 1.0)
     # the add-one p-value with permutation_test's tolerance for ties made of rounding
     tol = 1e-12 * obs.abs().clamp_min(1.0)
-    p = (1 + (nul >= (obs - tol)[..., None]).sum(-1)).to(_ACC) / (1 + null.shape[-1])
+    p = (1 + (nul >= (obs - tol)[..., None]).sum(-1)).to(ACC) / (1 + null.shape[-1])
     return score, sign * tau, p
 
 
@@ -252,7 +252,7 @@ def null_grid(
     grids = []
     for perm in tqdm(perms, desc=f"{measure} null", disable=not progress):
         p = perm.to(device)
-        grids.append(measure_grid(xs, [y[p] for y in ys], measure, **user).to(_ACC))
+        grids.append(measure_grid(xs, [y[p] for y in ys], measure, **user).to(ACC))
     return torch.stack(grids, dim=-1), perms, "random"
 
 
@@ -347,7 +347,7 @@ def calibrate(
 
 def _aggregate_fn(aggregate, larger_is_more_similar: bool) -> tuple[Callable[[Tensor], Tensor], str]:
     if callable(aggregate):
-        return (lambda g: torch.as_tensor(aggregate(g), dtype=_ACC)), getattr(aggregate, "__name__", "custom")
+        return (lambda g: torch.as_tensor(aggregate(g), dtype=ACC)), getattr(aggregate, "__name__", "custom")
     if aggregate == "mean":
         return (lambda g: g.mean(dim=(0, 1))), "mean"
     # "max": the most similar cell, i.e. the smallest value of a distance
@@ -427,7 +427,7 @@ def calibrate_grid(
     info.resolve_options(measure_options)  # unknown or clashing options fail here, before any work
     with warnings.catch_warnings():  # calibrating is the remedy the chance-level warning points to
         warnings.simplefilter("ignore", BiasedCKAChanceWarning)
-        observed = measure_grid(xs_list, ys_list, measure, **measure_options).to(_ACC)
+        observed = measure_grid(xs_list, ys_list, measure, **measure_options).to(ACC)
         null, perms, used = null_grid(
             measure, xs_list, ys_list, n_permutations, groups, blocks, seed, scheme, measure_options, progress
         )

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import center_columns, sq_frobenius, unbiased_hsic
+from ..core.numerics import ACC, center_columns, sq_frobenius, unbiased_hsic
 from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
 from ..measures._products import self_product
 from ..measures.registry import get_measure
@@ -33,7 +33,6 @@ from ._quadratic import standardised_rdm
 from ._shifts import shifted_dot, shifted_quadratic
 from .restricted import permutation_design
 
-_ACC = torch.float64
 SCHEMES = ("auto", "shifts", "random")
 
 
@@ -57,7 +56,7 @@ class PermutationResult:
 
 def p_value(statistic: Tensor | float, null: Tensor, larger_is_more_similar: bool) -> float:
     """(1 + #{null as or more extreme}) / (1 + B)."""
-    stat = torch.as_tensor(statistic, dtype=_ACC, device=null.device)
+    stat = torch.as_tensor(statistic, dtype=ACC, device=null.device)
     # a tolerance of 1e-12 relative: equal values up to rounding count as "as extreme"
     tol = 1e-12 * max(1.0, float(stat.abs()))
     extreme = (null >= stat - tol) if larger_is_more_similar else (null <= stat + tol)
@@ -80,7 +79,7 @@ def _cka_shifts(x: Tensor, y: Tensor, debiased: bool, dtype) -> Tensor:
     k.fill_diagonal_(0.0)
     l.fill_diagonal_(0.0)
 
-    kr, lr = k.sum(1, dtype=_ACC), l.sum(1, dtype=_ACC)
+    kr, lr = k.sum(1, dtype=ACC), l.sum(1, dtype=ACC)
     cross = unbiased_hsic(n, shifted_quadratic(k, l), kr.sum(), lr.sum(), shifted_dot(kr, lr))
     kk = unbiased_hsic(n, sq_frobenius(k), kr.sum(), kr.sum(), kr @ kr)
     ll = unbiased_hsic(n, sq_frobenius(l), lr.sum(), lr.sum(), lr @ lr)
@@ -175,14 +174,14 @@ def permutation_test(
         used = "shifts"
     elif design.restricted:
         values = [info.fn(x, y[perm.to(y.device)], **opts) for perm in design.draw(n_permutations, gen)]
-        null = torch.stack(values).to(_ACC)
+        null = torch.stack(values).to(ACC)
         used = "random"
     else:
         values = []
         for _ in range(n_permutations):
             perm = torch.randperm(n, generator=gen).to(y.device)
             values.append(info.fn(x, y[perm], **opts))
-        null = torch.stack(values).to(_ACC)
+        null = torch.stack(values).to(ACC)
         used = "random"
     return PermutationResult(
         measure=measure,

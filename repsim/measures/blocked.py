@@ -24,9 +24,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
+from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
 
-_ACC = torch.float64
 DEFAULT_WORKSPACE = 512 * 2**20
 _WORKSPACE: contextvars.ContextVar[int] = contextvars.ContextVar("repsim_workspace", default=DEFAULT_WORKSPACE)
 
@@ -75,8 +74,8 @@ def _multi_sums(xs, ys, blocks, row_sums: tuple[bool, ...], n: int, itemsize: in
     c = block_rows(n, len(layers) * (len(row_sums) + 1), itemsize)
     shape = (big, big if ys is None else len(ys))
     sums = [
-        (torch.zeros(shape, dtype=_ACC, device=device), torch.zeros(len(layers), dtype=_ACC, device=device),
-         torch.zeros(len(layers), n, dtype=_ACC, device=device) if wanted else None)
+        (torch.zeros(shape, dtype=ACC, device=device), torch.zeros(len(layers), dtype=ACC, device=device),
+         torch.zeros(len(layers), n, dtype=ACC, device=device) if wanted else None)
         for wanted in row_sums
     ]  # fmt: skip
     for lo in range(0, n, c):
@@ -159,14 +158,14 @@ class RdmRows:
             return
         n, self.d = x.shape
         # float64 reductions without a float64 copy of the features (they can be large)
-        mu = x.sum(0, dtype=_ACC) / n
-        self.b = (xc @ mu.to(xc.dtype)).to(_ACC) if xc.dtype == _ACC else xc.to(_ACC) @ mu
+        mu = x.sum(0, dtype=ACC) / n
+        self.b = (xc @ mu.to(xc.dtype)).to(ACC) if xc.dtype == ACC else xc.to(ACC) @ mu
         self.mu2 = mu @ mu
         sq = raw = sq_row_norms(x)
         if method == "correlation":
             if self.d < 2:
                 raise ValueError(f"{name} needs at least 2 features for a correlation RDM; use rdm='euclidean'")
-            self.t = x.sum(1, dtype=_ACC) / self.d  # row means, removed from each row
+            self.t = x.sum(1, dtype=ACC) / self.d  # row means, removed from each row
             sq = (raw - self.d * self.t.pow(2)).clamp_min(0)  # |x_i - xbar_i|^2, to rounding of |x_i|^2
         else:
             self.t = None
@@ -181,15 +180,15 @@ class RdmRows:
         if not from_gram:
             # products in a low precision: 1 - <u_i, u_j> = |z_i - z_j|^2 / 2 with the unit rows centred over
             # samples first (z = u - u_bar), so a common offset (all cosines near 1) cannot cancel in float32
-            x64 = x.to(_ACC)
+            x64 = x.to(ACC)
             z = (x64 if self.t is None else x64 - self.t[:, None]) / self.r[:, None]
-            z = center_columns(z, _ACC)
+            z = center_columns(z, ACC)
             self.s, self.z = sq_row_norms(z), z.to(xc.dtype)
 
     def rows(self, gc: Tensor | None, lo: int, hi: int) -> Tensor:
         """RDM rows lo..hi (float64, shifted, diagonal zero) from the Gram block gc = Gc[lo:hi, :] (float64)."""
         if self.z is not None:
-            zz = (self.z[lo:hi] @ self.z.T).to(_ACC)
+            zz = (self.z[lo:hi] @ self.z.T).to(ACC)
             out = gram_sq_distances(self.s[lo:hi], self.s, zz) / 2  # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2
         elif self.method == "euclidean":
             out = gram_sq_distances(self.c[lo:hi], self.c, gc).sqrt_()
@@ -234,7 +233,7 @@ def gram_grids_blocked(
     own = rdms is not None and not estimators and all(r.z is not None for r in rdms)  # no Gram block needed
 
     def blocks(i: int, _, lo: int, hi: int) -> list[Tensor | None]:
-        gc = None if own else (layers[i][lo:hi] @ layers[i].T).to(_ACC)
+        gc = None if own else (layers[i][lo:hi] @ layers[i].T).to(ACC)
         summed = gc if estimators else None  # the Gram sums only feed the HSIC estimators
         return [summed] if rdms is None else [summed, rdms[i].rows(gc, lo, hi)]
 

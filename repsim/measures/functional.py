@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.numerics import ACC
 from ..core.validation import as_features
 from .kinds import layer_measure
-
-_ACC = torch.float64
 
 
 def _logits(x, name: str) -> Tensor:
@@ -81,7 +80,7 @@ _OUTPUTS = dict(
 
 
 def _log_probabilities(x: Tensor, **_) -> Tensor:
-    return torch.log_softmax(x.to(_ACC), 1)
+    return torch.log_softmax(x.to(ACC), 1)
 
 
 @layer_measure(
@@ -103,7 +102,7 @@ def jsd(x: Tensor, y: Tensor) -> Tensor:
 @layer_measure(
     "disagreement",
     prepare=lambda x, **_: x.argmax(1),
-    pair=lambda px, py, **_: (px != py).to(_ACC).mean(),
+    pair=lambda px, py, **_: (px != py).to(ACC).mean(),
     invariances=("isotropic_scaling",),
     reference=_SURVEY,
     **_OUTPUTS,
@@ -138,8 +137,8 @@ def _labels(labels, n: int, classes: int, device) -> Tensor:
 
 def _accuracy_differences(xs: list[Tensor], ys: list[Tensor], labels: Tensor | None) -> Tensor:
     labels = _labels(labels, xs[0].shape[0], xs[0].shape[1], xs[0].device)
-    ax = torch.stack([(x.argmax(1) == labels).to(_ACC).mean() for x in xs])
-    ay = ax if ys is xs else torch.stack([(y.argmax(1) == labels).to(_ACC).mean() for y in ys])
+    ax = torch.stack([(x.argmax(1) == labels).to(ACC).mean() for x in xs])
+    ay = ax if ys is xs else torch.stack([(y.argmax(1) == labels).to(ACC).mean() for y in ys])
     return (ax[:, None] - ay[None, :]).abs()
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
     check_same_samples,
@@ -17,8 +17,6 @@ from ..core.validation import (
 from .hsic import double_center
 from .kinds import layer_measure
 
-_ACC = torch.float64
-
 
 def squared_distances(x: Tensor) -> Tensor:
     """Pairwise squared Euclidean distances of the rows, (n, n) in ``x``'s dtype, non-negative, zero diagonal.
@@ -26,7 +24,7 @@ def squared_distances(x: Tensor) -> Tensor:
     The Gram identity on column-centred rows (translation-invariant; centring avoids cancellation),
     the product in ``x``'s dtype and the combination in float64 (:mod:`repsim.core.numerics`)."""
     xc = center_columns(x, x.dtype)
-    d = gram_sq_distances(sq_row_norms(xc), sq_row_norms(xc), (xc @ xc.T).to(_ACC))
+    d = gram_sq_distances(sq_row_norms(xc), sq_row_norms(xc), (xc @ xc.T).to(ACC))
     return d.fill_diagonal_(0).to(x.dtype)
 
 
@@ -118,7 +116,7 @@ _GAP = dict(family="gram", invariances=("orthogonal", "isotropic_scaling", "perm
 
 def _cosine_gram(x: Tensor, name: str = "x", **_) -> Tensor:
     """Sigma = Z Z^T of the float64 row-normalised features."""
-    z = unit_rows(x.to(_ACC), name)
+    z = unit_rows(x.to(ACC), name)
     return z @ z.T
 
 

@@ -24,12 +24,11 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import block_sq_norms, sq_row_norms, unbiased_hsic
+from ..core.numerics import ACC, block_sq_norms, sq_row_norms, unbiased_hsic
 from ..core.validation import check_choice
 from ._products import self_product, transpose_product
 
 ESTIMATORS = ("biased", "unbiased")
-_ACC = torch.float64  # every reduction below runs in float64: the sums of squares cancel
 
 
 def min_samples(estimator: str) -> int:
@@ -80,17 +79,17 @@ def gram_hsic_grid(ks: Tensor, ls: Tensor, estimator: str) -> tuple[Tensor, Tens
         ks, ls = double_center(ks), double_center(ls)
         scale = (n - 1) ** 2
         flat_k, flat_l = ks.flatten(1), ls.flatten(1)
-        kl = (flat_k.to(_ACC) @ flat_l.to(_ACC).T) / scale  # an n^2-long reduction: float64
-        kk = flat_k.to(_ACC).pow(2).sum(1) / scale
-        ll = flat_l.to(_ACC).pow(2).sum(1) / scale
+        kl = (flat_k.to(ACC) @ flat_l.to(ACC).T) / scale  # an n^2-long reduction: float64
+        kk = flat_k.to(ACC).pow(2).sum(1) / scale
+        ll = flat_l.to(ACC).pow(2).sum(1) / scale
         return kl, kk, ll
     ks, ls = _zero_diagonal(ks), _zero_diagonal(ls)
-    k_rows, l_rows = ks.sum(-1).to(_ACC), ls.sum(-1).to(_ACC)  # K~1 and L~1
+    k_rows, l_rows = ks.sum(-1).to(ACC), ls.sum(-1).to(ACC)  # K~1 and L~1
     k_sum, l_sum = k_rows.sum(-1), l_rows.sum(-1)
-    tr_kl = ks.flatten(1).to(_ACC) @ ls.flatten(1).to(_ACC).T  # an n^2-long reduction: float64
+    tr_kl = ks.flatten(1).to(ACC) @ ls.flatten(1).to(ACC).T  # an n^2-long reduction: float64
     kl = unbiased_hsic(n, tr_kl, k_sum[:, None], l_sum[None, :], k_rows @ l_rows.T)
-    kk = unbiased_hsic(n, ks.to(_ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
-    ll = unbiased_hsic(n, ls.to(_ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
+    kk = unbiased_hsic(n, ks.to(ACC).pow(2).sum((1, 2)), k_sum, k_sum, k_rows.pow(2).sum(1))
+    ll = unbiased_hsic(n, ls.to(ACC).pow(2).sum((1, 2)), l_sum, l_sum, l_rows.pow(2).sum(1))
     return kl, kk, ll
 
 
@@ -112,7 +111,7 @@ def hsic(k: Tensor, l: Tensor, *, estimator: str = "biased") -> Tensor:
         if g.shape[0] != g.shape[1]:
             raise ValueError(f"{name} must be a square (n, n) Gram matrix, got shape {tuple(g.shape)}")
     check_same_samples(k, l, ("k", "l"))
-    return gram_hsic_grid(k.to(_ACC)[None], l.to(_ACC)[None], estimator)[0][0, 0]
+    return gram_hsic_grid(k.to(ACC)[None], l.to(ACC)[None], estimator)[0][0, 0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +120,7 @@ def hsic(k: Tensor, l: Tensor, *, estimator: str = "biased") -> Tensor:
 def _segments(sizes: list[int], device) -> Tensor:
     """(L, P) indicator matrix: row l marks the columns of layer l in a concatenation."""
     index = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
-    return torch.nn.functional.one_hot(index, len(sizes)).T.to(_ACC)
+    return torch.nn.functional.one_hot(index, len(sizes)).T.to(ACC)
 
 
 @dataclass
@@ -144,22 +143,22 @@ class LayerMoments:
     def of(xs: list[Tensor], need_unbiased: bool = True) -> tuple[LayerMoments, Tensor]:
         """Moments of one batch, plus its per-sample squared norms (n, L) for the cross terms."""
         n, device = xs[0].shape[0], xs[0].device
-        grams = [self_product(x).to(_ACC) for x in xs]
+        grams = [self_product(x).to(ACC) for x in xs]
         if need_unbiased:
             sq_norms = torch.stack([sq_row_norms(x) for x in xs], dim=1)
         else:  # the biased estimator needs no per-sample norms
-            sq_norms = torch.zeros(n, len(xs), dtype=_ACC, device=device)
+            sq_norms = torch.zeros(n, len(xs), dtype=ACC, device=device)
         moments = LayerMoments(
             sizes=[x.shape[1] for x in xs],
             n=n,
-            total=torch.cat([x.sum(0).to(_ACC) for x in xs]),  # summed in x's dtype: a dtype-converting sum is slow
+            total=torch.cat([x.sum(0).to(ACC) for x in xs]),  # summed in x's dtype: a dtype-converting sum is slow
             grams=grams,
             sq=sq_norms.sum(0),
             sq2=sq_norms.pow(2).sum(0),
             x_sq=(
-                torch.cat([(x.T @ sq_norms[:, i].to(x.dtype)).to(_ACC) for i, x in enumerate(xs)])
+                torch.cat([(x.T @ sq_norms[:, i].to(x.dtype)).to(ACC) for i, x in enumerate(xs)])
                 if need_unbiased
-                else torch.zeros(sum(x.shape[1] for x in xs), dtype=_ACC, device=device)
+                else torch.zeros(sum(x.shape[1] for x in xs), dtype=ACC, device=device)
             ),
         )
         return moments, sq_norms
@@ -221,14 +220,14 @@ class CrossMoments:
         y_cat = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
         cross = transpose_product(x_cat, y_cat)
         if accumulate:
-            cross = cross.to(_ACC)
+            cross = cross.to(ACC)
         if not need_unbiased:
-            zero = torch.zeros((), dtype=_ACC, device=cross.device)
+            zero = torch.zeros((), dtype=ACC, device=cross.device)
             return CrossMoments(cross, zero, zero, zero)
         return CrossMoments(
             cross=cross,
-            x_ysq=(x_cat.T @ y_sq.to(x_cat.dtype)).to(_ACC),
-            y_xsq=(y_cat.T @ x_sq.to(y_cat.dtype)).to(_ACC),
+            x_ysq=(x_cat.T @ y_sq.to(x_cat.dtype)).to(ACC),
+            y_xsq=(y_cat.T @ x_sq.to(y_cat.dtype)).to(ACC),
             sq_sq=x_sq.T @ y_sq,
         )
 
@@ -251,7 +250,7 @@ def moment_hsic_grid(mx: LayerMoments, my: LayerMoments, cross: CrossMoments, es
     block = block_sq_norms(c, mx.sizes, my.sizes)
     # s_l^T C_lm s_m for all pairs: (S_x^T C) with S_x the block-diagonal (P, L) matrix of sx, then per y-layer
     s_blocks = (seg_x.T * sx[:, None]).to(c.dtype)
-    s_c_s = ((s_blocks.T @ c).to(_ACC) * sy) @ seg_y.T
+    s_c_s = ((s_blocks.T @ c).to(ACC) * sy) @ seg_y.T
     sx2, sy2 = seg_x @ sx.pow(2), seg_y @ sy.pow(2)
     if estimator == "biased":
         return (block - 2 * s_c_s / n + torch.outer(sx2, sy2) / n**2) / (n - 1) ** 2

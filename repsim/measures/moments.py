@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
+from ..core.numerics import ACC
 from ..core.validation import as_feature_list, as_features, check_same_samples, resolve_dtype
 from ._products import self_product, transpose_product
 from .accumulator import Accumulator
-
-_ACC = torch.float64
 
 
 @dataclass
@@ -72,9 +71,9 @@ def moments_of(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Mom
 
 def _batch_stats(t: Tensor, compute: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(mean float64, centred batch in ``compute`` dtype, sum of row norms float64)."""
-    mean = t.to(_ACC).mean(0)
-    centred = (t.to(_ACC) - mean).to(compute)
-    norms = torch.linalg.vector_norm(t, dim=1, dtype=_ACC).sum()
+    mean = t.to(ACC).mean(0)
+    centred = (t.to(ACC) - mean).to(compute)
+    norms = torch.linalg.vector_norm(t, dim=1, dtype=ACC).sum()
     return mean, centred, norms
 
 
@@ -133,9 +132,9 @@ class StreamingMoments(Accumulator):
         mean_y = torch.cat([s[0] for s in stats_y])
         cx = torch.cat([s[1] for s in stats_x], dim=1) if len(xs) > 1 else stats_x[0][1]
         cy = cx if same else (torch.cat([s[1] for s in stats_y], dim=1) if len(ys_list) > 1 else stats_y[0][1])
-        sxy = transpose_product(cx, cy).to(_ACC)
-        sxx = [self_product(s[1]).to(_ACC) for s in stats_x]
-        syy = sxx if same else [self_product(s[1]).to(_ACC) for s in stats_y]
+        sxy = transpose_product(cx, cy).to(ACC)
+        sxx = [self_product(s[1]).to(ACC) for s in stats_x]
+        syy = sxx if same else [self_product(s[1]).to(ACC) for s in stats_y]
         norm_x = torch.stack([s[2] for s in stats_x])
         norm_y = torch.stack([s[2] for s in stats_y])
         self._merge(b, mean_x, mean_y, sxx, syy, sxy, norm_x, norm_y)

@@ -19,13 +19,12 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import unbiased_hsic, unit_rows
+from ..core.numerics import ACC, unbiased_hsic, unit_rows
 from ..core.validation import (
     resolve_dtype,
 )
 from .kinds import layer_measure
 
-_ACC = torch.float64
 _RESI = "Klabunde et al. 2025, ReSi (ICLR)"
 _HUH = "Huh et al. 2024, The platonic representation hypothesis (ICML)"
 _COSINE_KNN = ("orthogonal", "isotropic_scaling", "permutation")
@@ -40,7 +39,7 @@ _NEIGHBOURS = dict(
 
 def _unit_rows(x: Tensor, name: str, dtype) -> Tensor:
     """Unit rows normalised in float64, returned in the compute dtype."""
-    return unit_rows(x.to(_ACC), name).to(resolve_dtype(dtype, x))
+    return unit_rows(x.to(ACC), name).to(resolve_dtype(dtype, x))
 
 
 @deprecated_arguments(positional=("block_size",))
@@ -90,7 +89,7 @@ def _neighbour_grid(per_pair_stat, min_k: int = 1):
         _check_k(k, xs[0].shape[0], min_k)
         lx = [_Layer(x, nm, k, dtype, block_size) for x, nm in zip(xs, names[0], strict=True)]
         ly = lx if ys is xs else [_Layer(y, nm, k, dtype, block_size) for y, nm in zip(ys, names[1], strict=True)]
-        return per_pair_stat(lx, ly, k).to(_ACC)
+        return per_pair_stat(lx, ly, k).to(ACC)
 
     return grid
 
@@ -98,48 +97,48 @@ def _neighbour_grid(per_pair_stat, min_k: int = 1):
 # -------------------------------------------------------------------------------- overlap measures
 def _jaccard(lx, ly, k):
     a, b = _pairwise_lists(lx, ly)
-    common = _matches(a, b).sum((-2, -1)).to(_ACC)  # (L, M, n)
+    common = _matches(a, b).sum((-2, -1)).to(ACC)  # (L, M, n)
     return (common / (2 * k - common)).mean(-1)
 
 
 def _mutual(lx, ly, k):
     a, b = _pairwise_lists(lx, ly)
-    return (_matches(a, b).sum((-2, -1)).to(_ACC) / k).mean(-1)
+    return (_matches(a, b).sum((-2, -1)).to(ACC) / k).mean(-1)
 
 
 def _rank(lx, ly, k):
     a, b = _pairwise_lists(lx, ly)
     eq = _matches(a, b)  # (L, M, n, k, k): rank r in x's list equals rank s in y's list
-    r = torch.arange(1, k + 1, device=eq.device, dtype=_ACC)
+    r = torch.arange(1, k + 1, device=eq.device, dtype=ACC)
     weight = 2.0 / ((1 + (r[:, None] - r[None, :]).abs()) * (r[:, None] + r[None, :]))
     score = (eq * weight).sum((-2, -1))
     common = eq.sum((-2, -1))
-    harmonic = torch.cat([torch.zeros(1, dtype=_ACC, device=eq.device), (1.0 / r).cumsum(0)])
+    harmonic = torch.cat([torch.zeros(1, dtype=ACC, device=eq.device), (1.0 / r).cumsum(0)])
     norm = harmonic[common]
     return torch.where(common > 0, score / norm.clamp_min(1e-300), torch.zeros_like(score)).mean(-1)
 
 
 def _cycle(lx, ly, k):
-    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].knn.device)
+    out = torch.empty(len(lx), len(ly), dtype=ACC, device=lx[0].knn.device)
     n = lx[0].knn.shape[0]
     self_index = torch.arange(n, device=out.device)[:, None, None]
     for i, a in enumerate(lx):
         for j, b in enumerate(ly):
             # i -> its neighbours j in y -> their neighbours in x: does the cycle come back to i?
             back = a.knn[b.knn]  # (n, k, k)
-            out[i, j] = (back == self_index).flatten(1).any(1).to(_ACC).mean()
+            out[i, j] = (back == self_index).flatten(1).any(1).to(ACC).mean()
     return out
 
 
 def _second_order(lx, ly, k):
-    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].knn.device)
+    out = torch.empty(len(lx), len(ly), dtype=ACC, device=lx[0].knn.device)
     for i, a in enumerate(lx):
         for j, b in enumerate(ly):
             # the union of both lists: x's k neighbours, then y's that x's list lacks (weight 0 for repeats)
             joint = torch.cat([a.knn, b.knn], dim=1)  # (n, 2k)
             keep = torch.cat([torch.ones_like(a.knn, dtype=torch.bool), ~_matches(b.knn, a.knn).any(-1)], dim=1)
-            sx = (a.z[:, None, :] * a.z[joint]).sum(-1).to(_ACC) * keep
-            sy = (b.z[:, None, :] * b.z[joint]).sum(-1).to(_ACC) * keep
+            sx = (a.z[:, None, :] * a.z[joint]).sum(-1).to(ACC) * keep
+            sy = (b.z[:, None, :] * b.z[joint]).sum(-1).to(ACC) * keep
             cos = (sx * sy).sum(1) / (sx.norm(dim=1) * sy.norm(dim=1)).clamp_min(1e-300)
             out[i, j] = cos.mean()
     return out
@@ -234,7 +233,7 @@ def _masked_kernel(layer: _Layer) -> tuple[Tensor, Tensor]:
     n = layer.z.shape[0]
     mask = torch.zeros(n, n, dtype=torch.bool, device=layer.z.device)
     mask.scatter_(1, layer.knn, True)
-    return (layer.z @ layer.z.T).to(_ACC), mask
+    return (layer.z @ layer.z.T).to(ACC), mask
 
 
 def _song_hsic(k: Tensor, l: Tensor) -> Tensor:
@@ -254,7 +253,7 @@ def _cknna(lx, ly, k):
                 f"CKNNA is undefined: the masked self-similarity of {name} is not positive (too few samples or "
                 "neighbours); use more samples or a larger k"
             )
-    out = torch.empty(len(lx), len(ly), dtype=_ACC, device=lx[0].z.device)
+    out = torch.empty(len(lx), len(ly), dtype=ACC, device=lx[0].z.device)
     for i, (ga, ma) in enumerate(kx):
         for j, (gb, mb) in enumerate(ky):
             both = ma & mb

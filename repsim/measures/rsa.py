@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
     check_choice,
@@ -26,7 +26,6 @@ from .kinds import layer_measure
 RDMS = ("cosine", "correlation", "euclidean")
 # "kendall" stays tau_a (its values, ties included, are what they were); tau_b is the separate "kendall_tau_b"
 COMPARATORS = ("pearson", "spearman", "kendall", "kendall_tau_b")
-_ACC = torch.float64
 
 
 @deprecated_arguments(positional=("method", "dtype"))
@@ -51,7 +50,7 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
     """
     if method == "euclidean":
         return squared_distances(x.to(compute)).sqrt()
-    x = x.to(_ACC)
+    x = x.to(ACC)
     reference = None
     if method == "correlation":
         if x.shape[1] < 2:
@@ -60,10 +59,10 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
         x = x - x.mean(dim=1, keepdim=True)
     what = "constant" if method == "correlation" else "all-zero"
     z = unit_rows(x, name, reference, what, f"a {method} RDM needs every row's; drop them or use rdm='euclidean'")
-    z = center_columns(z, _ACC)
+    z = center_columns(z, ACC)
     zc = z.to(compute)
     # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2 for unit rows (halving is exact, so this is bitwise the half)
-    d = gram_sq_distances(sq_row_norms(z), sq_row_norms(z), (zc @ zc.T).to(_ACC)) / 2
+    d = gram_sq_distances(sq_row_norms(z), sq_row_norms(z), (zc @ zc.T).to(ACC)) / 2
     return d.fill_diagonal_(0)
 
 
@@ -106,12 +105,12 @@ def _upper(m: Tensor) -> Tensor:
 def average_ranks(v: Tensor) -> Tensor:
     """Ranks 1..M with ties given their average rank (as scipy.stats.rankdata), on any device."""
     _, inverse, counts = torch.unique(v, sorted=True, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).to(_ACC)
-    return (ends - (counts.to(_ACC) - 1) / 2)[inverse]
+    ends = counts.cumsum(0).to(ACC)
+    return (ends - (counts.to(ACC) - 1) / 2)[inverse]
 
 
 def _standardised(v: Tensor, name: str) -> Tensor:
-    v = v.to(_ACC) - v.to(_ACC).mean()
+    v = v.to(ACC) - v.to(ACC).mean()
     norm = v.norm()
     if not bool(norm > 0):
         raise ValueError(f"the RDM of {name} is constant, so its correlation with another RDM is undefined")
@@ -125,7 +124,7 @@ def kendall_tau_a(a: Tensor, b: Tensor) -> Tensor:
     Knight (1966); tau_a follows by rescaling with the tie counts n1, n2.
     """
     tau_b, n0, n1, n2 = _kendall(a, b)
-    return torch.tensor(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0, dtype=_ACC, device=a.device)
+    return torch.tensor(tau_b * np.sqrt((n0 - n1) * (n0 - n2)) / n0, dtype=ACC, device=a.device)
 
 
 def kendall_tau_b(a: Tensor, b: Tensor) -> Tensor:
@@ -136,12 +135,12 @@ def kendall_tau_b(a: Tensor, b: Tensor) -> Tensor:
     a vector compared with itself scores 1 whatever its ties (tau_a gives (n0 - n1)/n0).
     """
     tau_b, *_ = _kendall(a, b)
-    return torch.tensor(tau_b, dtype=_ACC, device=a.device)
+    return torch.tensor(tau_b, dtype=ACC, device=a.device)
 
 
 def _kendall(a: Tensor, b: Tensor) -> tuple[float, float, float, float]:
     """(tau_b, n0, n1, n2) of two vectors, refusing a constant one (no untied pair: tau undefined)."""
-    av, bv = a.detach().cpu().to(_ACC).numpy(), b.detach().cpu().to(_ACC).numpy()
+    av, bv = a.detach().cpu().to(ACC).numpy(), b.detach().cpu().to(ACC).numpy()
     m = av.size
     n0 = m * (m - 1) / 2
 

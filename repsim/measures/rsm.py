@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..core.numerics import (
+    ACC,
     EIGEN_RTOL,
     block_sq_norms,
     center_columns,
@@ -38,7 +39,6 @@ from ..core.validation import (
 from ._products import self_product
 from .kinds import layer_measure
 
-_ACC = torch.float64
 _BLOCK_ELEMENTS = 1 << 25  # float64 entries of distance blocks held at once (256 MiB)
 
 
@@ -55,7 +55,7 @@ class _DistanceRows:
 
     def block(self, k: int, i0: int, i1: int) -> Tensor:
         x = self.layers[k]
-        g = (x[i0:i1] @ x.T).to(_ACC)
+        g = (x[i0:i1] @ x.T).to(ACC)
         d2 = gram_sq_distances(self.sq[k][i0:i1], self.sq[k], g)
         rows = torch.arange(i1 - i0, device=d2.device)
         d2[rows, rows + i0] = 0  # exact zero self-distances
@@ -78,7 +78,7 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, names)
     # layer's whole matrix fits the block budget it is kept for pass 2 instead of rebuilt.
     keep = b >= n
     kept: list[Tensor] = []
-    row_sums = torch.zeros(nl, n, dtype=_ACC, device=xs[0].device)
+    row_sums = torch.zeros(nl, n, dtype=ACC, device=xs[0].device)
     for i0 in range(0, n, b):
         i1 = min(n, i0 + b)
         for k in range(nl):
@@ -93,8 +93,8 @@ def _dcor_grid(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype, names)
         row_term, grand = row_sums / n, total / n**2
     # Pass 2: centred blocks of every layer; all pair inner products from one product per block.
     lx = len(xs)
-    var = torch.zeros(nl, dtype=_ACC, device=xs[0].device)
-    cross = torch.zeros(lx, lx if same else nl - lx, dtype=_ACC, device=xs[0].device)
+    var = torch.zeros(nl, dtype=ACC, device=xs[0].device)
+    cross = torch.zeros(lx, lx if same else nl - lx, dtype=ACC, device=xs[0].device)
     for i0 in range(0, n, b):
         i1 = min(n, i0 + b)
         blocks = []
@@ -160,7 +160,7 @@ class _ColumnSpace:
 def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tensor:
     """|U_x^T U_y|_F^2 from moments: Q_x^T Q_y = blockdiag(W_x^T S_xy W_y, 1) (1 is orthogonal to Xc)."""
     k = cs_x.whiten.T @ sxy @ cs_y.whiten
-    g = torch.zeros(k.shape[0] + 1, k.shape[1] + 1, dtype=_ACC, device=k.device)
+    g = torch.zeros(k.shape[0] + 1, k.shape[1] + 1, dtype=ACC, device=k.device)
     g[:-1, :-1] = k
     g[-1, -1] = 1
     return (cs_x.coef.T @ g @ cs_y.coef).pow(2).sum()
@@ -175,7 +175,7 @@ def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float, names: list
     for k, x in enumerate(xs):
         mean = column_mean(x)
         xc = center_columns(x, compute, mean)
-        cs = _ColumnSpace(self_product(xc).to(_ACC), mean, n, rtol)
+        cs = _ColumnSpace(self_product(xc).to(ACC), mean, n, rtol)
         if cs.rank == 0:
             raise ValueError(f"{names[k]} is all zeros, so its column space is empty and the overlap undefined")
         bases.append(cs.basis(xc, n))
@@ -194,7 +194,7 @@ def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype, names) -> Tens
         norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
     else:
         norm = torch.maximum(torch.tensor([x.shape[1] for x in xs])[:, None], torch.tensor([y.shape[1] for y in ys]))
-    return overlap / norm.to(device=overlap.device, dtype=_ACC)
+    return overlap / norm.to(device=overlap.device, dtype=ACC)
 
 
 def _check_rtol(rtol: float) -> float:
@@ -206,7 +206,7 @@ def _check_rtol(rtol: float) -> float:
 def eigenspace_overlap_from_moments(m, normalizer: str = "rank", rtol: float | None = None) -> Tensor:
     """Eigenspace overlap from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
     check_choice(normalizer, "normalizer", NORMALIZERS)
-    rtol = _default_rtol(_ACC) if rtol is None else _check_rtol(rtol)
+    rtol = _default_rtol(ACC) if rtol is None else _check_rtol(rtol)
     cx = _ColumnSpace(m.sxx, m.mean_x, m.n, rtol)
     cy = _ColumnSpace(m.syy, m.mean_y, m.n, rtol)
     if cx.rank == 0 or cy.rank == 0:
@@ -271,10 +271,10 @@ def _gulp_layers(xs, compute, lam, rtol):
     ts, selfs = [], []
     for x in xs:
         xc = center_columns(x, compute)
-        rw = _RidgeWeights(self_product(xc).to(_ACC), lam, rtol)
+        rw = _RidgeWeights(self_product(xc).to(ACC), lam, rtol)
         t = xc @ (rw.w * torch.sqrt(rw.scale2)).to(compute)  # columns of Sigma-whitened predictors
         ts.append(t)
-        selfs.append((t.T @ t).to(_ACC).pow(2).sum())
+        selfs.append((t.T @ t).to(ACC).pow(2).sum())
     return ts, torch.stack(selfs)
 
 
@@ -291,13 +291,13 @@ def _gulp_grid(xs, ys, lam, rtol, dtype) -> Tensor:
 def gulp_from_moments(m, lam: float = 0.0, rtol: float | None = None) -> Tensor:
     """GULP from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
     lam = _check_lam(lam)
-    rtol = _default_rtol(_ACC) if rtol is None else _check_rtol(rtol)
+    rtol = _default_rtol(ACC) if rtol is None else _check_rtol(rtol)
     for name, s in (("x", m.sxx), ("y", m.syy)):
         if not bool(torch.trace(s) > 0):
             raise ValueError(f"{name} is constant across samples, so GULP's normalisation is undefined")
     rx = _RidgeWeights(m.sxx, lam, rtol)
     ry = _RidgeWeights(m.syy, lam, rtol)
-    return _gulp_distance(rx.whitened(m.sxx, rx), ry.whitened(m.syy, ry), rx.whitened(m.sxy, ry), _ACC)
+    return _gulp_distance(rx.whitened(m.sxx, rx), ry.whitened(m.syy, ry), rx.whitened(m.sxy, ry), ACC)
 
 
 # ---------------------------------------------------------------------------- RSM norm difference
@@ -308,7 +308,7 @@ def _rsm_norm_grid(xs, ys, dtype) -> Tensor:
     n, lx = dist.n, len(xs)
     iy = range(lx) if same else range(lx, len(dist.layers))
     b = _block_size(n, len(dist.layers))
-    sq = torch.zeros(lx, len(iy), dtype=_ACC, device=xs[0].device)
+    sq = torch.zeros(lx, len(iy), dtype=ACC, device=xs[0].device)
     for i0 in range(0, n, b):
         i1 = min(n, i0 + b)
         bx = torch.stack([dist.block(k, i0, i1).flatten() for k in range(lx)])

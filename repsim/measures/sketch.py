@@ -34,8 +34,6 @@ from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
 
-_ACC = torch.float64
-
 
 def _layer_seed(seed: int, side: int, layer: int) -> int:
     digest = hashlib.sha256(f"repsim-sketch|{seed}|{side}|{layer}".encode()).digest()

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..core.numerics import ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.numerics import ACC, ZERO_NORM_RTOL, center_columns, gram_sq_distances, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
     check_choice,
@@ -23,7 +23,6 @@ from ..core.validation import (
 from .accumulator import LayerStream, combine_states
 from .kinds import layer_measure
 
-_ACC = torch.float64
 _BLOCK_ELEMENTS = 1 << 24
 
 MAGNITUDES = ("mean_row_norm", "norm_of_mean")
@@ -43,7 +42,7 @@ _DIFFERENCE = dict(
 def magnitude(x: Tensor, statistic: str = "mean_row_norm") -> Tensor:
     """mean_i |x_i|_2 (default), or |mean_i x_i|_2 with ``statistic="norm_of_mean"`` (ReSi's code)."""
     check_choice(statistic, "statistic", MAGNITUDES)
-    return _magnitude_of(as_features(x, "x", 1).to(_ACC), statistic)
+    return _magnitude_of(as_features(x, "x", 1).to(ACC), statistic)
 
 
 def _magnitude_of(x64: Tensor, statistic: str) -> Tensor:
@@ -65,7 +64,7 @@ def _check_statistic(statistic: str = "mean_row_norm", **_) -> None:
 
 @layer_measure(
     "magnitude_difference",
-    prepare=lambda x, name, statistic="mean_row_norm", **_: _magnitude_of(x.to(_ACC), statistic),
+    prepare=lambda x, name, statistic="mean_row_norm", **_: _magnitude_of(x.to(ACC), statistic),
     options_check=_check_statistic,
     min_samples=1,
     invariances=("orthogonal", "permutation"),
@@ -88,7 +87,7 @@ def magnitude_difference(x: Tensor, y: Tensor, *, statistic: str = "mean_row_nor
 # ---------------------------------------------------------------------------- concentricity
 def concentricity(x: Tensor) -> Tensor:
     """mean_i cos(x_i, mean_j x_j): how tightly the samples point along the mean representation."""
-    return _concentricity_of(as_features(x, "x", 1).to(_ACC))
+    return _concentricity_of(as_features(x, "x", 1).to(ACC))
 
 
 def _concentricity_of(x64: Tensor, name: str = "x") -> Tensor:
@@ -123,11 +122,11 @@ class StreamingConcentricity(LayerStream):
         xs, ys_list = self._layer_lists(xs, ys)
 
         def stats(t: Tensor) -> list[Tensor]:
-            t = t.to(_ACC)
+            t = t.to(ACC)
             sq = t.pow(2).sum(1)
             norms = sq.sqrt()
             unit = t / torch.where(norms > 0, norms, 1.0)[:, None]
-            return [t.sum(0), unit.sum(0), sq.sum(), (norms == 0).sum().to(_ACC)]
+            return [t.sum(0), unit.sum(0), sq.sum(), (norms == 0).sum().to(ACC)]
 
         new = [[stats(t) for t in xs], [stats(t) for t in ys_list]]
         if self._sums is not None and (
@@ -147,7 +146,7 @@ class StreamingConcentricity(LayerStream):
             raise ValueError("no samples were accumulated; call update() with at least one batch first")
         flat = [v for side in self._sums for v in side]
         checks = torch.stack(
-            [torch.stack([torch.isfinite(v[0]).all().to(_ACC), v[3]]) for v in flat]
+            [torch.stack([torch.isfinite(v[0]).all().to(ACC), v[3]]) for v in flat]
         ).tolist()  # one host synchronisation
         for (finite, zeros), side in zip(
             checks, ["xs"] * len(self._sums[0]) + ["ys"] * len(self._sums[1]), strict=True
@@ -178,7 +177,7 @@ class StreamingConcentricity(LayerStream):
 
 @layer_measure(
     "concentricity_difference",
-    prepare=lambda x, name, **_: _concentricity_of(x.to(_ACC), name),
+    prepare=lambda x, name, **_: _concentricity_of(x.to(ACC), name),
     min_samples=1,
     invariances=("orthogonal", "isotropic_scaling", "permutation"),
     streaming=True,
@@ -212,8 +211,8 @@ def _uniformity_of(x: Tensor, t: float, normalize: bool, dtype: torch.dtype | No
         raise ValueError(f"t must be a positive number (the uniformity temperature), got {t!r}")
     x = as_features(x, name, 2, "uniformity averages over pairs of samples")
     compute = resolve_dtype(dtype, x)
-    x64 = x.to(_ACC)
-    z = unit_rows(x64, name, fix="drop them or add a small offset") if normalize else center_columns(x64, _ACC)
+    x64 = x.to(ACC)
+    z = unit_rows(x64, name, fix="drop them or add a small offset") if normalize else center_columns(x64, ACC)
     n = z.shape[0]
     sq = sq_row_norms(z)
     zc = z.to(compute)
@@ -221,11 +220,11 @@ def _uniformity_of(x: Tensor, t: float, normalize: bool, dtype: torch.dtype | No
     parts = []
     for i0 in range(0, n - 1, b):
         i1 = min(n - 1, i0 + b)
-        gram = (zc[i0:i1] @ zc.T).to(_ACC)
+        gram = (zc[i0:i1] @ zc.T).to(ACC)
         d2 = gram_sq_distances(sq[i0:i1], sq, gram)
         cols = torch.arange(n, device=z.device)[None, :]
         rows = torch.arange(i0, i1, device=z.device)[:, None]
-        logits = torch.where(cols > rows, -t * d2, torch.tensor(-math.inf, dtype=_ACC, device=z.device))
+        logits = torch.where(cols > rows, -t * d2, torch.tensor(-math.inf, dtype=ACC, device=z.device))
         parts.append(torch.logsumexp(logits.flatten(), 0))
     return torch.logsumexp(torch.stack(parts), 0) - math.log(n * (n - 1) / 2)
 

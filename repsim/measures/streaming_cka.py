@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import center_columns
+from ..core.numerics import ACC, center_columns
 from ..core.validation import near_constant, resolve_dtype
 from .accumulator import LayerStream, combine_states
 from .hsic import (
@@ -22,8 +22,6 @@ from .hsic import (
     min_samples,
     moment_hsic_grid,
 )
-
-_ACC = torch.float64
 
 
 class LayerGridAccumulator(LayerStream):
@@ -41,8 +39,8 @@ class LayerGridAccumulator(LayerStream):
         xs, ys = self._layer_lists(xs, ys)
         both = xs if ys is xs else xs + ys
         extremes = [torch.aminmax(t, dim=0) for t in both]  # one read of each layer
-        lows = [e.min.to(_ACC) for e in extremes]
-        highs = [e.max.to(_ACC) for e in extremes]
+        lows = [e.min.to(ACC) for e in extremes]
+        highs = [e.max.to(ACC) for e in extremes]
         if self._lo is None:
             self._lo, self._hi, self._dtypes = lows, highs, [t.dtype for t in both]
         elif len(both) != len(self._lo) or any(t.shape[1] != r.shape[0] for t, r in zip(both, self._lo, strict=False)):
@@ -119,17 +117,17 @@ class StreamingLinearCKA(LayerGridAccumulator):
         compute = resolve_dtype(self.dtype, *xs, *ys)
         if self._shift_x is None:
             self._same = same
-            self._shift_x = [x.to(_ACC).mean(0) for x in xs]
-            self._shift_y = None if same else [y.to(_ACC).mean(0) for y in ys]
+            self._shift_x = [x.to(ACC).mean(0) for x in xs]
+            self._shift_y = None if same else [y.to(ACC).mean(0) for y in ys]
         elif same != self._same:
             raise ValueError("update() got ys=None after ys was given (or the reverse); keep one form per stream")
         unbiased = self.debiased
-        xb = [(x.to(_ACC) - s).to(compute) for x, s in zip(xs, self._shift_x, strict=True)]
+        xb = [(x.to(ACC) - s).to(compute) for x, s in zip(xs, self._shift_x, strict=True)]
         mx, x_sq = LayerMoments.of(xb, unbiased)
         if same:
             yb, my, y_sq = xb, None, x_sq
         else:
-            yb = [(y.to(_ACC) - s).to(compute) for y, s in zip(ys, self._shift_y, strict=True)]
+            yb = [(y.to(ACC) - s).to(compute) for y, s in zip(ys, self._shift_y, strict=True)]
             my, y_sq = LayerMoments.of(yb, unbiased)
         cross = CrossMoments.of(xb, yb, x_sq, y_sq, unbiased, accumulate=True)
         if self._mx is None:
@@ -148,8 +146,8 @@ class StreamingLinearCKA(LayerGridAccumulator):
         if self.n:
             raise ValueError("set_shift() must come before the first update()")
         self._same = shift_y is None
-        self._shift_x = [s.to(_ACC) for s in shift_x]
-        self._shift_y = None if shift_y is None else [s.to(_ACC) for s in shift_y]
+        self._shift_x = [s.to(ACC) for s in shift_x]
+        self._shift_y = None if shift_y is None else [s.to(ACC) for s in shift_y]
 
     def compute(self) -> Tensor:
         """CKA over everything seen so far: 0-d for single tensors, (L, M) for layer lists."""

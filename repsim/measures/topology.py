@@ -14,11 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.numerics import center_columns, gram_sq_distances, sq_row_norms
+from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms
 from .gram import squared_distances
 from .kinds import layer_measure
-
-_ACC = torch.float64
 
 
 def _ripser():
@@ -43,7 +41,7 @@ def _gudhi():
 
 def _normalised_distances(x: Tensor) -> Tensor:
     """Euclidean distances divided by their 0.9 quantile (Barannikov et al.'s normalisation)."""
-    d = squared_distances(x.to(_ACC)).sqrt()
+    d = squared_distances(x.to(ACC)).sqrt()
     n = d.shape[0]
     iu = torch.triu_indices(n, n, 1, device=d.device)
     scale = torch.quantile(d[iu[0], iu[1]], 0.9)
@@ -91,7 +89,7 @@ def _rtd_pair(x: Tensor, y: Tensor, n_repeats: int, subset_size: int, symmetric:
         dy = _normalised_distances(y[idx]).cpu().numpy()
         forward = _cross_barcode_total(dx, dy)
         values.append((forward + _cross_barcode_total(dy, dx)) / 2 if symmetric else forward)
-    return torch.tensor(float(np.mean(values)), dtype=_ACC, device=x.device)
+    return torch.tensor(float(np.mean(values)), dtype=ACC, device=x.device)
 
 
 @layer_measure(
@@ -124,15 +122,15 @@ def rtd(
 # -------------------------------------------------------------------------------- IMD
 def _heat_traces(x: Tensor, k: int, ts: Tensor) -> Tensor:
     """Heat-kernel traces tr(exp(-t L)) / n of the normalised Laplacian of x's symmetrised kNN graph."""
-    d = squared_distances(x.to(_ACC))
+    d = squared_distances(x.to(ACC))
     n = d.shape[0]
     d.fill_diagonal_(float("inf"))  # a sample is not its own neighbour
     nn = d.topk(k, dim=1, largest=False).indices
-    adj = torch.zeros(n, n, dtype=_ACC, device=x.device)
+    adj = torch.zeros(n, n, dtype=ACC, device=x.device)
     adj.scatter_(1, nn, 1.0)
     adj = torch.maximum(adj, adj.T)  # undirected, unweighted kNN graph
     inv_sqrt_deg = adj.sum(1).rsqrt()
-    lap = torch.eye(n, dtype=_ACC, device=x.device) - inv_sqrt_deg[:, None] * adj * inv_sqrt_deg[None, :]
+    lap = torch.eye(n, dtype=ACC, device=x.device) - inv_sqrt_deg[:, None] * adj * inv_sqrt_deg[None, :]
     eig = torch.linalg.eigvalsh(lap).clamp_min(0.0)
     return torch.exp(-ts[:, None] * eig[None, :]).sum(1) / n
 
@@ -146,7 +144,7 @@ def _imd_validated(xs: list[Tensor], ys_list: list[Tensor], k, n_scales: int, ma
             f"imd computes exact spectra (O(n^3)); n = {n} exceeds max_exact_samples = {max_exact_samples}: "
             "subsample the samples (compare() does, with sample_cap) or raise max_exact_samples"
         )
-    ts = torch.logspace(-1, 1, n_scales, dtype=_ACC, device=xs[0].device)
+    ts = torch.logspace(-1, 1, n_scales, dtype=ACC, device=xs[0].device)
     hx = torch.stack([_heat_traces(x, k, ts) for x in xs])
     hy = hx if ys_list is xs else torch.stack([_heat_traces(y, k, ts) for y in ys_list])
     diff = (hx[:, None, :] - hy[None, :, :]).abs()
@@ -210,7 +208,7 @@ def _mean_rlt(x: Tensor, landmarks: Tensor, gamma: float, i_max: int) -> np.ndar
     W(L, x) (every sample a witness) with distances d(w, l) and relaxation up to
     alpha_max = gamma * max_{w, l} d(w, l)."""
     gudhi = _gudhi()
-    xc = center_columns(x, _ACC)  # distances of centred samples: a large offset does not eat the digits
+    xc = center_columns(x, ACC)  # distances of centred samples: a large offset does not eat the digits
     n, n_repeats, n_landmarks = xc.shape[0], landmarks.shape[0], landmarks.shape[1]
     landmarks = landmarks.to(x.device)
     sq_norms = sq_row_norms(xc)
@@ -226,7 +224,7 @@ def _mean_rlt(x: Tensor, landmarks: Tensor, gamma: float, i_max: int) -> np.ndar
         rows = torch.arange(idx.shape[0], device=x.device)[:, None]
         dist[rows, idx, torch.arange(n_landmarks, device=x.device)] = 0.0  # a landmark witnesses itself at 0
         dist, order = dist.sort(dim=2, stable=True)  # each witness's landmarks, nearest first
-        tables = torch.stack([order.to(_ACC), dist], dim=3).cpu().numpy()  # (c, n, L, 2): (landmark, distance)
+        tables = torch.stack([order.to(ACC), dist], dim=3).cpu().numpy()  # (c, n, L, 2): (landmark, distance)
         for table in tables:
             alpha_max = gamma * float(table[:, -1, 1].max())
             tree = gudhi.WitnessComplex(nearest_landmark_table=table).create_simplex_tree(
@@ -261,7 +259,7 @@ def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma
     mx = np.stack([_mean_rlt(x, landmarks, gamma, i_max) for x in xs])
     my = mx if ys_list is xs else np.stack([_mean_rlt(y, landmarks, gamma, i_max) for y in ys_list])
     diff = mx[:, None, :] - my[None, :, :]
-    return torch.tensor((diff * diff).sum(-1), dtype=_ACC, device=xs[0].device)
+    return torch.tensor((diff * diff).sum(-1), dtype=ACC, device=xs[0].device)
 
 
 @layer_measure(
