@@ -16,10 +16,9 @@ from repsim.measures.moments import StreamingMoments
 @pytest.fixture
 def scratch_names():
     """Names registered by a test, removed afterwards (the registry is process-wide)."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        registry._REGISTRY.pop(name, None)
+    names: list[str] = []  # kept for the tests' bookkeeping: temporary_measure removes whatever they declare
+    with repsim.temporary_measure():
+        yield names
 
 
 def _data(n=80, p=6, q=4, seed=0):

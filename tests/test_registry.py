@@ -1,6 +1,5 @@
 """The registry's API and the shared moment accumulator (per-measure properties: test_measure_properties.py)."""
 
-import dataclasses
 import re
 
 import pytest
@@ -51,7 +50,7 @@ def test_alias_equals_base_with_option(gen):
     assert torch.allclose(grid[:, 0], torch.stack([repsim.linear_cka(x, y, debiased=True), torch.tensor(1.0).double()]))
 
 
-def test_grid_fallback_loops_over_pairs(gen, monkeypatch):
+def test_grid_fallback_loops_over_pairs(gen):
     # a temporary measure without a batched grid (every registered one may have one); removed after the test
     calls = []
 
@@ -59,10 +58,10 @@ def test_grid_fallback_loops_over_pairs(gen, monkeypatch):
         calls.append((x.shape[1], y.shape[1]))
         return repsim.kernel_cka(x, y, sigma=sigma)
 
-    info = dataclasses.replace(registry.get_measure("kernel_cka"), name="test_pair_only", fn=pair_only, grid=None)
-    monkeypatch.setitem(registry._REGISTRY, "test_pair_only", info)
     x, y = related(gen)
-    grid = repsim.measure_grid([x, y], [y], "test_pair_only", sigma=0.5)
+    with repsim.temporary_measure("test_pair_only", like="kernel_cka", fn=pair_only, grid=None):
+        grid = repsim.measure_grid([x, y], [y], "test_pair_only", sigma=0.5)
+    assert "test_pair_only" not in registry.registered_names()
     assert grid.shape == (2, 1) and grid.dtype == torch.float64
     assert calls == [(x.shape[1], y.shape[1]), (y.shape[1], y.shape[1])]  # one call per pair, options passed on
     assert grid[0, 0] == repsim.kernel_cka(x, y, sigma=0.5) and grid[1, 0] == repsim.kernel_cka(y, y, sigma=0.5)
@@ -152,3 +151,24 @@ def test_exports_and_api_page_follow_the_registry():
         fn = repsim.get_measure(name).fn
         assert fn.__name__ in exported and getattr(repsim, fn.__name__) is fn, f"{name}: export {fn.__name__}"
         assert f"::: repsim.{fn.__name__}\n" in api, f"{name}: add '::: repsim.{fn.__name__}' to docs/api/repsim.md"
+
+
+def test_temporary_measure_leaves_the_registry_as_it_was(gen):
+    before = registry.registered_names()
+    x, y = related(gen)
+    with repsim.temporary_measure("test_copy", like="linear_cka", identity_value=1.0) as info:
+        assert info.name == "test_copy" and info.fn is repsim.linear_cka
+        assert repsim.measure(x, y, "test_copy") == repsim.linear_cka(x, y)
+        with pytest.raises(ValueError, match="registered already"), repsim.temporary_measure("test_copy", like="rsa"):
+            pass
+    with repsim.temporary_measure():  # measures declared inside the block go too
+        repsim.layer_measure("test_declared", pair=lambda a, b: (a - b).sum(), family="cka",
+                             larger_is_more_similar=True, cost="-")(_declared)  # fmt: skip
+        assert "test_declared" in registry.registered_names()
+    with pytest.raises(RuntimeError), repsim.temporary_measure("test_gone", like="rsa"):
+        raise RuntimeError("the registry is restored on errors too")
+    assert registry.registered_names() == before
+
+
+def _declared(x, y):
+    """A toy measure (its body is its docstring)."""

@@ -27,7 +27,7 @@ from .hsic import hsic
 from .kinds import MomentParts, layer_measure, moment_measure
 from .moments import Moments, StreamingMoments, moments_of
 from .neighbours import cknna, cycle_knn, jaccard_knn, knn_indices, mutual_knn, rank_similarity, second_order_cosine
-from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid
+from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, temporary_measure
 from .rsa import average_ranks, kendall_tau_a, kendall_tau_b, rdm, rsa, rsa_grid
 from .rsm import distance_correlation, eigenspace_overlap, gulp, rsm_norm_difference
 from .statistics import concentricity_difference, magnitude_difference, uniformity_difference
@@ -100,5 +100,6 @@ __all__ = [
     "soft_correlation_match",
     "soft_matching",
     "svcca",
+    "temporary_measure",
     "uniformity_difference",
 ]

@@ -17,9 +17,10 @@ Invariances are of the *feature* space (the same map applied to every sample of 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -207,6 +208,42 @@ def register(
         raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
     _REGISTRY[name] = info
     return fn
+
+
+@contextlib.contextmanager
+def temporary_measure(name: str | None = None, *, like: str | None = None, **fields) -> Iterator[MeasureInfo | None]:
+    """Register a measure for the length of a ``with`` block (for tests and experiments); on exit
+    the registry is exactly as before, whatever was registered inside the block.
+
+    ``temporary_measure("my_cka", like="linear_cka", fn=my_fn, grid=None)``: the entry of ``like``
+    with ``name`` and the given ``fields`` (any :class:`MeasureInfo` field) replaced;
+    ``temporary_measure("my_cka", fn=..., family=..., ...)``: a new entry (the arguments of
+    :func:`register`); ``temporary_measure()``: nothing registered on entry, but measures declared
+    inside the block (``@layer_measure(...)``) are removed on exit. Yields the entry (or None).
+
+    Example:
+        >>> with repsim.temporary_measure("cka_copy", like="linear_cka") as info:
+        ...     repsim.measure(x, y, "cka_copy")
+    """
+    _load_families()
+    before = dict(_REGISTRY)
+    try:
+        info = None
+        if name is not None:
+            if name in _REGISTRY:
+                raise ValueError(f"measure {name!r} is registered already; choose another name")
+            if like is not None:
+                info = dataclasses.replace(get_measure(like), name=name, **fields)
+                _REGISTRY[name] = info
+            else:
+                register(name, **fields)
+                info = _REGISTRY[name]
+        elif like is not None or fields:
+            raise TypeError("temporary_measure(like=..., **fields) needs the new entry's name")
+        yield info
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(before)
 
 
 def get_measure(name: str) -> MeasureInfo:
