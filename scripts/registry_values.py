@@ -20,7 +20,6 @@ recorded as far as they run; the check compares the rows both files have and lis
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -35,12 +34,11 @@ from repsim.measures.moments import StreamingMoments
 from repsim.measures.registry import get_measure, registered_names
 
 N, P, Q = 90, 6, 5
-OPTIONAL_PACKAGE = {"rtd": "ripser", "geometry_score": "gudhi"}
 OPTIONS = {"geometry_score": {"n_landmarks": 16, "n_repeats": 10}}
 
 
 def names() -> list[str]:
-    return [n for n in registered_names() if n not in OPTIONAL_PACKAGE or importlib.util.find_spec(OPTIONAL_PACKAGE[n])]
+    return [n for n in registered_names() if get_measure(n).available()]  # the entry names its optional package
 
 
 def inputs(name: str):

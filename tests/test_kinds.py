@@ -43,6 +43,7 @@ def _declare_toy_cka(names):
 
     @moment_measure(
         "toy_cka",
+        differentiable=True,
         prepare=_frobenius,
         pair=_cka_pair,
         options_check=lambda power=2.0, **_: None if power > 0 else (_ for _ in ()).throw(ValueError("power > 0")),
@@ -104,6 +105,7 @@ def test_parts_follow_the_options(scratch_names):
 
     @moment_measure(
         "toy_ratio",
+        differentiable=True,
         parts=lambda side="x", **_: MomentParts(_frobenius, lambda fx, fy, sxy, n, **_: fx / fy, swap=side == "y"),
         family="cka",
         larger_is_more_similar=True,
@@ -135,6 +137,7 @@ def test_layer_measure_prepares_each_layer_once_and_names_layers(scratch_names):
 
     @layer_measure(
         "toy_norms",
+        differentiable=True,
         prepare=mean_norm,
         pair=lambda a, b, **_: (a - b).abs(),
         family="statistics",
@@ -168,7 +171,7 @@ def test_declarations_are_checked(scratch_names):
     with pytest.raises(TypeError, match="no code"):
 
         @moment_measure("toy_body", prepare=_frobenius, pair=_cka_pair, family="cka", larger_is_more_similar=True,
-                        cost="-")  # fmt: skip
+                        cost="-", differentiable=True)  # fmt: skip
         def toy_body(x, y, *, dtype=None):
             """A body that would never run."""
             return x
@@ -176,16 +179,28 @@ def test_declarations_are_checked(scratch_names):
     with pytest.raises(TypeError, match="keyword-only"):
 
         @layer_measure("toy_positional", pair=lambda a, b: a.sum(), family="cka", larger_is_more_similar=True,
-                       cost="-")  # fmt: skip
+                       cost="-", differentiable=True)  # fmt: skip
         def toy_positional(x, y, k=3):
             """Options must be keyword-only."""
 
     with pytest.raises(TypeError, match="prepare and pair, or parts"):
-        moment_measure("toy_none", family="cka", larger_is_more_similar=True, cost="-")
+        moment_measure("toy_none", family="cka", larger_is_more_similar=True, cost="-", differentiable=True)
+    with pytest.raises(TypeError, match="declare differentiable"):
+
+        @layer_measure("toy_silent", pair=lambda a, b: a.sum(), family="cka", larger_is_more_similar=True, cost="-")
+        def toy_silent(x, y):
+            """Every declaration says whether autograd differentiates it."""
 
 
 def test_option_dependent_properties_are_on_the_entry():
+    rtd, uniformity = repsim.get_measure("rtd"), repsim.get_measure("uniformity_difference")
+    assert rtd.symmetric and rtd.symmetric_at(symmetric=True) and not rtd.symmetric_at(symmetric=False)
+    assert rtd.needs_package == "ripser" and repsim.get_measure("geometry_score").needs_package == "gudhi"
+    assert "isotropic_scaling" in uniformity.invariances and "translation" not in uniformity.invariances
+    assert uniformity.invariances_at(normalize=False) == {"orthogonal", "permutation", "translation"}
     rsa = repsim.get_measure("rsa")
+    assert rsa.differentiable and not rsa.differentiable_at(compare="kendall")
+    assert not repsim.get_measure("rsa_spearman").differentiable and not repsim.get_measure("mutual_knn").differentiable
     assert "translation" not in rsa.invariances and "translation" in rsa.invariances_at(rdm="euclidean")
     assert "orthogonal" not in rsa.invariances_at(rdm="correlation")
     assert rsa.quadratic_form() == "rsa_pearson" and rsa.quadratic_form(compare="kendall") is None

@@ -12,7 +12,6 @@ For each registered measure, on random inputs drawn by hypothesis:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -26,8 +25,7 @@ from repsim.measures.registry import get_measure, registered_names
 
 N, P, Q = 60, 6, 5
 # measures whose optional package is missing here are tested where it is installed
-OPTIONAL_PACKAGE = {"rtd": "ripser", "geometry_score": "gudhi"}
-NAMES = [n for n in registered_names() if n not in OPTIONAL_PACKAGE or importlib.util.find_spec(OPTIONAL_PACKAGE[n])]
+NAMES = [n for n in registered_names() if get_measure(n).available()]  # the entry names its optional package
 # Options passed to every call of a measure here: geometry_score's default 64 landmarks exceed N = 60
 # samples, and 10 landmark draws instead of 100 keep its part of this file to seconds.
 OPTIONS = {"geometry_score": {"n_landmarks": 16, "n_repeats": 10}}

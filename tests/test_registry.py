@@ -163,7 +163,7 @@ def test_temporary_measure_leaves_the_registry_as_it_was(gen):
             pass
     with repsim.temporary_measure():  # measures declared inside the block go too
         repsim.layer_measure("test_declared", pair=lambda a, b: (a - b).sum(), family="cka",
-                             larger_is_more_similar=True, cost="-")(_declared)  # fmt: skip
+                             larger_is_more_similar=True, cost="-", differentiable=True)(_declared)  # fmt: skip
         assert "test_declared" in registry.registered_names()
     with pytest.raises(RuntimeError), repsim.temporary_measure("test_gone", like="rsa"):
         raise RuntimeError("the registry is restored on errors too")

@@ -131,6 +131,15 @@ def gram_sq_distances(sq_a: Tensor, sq_b: Tensor, gram: Tensor) -> Tensor:
     return (sq_a[..., :, None] + sq_b[..., None, :] - 2 * gram).clamp_min_(0)
 
 
+def safe_sqrt(t: Tensor) -> Tensor:
+    """The square root of a non-negative tensor, with gradient 0 (not inf) where it is 0.
+
+    Self-distances are exact zeros; sqrt's derivative there is infinite, and times the zero that
+    flows back it makes NaN gradients. The values are sqrt's, bit for bit (0 where ``t <= 0``)."""
+    positive = t > 0
+    return torch.where(positive, torch.where(positive, t, torch.ones_like(t)).sqrt(), torch.zeros_like(t))
+
+
 def unbiased_hsic(n: int, tr_kl: Tensor, k_sum: Tensor, l_sum: Tensor, kl_sum: Tensor) -> Tensor:
     """Song et al.'s (2012, JMLR) unbiased HSIC from its four terms, for zero-diagonal K~, L~ (n >= 4):
 

@@ -69,6 +69,7 @@ def _size_shape_pair(tx, ty, sxy, n, **_) -> Tensor:
 
 @moment_measure(
     "procrustes",
+    differentiable=True,
     prepare=_trace,
     pair=_procrustes_pair,
     family="alignment",
@@ -100,7 +101,7 @@ _SIZE_SHAPE = dict(
 )
 
 
-@moment_measure("procrustes_size_shape", pair=_size_shape_pair, reference=_WILLIAMS, **_SIZE_SHAPE)
+@moment_measure("procrustes_size_shape", differentiable=True, pair=_size_shape_pair, reference=_WILLIAMS, **_SIZE_SHAPE)
 def procrustes_size_shape(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Procrustes size-and-shape distance (Williams et al. 2021): centred, not rescaled.
 
@@ -122,6 +123,7 @@ def _bures_pair(tx, ty, sxy, n, **_) -> Tensor:
 
 @moment_measure(
     "nbs",
+    differentiable=True,
     prepare=_trace,
     pair=_fidelity,
     family="alignment",
@@ -142,7 +144,7 @@ def nbs(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """
 
 
-@moment_measure("bures_distance", pair=_bures_pair, reference=_TANG, **_SIZE_SHAPE)
+@moment_measure("bures_distance", differentiable=True, pair=_bures_pair, reference=_TANG, **_SIZE_SHAPE)
 def bures_distance(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Bures distance between the centred Gram matrices: d_B = sqrt(tr K_x + tr K_y - 2 F(K_x, K_y)).
 
@@ -176,6 +178,7 @@ def _permutation_pair(tx, ty, sxy, n, **_) -> Tensor:
 
 @moment_measure(
     "permutation_procrustes",
+    differentiable=True,
     prepare=_trace,
     pair=_permutation_pair,
     family="alignment",
@@ -251,6 +254,7 @@ def _soft_matching_invariances(center: bool = True, **_) -> tuple[str, ...]:
 
 @moment_measure(
     "soft_matching",
+    differentiable=True,
     parts=lambda center=True, **_: MomentParts(_trace_diagonal, _soft_matching_pair, centre=center),
     family="alignment",
     larger_is_more_similar=False,
@@ -343,6 +347,7 @@ def _angular_invariances(alpha: float = 1.0, center: bool = True, **_) -> tuple[
 
 @moment_measure(
     "angular_shape",
+    differentiable=True,
     parts=_angular_parts,
     options_check=check_alpha,
     family="alignment",
@@ -400,6 +405,7 @@ def _check_predict(predict: str = "y", **_) -> None:
 
 @moment_measure(
     "linear_regression",
+    differentiable=True,
     parts=lambda predict="y", **_: MomentParts(_pinv, _r2_pair, prepare_y=_trace, swap=predict == "x"),
     options_check=_check_predict,
     family="alignment",
@@ -451,6 +457,7 @@ _MATCHING_INVARIANCES = ("isotropic_scaling", "translation", "permutation")
 
 @moment_measure(
     "hard_correlation_match",
+    differentiable=True,
     prepare=_stds,
     pair=_hard_pair,
     invariances=_MATCHING_INVARIANCES,
@@ -468,6 +475,7 @@ def hard_correlation_match(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = 
 
 @moment_measure(
     "soft_correlation_match",
+    differentiable=True,
     prepare=_stds,
     pair=_soft_pair,
     invariances=_MATCHING_INVARIANCES,
@@ -498,6 +506,7 @@ def _aligned_cosine_pair(x: Tensor, y: Tensor, dtype: torch.dtype | None = None)
 
 @layer_measure(
     "aligned_cosine",
+    differentiable=True,
     pair=_aligned_cosine_pair,
     family="alignment",
     larger_is_more_similar=True,

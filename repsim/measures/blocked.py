@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms, unbiased_hsic
+from ..core.numerics import ACC, center_columns, gram_sq_distances, safe_sqrt, sq_row_norms, unbiased_hsic
 
 DEFAULT_WORKSPACE = 512 * 2**20
 _WORKSPACE: contextvars.ContextVar[int] = contextvars.ContextVar("repsim_workspace", default=DEFAULT_WORKSPACE)
@@ -191,7 +191,7 @@ class RdmRows:
             zz = (self.z[lo:hi] @ self.z.T).to(ACC)
             out = gram_sq_distances(self.s[lo:hi], self.s, zz) / 2  # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2
         elif self.method == "euclidean":
-            out = gram_sq_distances(self.c[lo:hi], self.c, gc).sqrt_()
+            out = safe_sqrt(gram_sq_distances(self.c[lo:hi], self.c, gc))  # zero gradient at zero distance
         else:
             g = gc + self.b[lo:hi, None] + self.b[None, :] + self.mu2
             if self.t is not None:

@@ -123,7 +123,7 @@ _CCA = dict(
 )
 
 
-@moment_measure("mean_cca", pair=_mean_rho, reference="Hotelling 1936; " + _RAGHU, **_CCA)
+@moment_measure("mean_cca", differentiable=True, pair=_mean_rho, reference="Hotelling 1936; " + _RAGHU, **_CCA)
 def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean canonical correlation (1/k) sum_i rho_i, k = min(rank x, rank y).
 
@@ -135,6 +135,7 @@ def mean_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tenso
 
 @moment_measure(
     "svcca",
+    differentiable=True,
     prepare=_whiten,
     pair=_mean_rho,
     options_check=_check_variance,
@@ -168,7 +169,11 @@ def svcca(
 
 
 @moment_measure(
-    "mean_squared_cca", pair=_mean_rho_squared, reference="Yanai 1974; Kornblith et al. 2019 (R^2_CCA)", **_CCA
+    "mean_squared_cca",
+    differentiable=True,
+    pair=_mean_rho_squared,
+    reference="Yanai 1974; Kornblith et al. 2019 (R^2_CCA)",
+    **_CCA,
 )
 def mean_squared_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """Mean squared canonical correlation (1/k) sum_i rho_i^2, k = min(rank x, rank y): Yanai's
@@ -182,6 +187,7 @@ def mean_squared_cca(x: Tensor, y: Tensor, *, dtype: torch.dtype | None = None) 
 
 @moment_measure(
     "pwcca",
+    differentiable=True,
     prepare=_whiten,
     pair=_pwcca_pair,
     family="cca",

@@ -180,6 +180,7 @@ _CKA = dict(
 
 @layer_measure(
     "linear_cka",
+    differentiable=True,
     grid=_linear_cka_pairs,
     options_check=_check_method,
     streaming=True,
@@ -242,6 +243,7 @@ def _kernel_cka_pairs(xs: list[Tensor], ys: list[Tensor], kernel: str, sigma: fl
 
 @layer_measure(
     "kernel_cka",
+    differentiable=True,
     grid=_kernel_cka_pairs,
     options_check=_check_kernel,
     cost="O(n^2 d)",

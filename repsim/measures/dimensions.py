@@ -31,6 +31,7 @@ def _ensd_pair(px, py, sxy, n, **_) -> Tensor:
 
 @moment_measure(
     "ensd",
+    differentiable=True,
     prepare=_traces,
     pair=_ensd_pair,
     family="cka",

@@ -85,6 +85,7 @@ def _log_probabilities(x: Tensor, **_) -> Tensor:
 
 @layer_measure(
     "jsd",
+    differentiable=True,
     prepare=_log_probabilities,
     pair=lambda lp, lq, **_: _jsd_rows(lp, lq).mean(),
     reference="Lin 1991, IEEE Trans. Inf. Theory; " + _SURVEY,
@@ -101,6 +102,7 @@ def jsd(x: Tensor, y: Tensor) -> Tensor:
 
 @layer_measure(
     "disagreement",
+    differentiable=False,
     prepare=lambda x, **_: x.argmax(1),
     pair=lambda px, py, **_: (px != py).to(ACC).mean(),
     invariances=("isotropic_scaling",),
@@ -144,6 +146,7 @@ def _accuracy_differences(xs: list[Tensor], ys: list[Tensor], labels: Tensor | N
 
 @layer_measure(
     "abs_acc_diff",
+    differentiable=False,
     grid=_accuracy_differences,
     invariances=("isotropic_scaling",),
     needs_labels=True,

@@ -136,6 +136,7 @@ def _cka_bound_pair(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], **_) -> 
 
 @layer_measure(
     "frobenius_gap",
+    differentiable=True,
     prepare=_cosine_gram,
     pair=lambda a, b, **_: (a - b).norm(),
     larger_is_more_similar=False,
@@ -151,6 +152,7 @@ def frobenius_gap(x: Tensor, y: Tensor) -> Tensor:
 
 @layer_measure(
     "cka_lower_bound",
+    differentiable=True,
     prepare=_centred_cosine_gram,
     pair=_cka_bound_pair,
     larger_is_more_similar=True,

@@ -28,7 +28,7 @@ the options, when the measure has one.
 
 Example (the whole of a measure; see docs/guide/contributing.md)::
 
-    @moment_measure("procrustes", prepare=trace, pair=procrustes_pair, family="alignment",
+    @moment_measure("procrustes", differentiable=True, prepare=trace, pair=procrustes_pair, family="alignment",
                     larger_is_more_similar=False, metric=True, invariances=ROTATION,
                     cost="O(n d^2 + d^3)", identity_value=0.0, reference="Ding et al. 2021")
     def procrustes(x, y, *, dtype=None):
@@ -41,7 +41,7 @@ import ast
 import functools
 import inspect
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -120,29 +120,67 @@ def _options_of(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> d
     return {**defaults, **given}
 
 
-def _built(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
+def _detach_rule(differentiable) -> Callable[[dict[str, Any]], bool] | None:
+    """When a call must detach its inputs: never for a differentiable measure; at the options where
+    ``differentiable(**options)`` is False for an option-dependent one; always otherwise. A measure
+    autograd cannot follow (ranks, kNN counts, host libraries) so returns a constant, never a wrong
+    gradient, and a host library never meets a tensor that requires grad."""
+    if callable(differentiable):
+        return lambda options: not differentiable(**options)
+    return None if differentiable else (lambda options: True)
+
+
+def _detached(layers):
+    if isinstance(layers, Tensor):
+        return layers.detach()
+    if isinstance(layers, Mapping):
+        return {k: _detached(v) for k, v in layers.items()}
+    if isinstance(layers, (list, tuple)):
+        return [_detached(v) for v in layers]
+    return layers  # None, or what validation will refuse
+
+
+def _built(
+    declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str], detach=None
+) -> Callable:
     """``body(x, y, options)`` behind the declaration's name, signature and docstring."""
     name, defaults = declaration.__name__, _options_in(sig)
 
     @functools.wraps(declaration)
     def fn(x, y, **given):
-        return body(x, y, _options_of(name, defaults, renamed_options(name, renamed, given)))
+        options = _options_of(name, defaults, renamed_options(name, renamed, given))
+        if detach is not None and detach(options):
+            x, y = _detached(x), _detached(y)
+        return body(x, y, options)
 
     fn.__signature__ = sig  # type: ignore[attr-defined]
     return fn
 
 
-def _grid_function(declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str]) -> Callable:
+def _grid_function(
+    declaration: Callable, sig: inspect.Signature, body: Callable, renamed: dict[str, str], detach=None
+) -> Callable:
     name, defaults = declaration.__name__, _options_in(sig)
 
     def grid(xs, ys=None, **given):
-        return body(xs, ys, _options_of(name, defaults, renamed_options(name, renamed, given)))
+        options = _options_of(name, defaults, renamed_options(name, renamed, given))
+        if detach is not None and detach(options):
+            same = ys is xs
+            xs = _detached(xs)
+            ys = xs if same else _detached(ys)
+        return body(xs, ys, options)
 
     grid.__name__ = grid.__qualname__ = f"{name}_grid"
     grid.__module__ = declaration.__module__
     grid.__doc__ = f":func:`{name}` between every layer of ``xs`` and every layer of ``ys`` (``None``: ``xs``): (L, M)."
     grid.__signature__ = _grid_signature(sig)  # type: ignore[attr-defined]
     return grid
+
+
+def _differentiable(name: str, properties: dict[str, Any]):
+    if "differentiable" not in properties:
+        raise TypeError(f"{name}: declare differentiable=True or False (or a function of the options)")
+    return properties["differentiable"]
 
 
 def moment_measure(
@@ -201,8 +239,9 @@ def moment_measure(
             m = m.swapped() if p.swap else m
             return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
 
-        fn = _built(declaration, sig, one_shot, renamed)
-        fn.grid = _grid_function(declaration, sig, grid, renamed)  # type: ignore[attr-defined]
+        detach = _detach_rule(_differentiable(name, properties))
+        fn = _built(declaration, sig, one_shot, renamed, detach)
+        fn.grid = _grid_function(declaration, sig, grid, renamed, detach)  # type: ignore[attr-defined]
         register(
             name,
             fn=fn,
@@ -270,8 +309,9 @@ def layer_measure(
     def declare(declaration: Callable) -> Callable:
         _check_declaration_body(declaration)
         sig, _ = _declared_options(declaration)
-        fn = _built(declaration, sig, parts.one_shot, renamed)
-        grid_fn = _grid_function(declaration, sig, parts.all_pairs, renamed)
+        detach = _detach_rule(_differentiable(name, properties))
+        fn = _built(declaration, sig, parts.one_shot, renamed, detach)
+        grid_fn = _grid_function(declaration, sig, parts.all_pairs, renamed, detach)
         grid_fn.batched = grid is not None or prepare is not None  # type: ignore[attr-defined]  # list_measures
         fn.grid = grid_fn  # type: ignore[attr-defined]
         register(name, fn=fn, grid=grid_fn, renamed=renamed, **properties)

@@ -146,6 +146,7 @@ def _second_order(lx, ly, k):
 
 @layer_measure(
     "jaccard_knn",
+    differentiable=False,
     grid=_neighbour_grid(_jaccard),
     identity_value=1.0,
     reference=_RESI,
@@ -163,6 +164,7 @@ def jaccard_knn(
 
 @layer_measure(
     "mutual_knn",
+    differentiable=False,
     grid=_neighbour_grid(_mutual),
     identity_value=1.0,
     reference=_HUH,
@@ -179,6 +181,7 @@ def mutual_knn(
 
 @layer_measure(
     "rank_similarity",
+    differentiable=False,
     grid=_neighbour_grid(_rank),
     identity_value=1.0,
     reference="Wang et al. 2022; " + _RESI,
@@ -198,6 +201,7 @@ def rank_similarity(
 
 @layer_measure(
     "cycle_knn",
+    differentiable=False,
     grid=_neighbour_grid(_cycle),
     symmetric=False,
     identity_value=None,  # kNN is not a symmetric relation: even cycle_knn(x, x) can be below 1
@@ -212,6 +216,7 @@ def cycle_knn(x: Tensor, y: Tensor, *, k: int = 10, block_size: int = 4096, dtyp
 
 @layer_measure(
     "second_order_cosine",
+    differentiable=True,
     grid=_neighbour_grid(_second_order),
     identity_value=1.0,
     reference="Hamilton et al. 2016, Cultural shift or linguistic drift? (EMNLP); " + _RESI,
@@ -263,6 +268,7 @@ def _cknna(lx, ly, k):
 
 @layer_measure(
     "cknna",
+    differentiable=True,
     grid=_neighbour_grid(_cknna, min_k=2),
     min_samples=4,
     cost="O(n^2 d), O(n^2) memory",

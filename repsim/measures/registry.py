@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -80,6 +81,19 @@ class MeasureInfo:
     :meth:`invariances_at`. ``invariances`` holds those of the default options."""
     renamed: Mapping[str, str] = field(default_factory=dict)
     """Deprecated option names and their current ones (accepted with a DeprecationWarning)."""
+    differentiable: bool = False
+    """Autograd gives the gradient of the value with respect to ``x`` and ``y`` (float64
+    ``torch.autograd.gradcheck`` holds at generic inputs; tests/test_autograd.py checks it). Where
+    the measure makes discrete choices (a matching, kNN sets) it is differentiable almost
+    everywhere, the choice held fixed, like ReLU. A measure that is not (ranks, kNN counts,
+    argmax, host libraries) returns a value detached from the graph, never a wrong gradient.
+    ``differentiable_given`` holds the option-dependent form (see :meth:`differentiable_at`)."""
+    differentiable_given: Callable[..., bool] | None = None
+    symmetric_given: Callable[..., bool] | None = None
+    """For a measure whose symmetry depends on its options: ``symmetric_given(**options)``; see
+    :meth:`symmetric_at`. ``symmetric`` holds that of the default options."""
+    needs_package: str | None = None
+    """The optional package the measure imports (``"ripser"``, ``"gudhi"``), or None; see :meth:`available`."""
     quadratic: Callable[..., str | None] | None = None
     """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa_pearson"``,
     ``"rsa_spearman"``) the measure is
@@ -115,6 +129,22 @@ class MeasureInfo:
             return self.invariances
         return frozenset(self.invariances_given(**{**self.option_defaults(), **options}))
 
+    def symmetric_at(self, **options) -> bool:
+        """Whether the measure is symmetric with these options (the others at their defaults)."""
+        if self.symmetric_given is None:
+            return self.symmetric
+        return bool(self.symmetric_given(**{**self.option_defaults(), **options}))
+
+    def differentiable_at(self, **options) -> bool:
+        """Whether autograd differentiates the measure with these options (the others at their defaults)."""
+        if self.differentiable_given is None:
+            return self.differentiable
+        return bool(self.differentiable_given(**{**self.option_defaults(), **options}))
+
+    def available(self) -> bool:
+        """Whether the optional package the measure needs (if any) is installed."""
+        return self.needs_package is None or importlib.util.find_spec(self.needs_package) is not None
+
     def quadratic_form(self, **options) -> str | None:
         """The quadratic form of the measure with these options (others at their defaults), or None."""
         if self.quadratic is None:
@@ -140,7 +170,8 @@ def register(
     invariances: tuple[str, ...] | frozenset[str] | Callable[..., tuple[str, ...]] = (),
     streaming: bool = False,
     cost: str,
-    symmetric: bool = True,
+    differentiable: bool | Callable[..., bool],
+    symmetric: bool | Callable[..., bool] = True,
     identity_value: float | None = None,
     attainable_best: float | object | None = ...,
     needs_equal_widths: bool = False,
@@ -155,13 +186,17 @@ def register(
     workspace: Callable[..., int] | None = None,
     quadratic: Callable[..., str | None] | None = None,
     renamed: Mapping[str, str] | None = None,
+    needs_package: str | None = None,
 ):
     """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
     is declared with a kind, not with this).
 
     ``attainable_best`` left out means ``identity_value``; pass it (or None) where they differ.
-    ``invariances`` may be a function of the options (``invariances(**options) -> tuple``): the
-    entry's ``invariances`` are then those at the defaults, :meth:`MeasureInfo.invariances_at` the others.
+    ``invariances``, ``symmetric`` and ``differentiable`` may be functions of the options
+    (``invariances(**options) -> tuple``, ``symmetric(**options) -> bool``): the entry's fields
+    then hold their values at the defaults and :meth:`MeasureInfo.invariances_at`,
+    :meth:`~MeasureInfo.symmetric_at`, :meth:`~MeasureInfo.differentiable_at` the others.
+    ``differentiable`` has no default: every declaration says whether autograd differentiates it.
 
     Raises at import time (a programming error, not a user one) for unknown families or
     invariances and for duplicate names.
@@ -185,7 +220,11 @@ def register(
         invariances=frozenset() if given is not None else frozenset(invariances),
         streaming=streaming,
         cost=cost,
-        symmetric=symmetric,
+        symmetric=True if callable(symmetric) else symmetric,
+        symmetric_given=symmetric if callable(symmetric) else None,
+        differentiable=False if callable(differentiable) else differentiable,
+        differentiable_given=differentiable if callable(differentiable) else None,
+        needs_package=needs_package,
         identity_value=identity_value,
         attainable_best=identity_value if attainable_best is ... else attainable_best,
         needs_equal_widths=needs_equal_widths,
@@ -203,6 +242,9 @@ def register(
     )
     if given is not None:  # those at the defaults; invariances_at gives the others
         info = dataclasses.replace(info, invariances=frozenset(given(**info.option_defaults())))
+    info = dataclasses.replace(
+        info, symmetric=info.symmetric_at(), differentiable=info.differentiable_at()
+    )  # the option-dependent ones at the defaults
     unknown = set(info.invariances) - set(INVARIANCES)
     if unknown:
         raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
@@ -319,12 +361,14 @@ def list_measures() -> pd.DataFrame:
             "larger_is_more_similar": info.larger_is_more_similar,
             "metric": info.metric,
             "symmetric": info.symmetric,
+            "differentiable": info.differentiable,
             "streaming": info.streaming,
             "batched": info.grid is not None and getattr(info.grid, "batched", True),
             "cost": info.cost,
             "needs_equal_widths": info.needs_equal_widths,
             "needs_labels": info.needs_labels,
             "needs_outputs": info.needs_outputs,
+            "needs_package": info.needs_package,
             "identity_value": info.identity_value,
             "attainable_best": info.attainable_best,
             "options": ", ".join(info.options()),
@@ -363,8 +407,8 @@ def registry_markdown() -> str:
     short = {"orthogonal": "O", "isotropic_scaling": "S", "translation": "T", "permutation": "P",
              "invertible_linear": "IL", "affine": "A"}  # fmt: skip
     lines = [
-        "| measure | family | kind | metric | invariances | streaming | batched grid | cost | needs |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| measure | family | kind | metric | invariances | streaming | batched grid | autograd | cost | needs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples(index=False):
         invs = " ".join(code for inv, code in short.items() if getattr(row, f"inv_{inv}")) or "none"
@@ -374,12 +418,14 @@ def registry_markdown() -> str:
                 (row.needs_equal_widths, "equal widths"),
                 (row.needs_labels, "labels"),
                 (row.needs_outputs, "model outputs"),
+                (isinstance(row.needs_package, str), f"package {row.needs_package}"),
             )
             if flag
         ]
         lines.append(
             f"| `{row.name}` | {row.family} | {'similarity' if row.larger_is_more_similar else 'distance'} "
             f"| {'yes' if row.metric else 'no'} | {invs} | {'exact' if row.streaming else 'capped'} "
-            f"| {'yes' if row.batched else 'loop'} | {row.cost} | {', '.join(needs) or '-'} |"
+            f"| {'yes' if row.batched else 'loop'} | {'yes' if row.differentiable else 'no'} | {row.cost} "
+            f"| {', '.join(needs) or '-'} |"
         )
     return "\n".join(lines) + "\n"

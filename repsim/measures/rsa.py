@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import ACC, center_columns, gram_sq_distances, sq_row_norms, unit_rows
+from ..core.numerics import ACC, center_columns, gram_sq_distances, safe_sqrt, sq_row_norms, unit_rows
 from ..core.validation import (
     as_features,
     check_choice,
@@ -49,7 +49,7 @@ def _rdm(x: Tensor, method: str, name: str, compute: torch.dtype) -> Tensor:
     noise, while the centred rows keep the differences at full relative precision.
     """
     if method == "euclidean":
-        return squared_distances(x.to(compute)).sqrt()
+        return safe_sqrt(squared_distances(x.to(compute)))  # a zero gradient at the zero diagonal
     x = x.to(ACC)
     reference = None
     if method == "correlation":
@@ -203,8 +203,15 @@ def _rsa_pairs(xs, ys, rdm: str, compare: str, dtype, names) -> Tensor:
     return rsa_grid_validated(xs, ys, rdm, compare, dtype, names)
 
 
+def _rsa_differentiable(compare: str = "pearson", **_) -> bool:
+    # Pearson of the RDMs' entries has a gradient; Spearman and Kendall rank them (ranks are piecewise
+    # constant, and Kendall's tau is computed by SciPy on the host)
+    return compare == "pearson"
+
+
 @layer_measure(
     "rsa",
+    differentiable=_rsa_differentiable,
     grid=_rsa_pairs,
     options_check=_check_rsa_options,
     min_samples=3,

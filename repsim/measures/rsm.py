@@ -321,6 +321,7 @@ def _rsm_norm_grid(xs, ys, dtype) -> Tensor:
 # ---------------------------------------------------------------------------- declarations
 @layer_measure(
     "distance_correlation",
+    differentiable=True,
     grid=_dcor_grid,
     min_samples=lambda debiased=False, **_: 4 if debiased else 2,
     reason="distance correlation needs n >= 4 for the bias-corrected estimate",
@@ -349,6 +350,7 @@ def distance_correlation(x: Tensor, y: Tensor, *, debiased: bool = False, dtype:
 
 @layer_measure(
     "eigenspace_overlap",
+    differentiable=True,
     grid=_eos_grid,
     min_samples=1,
     family="rsm",
@@ -392,6 +394,7 @@ def _gulp_invariances(lam: float = 0.0, **_) -> tuple[str, ...]:
 
 @layer_measure(
     "gulp",
+    differentiable=True,
     grid=lambda xs, ys, lam, rtol, dtype, **_: _gulp_grid(xs, ys, lam, rtol, dtype),
     min_samples=2,
     reason="GULP centres the features",
@@ -425,6 +428,7 @@ def gulp(x: Tensor, y: Tensor, *, lam: float = 0.0, rtol: float | None = None, d
 
 @layer_measure(
     "rsm_norm_difference",
+    differentiable=True,
     grid=lambda xs, ys, dtype, **_: _rsm_norm_grid(xs, ys, dtype),
     min_samples=2,
     reason="a distance matrix needs two samples",

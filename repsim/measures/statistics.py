@@ -64,6 +64,7 @@ def _check_statistic(statistic: str = "mean_row_norm", **_) -> None:
 
 @layer_measure(
     "magnitude_difference",
+    differentiable=True,
     prepare=lambda x, name, statistic="mean_row_norm", **_: _magnitude_of(x.to(ACC), statistic),
     options_check=_check_statistic,
     min_samples=1,
@@ -177,6 +178,7 @@ class StreamingConcentricity(LayerStream):
 
 @layer_measure(
     "concentricity_difference",
+    differentiable=True,
     prepare=lambda x, name, **_: _concentricity_of(x.to(ACC), name),
     min_samples=1,
     invariances=("orthogonal", "isotropic_scaling", "permutation"),
@@ -234,13 +236,19 @@ def _check_temperature(t: float = 2.0, **_) -> None:
         raise ValueError(f"t must be a positive number (the uniformity temperature), got {t!r}")
 
 
+def _uniformity_invariances(normalize: bool = True, **_) -> tuple[str, ...]:
+    # normalised rows forget each sample's length (so the scale); raw rows are centred first (so shifts)
+    return ("orthogonal", "permutation", "isotropic_scaling" if normalize else "translation")
+
+
 @layer_measure(
     "uniformity_difference",
+    differentiable=True,
     prepare=lambda x, name, t=2.0, normalize=True, dtype=None, **_: _uniformity_of(x, t, normalize, dtype, name),
     options_check=_check_temperature,
     min_samples=2,
     reason="uniformity averages over pairs of samples",
-    invariances=("orthogonal", "isotropic_scaling", "permutation"),
+    invariances=_uniformity_invariances,
     cost="O(n^2 d) time, O(block n) memory",
     reference="Wang & Isola 2020, ICML; " + _SURVEY,
     **_DIFFERENCE,

@@ -94,11 +94,14 @@ def _rtd_pair(x: Tensor, y: Tensor, n_repeats: int, subset_size: int, symmetric:
 
 @layer_measure(
     "rtd",
+    differentiable=False,
     pair=_rtd_pair,
     options_check=_check_rtd_options,
     min_samples=4,
     reason="RTD needs n >= 4",
     renamed={"trials": "n_repeats", "batch": "subset_size"},  # the vocabulary of geometry_score
+    symmetric=lambda symmetric=True, **_: symmetric,  # symmetric=False: RTD(x, y) alone
+    needs_package="ripser",
     cost="ripser H1 of 2*subset_size points per repeat (host)",
     reference="Barannikov et al. 2022, Representation Topology Divergence (ICML)",
     **_TOPOLOGY,
@@ -176,6 +179,7 @@ def _relative_living_times(intervals: np.ndarray, alpha_max: float, i_max: int) 
 
 @layer_measure(
     "imd",
+    differentiable=False,
     grid=lambda xs, ys, k, n_scales, max_exact_samples, **_: _imd_validated(xs, ys, k, n_scales, max_exact_samples),
     renamed={"max_samples": "max_exact_samples"},  # max_samples truncates elsewhere; this one refuses
     # A pseudo-metric only: a sup-norm of heat-trace differences obeys the triangle inequality, but it is 0 for
@@ -264,10 +268,12 @@ def _geometry_scores(xs: list[Tensor], ys_list: list[Tensor], n_landmarks, gamma
 
 @layer_measure(
     "geometry_score",
+    differentiable=False,
     grid=lambda xs, ys, n_landmarks, gamma, i_max, n_repeats, seed, **_: _geometry_scores(
         xs, ys, n_landmarks, gamma, i_max, n_repeats, seed
     ),
     reason=_GS_REASON,
+    needs_package="gudhi",
     cost="O(n_repeats n n_landmarks d) + n_repeats gudhi witness complexes and H1 persistence (host)",
     reference="Khrulkov & Oseledets 2018, Geometry Score: A Method For Comparing Generative Adversarial Networks "
     "(ICML)",
