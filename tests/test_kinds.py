@@ -9,8 +9,10 @@ import torch
 
 import repsim
 from repsim.measures import registry
+from repsim.measures.cka import CKAForm
 from repsim.measures.kinds import MomentParts, layer_measure, moment_measure
 from repsim.measures.moments import StreamingMoments
+from repsim.measures.rsa import RSAForm
 
 
 @pytest.fixture
@@ -203,9 +205,11 @@ def test_option_dependent_properties_are_on_the_entry():
     assert not repsim.get_measure("rsa_spearman").differentiable and not repsim.get_measure("mutual_knn").differentiable
     assert "translation" not in rsa.invariances and "translation" in rsa.invariances_at(rdm="euclidean")
     assert "orthogonal" not in rsa.invariances_at(rdm="correlation")
-    assert rsa.quadratic_form() == "rsa_pearson" and rsa.quadratic_form(compare="kendall") is None
-    assert repsim.get_measure("rsa_spearman").quadratic_form() == "rsa_spearman"
-    assert repsim.get_measure("debiased_cka").quadratic_form() == "cka"
+    assert rsa.quadratic_form() == RSAForm("cosine", "pearson") and rsa.quadratic_form(compare="kendall") is None
+    assert rsa.quadratic_form(rdm="euclidean").subsample_matrices
+    assert repsim.get_measure("rsa_spearman").quadratic_form() == RSAForm("cosine", "spearman")
+    assert not repsim.get_measure("rsa_spearman").quadratic_form().subsample_matrices  # ranks change on subsamples
+    assert repsim.get_measure("debiased_cka").quadratic_form(dtype=torch.float32) == CKAForm(True, torch.float32)
     shape = repsim.get_measure("angular_shape")
     assert "invertible_linear" in shape.invariances_at(alpha=0.0)
     assert "isotropic_scaling" not in shape.invariances_at(alpha=0.5)

@@ -23,103 +23,30 @@ only Q and D. Two engines compute them for every cell and permutation:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from ..core.numerics import ACC, center_columns, sq_frobenius, unbiased_hsic
-from ..core.validation import resolve_dtype
-from ..measures._products import self_product
+from ..core.numerics import ACC
+from ..measures.quadratic import QuadraticForm, Side
 from ..measures.registry import get_measure
-from ..measures.rsa import average_ranks, rdm
-from ._shifts import wrapped_diagonals
+from ._shifts import shifted_dot, shifted_quadratic, wrapped_diagonals
 
 _GATHER_ELEMENTS = 1 << 24  # float64 elements of permuted matrices held at once (128 MiB)
 
 
-@dataclass
-class Side:
-    """One layer's part of a quadratic form: matrix, optional vector, invariant scalars."""
-
-    matrix: Tensor
-    vector: Tensor | None
-    scalars: dict[str, Tensor]
-    features: Tensor | None = None
-    """Linear CKA only: the centred features Z_c, with matrix = Z_c Z_c^T (zero diagonal if debiased)."""
-
-
-@dataclass
-class QuadraticForm:
-    """statistic_ij(pi) = finish(Q_ij(pi), D_ij(pi), x-side scalars, y-side scalars)."""
-
-    side: Callable[[Tensor], Side]
-    finish: Callable[[Tensor, Tensor | None, dict, dict], Tensor]
-    uses_vector: bool
-    low_rank: bool = False
-    """The matrices are Z_c Z_c^T of centred features (linear CKA): Q and D also come from features."""
-
-
-def _cka_form(debiased: bool, dtype) -> QuadraticForm:
-    def side(z: Tensor) -> Side:
-        zc = center_columns(z, resolve_dtype(dtype, z))
-        k = self_product(zc.T).to(ACC)
-        if not debiased:
-            return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
-        n = k.shape[0]
-        k.fill_diagonal_(0.0)
-        rows = k.sum(1)
-        total = rows.sum()
-        self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
-        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=ACC)}, zc)
-
-    def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
-        if not debiased:
-            return q / (sx["norm"][:, None, None] * sy["norm"][None, :, None])
-        n = int(sx["n"][0])
-        cross = unbiased_hsic(n, q, sx["total"][:, None, None], sy["total"][None, :, None], d)
-        return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
-
-    return QuadraticForm(side, finish, debiased, low_rank=True)
-
-
-def standardised_rdm(a: Tensor, compare: str) -> Tensor:
-    """The (n, n) float64 symmetric zero-diagonal matrix of the RDM's upper-triangle entries (their
-    average ranks for ``compare="spearman"``) standardised to mean 0 and population variance 1: the
-    Pearson (Spearman) RSA of two RDMs is sum_{a != b} A_ab B_ab / (n (n - 1)) of these."""
-    n = a.shape[0]
-    iu = torch.triu_indices(n, n, 1, device=a.device)
-    v = a[iu[0], iu[1]].to(ACC)
-    if compare == "spearman":
-        v = average_ranks(v)
-    v = (v - v.mean()) / v.std(correction=0)
-    full = torch.zeros(n, n, dtype=ACC, device=a.device)
-    full[iu[0], iu[1]] = v
-    return full + full.T  # symmetric with a zero diagonal: the sum over a != b counts every pair twice
-
-
-def _rsa_form(method: str, compare: str) -> QuadraticForm:
-    def side(z: Tensor) -> Side:
-        a = rdm(z, method=method)
-        n = a.shape[0]
-        return Side(standardised_rdm(a, compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=ACC)})
-
-    def finish(q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
-        return q / sx["pairs"][:, None, None]
-
-    return QuadraticForm(side, finish, False)
-
-
 def quadratic_form(name: str, options: dict) -> QuadraticForm | None:
-    """The quadratic form of a registry measure with these (resolved) options, or None if it has none."""
-    opts = {k: v for k, v in options.items() if k != "dtype"}
-    form = get_measure(name).quadratic_form(**opts)  # declared on the registry entry
-    if form == "cka":
-        return _cka_form(bool(opts.get("debiased", False)), options.get("dtype"))
-    if form in ("rsa_pearson", "rsa_spearman"):
-        return _rsa_form(opts.get("rdm", "cosine"), form.removeprefix("rsa_"))
-    return None
+    """The quadratic form of a registry measure with these (resolved) options, or None if it has none:
+    the form object its entry declares (``quadratic=``; :mod:`repsim.measures.quadratic`)."""
+    return get_measure(name).quadratic_form(**options)
+
+
+def shift_statistics(form: QuadraticForm, x: Tensor, y: Tensor) -> Tensor:
+    """The statistic of ``x`` against ``y`` with y's rows shifted by s, for every s = 0..n-1: one FFT
+    per matrix (and vector) of the form (:mod:`._shifts`)."""
+    sx, sy = form.side(x), form.side(y)
+    q = shifted_quadratic(sx.matrix, sy.matrix)[None, None]
+    d = shifted_dot(sx.vector, sy.vector)[None, None] if form.uses_vector else None
+    return form.finish(q, d, _stack_scalars([sx]), _stack_scalars([sy]))[0, 0]
 
 
 def _stack_scalars(sides: list[Side]) -> dict[str, Tensor]:

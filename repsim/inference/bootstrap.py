@@ -285,19 +285,14 @@ def _matrix_fast(k: Tensor, l: Tensor, stat) -> _Fast:
 
 def _fast_subsamples(name: str, opts: dict):
     """A builder (x, y) -> _Fast for measures whose value on a subsample is a function of full-sample
-    n x n matrices restricted to it; None otherwise."""
-    dtype = opts.get("dtype")
-    opts = {k: v for k, v in opts.items() if k != "dtype"}
+    n x n matrices restricted to it (their quadratic form says so); None otherwise."""
     form = get_measure(name).quadratic_form(**opts)
-    if form == "cka":
-        debiased = bool(opts.get("debiased", False))
-        return lambda x, y: _linear_kernel_fast(x, y, debiased, dtype)
-    if form == "rsa_pearson":
-        from ..measures.rsa import rdm
-
-        method = opts.get("rdm", "cosine")
-        # float64: RDM entries share a large common level, which float32 sums would cancel away
-        return lambda x, y: _matrix_fast(rdm(x, method=method).to(ACC), rdm(y, method=method).to(ACC), _pearson_weights)
+    if form is None:
+        return None
+    if form.low_rank:  # K = Z_c Z_c^T: every product with K goes through the centred features
+        return lambda x, y: _linear_kernel_fast(x, y, form.debiased, form.dtype)
+    if form.subsample_matrices:
+        return lambda x, y: _matrix_fast(form.raw_matrix(x), form.raw_matrix(y), _pearson_weights)
     return None
 
 

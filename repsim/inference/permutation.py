@@ -24,13 +24,10 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import ACC, center_columns, sq_frobenius, unbiased_hsic
-from ..core.validation import as_features, check_choice, check_same_samples, resolve_dtype
-from ..measures._products import self_product
+from ..core.numerics import ACC
+from ..core.validation import as_features, check_choice, check_same_samples
 from ..measures.registry import get_measure
-from ..measures.rsa import rdm
-from ._quadratic import standardised_rdm
-from ._shifts import shifted_dot, shifted_quadratic
+from ._quadratic import shift_statistics
 from .restricted import permutation_design
 
 SCHEMES = ("auto", "shifts", "random")
@@ -64,48 +61,12 @@ def p_value(statistic: Tensor | float, null: Tensor, larger_is_more_similar: boo
 
 
 # -------------------------------------------------------------------------------- shift statistics
-def _cka_shifts(x: Tensor, y: Tensor, debiased: bool, dtype) -> Tensor:
-    """Linear CKA (biased or debiased) of x against y with rows shifted by s, for every s.
-
-    The Gram matrices are products in the inputs' precision of features centred in float64 (the
-    library's precision policy); the FFTs and every sum run in float64."""
-    compute = resolve_dtype(dtype, x, y)
-    xc, yc = center_columns(x, compute), center_columns(y, compute)
-    k, l = self_product(xc.T), self_product(yc.T)  # symmetric n x n products: the panelled half
-    n = k.shape[0]
-
-    if not debiased:
-        return shifted_quadratic(k, l) / (sq_frobenius(k) * sq_frobenius(l)).sqrt()
-    k.fill_diagonal_(0.0)
-    l.fill_diagonal_(0.0)
-
-    kr, lr = k.sum(1, dtype=ACC), l.sum(1, dtype=ACC)
-    cross = unbiased_hsic(n, shifted_quadratic(k, l), kr.sum(), lr.sum(), shifted_dot(kr, lr))
-    kk = unbiased_hsic(n, sq_frobenius(k), kr.sum(), kr.sum(), kr @ kr)
-    ll = unbiased_hsic(n, sq_frobenius(l), lr.sum(), lr.sum(), lr @ lr)
-    return cross / (kk * ll).sqrt()
-
-
-def _rsa_shifts(x: Tensor, y: Tensor, method: str, compare: str) -> Tensor:
-    """Pearson (or Spearman) RSA of the RDMs' upper triangles, y's samples shifted by s, for every s."""
-    a, b = rdm(x, method=method), rdm(y, method=method)
-    n = a.shape[0]
-    return shifted_quadratic(standardised_rdm(a, compare), standardised_rdm(b, compare)) / (n * (n - 1))
-
-
 def _shift_statistics(name: str, options: dict):
-    """A function (x, y) -> statistics at all n shifts, or None if the measure has no shift form (its
-    registry entry declares the quadratic form it is, :attr:`~repsim.MeasureInfo.quadratic`)."""
-    opts = dict(options)
-    dtype = opts.pop("dtype", None)  # CKA's Gram products follow it; RSA's RDMs are float64 already
-    form = get_measure(name).quadratic_form(**opts)
-    if form == "cka":
-        debiased = bool(opts.get("debiased", False))
-        return lambda x, y: _cka_shifts(x, y, debiased, dtype)
-    if form in ("rsa_pearson", "rsa_spearman"):
-        compare = form.removeprefix("rsa_")
-        return lambda x, y: _rsa_shifts(x, y, opts.get("rdm", "cosine"), compare)
-    return None
+    """A function (x, y) -> statistics at all n shifts, or None if the measure has no shift form: its
+    registry entry declares the quadratic form it is (:attr:`~repsim.MeasureInfo.quadratic`); CKA's
+    Gram products follow ``dtype``, and the FFTs and every sum run in float64."""
+    form = get_measure(name).quadratic_form(**options)
+    return None if form is None else (lambda x, y: shift_statistics(form, x, y))
 
 
 # -------------------------------------------------------------------------------- the test

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..core.numerics import center_columns
+from ..core.numerics import ACC, center_columns, sq_frobenius, unbiased_hsic
 from ..core.validation import (
     as_layer_lists,
     check_choice,
     resolve_dtype,
 )
+from ._products import self_product
 from .blocked import blocked_workspace, hsic_grids_blocked, workspace_bytes
 from .gram import rbf_gram
 from .hsic import (
@@ -33,6 +35,7 @@ from .hsic import (
     moment_hsic_grid,
 )
 from .kinds import layer_measure
+from .quadratic import QuadraticForm, Side
 from .streaming_cka import StreamingLinearCKA
 
 METHODS = ("auto", "feature", "gram")
@@ -149,8 +152,42 @@ def _linear_cka_pairs(xs: list[Tensor], ys: list[Tensor], debiased: bool, dtype,
     return linear_cka_grid_validated(xs, ys, debiased, dtype, method)
 
 
-def _cka_quadratic(method: str = "auto", **_) -> str | None:
-    return "cka" if method in ("auto", "feature", "gram") else None
+@dataclass(frozen=True)
+class CKAForm(QuadraticForm):
+    """Linear CKA as a quadratic form: A = K = Z_c Z_c^T of the centred features (products in
+    ``dtype``, the rest float64); biased: Q / (|K|_F |L|_F); debiased: K with a zero diagonal, D of
+    its row sums and Song et al.'s unbiased HSIC of Q, the totals and D."""
+
+    debiased: bool = False
+    dtype: torch.dtype | None = None
+    low_rank = True
+
+    @property
+    def uses_vector(self) -> bool:  # type: ignore[override]
+        return self.debiased
+
+    def side(self, z: Tensor) -> Side:
+        zc = center_columns(z, resolve_dtype(self.dtype, z))
+        k = self_product(zc.T).to(ACC)
+        if not self.debiased:
+            return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
+        n = k.shape[0]
+        k.fill_diagonal_(0.0)
+        rows = k.sum(1)
+        total = rows.sum()
+        self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
+        return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=ACC)}, zc)
+
+    def finish(self, q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
+        if not self.debiased:
+            return q / (sx["norm"][:, None, None] * sy["norm"][None, :, None])
+        n = int(sx["n"][0])
+        cross = unbiased_hsic(n, q, sx["total"][:, None, None], sy["total"][None, :, None], d)
+        return cross / (sx["self"][:, None, None] * sy["self"][None, :, None]).sqrt()
+
+
+def _cka_quadratic(method: str = "auto", debiased: bool = False, dtype=None, **_) -> CKAForm | None:
+    return CKAForm(bool(debiased), dtype) if method in ("auto", "feature", "gram") else None
 
 
 def _linear_cka_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, dtype=None, **_) -> int:

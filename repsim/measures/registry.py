@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import renamed_keywords, warn_deprecated
+from .quadratic import QuadraticForm
 
 INVARIANCES = ("orthogonal", "isotropic_scaling", "translation", "permutation", "invertible_linear", "affine")
 FAMILIES = ("cka", "rsa", "cca", "alignment", "rsm", "neighbours", "topology", "statistics", "functional", "gram")
@@ -94,10 +95,10 @@ class MeasureInfo:
     :meth:`symmetric_at`. ``symmetric`` holds that of the default options."""
     needs_package: str | None = None
     """The optional package the measure imports (``"ripser"``, ``"gudhi"``), or None; see :meth:`available`."""
-    quadratic: Callable[..., str | None] | None = None
-    """``quadratic(**options)`` -> the name of the quadratic form (``"cka"``, ``"rsa_pearson"``,
-    ``"rsa_spearman"``) the measure is
-    with these options, or None: the permutation, bootstrap and calibration engines
+    quadratic: Callable[..., QuadraticForm | None] | None = None
+    """``quadratic(**options)`` -> the measure's quadratic form with these options
+    (:class:`~repsim.measures.quadratic.QuadraticForm`: how to build a layer's matrices and finish
+    the statistic), or None: the permutation, bootstrap and calibration engines
     (:mod:`repsim.inference`) then use their fast paths instead of recomputing the measure."""
 
     def options(self) -> list[str]:
@@ -145,7 +146,7 @@ class MeasureInfo:
         """Whether the optional package the measure needs (if any) is installed."""
         return self.needs_package is None or importlib.util.find_spec(self.needs_package) is not None
 
-    def quadratic_form(self, **options) -> str | None:
+    def quadratic_form(self, **options) -> QuadraticForm | None:
         """The quadratic form of the measure with these options (others at their defaults), or None."""
         if self.quadratic is None:
             return None
@@ -184,7 +185,7 @@ def register(
     reference: str = "",
     fn: Callable[..., Tensor] | None = None,
     workspace: Callable[..., int] | None = None,
-    quadratic: Callable[..., str | None] | None = None,
+    quadratic: Callable[..., QuadraticForm | None] | None = None,
     renamed: Mapping[str, str] | None = None,
     needs_package: str | None = None,
 ):

@@ -9,6 +9,8 @@ for ties, Kendall 1945: a tied RDM compared with itself scores 1 under tau_b, be
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,6 +24,7 @@ from ..core.validation import (
 )
 from .gram import squared_distances
 from .kinds import layer_measure
+from .quadratic import QuadraticForm, Side
 
 RDMS = ("cosine", "correlation", "euclidean")
 # "kendall" stays tau_a (its values, ties included, are what they were); tau_b is the separate "kendall_tau_b"
@@ -195,8 +198,49 @@ def _rsa_invariances(rdm: str = "cosine", **_) -> tuple[str, ...]:
     }[rdm]
 
 
-def _rsa_quadratic(compare: str = "pearson", **_) -> str | None:
-    return {"pearson": "rsa_pearson", "spearman": "rsa_spearman"}.get(compare)
+def standardised_rdm(a: Tensor, compare: str) -> Tensor:
+    """The (n, n) float64 symmetric zero-diagonal matrix of the RDM's upper-triangle entries (their
+    average ranks for ``compare="spearman"``) standardised to mean 0 and population variance 1: the
+    Pearson (Spearman) RSA of two RDMs is sum_{a != b} A_ab B_ab / (n (n - 1)) of these."""
+    n = a.shape[0]
+    iu = torch.triu_indices(n, n, 1, device=a.device)
+    v = a[iu[0], iu[1]].to(ACC)
+    if compare == "spearman":
+        v = average_ranks(v)
+    v = (v - v.mean()) / v.std(correction=0)
+    full = torch.zeros(n, n, dtype=ACC, device=a.device)
+    full[iu[0], iu[1]] = v
+    return full + full.T  # symmetric with a zero diagonal: the sum over a != b counts every pair twice
+
+
+@dataclass(frozen=True)
+class RSAForm(QuadraticForm):
+    """Pearson (Spearman) RSA as a quadratic form: A = the standardised RDM (ranked for Spearman),
+    statistic Q / (n (n - 1)). Pearson RSA on a subsample is a function of the full RDMs restricted
+    to it (``subsample_matrices``); Spearman's ranks change with the subsample."""
+
+    rdm: str = "cosine"
+    compare: str = "pearson"
+
+    @property
+    def subsample_matrices(self) -> bool:
+        return self.compare == "pearson"
+
+    def raw_matrix(self, z: Tensor) -> Tensor:
+        # float64: RDM entries share a large common level, which float32 sums would cancel away
+        return rdm(z, method=self.rdm).to(ACC)
+
+    def side(self, z: Tensor) -> Side:
+        a = rdm(z, method=self.rdm)
+        n = a.shape[0]
+        return Side(standardised_rdm(a, self.compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=ACC)})
+
+    def finish(self, q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:
+        return q / sx["pairs"][:, None, None]
+
+
+def _rsa_quadratic(compare: str = "pearson", rdm: str = "cosine", **_) -> RSAForm | None:
+    return RSAForm(rdm, compare) if compare in ("pearson", "spearman") else None
 
 
 def _rsa_pairs(xs, ys, rdm: str, compare: str, dtype, names) -> Tensor:
