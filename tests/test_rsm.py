@@ -193,11 +193,10 @@ def test_grid_errors_name_the_layer(gen):
     # an all-zero layer only reaches the column-space check through streamed moments
     acc = StreamingMoments()
     acc.update(x, torch.zeros(4, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"^y is all zeros"):
+    with pytest.raises(ValueError, match=r"^a representation is all zeros"):
         acc.compute("eigenspace_overlap")
-    xs = [x, torch.zeros(4, 2, dtype=torch.float64)]
-    with pytest.raises(ValueError, match=r"^xs\[1\] is all zeros"):
-        rsm._eos_grid(xs, xs, "rank", None, None, (["xs[0]", "xs[1]"], ["ys[0]", "ys[1]"]))
+    with pytest.raises(ValueError, match=r"ys\[0\] is constant"):  # the one-shot and grid routes refuse it first
+        repsim.eigenspace_overlap.grid([x], [torch.zeros(4, 2, dtype=torch.float64)])
 
 
 def test_registry_declarations():

@@ -9,6 +9,7 @@ decomposition once.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 
@@ -56,6 +57,14 @@ def _self_term(s: Tensor, prepare: Prepare) -> Tensor:
     return torch.diagonal(s) if _reads_diagonal(prepare) else s
 
 
+def _prepared(prepare: Prepare, s: Tensor, n: int, mean: Tensor, opts: dict) -> object:
+    """``prepare(s, n, **opts)``, with the layer's column means as ``mean=`` for a prepare that takes
+    them (eigenspace overlap: the uncentred column space from the centred scatter and the mean)."""
+    if "mean" in inspect.signature(prepare).parameters:
+        return prepare(s, n, mean=mean, **opts)
+    return prepare(s, n, **opts)
+
+
 def one_shot(
     x: Tensor, y: Tensor, dtype, prepare: Prepare, pair: Pair, prepare_y: Prepare | None = None, **opts
 ) -> Tensor:
@@ -74,8 +83,8 @@ def from_moments(
 ) -> Tensor:
     sxx, syy, sxy = _scatters(m, centre)
     prepare_y = prepare_y or prepare
-    px = prepare(_self_term(sxx, prepare), m.n, **opts)
-    py = prepare_y(_self_term(syy, prepare_y), m.n, **opts)
+    px = _prepared(prepare, _self_term(sxx, prepare), m.n, m.mean_x, opts)
+    py = _prepared(prepare_y, _self_term(syy, prepare_y), m.n, m.mean_y, opts)
     return pair(px, py, sxy, m.n, **opts)
 
 
@@ -134,8 +143,8 @@ def grid(
     sxy = transpose_product(cx, cy).to(torch.float64)
     if not centre:
         sxy = sxy + n * torch.outer(torch.cat([m for m, _, _ in terms_x]), torch.cat([m for m, _, _ in terms_y]))
-    preps_x = [prepare(s, n, **opts) for _, _, s in terms_x]
-    preps_y = [prepare_y(s, n, **opts) for _, _, s in terms_y]
+    preps_x = [_prepared(prepare, s, n, mean, opts) for mean, _, s in terms_x]
+    preps_y = [_prepared(prepare_y, s, n, mean, opts) for mean, _, s in terms_y]
     edges_x = [0, *itertools.accumulate(c.shape[1] for _, c, _ in terms_x)]
     edges_y = [0, *itertools.accumulate(c.shape[1] for _, c, _ in terms_y)]
     return torch.stack(

@@ -25,9 +25,7 @@ from torch import Tensor
 from ..core.numerics import (
     ACC,
     EIGEN_RTOL,
-    block_sq_norms,
     center_columns,
-    column_mean,
     eigh_kept,
     gram_sq_distances,
     sq_row_norms,
@@ -36,8 +34,7 @@ from ..core.validation import (
     check_choice,
     resolve_dtype,
 )
-from ._products import self_product
-from .kinds import layer_measure
+from .kinds import layer_measure, moment_measure
 
 _BLOCK_ELEMENTS = 1 << 25  # float64 entries of distance blocks held at once (256 MiB)
 
@@ -169,51 +166,30 @@ def _cross_of_bases(cs_x: _ColumnSpace, cs_y: _ColumnSpace, sxy: Tensor) -> Tens
 NORMALIZERS = ("rank", "width")
 
 
-def _eos_layers(xs: list[Tensor], compute: torch.dtype, rtol: float, names: list[str]) -> tuple[list, list[int]]:
-    n = xs[0].shape[0]
-    bases, ranks = [], []
-    for k, x in enumerate(xs):
-        mean = column_mean(x)
-        xc = center_columns(x, compute, mean)
-        cs = _ColumnSpace(self_product(xc).to(ACC), mean, n, rtol)
-        if cs.rank == 0:
-            raise ValueError(f"{names[k]} is all zeros, so its column space is empty and the overlap undefined")
-        bases.append(cs.basis(xc, n))
-        ranks.append(cs.rank)
-    return bases, ranks
-
-
-def _eos_grid(xs, ys, normalizer: str, rtol: float | None, dtype, names) -> Tensor:
-    check_choice(normalizer, "normalizer", NORMALIZERS)
-    compute = resolve_dtype(dtype, *xs, *ys)
-    rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
-    bx, rx = _eos_layers(xs, compute, rtol, names[0])
-    by, ry = (bx, rx) if ys is xs else _eos_layers(ys, compute, rtol, names[1])
-    overlap = block_sq_norms(torch.cat(bx, 1).T @ torch.cat(by, 1), rx, ry)
-    if normalizer == "rank":
-        norm = torch.maximum(torch.tensor(rx)[:, None], torch.tensor(ry)[None, :])
-    else:
-        norm = torch.maximum(torch.tensor([x.shape[1] for x in xs])[:, None], torch.tensor([y.shape[1] for y in ys]))
-    return overlap / norm.to(device=overlap.device, dtype=ACC)
-
-
 def _check_rtol(rtol: float) -> float:
     if not 0 < rtol < 1:
         raise ValueError(f"rtol must be in (0, 1) (relative eigenvalue cut-off), got {rtol}")
     return float(rtol)
 
 
-def eigenspace_overlap_from_moments(m, normalizer: str = "rank", rtol: float | None = None) -> Tensor:
-    """Eigenspace overlap from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
+def _check_eos_options(normalizer: str = "rank", rtol: float | None = None, **_) -> None:
     check_choice(normalizer, "normalizer", NORMALIZERS)
-    rtol = _default_rtol(ACC) if rtol is None else _check_rtol(rtol)
-    cx = _ColumnSpace(m.sxx, m.mean_x, m.n, rtol)
-    cy = _ColumnSpace(m.syy, m.mean_y, m.n, rtol)
-    if cx.rank == 0 or cy.rank == 0:
-        name = "x" if cx.rank == 0 else "y"
-        raise ValueError(f"{name} is all zeros, so its column space is empty and the overlap undefined")
-    norm = max(cx.rank, cy.rank) if normalizer == "rank" else max(m.sxx.shape[0], m.syy.shape[0])
-    return _cross_of_bases(cx, cy, m.sxy) / norm
+    if rtol is not None:
+        _check_rtol(rtol)
+
+
+def _eos_prepare(s: Tensor, n: int, *, mean: Tensor, rtol: float | None = None, **_) -> _ColumnSpace:
+    """The layer's uncentred column space from its centred scatter and its mean (float64 moments)."""
+    cs = _ColumnSpace(s, mean, n, _default_rtol(ACC) if rtol is None else rtol)
+    if cs.rank == 0:
+        raise ValueError("a representation is all zeros, so its column space is empty and the overlap undefined")
+    cs.width = s.shape[0]
+    return cs
+
+
+def _eos_pair(cx: _ColumnSpace, cy: _ColumnSpace, sxy: Tensor, n: int, *, normalizer: str = "rank", **_) -> Tensor:
+    norm = max(cx.rank, cy.rank) if normalizer == "rank" else max(cx.width, cy.width)
+    return _cross_of_bases(cx, cy, sxy) / norm
 
 
 # ---------------------------------------------------------------------------- GULP
@@ -267,37 +243,23 @@ def _check_lam(lam: float) -> float:
     return float(lam)
 
 
-def _gulp_layers(xs, compute, lam, rtol):
-    ts, selfs = [], []
-    for x in xs:
-        xc = center_columns(x, compute)
-        rw = _RidgeWeights(self_product(xc).to(ACC), lam, rtol)
-        t = xc @ (rw.w * torch.sqrt(rw.scale2)).to(compute)  # columns of Sigma-whitened predictors
-        ts.append(t)
-        selfs.append((t.T @ t).to(ACC).pow(2).sum())
-    return ts, torch.stack(selfs)
+def _check_gulp_options(lam: float = 0.0, rtol: float | None = None, **_) -> None:
+    _check_lam(lam)
+    if rtol is not None:
+        _check_rtol(rtol)
 
 
-def _gulp_grid(xs, ys, lam, rtol, dtype) -> Tensor:
-    lam = _check_lam(lam)
-    compute = resolve_dtype(dtype, *xs, *ys)
-    rtol = _default_rtol(compute) if rtol is None else _check_rtol(rtol)
-    tx, sx = _gulp_layers(xs, compute, lam, rtol)
-    ty, sy = (tx, sx) if ys is xs else _gulp_layers(ys, compute, lam, rtol)
-    cross = block_sq_norms(torch.cat(tx, 1).T @ torch.cat(ty, 1), [t.shape[1] for t in tx], [t.shape[1] for t in ty])
-    return _gulp_distance(sx[:, None], sy[None, :], cross, compute)
+def _gulp_prepare(s: Tensor, n: int, *, lam: float = 0.0, rtol: float | None = None, **_) -> _RidgeWeights:
+    """The layer's ridge whitening and its self term T_xx (float64 moments)."""
+    if not bool(torch.trace(s) > 0):
+        raise ValueError("a representation is constant across samples, so GULP's normalisation is undefined")
+    weights = _RidgeWeights(s, float(lam), _default_rtol(ACC) if rtol is None else rtol)
+    weights.self_term = weights.whitened(s, weights)
+    return weights
 
 
-def gulp_from_moments(m, lam: float = 0.0, rtol: float | None = None) -> Tensor:
-    """GULP from :class:`~repsim.measures.moments.Moments` (exact, float64)."""
-    lam = _check_lam(lam)
-    rtol = _default_rtol(ACC) if rtol is None else _check_rtol(rtol)
-    for name, s in (("x", m.sxx), ("y", m.syy)):
-        if not bool(torch.trace(s) > 0):
-            raise ValueError(f"{name} is constant across samples, so GULP's normalisation is undefined")
-    rx = _RidgeWeights(m.sxx, lam, rtol)
-    ry = _RidgeWeights(m.syy, lam, rtol)
-    return _gulp_distance(rx.whitened(m.sxx, rx), ry.whitened(m.syy, ry), rx.whitened(m.sxy, ry), ACC)
+def _gulp_pair(rx: _RidgeWeights, ry: _RidgeWeights, sxy: Tensor, n: int, **_) -> Tensor:
+    return _gulp_distance(rx.self_term, ry.self_term, rx.whitened(sxy, ry), ACC)
 
 
 # ---------------------------------------------------------------------------- RSM norm difference
@@ -348,16 +310,16 @@ def distance_correlation(x: Tensor, y: Tensor, *, debiased: bool = False, dtype:
     """
 
 
-@layer_measure(
+@moment_measure(
     "eigenspace_overlap",
     differentiable=True,
-    grid=_eos_grid,
+    prepare=_eos_prepare,
+    pair=_eos_pair,
+    options_check=_check_eos_options,
     min_samples=1,
     family="rsm",
     larger_is_more_similar=True,
     invariances=("orthogonal", "isotropic_scaling", "permutation", "invertible_linear"),
-    streaming=True,
-    from_moments=eigenspace_overlap_from_moments,
     cost="O(n d^2 + d^3)",
     identity_value=1.0,
     reference="May, Zhang, Dao & Re 2019, NeurIPS",
@@ -377,8 +339,9 @@ def eigenspace_overlap(
             EOS(x, x) = 1 for rank-deficient or wide (p > n) inputs. "width": max(p, q), what ReSi
             divides by (its EOS(x, x) is rank/p < 1 when x is rank-deficient).
         rtol: eigenvalues of the centred scatter (and squared singular values of x) below
-            rtol * largest count as zero; default 1e-10 in float64, 1e-5 for float32 products.
-        dtype: precision of the n x d products (default: the inputs'); decompositions are float64.
+            rtol * largest count as zero; default 1e-10 (the moments are float64).
+        dtype: precision of the n x d products (default float64, as every moment measure);
+            decompositions are float64.
 
     Cost O(n d^2 + d^3); exact from streamed moments (``tr(P_x P_y)`` needs only the means and
     the centred scatter and cross-scatter matrices).
@@ -392,18 +355,17 @@ def _gulp_invariances(lam: float = 0.0, **_) -> tuple[str, ...]:
     return rigid + (("invertible_linear", "affine") if lam == 0 else ())
 
 
-@layer_measure(
+@moment_measure(
     "gulp",
     differentiable=True,
-    grid=lambda xs, ys, lam, rtol, dtype, **_: _gulp_grid(xs, ys, lam, rtol, dtype),
+    prepare=_gulp_prepare,
+    pair=_gulp_pair,
+    options_check=_check_gulp_options,
     min_samples=2,
-    reason="GULP centres the features",
     family="rsm",
     larger_is_more_similar=False,
     metric=True,
     invariances=_gulp_invariances,
-    streaming=True,
-    from_moments=gulp_from_moments,
     cost="O(n d^2 + d^3)",
     identity_value=0.0,
     reference="Boix-Adsera, Lawrence, Stepaniants & Rigollet 2022, NeurIPS",
