@@ -249,3 +249,12 @@ def test_compare_inference_takes_the_functions_vocabulary():
     )
     with pytest.raises(ValueError, match="not both"):
         check_inference({"n_permutations": 50, "permutations": 50})
+
+
+def test_moment_parts_say_center():
+    parts = MomentParts(_frobenius, _cka_pair, center=False)
+    assert parts.center is False and parts._fields == ("prepare", "pair", "prepare_y", "center", "swap")
+    with pytest.warns(DeprecationWarning, match="centre= is now center="):
+        assert MomentParts(_frobenius, _cka_pair, centre=False) == parts
+    with pytest.raises(TypeError, match="unexpected"):
+        MomentParts(_frobenius, _cka_pair, centering=False)

@@ -255,7 +255,7 @@ def _soft_matching_invariances(center: bool = True, **_) -> tuple[str, ...]:
 @moment_measure(
     "soft_matching",
     differentiable=True,
-    parts=lambda center=True, **_: MomentParts(_trace_diagonal, _soft_matching_pair, centre=center),
+    parts=lambda center=True, **_: MomentParts(_trace_diagonal, _soft_matching_pair, center=center),
     family="alignment",
     larger_is_more_similar=False,
     metric=True,
@@ -320,7 +320,7 @@ def _angular_parts(alpha: float = 1.0, center: bool = True, **_) -> MomentParts:
         def rotation_pair(tx, ty, sxy, n, **_):
             return angle_of_cosine(_nuclear(sxy) / (tx * ty).sqrt())
 
-        return MomentParts(_trace, rotation_pair, centre=center)
+        return MomentParts(_trace, rotation_pair, center=center)
 
     def prepare(s, n, **_):
         w = partial_whitening(s, n, alpha).z
@@ -330,7 +330,7 @@ def _angular_parts(alpha: float = 1.0, center: bool = True, **_) -> MomentParts:
         (zx, nx), (zy, ny) = px, py
         return angle_of_cosine(_nuclear(zx.T @ sxy @ zy) / (nx * ny).sqrt())
 
-    return MomentParts(prepare, pair, centre=center)
+    return MomentParts(prepare, pair, center=center)
 
 
 def _angular_invariances(alpha: float = 1.0, center: bool = True, **_) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..core.deprecation import renamed_keywords
 from ..core.validation import as_feature_pair, as_layer_lists
 from . import _moment_grid as mg
 from .registry import register, renamed_options
@@ -56,19 +57,30 @@ __all__ = ["MomentParts", "diagonal_only", "layer_measure", "moment_measure"]
 diagonal_only = mg.diagonal_only  # public here: a moment prepare that reads only its scatter's diagonal
 
 
-class MomentParts(NamedTuple):
-    """How a moment measure is computed for one setting of its options.
-
-    ``prepare`` / ``pair``: see :func:`moment_measure`; ``prepare_y``: y's preparation when it
-    differs from x's (regression: x is whitened, y needs only its trace); ``centre=False`` works
-    with moments about the origin; ``swap=True`` computes the measure with x and y exchanged
-    (regression's ``predict="x"``)."""
-
+class _Parts(NamedTuple):
     prepare: Callable[..., object]
     pair: Callable[..., Tensor]
     prepare_y: Callable[..., object] | None = None
-    centre: bool = True
+    center: bool = True
     swap: bool = False
+
+
+class MomentParts(_Parts):
+    """How a moment measure is computed for one setting of its options.
+
+    ``prepare`` / ``pair``: see :func:`moment_measure`; ``prepare_y``: y's preparation when it
+    differs from x's (regression: x is whitened, y needs only its trace); ``center=False`` works
+    with moments about the origin; ``swap=True`` computes the measure with x and y exchanged
+    (regression's ``predict="x"``). ``centre=`` is the deprecated spelling of ``center=``."""
+
+    __slots__ = ()
+
+    def __new__(cls, prepare, pair, prepare_y=None, center: bool = True, swap: bool = False, **old):
+        if set(old) - {"centre"}:
+            raise TypeError(f"MomentParts() got unexpected argument(s) {sorted(set(old) - {'centre'})}")
+        if old:
+            center = renamed_keywords("MomentParts", {"centre": "center"}, old, stacklevel=4)["center"]
+        return super().__new__(cls, prepare, pair, prepare_y, center, swap)
 
 
 def _check_declaration_body(declaration: Callable) -> None:
@@ -225,19 +237,19 @@ def moment_measure(
             x, y = mg.validated_pair(x, y, min_samples)
             if p.swap:
                 x, y = y, x
-            return mg.one_shot(x, y, dtype, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
+            return mg.one_shot(x, y, dtype, p.prepare, p.pair, prepare_y=p.prepare_y, center=p.center, **options)
 
         def grid(xs, ys, options):
             dtype, options, p = resolved(options)
             xs, ys = as_layer_lists(xs, ys, min_samples, varying=True)
             if p.swap:
-                return mg.grid(ys, xs, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.centre, True, **options).T
-            return mg.grid(xs, ys, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.centre, True, **options)
+                return mg.grid(ys, xs, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.center, True, **options).T
+            return mg.grid(xs, ys, dtype, p.prepare, p.pair, min_samples, p.prepare_y, p.center, True, **options)
 
         def from_moments(m, **given):
             _, options, p = resolved(_options_of(name, moment_options, renamed_options(name, renamed, given)))
             m = m.swapped() if p.swap else m
-            return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centre=p.centre, **options)
+            return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, center=p.center, **options)
 
         detach = _detach_rule(_differentiable(name, properties))
         fn = _built(declaration, sig, one_shot, renamed, detach)
