@@ -71,24 +71,24 @@ def one_shot(
     return grid([x], [y], dtype, prepare, pair, prepare_y=prepare_y, validated=True, **opts)[0, 0]
 
 
-def _scatters(m: Moments, center: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(S_xx, S_yy, S_xy) about the means (``center``) or about the origin."""
-    if center:
+def _scatters(m: Moments, centred: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(S_xx, S_yy, S_xy) about the means (``centred``) or about the origin."""
+    if centred:
         return m.sxx, m.syy, m.sxy
     return m.uncentred_xx(), m.uncentred_yy(), m.uncentred_xy()
 
 
 def from_moments(
-    m: Moments, prepare: Prepare, pair: Pair, prepare_y: Prepare | None = None, center: bool = True, **opts
+    m: Moments, prepare: Prepare, pair: Pair, prepare_y: Prepare | None = None, centred: bool = True, **opts
 ) -> Tensor:
-    sxx, syy, sxy = _scatters(m, center)
+    sxx, syy, sxy = _scatters(m, centred)
     prepare_y = prepare_y or prepare
     px = _prepared(prepare, _self_term(sxx, prepare), m.n, m.mean_x, opts)
     py = _prepared(prepare_y, _self_term(syy, prepare_y), m.n, m.mean_y, opts)
     return pair(px, py, sxy, m.n, **opts)
 
 
-def _layer_terms(layers: list[Tensor], compute: torch.dtype, full: bool, center: bool):
+def _layer_terms(layers: list[Tensor], compute: torch.dtype, full: bool, centred: bool):
     """Per layer: (mean, centred features in ``compute`` dtype, self term about the mean or the origin).
 
     The self term is the scatter (d, d) when ``full``, else only its diagonal (d,). Centring, the
@@ -101,10 +101,10 @@ def _layer_terms(layers: list[Tensor], compute: torch.dtype, full: bool, center:
         c = c64.to(compute)
         if full:
             s = self_product(c).to(torch.float64)
-            s = s if center else s + t.shape[0] * torch.outer(mean, mean)
+            s = s if centred else s + t.shape[0] * torch.outer(mean, mean)
         else:
             s = c64.square().sum(0)
-            s = s if center else s + t.shape[0] * mean.square()
+            s = s if centred else s + t.shape[0] * mean.square()
         terms.append((mean, c, s))
     return terms
 
@@ -117,7 +117,7 @@ def grid(
     pair: Pair,
     min_samples: int = 3,
     prepare_y: Prepare | None = None,
-    center: bool = True,
+    centred: bool = True,
     validated: bool = False,
     **opts,
 ) -> Tensor:
@@ -133,15 +133,15 @@ def grid(
     prepare_y = prepare_y or prepare
     n = xs[0].shape[0]
     compute = resolve_dtype(scatter_dtype(dtype), *xs, *ys)
-    terms_x = _layer_terms(xs, compute, not _reads_diagonal(prepare), center)
+    terms_x = _layer_terms(xs, compute, not _reads_diagonal(prepare), centred)
     if same and _reads_diagonal(prepare_y) == _reads_diagonal(prepare):
         terms_y = terms_x
     else:
-        terms_y = _layer_terms(ys, compute, not _reads_diagonal(prepare_y), center)
+        terms_y = _layer_terms(ys, compute, not _reads_diagonal(prepare_y), centred)
     cx = torch.cat([c for _, c, _ in terms_x], dim=1)
     cy = cx if same else torch.cat([c for _, c, _ in terms_y], dim=1)
     sxy = transpose_product(cx, cy).to(torch.float64)
-    if not center:
+    if not centred:
         sxy = sxy + n * torch.outer(torch.cat([m for m, _, _ in terms_x]), torch.cat([m for m, _, _ in terms_y]))
     preps_x = [_prepared(prepare, s, n, mean, opts) for mean, _, s in terms_x]
     preps_y = [_prepared(prepare_y, s, n, mean, opts) for mean, _, s in terms_y]

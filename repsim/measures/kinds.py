@@ -237,7 +237,7 @@ def moment_measure(
             x, y = mg.validated_pair(x, y, min_samples)
             if p.swap:
                 x, y = y, x
-            return mg.one_shot(x, y, dtype, p.prepare, p.pair, prepare_y=p.prepare_y, center=p.center, **options)
+            return mg.one_shot(x, y, dtype, p.prepare, p.pair, prepare_y=p.prepare_y, centred=p.center, **options)
 
         def grid(xs, ys, options):
             dtype, options, p = resolved(options)
@@ -249,7 +249,7 @@ def moment_measure(
         def from_moments(m, **given):
             _, options, p = resolved(_options_of(name, moment_options, renamed_options(name, renamed, given)))
             m = m.swapped() if p.swap else m
-            return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, center=p.center, **options)
+            return mg.from_moments(m, p.prepare, p.pair, prepare_y=p.prepare_y, centred=p.center, **options)
 
         detach = _detach_rule(_differentiable(name, properties))
         fn = _built(declaration, sig, one_shot, renamed, detach)
