@@ -168,106 +168,133 @@ def _inputs(data: dict, case: str, kind: str):
     return acc[0], acc[1]
 
 
+def _peer_resi() -> dict:
+    sys.path[:] = [str(PEERS / "resi")] + [p for p in sys.path if "catalogue" not in p and p != str(ROOT)]
+    from repsim.measures.output_similarity import AbsoluteAccDiff
+
+    import repsim as resi
+    from repsim.measures import ALL_MEASURES, FUNCTIONAL_SIMILARITY_MEASURES
+
+    assert "resi" in resi.__file__, resi.__file__
+    out = {}
+    for row, _, _, p, fname, kind in ROWS:
+        if p != "resi":
+            continue
+        name = fname.split(" ")[0]
+        if kind == "out":
+            out[row] = (lambda m: lambda a, b: m(a, b))(FUNCTIONAL_SIMILARITY_MEASURES[name])
+        elif kind == "acc":
+            out[row] = lambda a, b: AbsoluteAccDiff()(a, b)
+        else:
+            out[row] = (lambda m: lambda a, b: m(a, b, shape="nd"))(ALL_MEASURES[name])
+    return out
+
+
+def _peer_netrep() -> dict:
+    sys.path.insert(0, str(PEERS / "netrep"))
+    from netrep.metrics import LinearMetric, PermutationMetric
+
+    return {
+        "netrep_angular_a1": lambda a, b: LinearMetric(alpha=1.0, score_method="angular").fit_score(a, b),
+        "netrep_angular_a0": lambda a, b: LinearMetric(alpha=0.0, score_method="angular").fit_score(a, b),
+        "netrep_angular_a05": lambda a, b: LinearMetric(alpha=0.5, score_method="angular").fit_score(a, b),
+        "netrep_perm": lambda a, b: PermutationMetric(score_method="angular").fit_score(a, b),
+    }
+
+
+def _peer_anatome() -> dict:
+    # anatome imports torchvision's feature extractor at module level (only for its hooks); the
+    # benchvenv's torchvision does not match its torch, so stub the one module it names.
+    stub = types.ModuleType("torchvision.models.feature_extraction")
+    stub.get_graph_node_names = stub.create_feature_extractor = None
+    for name in ("torchvision", "torchvision.models"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["torchvision.models.feature_extraction"] = stub
+    sys.path.insert(0, str(PEERS / "anatome"))
+    import torch
+    from anatome import distance as ad
+
+    t = torch.as_tensor
+    return {
+        "anatome_mean_cca": lambda a, b: ad.cca(t(a), t(b), "svd")[2].mean().item(),
+        "anatome_svcca": lambda a, b: ad.svcca_distance(t(a), t(b), 0.99, "svd").item(),
+        "anatome_pwcca": lambda a, b: ad.pwcca_distance(t(a), t(b), "svd").item(),
+        "anatome_cka": lambda a, b: ad.linear_cka_distance(t(a), t(b), False).item(),
+        "anatome_dcka": lambda a, b: ad.linear_cka_distance(t(a), t(b), True).item(),
+        "anatome_procrustes": lambda a, b: ad.orthogonal_procrustes_distance(t(a), t(b)).item(),
+    }
+
+
+def _peer_platonic() -> dict:
+    sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
+    sys.modules.setdefault("torchaudio.functional", types.ModuleType("torchaudio.functional"))
+    sys.path.insert(0, str(PEERS / "platonic-rep"))
+    import torch
+    from metrics import AlignmentMetrics as am
+
+    t = torch.as_tensor
+    return {
+        "platonic_mutual_knn": lambda a, b: am.mutual_knn(t(a), t(b), topk=10),
+        "platonic_cycle_knn": lambda a, b: am.cycle_knn(t(a), t(b), topk=10),
+        "platonic_cknna": lambda a, b: am.cknna(t(a), t(b), topk=10),
+        "platonic_mutual_knn_unit": lambda a, b: am.mutual_knn(t(a), t(b), topk=10),
+        "platonic_cycle_knn_unit": lambda a, b: am.cycle_knn(t(a), t(b), topk=10),
+        "platonic_cknna_unit": lambda a, b: am.cknna(t(a), t(b), topk=10),
+        "platonic_cka": lambda a, b: am.cka(t(a), t(b)),
+        "platonic_dcka": lambda a, b: am.unbiased_cka(t(a), t(b)),
+        "platonic_svcca": lambda a, b: am.svcca(t(a), t(b), cca_dim=10),
+    }
+
+
+def _peer_dcor() -> dict:
+    import dcor
+
+    return {
+        "dcor_dcor": lambda a, b: dcor.distance_correlation(a, b),
+        "dcor_dcor_u": lambda a, b: dcor.u_distance_correlation_sqr(a, b),
+    }
+
+
+def _peer_rsatoolbox() -> dict:
+    import rsatoolbox
+
+    def rsa(a, b, method):
+        rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(m), method="correlation") for m in (a, b)]
+        return rsatoolbox.rdm.compare(rdms[0], rdms[1], method=method)[0, 0]
+
+    return {
+        "rsatoolbox_rsa": lambda a, b: rsa(a, b, "corr"),
+        "rsatoolbox_rsa_spearman": lambda a, b: rsa(a, b, "spearman"),
+    }
+
+
+def _peer_ckatorch() -> dict:
+    import torch
+    from ckatorch.core import cka_base
+
+    t = torch.as_tensor
+    return {
+        "ckatorch_cka": lambda a, b: cka_base(t(a), t(b), unbiased=False).item(),
+        "ckatorch_dcka": lambda a, b: cka_base(t(a), t(b), unbiased=True).item(),
+    }
+
+
+PEER_FUNCTIONS = {
+    "resi": _peer_resi,
+    "netrep": _peer_netrep,
+    "anatome": _peer_anatome,
+    "platonic": _peer_platonic,
+    "dcor": _peer_dcor,
+    "rsatoolbox": _peer_rsatoolbox,
+    "ckatorch": _peer_ckatorch,
+}
+
+
 def _peer_functions(peer: str) -> dict:
     """Row id -> f(a, b) -> float, importing the peer (only in its worker)."""
-    if peer == "resi":
-        sys.path[:] = [str(PEERS / "resi")] + [p for p in sys.path if "catalogue" not in p and p != str(ROOT)]
-        from repsim.measures.output_similarity import AbsoluteAccDiff
-
-        import repsim as resi
-        from repsim.measures import ALL_MEASURES, FUNCTIONAL_SIMILARITY_MEASURES
-
-        assert "resi" in resi.__file__, resi.__file__
-        out = {}
-        for row, _, _, p, fname, kind in ROWS:
-            if p != "resi":
-                continue
-            name = fname.split(" ")[0]
-            if kind == "out":
-                out[row] = (lambda m: lambda a, b: m(a, b))(FUNCTIONAL_SIMILARITY_MEASURES[name])
-            elif kind == "acc":
-                out[row] = lambda a, b: AbsoluteAccDiff()(a, b)
-            else:
-                out[row] = (lambda m: lambda a, b: m(a, b, shape="nd"))(ALL_MEASURES[name])
-        return out
-    if peer == "netrep":
-        sys.path.insert(0, str(PEERS / "netrep"))
-        from netrep.metrics import LinearMetric, PermutationMetric
-
-        return {
-            "netrep_angular_a1": lambda a, b: LinearMetric(alpha=1.0, score_method="angular").fit_score(a, b),
-            "netrep_angular_a0": lambda a, b: LinearMetric(alpha=0.0, score_method="angular").fit_score(a, b),
-            "netrep_angular_a05": lambda a, b: LinearMetric(alpha=0.5, score_method="angular").fit_score(a, b),
-            "netrep_perm": lambda a, b: PermutationMetric(score_method="angular").fit_score(a, b),
-        }
-    if peer == "anatome":
-        # anatome imports torchvision's feature extractor at module level (only for its hooks); the
-        # benchvenv's torchvision does not match its torch, so stub the one module it names.
-        stub = types.ModuleType("torchvision.models.feature_extraction")
-        stub.get_graph_node_names = stub.create_feature_extractor = None
-        for name in ("torchvision", "torchvision.models"):
-            sys.modules.setdefault(name, types.ModuleType(name))
-        sys.modules["torchvision.models.feature_extraction"] = stub
-        sys.path.insert(0, str(PEERS / "anatome"))
-        import torch
-        from anatome import distance as ad
-
-        t = torch.as_tensor
-        return {
-            "anatome_mean_cca": lambda a, b: ad.cca(t(a), t(b), "svd")[2].mean().item(),
-            "anatome_svcca": lambda a, b: ad.svcca_distance(t(a), t(b), 0.99, "svd").item(),
-            "anatome_pwcca": lambda a, b: ad.pwcca_distance(t(a), t(b), "svd").item(),
-            "anatome_cka": lambda a, b: ad.linear_cka_distance(t(a), t(b), False).item(),
-            "anatome_dcka": lambda a, b: ad.linear_cka_distance(t(a), t(b), True).item(),
-            "anatome_procrustes": lambda a, b: ad.orthogonal_procrustes_distance(t(a), t(b)).item(),
-        }
-    if peer == "platonic":
-        sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
-        sys.modules.setdefault("torchaudio.functional", types.ModuleType("torchaudio.functional"))
-        sys.path.insert(0, str(PEERS / "platonic-rep"))
-        import torch
-        from metrics import AlignmentMetrics as am
-
-        t = torch.as_tensor
-        return {
-            "platonic_mutual_knn": lambda a, b: am.mutual_knn(t(a), t(b), topk=10),
-            "platonic_cycle_knn": lambda a, b: am.cycle_knn(t(a), t(b), topk=10),
-            "platonic_cknna": lambda a, b: am.cknna(t(a), t(b), topk=10),
-            "platonic_mutual_knn_unit": lambda a, b: am.mutual_knn(t(a), t(b), topk=10),
-            "platonic_cycle_knn_unit": lambda a, b: am.cycle_knn(t(a), t(b), topk=10),
-            "platonic_cknna_unit": lambda a, b: am.cknna(t(a), t(b), topk=10),
-            "platonic_cka": lambda a, b: am.cka(t(a), t(b)),
-            "platonic_dcka": lambda a, b: am.unbiased_cka(t(a), t(b)),
-            "platonic_svcca": lambda a, b: am.svcca(t(a), t(b), cca_dim=10),
-        }
-    if peer == "dcor":
-        import dcor
-
-        return {
-            "dcor_dcor": lambda a, b: dcor.distance_correlation(a, b),
-            "dcor_dcor_u": lambda a, b: dcor.u_distance_correlation_sqr(a, b),
-        }
-    if peer == "rsatoolbox":
-        import rsatoolbox
-
-        def rsa(a, b, method):
-            rdms = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(m), method="correlation") for m in (a, b)]
-            return rsatoolbox.rdm.compare(rdms[0], rdms[1], method=method)[0, 0]
-
-        return {
-            "rsatoolbox_rsa": lambda a, b: rsa(a, b, "corr"),
-            "rsatoolbox_rsa_spearman": lambda a, b: rsa(a, b, "spearman"),
-        }
-    if peer == "ckatorch":
-        import torch
-        from ckatorch.core import cka_base
-
-        t = torch.as_tensor
-        return {
-            "ckatorch_cka": lambda a, b: cka_base(t(a), t(b), unbiased=False).item(),
-            "ckatorch_dcka": lambda a, b: cka_base(t(a), t(b), unbiased=True).item(),
-        }
-    raise ValueError(peer)
+    if peer not in PEER_FUNCTIONS:
+        raise ValueError(peer)
+    return PEER_FUNCTIONS[peer]()
 
 
 def worker(peer: str, data_path: str, rows: list[str], cases: list[str], timeout: int) -> None:
@@ -347,19 +374,26 @@ def repsim_value(measure: str, options: dict, a, b, kind: str, labels=None):
     return float(v), time.perf_counter() - start
 
 
+def _centred(m):
+    return m - m.mean(0)
+
+
 def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
     """The peer's number reproduced with the explained variant (written from its formula), or None."""
+    peer = row.split("_")[0]
+    return {"resi": _explain_resi, "platonic": _explain_platonic}.get(peer, _explain_other)(row, a, b)
+
+
+def _explain_resi(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
+    """ReSi's rows (see :func:`explain`)."""
     import torch
 
     import repsim
 
-    def centred(m):
-        return m - m.mean(0)
-
     if row == "resi_svcca":  # keeps one principal component: |corr(PC1(x), PC1(y))|
         pcs = []
         for m in (a, b):
-            u, s, _ = np.linalg.svd(centred(m), full_matrices=False)
+            u, s, _ = np.linalg.svd(_centred(m), full_matrices=False)
             pcs.append(u[:, 0] * s[0])
         return abs(np.corrcoef(pcs[0], pcs[1])[0, 1]), "one principal component per side"
     if row == "resi_rsa":  # Pearson-similarity RSM (row-centred cosine), Spearman of lower triangles
@@ -371,7 +405,7 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
     if row == "resi_magnitude":  # norm of the mean vector, not the mean of the row norms
         return abs(np.linalg.norm(a.mean(0)) - np.linalg.norm(b.mean(0))), "| |mean(x)| - |mean(y)| |"
     if row == "resi_scm":  # symmetrised: mean of both directions' best matches
-        c = (centred(a) / np.linalg.norm(centred(a), axis=0)).T @ (centred(b) / np.linalg.norm(centred(b), axis=0))
+        c = (_centred(a) / np.linalg.norm(_centred(a), axis=0)).T @ (_centred(b) / np.linalg.norm(_centred(b), axis=0))
         return (c.max(1).mean() + c.max(0).mean()) / 2, "(mean_i max_j r_ij + mean_j max_i r_ij) / 2"
     if row == "resi_perm_procrustes":  # raw (uncentred, unscaled) |x P - y|_F, P maximising tr(P x^T y)
         from scipy.optimize import linear_sum_assignment
@@ -385,6 +419,33 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
             return np.log(np.exp(-2 * sq).sum() / len(m) ** 2)
 
         return abs(u(a) - u(b)), "uniformity on unnormalised rows"
+    if row == "resi_linreg":  # ReSi regresses its FIRST argument on the second
+        v = repsim.measure(torch.as_tensor(a), torch.as_tensor(b), "linear_regression", predict="x")
+        return float(v), "repsim linear_regression(predict='x')"
+    if row == "resi_aligned_cos":  # uncentred, zero-padded to equal widths, x rotated onto y
+        w = max(a.shape[1], b.shape[1])
+        pa, pb = (np.pad(m, ((0, 0), (0, w - m.shape[1]))) for m in (a, b))
+        u, _, vt = np.linalg.svd(pa.T @ pb)
+        ra = pa @ (u @ vt)
+        cos = (ra * pb).sum(1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(pb, axis=1))
+        return float(cos.mean()), "uncentred x Q vs y, zero-padded"
+    if row == "resi_pwcca_yx":  # google/svcca's "directions": u^T (x - mu) + mu, u from the WHITENED problem
+
+        def inv_sqrt(s):
+            lam, v = np.linalg.eigh(s)
+            return v @ np.diag(lam**-0.5) @ v.T
+
+        ca, cb = _centred(a), _centred(b)
+        u, rho, _ = np.linalg.svd(inv_sqrt(ca.T @ ca) @ ca.T @ cb @ inv_sqrt(cb.T @ cb), full_matrices=False)
+        basis, _ = np.linalg.qr((u.T @ ca.T + a.mean(0)[:, None]).T)
+        weights = np.abs(basis.T @ a).sum(1)
+        return float(weights @ rho / weights.sum()), "directions u^T (x - mu) + mu, unwhitened, means added back"
+    return None
+
+
+def _explain_platonic(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
+    """The Platonic-representation rows (see :func:`explain`)."""
+
     if row in ("platonic_mutual_knn", "platonic_cycle_knn"):  # neighbours by raw inner product, self excluded
 
         def knn(m):
@@ -397,38 +458,6 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
             return np.mean([len(set(ka[i]) & set(kb[i])) / 10 for i in range(len(a))]), "raw inner-product kNN"
         hit = (ka[kb] == np.arange(len(a))[:, None, None]).reshape(len(a), -1).any(1)
         return hit.mean(), "raw inner-product kNN"
-    if row == "resi_linreg":  # ReSi regresses its FIRST argument on the second
-        v = repsim.measure(torch.as_tensor(a), torch.as_tensor(b), "linear_regression", predict="x")
-        return float(v), "repsim linear_regression(predict='x')"
-    if row == "resi_aligned_cos":  # uncentred, zero-padded to equal widths, x rotated onto y
-        w = max(a.shape[1], b.shape[1])
-        pa, pb = (np.pad(m, ((0, 0), (0, w - m.shape[1]))) for m in (a, b))
-        u, _, vt = np.linalg.svd(pa.T @ pb)
-        ra = pa @ (u @ vt)
-        cos = (ra * pb).sum(1) / (np.linalg.norm(ra, axis=1) * np.linalg.norm(pb, axis=1))
-        return float(cos.mean()), "uncentred x Q vs y, zero-padded"
-    if row == "netrep_angular_a05":  # netrep's lambda are eigenvalues of X^T X (scatter), not X^T X / n
-        k = math.sqrt(len(a))
-        v = repsim.measure(torch.as_tensor(a * k), torch.as_tensor(b * k), "angular_shape", alpha=0.5)
-        return float(v), "repsim angular_shape(sqrt(n) x, sqrt(n) y, alpha=0.5)"
-    if row == "resi_pwcca_yx":  # google/svcca's "directions": u^T (x - mu) + mu, u from the WHITENED problem
-
-        def inv_sqrt(s):
-            lam, v = np.linalg.eigh(s)
-            return v @ np.diag(lam**-0.5) @ v.T
-
-        ca, cb = centred(a), centred(b)
-        u, rho, _ = np.linalg.svd(inv_sqrt(ca.T @ ca) @ ca.T @ cb @ inv_sqrt(cb.T @ cb), full_matrices=False)
-        basis, _ = np.linalg.qr((u.T @ ca.T + a.mean(0)[:, None]).T)
-        weights = np.abs(basis.T @ a).sum(1)
-        return float(weights @ rho / weights.sum()), "directions u^T (x - mu) + mu, unwhitened, means added back"
-    if row == "anatome_pwcca":  # the coefficients (not the variates) re-orthonormalised, weights sum_i |x_i a_j|
-        qa, ra = np.linalg.qr(centred(a))
-        qb, _ = np.linalg.qr(centred(b))
-        u, rho, _ = np.linalg.svd(qa.T @ qb, full_matrices=False)
-        coef, _ = np.linalg.qr(np.linalg.solve(ra, u))
-        weights = np.abs(a @ coef).sum(0)
-        return float(weights @ rho / weights.sum()), "weights from QR-orthonormalised coefficients, uncentred x"
     if row in ("platonic_cknna", "platonic_cknna_unit"):  # raw K = x x^T, Song's HSIC, + 1e-6 in the denominator
 
         def hsic_u(k, m):
@@ -454,10 +483,30 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
     if row == "platonic_svcca":  # standardised columns, top-10 left singular vectors each, mean of 10 CCs
         us = []
         for m in (a, b):
-            z = centred(m) / (m.std(0, ddof=1) + 1e-8)
+            z = _centred(m) / (m.std(0, ddof=1) + 1e-8)
             us.append(np.linalg.svd(z, full_matrices=False)[0][:, :10])
         rho = np.linalg.svd(np.linalg.qr(us[0])[0].T @ np.linalg.qr(us[1])[0], compute_uv=False)
         return float(rho.mean()), "mean CC of the top-10 singular vectors of standardised x, y (exact SVD)"
+    return None
+
+
+def _explain_other(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
+    """netrep's and anatome's rows (see :func:`explain`)."""
+    import torch
+
+    import repsim
+
+    if row == "netrep_angular_a05":  # netrep's lambda are eigenvalues of X^T X (scatter), not X^T X / n
+        k = math.sqrt(len(a))
+        v = repsim.measure(torch.as_tensor(a * k), torch.as_tensor(b * k), "angular_shape", alpha=0.5)
+        return float(v), "repsim angular_shape(sqrt(n) x, sqrt(n) y, alpha=0.5)"
+    if row == "anatome_pwcca":  # the coefficients (not the variates) re-orthonormalised, weights sum_i |x_i a_j|
+        qa, ra = np.linalg.qr(_centred(a))
+        qb, _ = np.linalg.qr(_centred(b))
+        u, rho, _ = np.linalg.svd(qa.T @ qb, full_matrices=False)
+        coef, _ = np.linalg.qr(np.linalg.solve(ra, u))
+        weights = np.abs(a @ coef).sum(0)
+        return float(weights @ rho / weights.sum()), "weights from QR-orthonormalised coefficients, uncentred x"
     if row == "anatome_svcca":  # uncentred SVD, keep k with cumsum(s)/sum(s) < 0.99 (singular values)
         red = []
         for m in (a, b):
@@ -469,7 +518,7 @@ def explain(row: str, a: np.ndarray, b: np.ndarray) -> tuple[float, str] | None:
     if row == "netrep_perm":  # a different measure: angle after the best permutation, centred, unit norm
         from scipy.optimize import linear_sum_assignment
 
-        xa, xb = centred(a) / np.linalg.norm(centred(a)), centred(b) / np.linalg.norm(centred(b))
+        xa, xb = _centred(a) / np.linalg.norm(_centred(a)), _centred(b) / np.linalg.norm(_centred(b))
         r, c = linear_sum_assignment(xa.T @ xb, maximize=True)
         return float(np.arccos(np.clip((xa[:, r] * xb[:, c]).sum(), -1, 1))), "arccos <x P, y> (unit, centred)"
     return None

@@ -66,11 +66,20 @@ def claim_interval_lines(log: pd.DataFrame) -> list[str]:
 
 
 def write_report(out, cfg: TrainConfig) -> list[Path]:
+    """report.md and the figures of a run directory (alignment, losses, theory, probes); the paths written."""
+    out = Path(out)
+    log = pd.read_csv(out / "alignment.csv")
+    probes_path = out / "final_probes.csv"
+    probes = pd.read_csv(probes_path) if probes_path.exists() else pd.DataFrame()
+    written = _figures(out, log, probes, cfg)
+    written.insert(0, atomic_write_text(out / "report.md", "\n".join(_markdown(log, probes, cfg))))
+    return written
+
+
+def _figures(out: Path, log: pd.DataFrame, probes: pd.DataFrame, cfg: TrainConfig) -> list[Path]:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    out = Path(out)
-    log = pd.read_csv(out / "alignment.csv")
     written = []
     evals = log[log["measure"].isin(PLOTTED)].copy()
     if len(evals):
@@ -113,8 +122,6 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         )
         written.append(atomic_save_figure(ax.figure, out / "theory.png", dpi=110, bbox_inches="tight"))
         plt.close(ax.figure)
-    probes_path = out / "final_probes.csv"
-    probes = pd.read_csv(probes_path) if probes_path.exists() else pd.DataFrame()
     if len(probes):
         top1 = probes[probes["metric"].isin(["top1", "1-shot", "5-shot"])].copy()
         top1["probe"] = top1["probe"] + " " + top1["metric"]
@@ -122,6 +129,10 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         written.append(atomic_save_figure(grid.figure, out / "probes.png", dpi=110, bbox_inches="tight"))
         plt.close(grid.figure)
 
+    return written
+
+
+def _markdown(log: pd.DataFrame, probes: pd.DataFrame, cfg: TrainConfig) -> list[str]:
     final = final_alignment(log)
     md = [
         f"# Coupled training report: {cfg.data}",
@@ -177,5 +188,4 @@ def write_report(out, cfg: TrainConfig) -> list[Path]:
         "models/*.safetensors (compare them with `repsim compare`), checkpoints/.",
         "",
     ]
-    written.insert(0, atomic_write_text(out / "report.md", "\n".join(md)))
-    return written
+    return md

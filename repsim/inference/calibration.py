@@ -315,21 +315,9 @@ def calibrate(
     check_same_samples(x, y)
     best = attainable_best(info, smax)
     smax = math.inf if best is None else best
-    grid = calibrate_grid(
-        [x],
-        [y],
-        measure,
-        aggregate="max",
-        n_permutations=n_permutations,
-        alpha=alpha,
-        smax=smax,
-        groups=groups,
-        blocks=blocks,
-        seed=seed,
-        scheme=scheme,
-        keep_permutations=keep_permutations,
-        **measure_options,
-    )
+    design = dict(groups=groups, blocks=blocks, seed=seed, scheme=scheme, keep_permutations=keep_permutations)
+    grid = calibrate_grid([x], [y], measure, n_permutations=n_permutations, alpha=alpha, smax=smax, **design,
+                          **measure_options)  # fmt: skip
     return CalibrationResult(
         measure=measure,
         score=grid.score,

@@ -194,9 +194,8 @@ def register(
 
     ``attainable_best`` left out means ``identity_value``; pass it (or None) where they differ.
     ``invariances``, ``symmetric`` and ``differentiable`` may be functions of the options
-    (``invariances(**options) -> tuple``, ``symmetric(**options) -> bool``): the entry's fields
-    then hold their values at the defaults and :meth:`MeasureInfo.invariances_at`,
-    :meth:`~MeasureInfo.symmetric_at`, :meth:`~MeasureInfo.differentiable_at` the others.
+    (``invariances(**options) -> tuple``): the entry's fields hold their values at the defaults,
+    :meth:`MeasureInfo.invariances_at`, ``symmetric_at``, ``differentiable_at`` the others.
     ``differentiable`` has no default: every declaration says whether autograd differentiates it.
 
     Raises at import time (a programming error, not a user one) for unknown families or
@@ -209,7 +208,6 @@ def register(
     given = invariances if callable(invariances) else None
     if streaming and from_moments is None and accumulator is None:
         raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
-
     if name in _REGISTRY:
         raise ValueError(f"measure {name!r} is registered twice")
     info = MeasureInfo(
@@ -221,10 +219,6 @@ def register(
         invariances=frozenset() if given is not None else frozenset(invariances),
         streaming=streaming,
         cost=cost,
-        symmetric=True if callable(symmetric) else symmetric,
-        symmetric_given=symmetric if callable(symmetric) else None,
-        differentiable=False if callable(differentiable) else differentiable,
-        differentiable_given=differentiable if callable(differentiable) else None,
         needs_package=needs_package,
         identity_value=identity_value,
         attainable_best=identity_value if attainable_best is ... else attainable_best,
@@ -241,11 +235,7 @@ def register(
         quadratic=quadratic,
         renamed=dict(renamed or {}),
     )
-    if given is not None:  # those at the defaults; invariances_at gives the others
-        info = dataclasses.replace(info, invariances=frozenset(given(**info.option_defaults())))
-    info = dataclasses.replace(
-        info, symmetric=info.symmetric_at(), differentiable=info.differentiable_at()
-    )  # the option-dependent ones at the defaults
+    info = _with_option_dependent(info, given, symmetric, differentiable)
     unknown = set(info.invariances) - set(INVARIANCES)
     if unknown:
         raise ValueError(f"unknown invariance(s) {sorted(unknown)}; choose from {INVARIANCES}")
@@ -287,6 +277,22 @@ def temporary_measure(name: str | None = None, *, like: str | None = None, **fie
     finally:
         _REGISTRY.clear()
         _REGISTRY.update(before)
+
+
+def _with_option_dependent(info: MeasureInfo, invariances_given, symmetric, differentiable) -> MeasureInfo:
+    """The entry with its possibly option-dependent properties (invariances, symmetry,
+    differentiability: a value, or a function of the options) set to their values at the default
+    options; ``*_given`` keep the functions for ``*_at(**options)``."""
+    info = dataclasses.replace(
+        info,
+        symmetric=True if callable(symmetric) else symmetric,
+        symmetric_given=symmetric if callable(symmetric) else None,
+        differentiable=False if callable(differentiable) else differentiable,
+        differentiable_given=differentiable if callable(differentiable) else None,
+    )
+    if invariances_given is not None:
+        info = dataclasses.replace(info, invariances=frozenset(invariances_given(**info.option_defaults())))
+    return dataclasses.replace(info, symmetric=info.symmetric_at(), differentiable=info.differentiable_at())
 
 
 def get_measure(name: str) -> MeasureInfo:
