@@ -129,7 +129,9 @@ OPTION_SETTINGS = {
     "angular_shape": [{"alpha": 0.0}, {"alpha": 0.5}, {"alpha": 0.0, "center": False}, {"center": False}],
     "gulp": [{"lam": 0.1}],
     "soft_matching": [{"center": False}],
+    "uniformity_difference": [{"normalize": False}],
 }
+SYMMETRY_SETTINGS = {"rtd": [{"symmetric": False}]}  # measures whose symmetry depends on an option
 OPTION_CASES = [
     (name, options, kind)
     for name, settings in OPTION_SETTINGS.items()
@@ -183,6 +185,21 @@ def test_asymmetric_declarations_are_needed():
             x, y, kwargs, _ = _data(seed, name)
             diffs.append(abs(_value(name, x, y, kwargs) - _value(name, y, x, kwargs)))
         assert max(diffs) > 1e-8, f"{name} is declared asymmetric but is symmetric on every try"
+
+
+def test_option_dependent_symmetry_holds():
+    """``symmetric_at(**options)`` is right both ways at the settings where the symmetry changes."""
+    dependent = {n for n in NAMES if get_measure(n).symmetric_given is not None}
+    assert dependent == set(SYMMETRY_SETTINGS) & set(NAMES), "add the measure's settings to SYMMETRY_SETTINGS"
+    for name in dependent:
+        for options in [{}, *SYMMETRY_SETTINGS[name]]:
+            diffs = []
+            for seed in range(2):
+                x, y, kwargs, _ = _data(seed, name)
+                kwargs = {**kwargs, **options}
+                diffs.append(abs(_value(name, x, y, kwargs) - _value(name, y, x, kwargs)))
+            symmetric = max(diffs) <= 1e-8
+            assert symmetric == get_measure(name).symmetric_at(**options), f"{name}{options}: {diffs}"
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if get_measure(n).metric])
