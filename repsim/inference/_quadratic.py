@@ -43,7 +43,7 @@ def quadratic_form(name: str, options: dict) -> QuadraticForm | None:
 def shift_statistics(form: QuadraticForm, x: Tensor, y: Tensor) -> Tensor:
     """The statistic of ``x`` against ``y`` with y's rows shifted by s, for every s = 0..n-1: one FFT
     per matrix (and vector) of the form (:mod:`._shifts`)."""
-    sx, sy = form.side(x), form.side(y)
+    sx, sy = form.side(x, native=True), form.side(y, native=True)
     q = shifted_quadratic(sx.matrix, sy.matrix)[None, None]
     d = shifted_dot(sx.vector, sy.vector)[None, None] if form.uses_vector else None
     return form.finish(q, d, _stack_scalars([sx]), _stack_scalars([sy]))[0, 0]

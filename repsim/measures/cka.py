@@ -166,14 +166,15 @@ class CKAForm(QuadraticForm):
     def uses_vector(self) -> bool:  # type: ignore[override]
         return self.debiased
 
-    def side(self, z: Tensor) -> Side:
+    def side(self, z: Tensor, native: bool = False) -> Side:
         zc = center_columns(z, resolve_dtype(self.dtype, z))
-        k = self_product(zc.T).to(ACC)
+        k = self_product(zc.T)
+        k = k if native else k.to(ACC)
         if not self.debiased:
             return Side(k, None, {"norm": sq_frobenius(k).sqrt()}, zc)
         n = k.shape[0]
         k.fill_diagonal_(0.0)
-        rows = k.sum(1)
+        rows = k.sum(1, dtype=ACC)
         total = rows.sum()
         self_hsic = unbiased_hsic(n, sq_frobenius(k), total, total, rows @ rows)
         return Side(k, rows, {"total": total, "self": self_hsic, "n": torch.tensor(float(n), dtype=ACC)}, zc)

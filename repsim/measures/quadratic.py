@@ -54,8 +54,10 @@ class QuadraticForm:
         a subsample gives the measure there (with the statistic's own weights)."""
         raise NotImplementedError
 
-    def side(self, z: Tensor) -> Side:
-        """Layer ``z`` (n, d)'s matrix, vector and scalars (float64)."""
+    def side(self, z: Tensor, native: bool = False) -> Side:
+        """Layer ``z`` (n, d)'s matrix, vector and scalars (float64). ``native=True`` may leave the
+        matrix in the precision of its products, for engines that convert it themselves (the FFTs
+        of the cyclic shifts read it once, in float64: half the memory traffic for float32 inputs)."""
         raise NotImplementedError
 
     def finish(self, q: Tensor, d: Tensor | None, sx: dict, sy: dict) -> Tensor:

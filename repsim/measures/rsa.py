@@ -230,7 +230,7 @@ class RSAForm(QuadraticForm):
         # float64: RDM entries share a large common level, which float32 sums would cancel away
         return rdm(z, method=self.rdm).to(ACC)
 
-    def side(self, z: Tensor) -> Side:
+    def side(self, z: Tensor, native: bool = False) -> Side:
         a = rdm(z, method=self.rdm)
         n = a.shape[0]
         return Side(standardised_rdm(a, self.compare), None, {"pairs": torch.tensor(float(n * (n - 1)), dtype=ACC)})
