@@ -24,7 +24,9 @@ constant representation; an ``options_check(**options)`` declared with the measu
 options before any work. Option-dependent properties are declared on the entry too: ``invariances``
 may be a function of the options (RSA's depend on ``rdm=``); ``quadratic`` names the quadratic form
 the permutation, bootstrap and calibration engines use (:mod:`repsim.inference`), as a function of
-the options, when the measure has one.
+the options, when the measure has one. Every declaration says ``differentiable=`` (True, False, or a
+function of the options): where it is False the kind detaches the inputs, so the value is a
+constant to autograd rather than a wrong gradient (tests/test_autograd.py checks both ways).
 
 Example (the whole of a measure; see docs/guide/contributing.md)::
 
