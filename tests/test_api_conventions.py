@@ -192,3 +192,23 @@ def test_renamed_probe_argument_still_works():
     with pytest.warns(DeprecationWarning, match="chunk_size= is now block_size="):
         old = probes.knn(train_x, train_y, test_x, test_y, k=5, chunk_size=3)
     assert old == new
+
+
+def _wrappers():
+    for qualname, obj in _public("repsim") + _public("probes") + _public("zoo"):
+        fn = obj.__init__ if inspect.isclass(obj) else obj
+        info = getattr(fn, "__deprecated_arguments__", None)
+        if info is not None:
+            yield qualname, fn, info
+
+
+def test_deprecation_wrappers_name_real_parameters():
+    """Each old positional name is keyword-only now, and each rename points to a real parameter."""
+    found = list(_wrappers())
+    assert len(found) >= 20, [q for q, *_ in found]
+    for qualname, fn, info in found:
+        params = inspect.signature(fn).parameters
+        for name in info["positional"]:
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (qualname, name)
+        for old, new in info["renamed"].items():
+            assert new in params and old not in params, (qualname, old, new)
