@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import sys
 import warnings
 from collections import Counter
@@ -129,7 +130,7 @@ def main() -> None:
     quiet = parser.parse_args().quiet
     stops = _traced_compare()
     above = _above(_imports())
-    moves = list(zip(stops, stops[1:], strict=False))
+    moves = list(itertools.pairwise(stops))
     back_up = [(a, b) for a, b in moves if above(b, a)]
     if not quiet:
         for k, stop in enumerate(stops):

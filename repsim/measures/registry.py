@@ -83,6 +83,13 @@ class MeasureInfo:
     ``"rsa_spearman"``) the measure is
     with these options, or None: the permutation, bootstrap and calibration engines
     (:mod:`repsim.inference`) then use their fast paths instead of recomputing the measure."""
+    gram_pass: str | None = None
+    """The stored Gram pass of :func:`repsim.compare` this measure fuses into (``"cka"``: linear CKA's
+    HSIC terms; ``"rsa"``: RSA's RDM rows, :func:`repsim.measures.blocked.gram_grids_blocked`), or None."""
+    sketch_corrected: Callable[..., Tensor] | None = None
+    """``sketch_corrected(moments, k, projected_x, projected_y)``: the measure from the moments of
+    features projected to k dims (``compare(..., sketch=k)``), corrected for the projection; None:
+    the measure is computed from the projected moments as they are."""
 
     def options(self) -> list[str]:
         """The keyword options the measure takes (beyond x and y)."""
@@ -160,6 +167,8 @@ def register(
     workspace: Callable[..., int] | None = None,
     quadratic: Callable[..., str | None] | None = None,
     renamed: Mapping[str, str] | None = None,
+    gram_pass: str | None = None,
+    sketch_corrected: Callable[..., Tensor] | None = None,
 ):
     """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
     is declared with a kind, not with this).
@@ -205,6 +214,8 @@ def register(
         invariances_given=given,
         quadratic=quadratic,
         renamed=dict(renamed or {}),
+        gram_pass=gram_pass,
+        sketch_corrected=sketch_corrected,
     )
     if given is not None:  # those at the defaults; invariances_at gives the others
         info = dataclasses.replace(info, invariances=frozenset(given(**info.option_defaults())))
@@ -243,7 +254,7 @@ def measure_grid(name: str, xs, ys=None, **options) -> Tensor:
     """
     from ..core.validation import as_layer_lists
 
-    info = get_measure(name)
+    info = name if isinstance(name, MeasureInfo) else get_measure(name)  # an entry: no second look-up
     opts = info.resolve_options(options)
     if info.grid is not None:
         return info.grid(xs, ys, **opts)
