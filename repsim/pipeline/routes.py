@@ -100,7 +100,7 @@ class MeasureSpec:
     def request(self, sketch: int | None, batch_size: int) -> MeasureRequest:
         kind = self.kind
         return MeasureRequest(
-            self.name, options=self.options, streaming_moments=kind == "moments", capped=kind == "capped",
+            self.name, options=self.options, info=self.info, streaming_moments=kind == "moments", capped=kind == "capped",
             functional=kind == "functional", minibatch=batch_size if kind == "minibatch" else None,
             sketch=sketch if kind in ("moments", "accumulator") else None,
         )  # fmt: skip
