@@ -99,7 +99,8 @@ def test_inference_that_cannot_run_on_one_cell_keeps_the_others():
     t = res.table.set_index(["layer_a", "layer_b"])
     assert t["value"].notna().all()  # 100 samples: every value runs (40 + 40 < 100); 50 (the half-samples) do not
     assert math.isnan(t.loc[("wide", "wide"), "ci_low"])
-    assert "interval of svcca on (wide, wide): bootstrap of svcca at n = 100" in t.loc[("wide", "wide"), "inference_error"]
+    reason = t.loc[("wide", "wide"), "inference_error"]
+    assert "interval of svcca on (wide, wide): bootstrap of svcca at n = 100" in reason
     assert math.isfinite(t.loc[("narrow", "narrow"), "ci_low"]) and t["p_value"].notna().all()
 
 
@@ -158,8 +159,8 @@ def test_text_batches_get_the_mask_aware_pool_by_default():
     assert not torch.allclose(torch.tensor(default["value"].tolist()), torch.tensor(padded["value"].tolist()))
     # without a mask the default is the plain mean, bit for bit
     plain = [torch.randn(10, 3, 12, 12, generator=torch.Generator().manual_seed(s)) for s in range(3)]
-    assert (repsim.compare(Conv(0), Conv(1), plain, progress=False).table["value"].tolist()
-            == repsim.compare(Conv(0), Conv(1), plain, pool="mean", progress=False).table["value"].tolist())  # fmt: skip
+    by_default = repsim.compare(Conv(0), Conv(1), plain, progress=False).table["value"].tolist()
+    assert by_default == repsim.compare(Conv(0), Conv(1), plain, pool="mean", progress=False).table["value"].tolist()
 
 
 class Refuses(nn.Module):
@@ -175,7 +176,7 @@ class Refuses(nn.Module):
 
 def test_every_option_is_checked_before_the_pass():
     loader = _vectors()
-    with pytest.raises(ValueError, match="pool must be one of.*'flaten'"):
+    with pytest.raises(ValueError, match=r"pool must be one of.*'flaten'"):
         repsim.compare(Refuses(), Refuses(), loader, layers=["fc"], pool="flaten", progress=False)
     with pytest.raises(ValueError, match=r"svcca takes no option\(s\) \['varience'\]"):
         repsim.compare(Refuses(), Refuses(), loader, layers=["fc"], measures=["svcca"],
@@ -222,7 +223,8 @@ def test_nan_is_refused_at_its_batch_naming_model_and_layer():
 def test_layers_no_wider_than_the_sketch_are_labelled_exact():
     exact = repsim.compare(Conv(0), Conv(1), _images(), layers=["fc"], measures=["linear_cka"], progress=False)
     sketched = repsim.compare(Conv(0), Conv(1), _images(), layers=["fc", "c1"], measures=["linear_cka"],
-                              pool="flatten", sketch=64, progress=False).table.set_index(["layer_a", "layer_b"])  # fmt: skip
+                              pool="flatten", sketch=64, progress=False).table  # fmt: skip
+    sketched = sketched.set_index(["layer_a", "layer_b"])
     assert sketched.loc[("fc", "fc"), "route"] == "moments"
     assert sketched.loc[("fc", "c1"), "route"] == sketched.loc[("c1", "c1"), "route"] == "sketch 64"
     assert sketched.loc[("fc", "fc"), "value"] == pytest.approx(exact.table["value"].item(), abs=1e-12)

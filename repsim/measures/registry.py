@@ -187,7 +187,6 @@ def register(
     given = invariances if callable(invariances) else None
     if streaming and from_moments is None and accumulator is None:
         raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
-
     if name in _REGISTRY:
         raise ValueError(f"measure {name!r} is registered twice")
     info = MeasureInfo(

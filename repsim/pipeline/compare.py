@@ -85,43 +85,34 @@ def compare(
     table of every measure between every pair of ``layers_a`` x ``layers_b``).
 
     One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``),
-    hooks capture the layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"`` for
-    transformers; ``layers=`` for both models at once; ``layers_b`` left out: ``layers_a``'s when
+    hooks capture the layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"``
+    for transformers; ``layers=`` for both models; ``layers_b`` left out: ``layers_a``'s when
     ``model_b`` is ``model_a``, else ``model_b``'s defaults), ``pool`` makes (n, d) rows (default
-    ``"mask_mean"``: the mean over the real tokens of batches with an ``attention_mask``, the plain
-    ``"mean"`` otherwise; "flatten", ..., "tokens", or a callable). ``measures``: registry names
-    (:func:`repsim.list_measures`) or ``minibatch_cka``;
-    streaming ones see every sample, the others the first ``sample_cap``. A memory plan made after
-    the first batch chooses each measure's route within ``memory`` or refuses before any work
-    (``dry_run=True`` returns it; ``sketch=k`` projects wide layers); every row's ``route`` says how
-    it was computed; a cell that cannot be computed is NaN with its reason in ``error``.
-    ``inference`` adds p-values, intervals or calibrated scores. Batches may be
-    tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/``paired``
-    give the two models different inputs. ``autocast``/``channels_last`` for speed. Under
+    ``"mask_mean"``: the mean over the real tokens of batches with an ``attention_mask``, else the
+    plain ``"mean"``; "flatten", ..., "tokens", or a callable). ``measures``: registry names
+    (:func:`repsim.list_measures`) or ``minibatch_cka``; streaming ones see every sample, the others
+    the first ``sample_cap``. A memory plan made after the first batch chooses each measure's route
+    within ``memory`` or refuses before any work (``dry_run=True`` returns it; ``sketch=k`` projects
+    wide layers); every row's ``route`` says how it was computed; a cell that cannot be computed is
+    NaN with its reason in ``error``. ``inference`` adds p-values, intervals or calibrated scores.
+    Batches may be tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/
+    ``paired`` give the two models different inputs. ``autocast``/``channels_last`` for speed. Under
     ``torchrun`` each rank reads its shard and the states merge in rank order (``result_on``,
     ``distributed``). Hooks and training flags are restored afterwards, also after an exception.
-    Every argument after ``loader`` is keyword-only.
-
-    Every argument in detail: docs/guide/compare.md, "What compare does".
+    Every argument after ``loader`` is keyword-only; in detail: docs/guide/compare.md.
     """
     specs, inference = _checked(measures, measure_options, inference, pool, sample_cap, result_on, sketch)
-    if layers is not None:
-        if layers_a is not None or layers_b is not None:
-            raise ValueError("give layers= (both models) or layers_a=/layers_b=, not both")
-        layers_a = layers_b = layers
     shard = D.shard_of(loader, distributed)
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
     needs_labels = any(s.needs_labels for s in specs)
-    sides = _Sides.of(model_a, model_b, layers_a, layers_b, inputs_a, inputs_b, paired, needs_labels)
+    sides = _Sides.of(model_a, model_b, (layers, layers_a, layers_b), inputs_a, inputs_b, paired, needs_labels)
     device = resolve_device(device, sides.model_a)
     budget = parse_memory(memory, device)  # before the models move: a GPU's free memory is what they leave
-    tokens = pool == "tokens"
-    n_expected = None if tokens else expected_samples(loader, max_samples)  # tokens: not known in advance
+    n_expected = None if pool == "tokens" else expected_samples(loader, max_samples)  # tokens: not known in advance
     sides.to(device, channels_last)
-    setup = Setup(sides.layers_a, sides.layers_b, sides.self_grid, shard, budget, n_expected, sample_cap, dtype,
-                  sketch, sketch_seed, inference, tokens, dry_run)  # fmt: skip
-    run = Pass(specs, setup)
+    run = Pass(specs, Setup(sides.layers_a, sides.layers_b, sides.self_grid, shard, budget, n_expected, sample_cap,
+                            dtype, sketch, sketch_seed, inference, pool == "tokens", dry_run))  # fmt: skip
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with eval_mode(sides.model_a, sides.model_b), sides.hooks(pool) as hooks:
         for batch in walk(loader, shard, sides.adapt, max_samples, device, channels_last, progress, "compare"):
@@ -134,14 +125,11 @@ def compare(
     if dry_run:
         return memory
     with workspace_limit(memory.workspace), warnings.catch_warnings():
-        # biased CKA's chance warning is given once for the whole comparison (Pass.chance_warning), not per grid
-        warnings.simplefilter("ignore", BiasedCKAChanceWarning)
+        warnings.simplefilter("ignore", BiasedCKAChanceWarning)  # given once below, for the whole comparison
         result = run.finish(result_on)
         if inference and result is not None:
             add_inference(result, inference, progress)
-    if result is not None:
-        run.chance_warning(result.table.to_dict("records"))
-    return result
+    return run.chance_warning(result)
 
 
 def plan(model_a: nn.Module, model_b: nn.Module, loader: Iterable, **options) -> MemoryPlan:
@@ -183,7 +171,13 @@ class _Sides:
     needs_labels: bool
 
     @classmethod
-    def of(cls, model_a, model_b, layers_a, layers_b, inputs_a, inputs_b, paired, needs_labels) -> _Sides:
+    def of(cls, model_a, model_b, layers, inputs_a, inputs_b, paired, needs_labels) -> _Sides:
+        """``layers``: (layers, layers_a, layers_b) as given; ``layers=`` sets both models'."""
+        layers, layers_a, layers_b = layers
+        if layers is not None:
+            if layers_a is not None or layers_b is not None:
+                raise ValueError("give layers= (both models) or layers_a=/layers_b=, not both")
+            layers_a = layers_b = layers
         if paired and (inputs_a is not None or inputs_b is not None):
             raise ValueError("give either paired=True (the loader yields pairs) or inputs_a/inputs_b, not both")
         model_a, model_b, layers_a, layers_b = _hidden_state_layers(model_a, model_b, layers_a, layers_b)

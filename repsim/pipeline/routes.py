@@ -100,8 +100,9 @@ class MeasureSpec:
     def request(self, sketch: int | None, batch_size: int) -> MeasureRequest:
         kind = self.kind
         return MeasureRequest(
-            self.name, options=self.options, info=self.info, streaming_moments=kind == "moments", capped=kind == "capped",
-            functional=kind == "functional", minibatch=batch_size if kind == "minibatch" else None,
+            self.name, options=self.options, info=self.info, streaming_moments=kind == "moments",
+            capped=kind == "capped", functional=kind == "functional",
+            minibatch=batch_size if kind == "minibatch" else None,
             sketch=sketch if kind in ("moments", "accumulator") else None,
         )  # fmt: skip
 
@@ -303,11 +304,12 @@ class Pass:
         stream = self.stream.sync() if self.stream is not None else None
         return stream, {name: _synced(name, acc) for name, acc in self.accumulators.items()}
 
-    def chance_warning(self, rows: list[dict]) -> None:
+    def chance_warning(self, result: Comparison | None) -> Comparison | None:
         """One BiasedCKAChanceWarning for the whole comparison, whatever route computed the biased CKA,
-        naming the cells whose chance level is high (none for a model compared with itself)."""
-        if self.setup.self_grid and self.sketchers is None:
-            return
+        naming the cells whose chance level is high (none for a model compared with itself); the result."""
+        if result is None or (self.setup.self_grid and self.sketchers is None):
+            return result
+        rows = result.table.to_dict("records")
         widths = self.memory.layers
         dims = {(m, layer): int(d) for m, layer, d in widths[["model", "layer", "d"]].itertuples(index=False)}
         biased = {spec.name for spec in self.specs if spec.biased_cka}
@@ -327,6 +329,7 @@ class Pass:
                 BiasedCKAChanceWarning,
                 stacklevel=5,  # the caller of compare (through its two decorators)
             )
+        return result
 
 
 def _columns(rows: list[dict]) -> list[str]:
