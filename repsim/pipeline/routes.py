@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..core import distributed as D
 from ..measures.cka import CHANCE_WARNING_LEVEL, BiasedCKAChanceWarning, biased_cka_chance_level
+from ..measures.gram_pass import fused_gram_grids
 from ..measures.moments import StreamingMoments
 from ..measures.registry import MeasureInfo, call_with_supported, get_measure, registered_names, renamed_options
 from ..measures.sketch import LayerSketch
@@ -450,42 +451,22 @@ class Rows:
 def shared_gram_grids(specs: list[MeasureSpec], xs: list[Tensor], ys: list[Tensor], n_kept: int, sample_cap: int,
                       dtype) -> dict[str, Tensor]:  # fmt: skip
     """Stored-route linear CKA (biased and debiased) and, on the same samples, Pearson RSA, from one pass
-    over the centred Gram blocks (:func:`repsim.measures.blocked.gram_grids_blocked`): {name: grid}.
+    over the centred Gram blocks (:func:`repsim.measures.gram_pass.fused_gram_grids`): {name: grid}.
     Which measures fuse is the registry's ``gram_pass`` declaration; the pass takes the options below."""
-    ckas = [s for s in specs if s.stored and s.info.gram_pass == "cka" and set(s.resolved) <= {"debiased"}]
-    rsas = [
-        s for s in specs
+    ckas = {
+        s.name: bool(s.resolved.get("debiased", False))
+        for s in specs if s.stored and s.info.gram_pass == "cka" and set(s.resolved) <= {"debiased"}
+    }  # fmt: skip
+    rsas = {
+        s.name: s.resolved.get("rdm", "cosine")
+        for s in specs
         if s.kind == "capped" and s.info.gram_pass == "rsa" and s.resolved.get("compare", "pearson") == "pearson"
         and set(s.resolved) <= {"rdm", "compare"}
-    ]  # fmt: skip
+    }  # fmt: skip
     fuse_rsa = bool(ckas) and bool(rsas) and n_kept <= sample_cap and dtype == torch.float64
     if len(ckas) + (len(rsas) if fuse_rsa else 0) < 2:
         return {}
-    from ..core.validation import as_layer_lists
-    from ..measures.blocked import gram_grids_blocked
-    from ..measures.cka import cka_from_hsic, estimator_name
-    from ..measures.gram import center_columns
-    from ..measures.rsa import pearson_grid, rdm_rows
-
-    xs_v, ys_v = as_layer_lists(xs, None if ys is xs else ys, 4, varying=True)
-    compute = torch.float64 if dtype == torch.float64 else dtype or xs_v[0].dtype
-    xcs = [center_columns(x, compute) for x in xs_v]
-    ycs = xcs if ys_v is xs_v else [center_columns(y, compute) for y in ys_v]
-    flags = {s.name: bool(s.resolved.get("debiased", False)) for s in ckas}
-    estimators = tuple(dict.fromkeys(estimator_name(f) for f in flags.values()))
-    out = {}
-    methods = dict.fromkeys(s.resolved.get("rdm", "cosine") for s in rsas) if fuse_rsa else {}
-    names = ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
-    for k, method in enumerate(methods or [None]):
-        rx = None if method is None else rdm_rows(xs_v, xcs, method, names[0])
-        ry = None if method is None or ycs is xcs else rdm_rows(ys_v, ycs, method, names[1])
-        hsic, pearson = gram_grids_blocked(xcs, ycs, estimators if k == 0 else (), rx, ry)
-        if k == 0:
-            out.update({name: cka_from_hsic(*hsic[estimator_name(flag)], flag) for name, flag in flags.items()})
-        if pearson is not None:
-            grid = pearson_grid(*pearson, names)
-            out.update({s.name: grid for s in rsas if s.resolved.get("rdm", "cosine") == method})
-    return out
+    return fused_gram_grids(xs, ys, ckas, rsas if fuse_rsa else {}, dtype)
 
 
 def first_shapes(xs, ys, layers_a, layers_b, batch_size: int):
