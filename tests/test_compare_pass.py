@@ -4,6 +4,7 @@ pair and the user's n, text batches get a mask-aware pool, biased CKA's chance w
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import warnings
@@ -256,3 +257,22 @@ def test_each_measure_is_looked_up_once_per_comparison():
     finally:
         sys.setprofile(None)
     assert sorted(calls) == sorted(m for m in measures if m != "minibatch_cka")
+
+
+def test_keyword_only_keeps_old_positional_use_and_old_names_with_a_warning():
+    from repsim.core.arguments import keyword_only
+
+    @keyword_only(("unit", "max_samples"), renamed={"max_units": "max_samples"})
+    def f(data, *, unit="sentence", max_samples=None):
+        return data, unit, max_samples
+
+    assert f(1, unit="word") == (1, "word", None)
+    with pytest.warns(DeprecationWarning, match="pass unit=, max_samples= by keyword"):
+        assert f(1, "word", 5) == (1, "word", 5)
+    with pytest.warns(DeprecationWarning, match="max_units= is now max_samples="):
+        assert f(1, max_units=7) == (1, "sentence", 7)
+    with pytest.raises(TypeError, match="max_samples= only"):
+        f(1, max_units=7, max_samples=8)
+    with pytest.raises(TypeError, match="takes 1 positional"):
+        f(1, "word", 5, 6)
+    assert list(inspect.signature(f).parameters) == ["data", "unit", "max_samples"]
