@@ -216,7 +216,7 @@ class Blows(nn.Module):
 
 def test_nan_is_refused_at_its_batch_naming_model_and_layer():
     model = Blows()
-    with pytest.raises(ValueError, match=r"model_b layer 'wide' at batch 1 of the loader"):
+    with pytest.raises(ValueError, match=r"model_b layer 'wide' \(batch 1\) of the loader"):
         repsim.compare(Mlp(0), model, _vectors(), layers=["wide"], progress=False)
     assert model.calls == 2  # stopped there, the other batches not run
 

@@ -49,6 +49,7 @@ BATCH_DEPENDENT: dict[str, Callable[[torch.dtype | None], object]] = {
     "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=dtype),
 }
 COMPARE_ONLY = BATCH_DEPENDENT  # its name before 0.4
+CHECK_EVERY = 16  # batches between reads of the device-side NaN/Inf flags (see Pass._check_finite)
 
 
 def available_measures() -> list[str]:
@@ -201,6 +202,7 @@ class Pass:
         self.accumulators: dict[str, object] = {}
         self.need_shift = False
         self.batches = 0
+        self.first_bad: Tensor | None = None  # per layer: the first batch with NaN/Inf, -1 for none
 
     @property
     def functional(self) -> bool:
@@ -235,18 +237,27 @@ class Pass:
         self.batches += 1
 
     def _check_finite(self, index: int, xs: list[Tensor], ys: list[Tensor]) -> None:
-        """NaN/Inf refused at the batch where they appear, naming the model and the layer (one host
-        synchronisation per batch: the flags of every layer at once)."""
+        """NaN/Inf refused, naming the model, the layer and the batch where they appeared. On the host every
+        batch is checked; on a device the first bad batch of each layer is kept on the device and read every
+        ``CHECK_EVERY`` batches and at the end, so the per-batch loop does not wait for the host."""
         layers = [*xs, *ys] if ys is not xs else xs
-        flags = torch.stack([torch.isfinite(t).all() for t in layers]).tolist()
-        if all(flags):
+        bad = torch.stack([~torch.isfinite(t).all() for t in layers])
+        first = bad.long() * (index + 1) - 1  # this batch's index where bad, else -1
+        self.first_bad = first if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, first)
+        if bad.device.type == "cpu" or self.batches % CHECK_EVERY == CHECK_EVERY - 1:
+            self.raise_if_not_finite()
+
+    def raise_if_not_finite(self) -> None:
+        found = [] if self.first_bad is None else self.first_bad.tolist()
+        if not any(i >= 0 for i in found):
             return
-        names = [(self.setup.models[0], a) for a in self.setup.layers_a]
-        names += [(self.setup.models[1], b) for b in self.setup.layers_b] if ys is not xs else []
-        bad = [f"{model} layer {layer!r}" for (model, layer), ok in zip(names, flags, strict=True) if not ok]
+        s = self.setup
+        names = [(s.models[0], a) for a in s.layers_a] + ([] if len(found) == len(s.layers_a) else
+                                                          [(s.models[1], b) for b in s.layers_b])  # fmt: skip
+        bad = [f"{model} layer {layer!r} (batch {i})" for (model, layer), i in zip(names, found, strict=True) if i >= 0]
         raise ValueError(
-            f"NaN or Inf in the features of {', '.join(bad)} at batch {index} of the loader; check the inputs of that "
-            "batch and the model's numerics (autocast=False, a smaller learning rate when training)"
+            f"NaN or Inf in the features of {', '.join(bad)} of the loader; check the inputs of that batch and the "
+            "model's numerics (autocast=False, a smaller learning rate when training)"
         )
 
     def plan(self, step: Step | None) -> MemoryPlan:
@@ -279,6 +290,7 @@ class Pass:
     def finish(self, result_on: str = "all") -> Comparison | None:
         """Merge the ranks' states and kept samples, compute every measure's rows: the Comparison."""
         s = self.setup
+        self.raise_if_not_finite()
         if self.need_shift:  # an empty rank still joins the shift's collective
             agree_on_shift(self.accumulators, None, None)
         stream, accumulators = self._merged()
