@@ -277,3 +277,27 @@ def test_keyword_only_keeps_old_positional_use_and_old_names_with_a_warning():
     with pytest.raises(TypeError, match="takes 1 positional"):
         f(1, "word", 5, 6)
     assert list(inspect.signature(f).parameters) == ["data", "unit", "max_samples"]
+
+
+class Dead(nn.Module):
+    """``dead``: a constant layer (every sample the same), ``live`` an ordinary one; 1152 wide (stored route)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.live = nn.Conv2d(3, 8, 3, padding=1)
+        self.dead = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.live(x) + self.dead(torch.zeros_like(x))
+
+
+def test_a_constant_layer_in_the_shared_gram_pass_costs_only_its_cells():
+    res = repsim.compare(Dead(), Conv(1), _images(), layers_a=["live", "dead"], layers_b=["c1"], pool="flatten",
+                         progress=False)  # fmt: skip
+    t = res.table.set_index(["measure", "layer_a"])
+    assert t.loc[("debiased_cka", "live"), "route"] == "stored"
+    assert math.isfinite(t.loc[("debiased_cka", "live"), "value"]) and math.isfinite(t.loc[("rsa", "live"), "value"])
+    for measure in ("linear_cka", "debiased_cka", "rsa"):
+        assert math.isnan(t.loc[(measure, "dead"), "value"])
+        assert f"{measure} on (dead, c1) at n = 60" in t.loc[(measure, "dead"), "error"]

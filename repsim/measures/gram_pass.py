@@ -23,13 +23,19 @@ from .rsa import pearson_grid, rdm_rows
 
 
 def fused_gram_grids(
-    xs: list[Tensor], ys: list[Tensor] | None, cka: Mapping[str, bool], rsa: Mapping[str, str], dtype
+    xs: list[Tensor],
+    ys: list[Tensor] | None,
+    cka: Mapping[str, bool],
+    rsa: Mapping[str, str],
+    dtype,
+    names: tuple[list[str], list[str]] | None = None,
 ) -> dict[str, Tensor]:
     """{name: (L, M) float64 grid} for every linear CKA in ``cka`` (name -> ``debiased``) and every
     Pearson RSA in ``rsa`` (name -> ``rdm``) between the layers ``xs`` and ``ys`` (None or ``xs``
     itself: a self-grid), from one pass over the Gram blocks per RDM method.
 
     ``dtype``: the products' precision (float64: the exact path); centring is in float64 or ``dtype``.
+    ``names``: how errors call the layers of each side (default ``xs[i]``, ``ys[j]``).
     """
     xs_v, ys_v = as_layer_lists(xs, None if ys is xs else ys, 4, varying=True)
     compute = torch.float64 if dtype == torch.float64 else dtype or xs_v[0].dtype
@@ -37,7 +43,7 @@ def fused_gram_grids(
     ycs = xcs if ys_v is xs_v else [center_columns(y, compute) for y in ys_v]
     estimators = tuple(dict.fromkeys(estimator_name(flag) for flag in cka.values()))
     out = {}
-    names = ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
+    names = names or ([f"xs[{i}]" for i in range(len(xcs))], [f"ys[{i}]" for i in range(len(ycs))])
     for k, method in enumerate(dict.fromkeys(rsa.values()) or [None]):
         rx = None if method is None else rdm_rows(xs_v, xcs, method, names[0])
         ry = None if method is None or ycs is xcs else rdm_rows(ys_v, ycs, method, names[1])

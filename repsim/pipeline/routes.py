@@ -241,7 +241,11 @@ class Pass:
         batch is checked; on a device the first bad batch of each layer is kept on the device and read every
         ``CHECK_EVERY`` batches and at the end, so the per-batch loop does not wait for the host."""
         layers = [*xs, *ys] if ys is not xs else xs
-        bad = torch.stack([~torch.isfinite(t).all() for t in layers])
+        # a sum carries any NaN/Inf in one vectorised read (torch.isfinite(t).all(), or a float64 sum, costs as
+        # much as a Gram product on wide layers); it overflows only for float32 features beyond ~1e31, which no
+        # float32 product survives either; float16 is summed in float32 (its range ends at 65504)
+        bad = torch.stack([~(t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()).isfinite()
+                           for t in layers])  # fmt: skip
         first = bad.long() * (index + 1) - 1  # this batch's index where bad, else -1
         self.first_bad = first if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, first)
         if bad.device.type == "cpu" or self.batches % CHECK_EVERY == CHECK_EVERY - 1:
@@ -369,7 +373,11 @@ class Rows:
 
     def all(self, stream: StreamingMoments | None, accumulators: dict, n_total: int) -> list[dict]:
         s, kept, capped = self.run.setup, self.kept, self.capped
-        shared = shared_gram_grids(self.run.specs, kept.xs, kept.ys, kept.n, s.sample_cap, s.dtype)
+        names = ([f"{s.models[0]} layer {a!r}" for a in s.layers_a], [f"{s.models[1]} layer {b!r}" for b in s.layers_b])
+        try:
+            shared = shared_gram_grids(self.run.specs, kept.xs, kept.ys, kept.n, s.sample_cap, s.dtype, names)
+        except ValueError:  # a degenerate layer: each measure on its own below, its failing cells recorded
+            shared = {}
         for spec in self.run.specs:
             opts = spec.with_dtype(s.dtype)
             if spec.kind == "functional":
@@ -403,7 +411,8 @@ class Rows:
 
         xs, ys = samples.xs, samples.ys
         whole = (lambda: shared) if shared is not None else (lambda: measure_grid(spec.info, xs, ys, **opts))
-        self.add(spec, whole, lambda i, j: measure_grid(spec.info, [xs[i]], [ys[j]], **opts)[0, 0], samples.n)
+        # cell by cell (only after the grid failed): the one-shot function, whose errors call the pair x and y
+        self.add(spec, whole, lambda i, j: spec.info.fn(xs[i], ys[j], **opts), samples.n)
 
     def moments(self, spec: MeasureSpec, stream: StreamingMoments) -> None:
         opts = {k: v for k, v in spec.options.items() if k != "dtype"}
@@ -461,7 +470,7 @@ class Rows:
 
 
 def shared_gram_grids(specs: list[MeasureSpec], xs: list[Tensor], ys: list[Tensor], n_kept: int, sample_cap: int,
-                      dtype) -> dict[str, Tensor]:  # fmt: skip
+                      dtype, names: tuple[list[str], list[str]] | None = None) -> dict[str, Tensor]:  # fmt: skip
     """Stored-route linear CKA (biased and debiased) and, on the same samples, Pearson RSA, from one pass
     over the centred Gram blocks (:func:`repsim.measures.gram_pass.fused_gram_grids`): {name: grid}.
     Which measures fuse is the registry's ``gram_pass`` declaration; the pass takes the options below."""
@@ -478,7 +487,7 @@ def shared_gram_grids(specs: list[MeasureSpec], xs: list[Tensor], ys: list[Tenso
     fuse_rsa = bool(ckas) and bool(rsas) and n_kept <= sample_cap and dtype == torch.float64
     if len(ckas) + (len(rsas) if fuse_rsa else 0) < 2:
         return {}
-    return fused_gram_grids(xs, ys, ckas, rsas if fuse_rsa else {}, dtype)
+    return fused_gram_grids(xs, ys, ckas, rsas if fuse_rsa else {}, dtype, names)
 
 
 def first_shapes(xs, ys, layers_a, layers_b, batch_size: int):
