@@ -248,21 +248,29 @@ class Pass:
                            for t in layers])  # fmt: skip
         first = bad.long() * (index + 1) - 1  # this batch's index where bad, else -1
         self.first_bad = first if self.first_bad is None else torch.where(self.first_bad >= 0, self.first_bad, first)
-        if bad.device.type == "cpu" or self.batches % CHECK_EVERY == CHECK_EVERY - 1:
+        # under a process group every rank must stop together: the flags are read in finish, collectively
+        alone = self.setup.shard.world == 1
+        if alone and (bad.device.type == "cpu" or self.batches % CHECK_EVERY == CHECK_EVERY - 1):
             self.raise_if_not_finite()
 
     def raise_if_not_finite(self) -> None:
-        found = [] if self.first_bad is None else self.first_bad.tolist()
-        if not any(i >= 0 for i in found):
-            return
+        """The NaN/Inf refusal, if a layer had any; under a process group one collective, and every rank raises."""
         s = self.setup
-        names = [(s.models[0], a) for a in s.layers_a] + ([] if len(found) == len(s.layers_a) else
-                                                          [(s.models[1], b) for b in s.layers_b])  # fmt: skip
-        bad = [f"{model} layer {layer!r} (batch {i})" for (model, layer), i in zip(names, found, strict=True) if i >= 0]
-        raise ValueError(
-            f"NaN or Inf in the features of {', '.join(bad)} of the loader; check the inputs of that batch and the "
-            "model's numerics (autocast=False, a smaller learning rate when training)"
-        )
+        found = [] if self.first_bad is None else self.first_bad.tolist()
+        ranks = D.gather(found) if s.shard.world > 1 else [found]
+        names = [(s.models[0], a) for a in s.layers_a] + [(s.models[1], b) for b in s.layers_b]
+        where = "" if s.shard.world == 1 else " on rank {}"
+        bad = [
+            f"{model} layer {layer!r} (batch {i}{where.format(r)})"
+            for r, flags in enumerate(ranks)
+            for (model, layer), i in zip(names, flags, strict=False)  # a self-grid has layers_a only
+            if i >= 0
+        ]
+        if bad:
+            raise ValueError(
+                f"NaN or Inf in the features of {', '.join(bad)} of the loader; check the inputs of that batch and "
+                "the model's numerics (autocast=False, a smaller learning rate when training)"
+            )
 
     def plan(self, step: Step | None) -> MemoryPlan:
         """The memory plan from the first batch's shapes (None: this rank has none; it joins the collective),
@@ -294,9 +302,9 @@ class Pass:
     def finish(self, result_on: str = "all") -> Comparison | None:
         """Merge the ranks' states and kept samples, compute every measure's rows: the Comparison."""
         s = self.setup
-        self.raise_if_not_finite()
-        if self.need_shift:  # an empty rank still joins the shift's collective
+        if self.need_shift:  # an empty rank joins the shift's collective (the others made it at their first batch)
             agree_on_shift(self.accumulators, None, None)
+        self.raise_if_not_finite()  # after the shift: every rank's collectives in the same order
         stream, accumulators = self._merged()
         gathered = self.memory.store_samples and s.shard.world > 1
         kept = self.kept.samples(s.shard, gathered, None if self.stores_all else s.sample_cap)
