@@ -56,7 +56,7 @@ def run(mode: str, n: int, batch: int) -> dict:
                 for x in data:
                     a(x), b(x)
         else:
-            repsim.compare(a, b, data, LAYERS, LAYERS, measures=["linear_cka"], progress=False, device="cpu")
+            repsim.compare(a, b, data, layers=LAYERS, measures=["linear_cka"], progress=False, device="cpu")
         return {"total_s": time.perf_counter() - start}
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t_forward = t_similarity = 0.0

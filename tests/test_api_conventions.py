@@ -4,7 +4,8 @@
   keyword-only: a parameter with a default is keyword-only unless it is ``ys`` (a grid's second
   side, ``None``: the first) or ``measure``.
 * One name for each idea: ``block_size`` (not ``chunk_size``), ``center`` (not ``centre``),
-  ``n_resamples``/``n_permutations`` (not ``n_boot``...), ``max_samples`` (not ``sample_cap``...),
+  ``n_resamples``/``n_permutations`` (not ``n_boot``...), ``max_samples`` (not ``n_max``;
+  ``compare``'s ``sample_cap`` is another idea: the cap of the all-samples measures only),
   ``seed``, ``progress``, ``layers`` for a list of layers (``layer`` only for one), ``measure`` for
   one measure's name and ``measures`` for several.
 * Old call forms keep working, with a DeprecationWarning (:mod:`repsim.core.deprecation`).
@@ -26,9 +27,6 @@ from repsim.measures.registry import registered_names
 
 # Owned by other helpers of issue 30 while this file was written: the integrator flips these once merged.
 PENDING = {
-    "compare": "keyword-only and max_samples/sample_cap: owned by the Pass rewrite (issue 30 item 1)",
-    "plan": "owned by the Pass rewrite (issue 30 item 1)",
-    "compare_texts": "owned by the Pass rewrite (issue 30 item 1)",
     "compare_many": "keyword-only, layer/measure names: owned by the feature-collection rewrite (issue 30 item 3)",
     "extract_features": "owned by the feature-collection rewrite (issue 30 item 3)",
 }
@@ -43,7 +41,6 @@ BANNED = {
     "n_perm": "n_permutations",
     "n_perms": "n_permutations",
     "num_permutations": "n_permutations",
-    "sample_cap": "max_samples",
     "n_max": "max_samples",
     "random_state": "seed",
     "rng_seed": "seed",

@@ -120,6 +120,11 @@ def _worker(rank, world, init_file, result_file):
             assert rank0_only is None
         with pytest.raises(ValueError, match="not sharded"):
             _run(DataLoader(_data(8), batch_size=4))
+        # NaN in one rank's batch: every rank refuses together (one collective in finish), none hangs
+        bad = [tuple(t[i : i + 4] for t in _data(11).tensors) for i in range(0, 11, 4)]
+        bad[1] = (bad[1][0] * float("nan"), bad[1][1])
+        with pytest.raises(ValueError, match=r"NaN or Inf in the features of model_a layer '0' \(batch \d on rank"):
+            _run(D.shard(bad, rank, world))
         torch.save(results, result_file + str(rank))
     finally:
         dist.barrier()

@@ -395,7 +395,7 @@ def bootstrap(
     if fast is not None:  # a few n x n matrices, every resample a weighted sum over them
         values = _batched_values(x, y, indices, fast).to(ACC).cpu()
     else:
-        values = torch.stack([info.fn(x[i], y[i], **opts) for i in _on(indices, x.device)]).to(ACC).cpu()
+        values = _resampled(info, x, y, opts, _on(indices, x.device), used).to(ACC).cpu()
     units = n if members is None else len(members)
 
     def jackknife():
@@ -403,6 +403,25 @@ def bootstrap(
 
     lo, hi = _interval(estimate, values, ci, method, used, units, jackknife)
     return BootstrapResult(measure, estimate, lo, hi, ci, values, method, used, n)
+
+
+def _resampled(info: MeasureInfo, x: Tensor, y: Tensor, opts: dict, indices, scheme: str) -> Tensor:
+    """The measure on every resample; one it cannot be computed on stops the bootstrap at the first such
+    resample (the first drawn, in practice: the resamples have one size), naming the user's n and the
+    resamples' size (a half-sample has half the samples: CCA-type measures need more than their ranks)."""
+    values = []
+    for rows in indices:
+        try:
+            values.append(info.fn(x[rows], y[rows], **opts))
+        except ValueError as err:
+            n, m = x.shape[0], rows.numel()
+            what = "half-samples" if scheme == "subsample" else "resamples"
+            raise ValueError(
+                f"bootstrap of {info.name} at n = {n}: the measure cannot be computed on the {what} this interval "
+                f"needs (m = {m} samples each). Cause: {err}. Give more samples, settings of {info.name} that need "
+                "fewer (svcca: n_components=k with 2k < m), or a test without resampling (permutations)"
+            ) from err
+    return torch.stack(values)
 
 
 def _on(indices, device):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -54,22 +55,42 @@ def inference_table(
     for k, (m, i, la, j, lb) in enumerate(tqdm(cells, desc="inference", disable=not progress)):
         row = {"layer_a": la, "layer_b": lb, "measure": m}
         opts = dict(options.get(m, {}))
+        errors = []  # a cell whose test or interval cannot run gets NaN and its reason; the others keep theirs
         if permutations:
-            res = permutation_test(
-                feats_a[i], feats_b[j], m, n_permutations=permutations, seed=seed + k, blocks=blocks, **opts
-            )
-            row.update(p_value=res.p_value, n_permutations=res.n_permutations)
+            try:
+                res = permutation_test(
+                    feats_a[i], feats_b[j], m, n_permutations=permutations, seed=seed + k, blocks=blocks, **opts
+                )
+                row.update(p_value=res.p_value, n_permutations=res.n_permutations)
+            except ValueError as err:
+                row.update(p_value=float("nan"))
+                errors.append(f"permutation test of {m} on ({la}, {lb}): {err}")
         if bootstrap_resamples:
-            boot = bootstrap(
-                feats_a[i], feats_b[j], m, n_resamples=bootstrap_resamples, ci=ci, seed=seed + k, blocks=blocks, **opts
-            )
-            row.update(ci_low=boot.ci_low, ci_high=boot.ci_high, ci_scheme=boot.scheme)
+            try:
+                boot = bootstrap(
+                    feats_a[i], feats_b[j], m, n_resamples=bootstrap_resamples, ci=ci, seed=seed + k, blocks=blocks,
+                    **opts,
+                )
+                row.update(ci_low=boot.ci_low, ci_high=boot.ci_high, ci_scheme=boot.scheme)
+            except ValueError as err:
+                row.update(ci_low=float("nan"), ci_high=float("nan"))
+                errors.append(f"interval of {m} on ({la}, {lb}): {err}")
+        if errors:
+            row["inference_error"] = "; ".join(errors)
         row["n_inference"] = int(feats_a[i].shape[0])
         rows.append(row)
     table = pd.DataFrame(rows)
     if permutations and len(table):
-        table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: adjust_p_values(p, method=adjust))
+        table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: _adjusted(p, adjust))
     return table
+
+
+def _adjusted(p: pd.Series, method: str) -> np.ndarray:
+    """Adjusted p-values within one family; the cells without a p-value (NaN) are not in it."""
+    out = np.full(len(p), np.nan)
+    have = p.notna().to_numpy()
+    out[have] = adjust_p_values(p.to_numpy()[have], method=method)
+    return out
 
 
 GRID_AGGREGATE_LAYER = "<max>"

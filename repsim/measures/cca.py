@@ -32,6 +32,7 @@ class _Whitened(NamedTuple):
     basis: Tensor  # (d, k) eigenvectors kept
     inv_sqrt: Tensor  # (k,) lambda^{-1/2}
     scatter: Tensor  # (d, d), for PWCCA's weights
+    truncated: bool = False  # SVCCA: only the leading principal directions kept
 
 
 def _whiten(s: Tensor, n: int, variance: float | None = None, n_components: int | None = None, **_) -> _Whitened:
@@ -47,7 +48,7 @@ def _whiten(s: Tensor, n: int, variance: float | None = None, n_components: int 
         share = vals.cumsum(0) / vals.sum()
         k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype, device=share.device))) + 1
         vals, vecs = vals[:k], vecs[:, :k]
-    return _Whitened(vecs, vals.rsqrt(), s)
+    return _Whitened(vecs, vals.rsqrt(), s, n_components is not None or variance is not None)
 
 
 def _check_rank(px: _Whitened, py: _Whitened, n: int) -> None:
@@ -59,8 +60,12 @@ def _check_rank(px: _Whitened, py: _Whitened, n: int) -> None:
         raise ValueError(
             f"CCA needs more samples than the two ranks together: n = {n} but x has rank {kx} and y rank {ky}, "
             f"so {forced} of the {min(kx, ky)} canonical correlations are 1 whatever the data; use more samples, "
-            "reduce the widths (e.g. svcca, which keeps the leading principal components) or a measure without "
-            "this need (linear_cka)"
+            + (
+                "fewer components (n_components=k with 2k < n, or a smaller variance=)"
+                if px.truncated
+                else "reduce the widths (svcca, which keeps the leading principal components)"
+            )
+            + " or a measure without this need (linear_cka)"
         )
 
 

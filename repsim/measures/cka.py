@@ -36,6 +36,7 @@ from .hsic import (
 )
 from .kinds import layer_measure
 from .quadratic import QuadraticForm, Side
+from .sketch import sketched_linear_cka
 from .streaming_cka import StreamingLinearCKA
 
 METHODS = ("auto", "feature", "gram")
@@ -226,10 +227,13 @@ _CKA = dict(
     cost="O(n d^2) or O(n^2 d), the cheaper",
     workspace=_linear_cka_workspace,
     quadratic=_cka_quadratic,
+    gram_pass="cka",
+    sketch_corrected=sketched_linear_cka,
     aliases={
         "debiased_cka": dict(
             defaults={"debiased": True},
             from_moments=None,
+            sketch_corrected=None,
             accumulator=lambda dtype=None, **_: StreamingLinearCKA(debiased=True, dtype=dtype),
         )
     },

@@ -100,6 +100,13 @@ class MeasureInfo:
     (:class:`~repsim.measures.quadratic.QuadraticForm`: how to build a layer's matrices and finish
     the statistic), or None: the permutation, bootstrap and calibration engines
     (:mod:`repsim.inference`) then use their fast paths instead of recomputing the measure."""
+    gram_pass: str | None = None
+    """The stored Gram pass of :func:`repsim.compare` this measure fuses into (``"cka"``: linear CKA's
+    HSIC terms; ``"rsa"``: RSA's RDM rows, :func:`repsim.measures.blocked.gram_grids_blocked`), or None."""
+    sketch_corrected: Callable[..., Tensor] | None = None
+    """``sketch_corrected(moments, k, projected_x, projected_y)``: the measure from the moments of
+    features projected to k dims (``compare(..., sketch=k)``), corrected for the projection; None:
+    the measure is computed from the projected moments as they are."""
 
     def options(self) -> list[str]:
         """The keyword options the measure takes (beyond x and y)."""
@@ -188,6 +195,8 @@ def register(
     quadratic: Callable[..., QuadraticForm | None] | None = None,
     renamed: Mapping[str, str] | None = None,
     needs_package: str | None = None,
+    gram_pass: str | None = None,
+    sketch_corrected: Callable[..., Tensor] | None = None,
 ):
     """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
     is declared with a kind, not with this).
@@ -234,6 +243,8 @@ def register(
         invariances_given=given,
         quadratic=quadratic,
         renamed=dict(renamed or {}),
+        gram_pass=gram_pass,
+        sketch_corrected=sketch_corrected,
     )
     info = _with_option_dependent(info, given, symmetric, differentiable)
     unknown = set(info.invariances) - set(INVARIANCES)
@@ -347,7 +358,7 @@ def measure_grid(xs, ys=None, measure: str | None = None, **options) -> Tensor:
         measure = renamed_keywords("measure_grid", {"name": "measure"}, {"name": options.pop("name")})["measure"]
     if measure is None:
         raise TypeError("measure_grid(xs, ys, measure, **options) takes the layers and the measure's name")
-    info = get_measure(measure)
+    info = measure if isinstance(measure, MeasureInfo) else get_measure(measure)  # an entry: no second look-up
     opts = info.resolve_options(options)
     if info.grid is not None:
         return info.grid(xs, ys, **opts)

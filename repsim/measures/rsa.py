@@ -268,6 +268,7 @@ def _rsa_differentiable(compare: str = "pearson", **_) -> bool:
     reference="Kriegeskorte et al. 2008",
     workspace=_rsa_workspace,
     quadratic=_rsa_quadratic,
+    gram_pass="rsa",
     aliases={"rsa_spearman": dict(defaults={"compare": "spearman"}, cost="O(n^2 d + n^2 log n)")},
 )
 def rsa(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from torch import Tensor
 
 from ..core.io import atomic_write_text
-from ..measures.registry import get_measure
+from ..measures.registry import MeasureInfo, registered_names
 from .plans import MemoryPlan
-from .routes import COMPARE_ONLY, Plan
 
 
 @dataclass
@@ -25,6 +26,13 @@ class Comparison:
     layers_b: list[str] = field(default_factory=list)
     plan: MemoryPlan | None = None
     """The memory plan the comparison ran under (routes, bytes, multiply-adds per measure)."""
+    specs: list[Any] = field(default_factory=list, repr=False)
+    """Each measure as the pass resolved it (:class:`repsim.pipeline.routes.MeasureSpec`: registry
+    entry, options, kind, route); empty for tables made elsewhere."""
+    samples: tuple[list[Tensor | None], list[Tensor | None]] | None = field(default=None, repr=False)
+    """The features inference runs on (the first ``sample_cap`` samples of every layer of both models)."""
+    blocks: Tensor | None = field(default=None, repr=False)
+    """Block id of each of those samples where they are not independent (pool="tokens": their sentences)."""
 
     @property
     def measures(self) -> list[str]:
@@ -51,7 +59,7 @@ class Comparison:
         from .plotting import heatmap
 
         measure = self._measure(measure)
-        info = None if measure in COMPARE_ONLY else get_measure(measure)
+        info = self._info(measure)
         bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
         return heatmap(
             self.matrix(measure),
@@ -61,6 +69,15 @@ class Comparison:
             **({"vmin": 0.0, "vmax": 1.0} if bounded else {}),
             **kwargs,
         )
+
+    def _info(self, measure: str) -> MeasureInfo | None:
+        """The registry entry of a measure of this table (None: batch-dependent, not a registry measure)."""
+        for spec in self.specs:
+            if spec.name == measure:
+                return spec.info
+        from ..measures.registry import get_measure  # a table made without the pass (compare_many, files)
+
+        return get_measure(measure) if measure in registered_names() else None
 
     def _not_significant(self, measure: str, alpha: float = 0.05) -> pd.DataFrame | None:
         """Cells to hatch: adjusted p >= alpha, or (without p-values) an interval that includes 0."""
@@ -107,15 +124,19 @@ def check_inference(inference: Mapping | None) -> dict | None:
     return spec
 
 
-def add_inference(result: Comparison, plan: Plan, spec: dict, progress: bool) -> None:
-    """p_value, p_adjusted, ci_low, ci_high, n_inference on the first sample_cap samples."""
+def add_inference(result: Comparison, spec: dict, progress: bool) -> None:
+    """p_value, p_adjusted, ci_low, ci_high, n_inference on the first sample_cap samples (``result.samples``);
+    calibrated and threshold columns with ``spec["calibrate"]``. A cell whose inference cannot run gets
+    NaN and its reason in ``inference_error``; the other cells keep theirs."""
     from ..inference import inference_table
 
-    xa, xb = result._capped
+    xa, xb = result.samples
     if any(t is None for t in xa + xb):
         return
+    measures = [s.name for s in result.specs if not s.batch_dependent]
+    options = {s.name: s.options for s in result.specs if s.options}
     if spec["calibrate"]:
-        _add_calibration(result, plan, spec, progress)
+        _add_calibration(result, measures, options, spec, progress)
     if not (spec["permutations"] or spec["bootstrap"]):
         return
     extra = inference_table(
@@ -123,28 +144,28 @@ def add_inference(result: Comparison, plan: Plan, spec: dict, progress: bool) ->
         xb,
         result.layers_a,
         result.layers_b,
-        [m for m in plan.order if m not in COMPARE_ONLY],
+        measures,
         permutations=spec["permutations"],
         bootstrap_resamples=spec["bootstrap"],
         ci=spec["ci"],
         adjust=spec["adjust"],
         seed=spec["seed"],
-        measure_options=plan.options,
+        measure_options=options,
         progress=progress,
-        blocks=result._blocks,
+        blocks=result.blocks,
     )
     if len(extra):
         result.table = result.table.merge(extra, on=["layer_a", "layer_b", "measure"], how="left")
 
 
-def _add_calibration(result: Comparison, plan: Plan, spec: dict, progress: bool) -> None:
+def _add_calibration(result: Comparison, measures: list[str], options: dict, spec: dict, progress: bool) -> None:
     """calibrated and threshold columns, and one "<max>" row per measure (repsim.inference.calibration_table)."""
     from ..inference.grid import calibration_table
 
-    xa, xb = result._capped  # add_inference checked they are all there
+    xa, xb = result.samples  # add_inference checked they are all there
     cells, aggregates = calibration_table(
-        xa, xb, result.layers_a, result.layers_b, [m for m in plan.order if m not in COMPARE_ONLY],
-        spec["calibrate"], spec["alpha"], spec["seed"], plan.options, progress, blocks=result._blocks,
+        xa, xb, result.layers_a, result.layers_b, measures,
+        spec["calibrate"], spec["alpha"], spec["seed"], options, progress, blocks=result.blocks,
     )  # fmt: skip
     merged = result.table.merge(cells, on=["layer_a", "layer_b", "measure"], how="left")
     result.table = pd.concat([merged, aggregates], ignore_index=True) if len(aggregates) else merged

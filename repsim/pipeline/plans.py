@@ -94,12 +94,13 @@ def gram_flops(n: int | None, dx: Sequence[int], dy: Sequence[int] | None) -> fl
 
 
 def workspace_estimate(
-    name: str, n: int, dx: Sequence[int], dy: Sequence[int] | None, workspace: int, options: Mapping | None = None
+    name, n: int, dx: Sequence[int], dy: Sequence[int] | None, workspace: int, options: Mapping | None = None
 ) -> int:
-    """Peak temporary bytes of ``name``'s grid on n stored samples (conservative for measures without a model)."""
-    from ..measures.registry import get_measure
+    """Peak temporary bytes of ``name``'s grid on n stored samples (conservative for measures without a model);
+    ``name`` a registry name or its entry (:class:`~repsim.measures.registry.MeasureInfo`)."""
+    from ..measures.registry import MeasureInfo, get_measure
 
-    info = get_measure(name)
+    info = name if isinstance(name, MeasureInfo) else get_measure(name)
     if info.workspace is not None:
         opts = {**info.defaults, **(options or {})}
         return int(info.workspace(n, list(dx), None if dy is None else list(dy), workspace, **opts))
@@ -117,6 +118,7 @@ class MeasureRequest:
 
     name: str
     options: Mapping = field(default_factory=dict)
+    info: object = None  # the registry entry when the caller has it (no second look-up of the name)
     streaming_moments: bool = False  # exact from shared StreamingMoments
     capped: bool = False  # needs all samples at once
     functional: bool = False
@@ -156,7 +158,7 @@ def plan_routes(
         # every moment measure shares one accumulator: count its bytes once
         moments_marginal = 0 if r.streaming_moments and shared_moments_counted else moments
         store = None if n is None else n * (p + q) * itemsize
-        stored_ws = None if n is None else workspace_estimate(r.name, n, dx, dy, workspace, r.options)
+        stored_ws = None if n is None else workspace_estimate(r.info or r.name, n, dx, dy, workspace, r.options)
         options = []
         if moments <= budget:
             options.append(("moments", moments_marginal, 0, moment_flops(n, dx, dy)))
@@ -211,7 +213,7 @@ def _non_exact_row(r: MeasureRequest, dx, dy, n, n_cap: int, workspace: int, ite
         return (r.name, f"sketch {k}", moment_bytes(sk_x, sk_y) + proj, 0,
                 float(n or 0) * (p + q) * k + moment_flops(n, sk_x, sk_y))  # fmt: skip
     if r.capped:
-        ws = workspace_estimate(r.name, n_cap, dx, dy, workspace, r.options)
+        ws = workspace_estimate(r.info or r.name, n_cap, dx, dy, workspace, r.options)
         return (r.name, f"capped at {n_cap}", 0, ws, gram_flops(n_cap, dx, dy))
     return None
 
