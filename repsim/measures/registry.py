@@ -169,6 +169,18 @@ def renamed_options(measure: str, renamed: Mapping[str, str], options: Mapping[s
     return renamed_keywords(measure, renamed, options, stacklevel=6, error=ValueError)
 
 
+def _check_declaration(name: str, fn, family: str, streams_without_a_form: bool) -> None:
+    """The declaration errors of :func:`register` (programming errors, raised at import time)."""
+    if fn is None:
+        raise TypeError(f"{name}: register(fn=...) takes the measure's function")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+    if streams_without_a_form:
+        raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
+    if name in _REGISTRY:
+        raise ValueError(f"measure {name!r} is registered twice")
+
+
 def register(
     name: str,
     *,
@@ -210,15 +222,8 @@ def register(
     Raises at import time (a programming error, not a user one) for unknown families or
     invariances and for duplicate names.
     """
-    if fn is None:
-        raise TypeError(f"{name}: register(fn=...) takes the measure's function")
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; one of {FAMILIES}")
+    _check_declaration(name, fn, family, streaming and from_moments is None and accumulator is None)
     given = invariances if callable(invariances) else None
-    if streaming and from_moments is None and accumulator is None:
-        raise ValueError(f"{name}: a streaming measure must give from_moments or an accumulator")
-    if name in _REGISTRY:
-        raise ValueError(f"measure {name!r} is registered twice")
     info = MeasureInfo(
         name=name,
         family=family,
