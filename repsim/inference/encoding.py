@@ -365,28 +365,69 @@ def encoding_score(
     budget a :class:`repsim.MemoryBudgetError` lists the options. Returns an
     :class:`EncodingResult` (``.table``, ``.summary``). Formulas: :mod:`repsim.measures.ridge`.
     """
+    options = dict(alphas=alphas, cv=cv, groups=groups, block_size=block_size, dtype=dtype, device=device,
+                   memory=memory, max_samples=max_samples, projection=projection, seed=seed, solver=solver,
+                   return_predictions=return_predictions, distributed=distributed, progress=progress)  # fmt: skip
+    tables, alphas_out, plans, preds = [], {}, {}, {}
+    for fit in encoding_layers(features, targets, **options):
+        tables.append(fit.table)
+        alphas_out[fit.layer], plans[fit.layer], preds[fit.layer] = fit.alphas, fit.plan, fit.predictions
+    return EncodingResult(pd.concat(tables, ignore_index=True), alphas_out, fit.folds, plans,
+                          preds if return_predictions else None, fit.test_indices)  # fmt: skip
+
+
+@dataclass
+class LayerFit:
+    """One layer's results from :func:`encoding_layers` (the fields of :class:`EncodingResult`, per layer)."""
+
+    layer: str
+    table: pd.DataFrame
+    alphas: np.ndarray
+    plan: EncodingPlan
+    predictions: np.ndarray | None
+    folds: list
+    test_indices: np.ndarray
+    held_out: np.ndarray = field(repr=False)
+
+
+def encoding_layers(features, targets, **options):
+    """:func:`encoding_score` one layer at a time (same arguments): yields a :class:`LayerFit` per
+    layer, so a caller can use a layer's held-out predictions and drop them before the next layer.
+    ``held_out``: the targets' held-out responses (rows in ``test_indices`` order), kept only with
+    ``return_predictions``."""
+    opts = dict(alphas=DEFAULT_ALPHAS, cv=5, groups=None, block_size=None, dtype=None, device=None, memory=None,
+                max_samples=None, projection=None, seed=0, solver="auto", return_predictions=False,
+                distributed=None, progress=True)  # fmt: skip
+    unknown = set(options) - set(opts)
+    if unknown:
+        raise TypeError(f"encoding_layers got unexpected arguments {sorted(unknown)}")
+    opts.update(options)
     layers = as_layers(features)
     tcols = Columns(targets, "targets")
     _same_stimuli(layers, tcols)
-    setup = _setup(tcols.n, cv, groups, max_samples, alphas, distributed)
-    how = _how(dtype, device, block_size, return_predictions, progress)
+    setup = _setup(tcols.n, opts["cv"], opts["groups"], opts["max_samples"], opts["alphas"], opts["distributed"])
+    how = _how(opts["dtype"], opts["device"], opts["block_size"], opts["return_predictions"], opts["progress"])
     tset = _target_set(tcols, setup, how["device"], "raise")
     names = _names(targets, tcols.width)
-    tables, alphas_out, plans, preds = [], {}, {}, {}
+    test_idx = np.concatenate([te for _, te in setup.folds])
+    held = _held_out(tset, test_idx) if how["keep"] else None
     for layer, cols in layers.items():
-        pred_cols = _predictors(cols, setup, projection, seed, how["device"])
-        lhow = dict(how, route=_route(solver, pred_cols.width, setup))
-        lhow["dtype"] = dtype or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
-        plans[layer] = _plan(pred_cols.width, tcols.width, setup, lhow, memory)
-        lhow["block_size"] = plans[layer].block_size
+        pred_cols = _predictors(cols, setup, opts["projection"], opts["seed"], how["device"])
+        lhow = dict(how, route=_route(opts["solver"], pred_cols.width, setup))
+        lhow["dtype"] = opts["dtype"] or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
+        plan = _plan(pred_cols.width, tcols.width, setup, lhow, opts["memory"])
+        lhow["block_size"] = plan.block_size
         res = _gathered(_fit_sets(pred_cols, {"t": tset[:3]}, setup.folds, setup.alphas, lhow), setup.gathered)["t"]
         _warn_edges(res["alpha"], setup.alphas, f"layer {layer!r}")
-        tables.append(_table(res, names, lhow["route"], layer if isinstance(features, Mapping) else None, "target"))
-        alphas_out[layer] = res["alpha"].numpy()
-        preds[layer] = None if res["pred"] is None else res["pred"].numpy()
-    test_idx = np.concatenate([te for _, te in setup.folds])
-    return EncodingResult(pd.concat(tables, ignore_index=True), alphas_out, setup.folds, plans,
-                          preds if return_predictions else None, test_idx)  # fmt: skip
+        table = _table(res, names, lhow["route"], layer if isinstance(features, Mapping) else None, "target")
+        pred = None if res["pred"] is None else res["pred"].numpy()
+        yield LayerFit(layer, table, res["alpha"].numpy(), plan, pred, setup.folds, test_idx, held)
+
+
+def _held_out(tset: tuple, test_idx: np.ndarray) -> np.ndarray:
+    cols = tset[0]
+    width = column_block(cols.n, 8)
+    return np.concatenate([b.to(_ACC).numpy()[test_idx] for _, b in cols.blocks(width)], axis=1)
 
 
 def reverse_predictivity(
