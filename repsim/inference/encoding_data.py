@@ -56,7 +56,13 @@ class Columns:
             x, rows = self.data[int(rows[0]) : int(rows[0]) + len(rows), lo:hi], None  # a range: read only it
         else:
             x = self.data[:, lo:hi]
-        x = x.detach() if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+        if isinstance(x, Tensor):
+            x = x.detach()
+        else:
+            arr = np.asarray(x)
+            if not (arr.flags.writeable and arr.flags.c_contiguous):  # a read-only memmap: copy the block
+                arr = np.array(arr, order="C")
+            x = torch.from_numpy(arr)
         if rows is not None:
             x = x[torch.as_tensor(rows)]
         if not x.is_floating_point():

@@ -32,6 +32,11 @@ import torch
 from torch import Tensor
 
 _ACC = torch.float64
+TIE_RTOL = 1e-4
+"""Relative gap between the two smallest LOO errors below which a float32 choice of α is redone in
+float64: float32 products leave relative errors of about 1e-6 in the errors (measured up to
+~1e-5 over a few hundred rows), so a gap of 1e-4 cannot be decided by rounding; more than 1e-4
+apart, float32 picks what float64 picks."""
 
 
 @dataclass
@@ -120,29 +125,64 @@ class RidgeFit:
     loo_mse: Tensor
 
 
+def _loo_mse(u: Tensor, b: Tensor, outside: Tensor, inv: Tensor, g_diag: Tensor, alphas: Tensor) -> Tensor:
+    """Mean squared leave-one-out residual of every α (rows) and target (columns), float64 sums."""
+    mse = torch.empty(alphas.numel(), b.shape[1], dtype=_ACC, device=b.device)
+    for i in range(alphas.numel()):
+        gy = (u @ (b * inv[:, i, None].to(u.dtype))).to(_ACC) + outside / alphas[i]
+        e = gy / g_diag[:, i, None]
+        mse[i] = (e * e).mean(dim=0)
+    return mse
+
+
+def _outside(u64: Tensor, yc: Tensor, rank: int) -> Tensor:
+    """y_c - U Uᵀ y_c, the part of the centred targets outside the features' span, in float64.
+
+    It is divided by α in the LOO residuals, so its rounding matters at small α: a float32 product
+    here (error ~1e-7 |y|, against a true value of 0 when the features span every centred direction)
+    made float32 runs pick α = 1e-3 where float64 picks 100 (measured). When U spans all m - 1
+    centred directions the part is exactly 0 and is not computed.
+    """
+    if rank >= u64.shape[0] - 1:
+        return torch.zeros_like(yc)
+    return yc - u64 @ (u64.T @ yc)
+
+
+def near_ties(mse: Tensor, rtol: float = TIE_RTOL) -> Tensor:
+    """Targets whose two best α have mean squared LOO errors within ``rtol`` of each other."""
+    if mse.shape[0] < 2:
+        return torch.zeros(mse.shape[1], dtype=torch.bool, device=mse.device)
+    two = torch.topk(mse, 2, dim=0, largest=False).values
+    return (two[1] - two[0]) <= rtol * two[0].abs()
+
+
 def gcv_fit(basis: RidgeBasis, y_train: Tensor, alphas: Tensor, dtype: torch.dtype | None = None) -> RidgeFit:
     """α per target by leave-one-out on the training fold, then held-out predictions (module docstring).
 
     ``y_train`` (m, t) training targets (centred here on their mean, in float64); ``alphas`` a 1-D
-    grid of positive penalties; ``dtype`` of the m × r × t products (default: float64).
-    Cost: (n_alphas + 2) m r t multiply-adds; memory a few m × t blocks.
+    grid of positive penalties; ``dtype`` of the m × r × t products (default: float64). With a lower
+    dtype, targets whose two best α are near ties (:data:`TIE_RTOL`) have their errors recomputed in
+    float64, so rounding never decides the choice. Cost: (n_alphas + 2) m r t multiply-adds;
+    memory a few m × t blocks.
     """
     dtype = dtype or _ACC
     y64 = y_train.to(_ACC)
     mean = y64.mean(dim=0)
     yc = y64 - mean
-    u = basis.u.to(dtype)
+    u64 = basis.u.to(_ACC)
+    u = u64.to(dtype)
     b = u.T @ yc.to(dtype)  # (r, t)
-    outside = yc - (u @ b).to(_ACC)  # y_c - U Uᵀ y_c, once for every α
+    outside = _outside(u64, yc, basis.rank)
     alphas = alphas.to(device=yc.device, dtype=_ACC)
     lam = basis.eigvals.to(_ACC)
     inv = 1.0 / (lam[:, None] + alphas[None, :])  # (r, a)
-    g_diag = (basis.u.to(_ACC) ** 2) @ inv + basis.leverage_rest[:, None] / alphas[None, :]  # (m, a)
-    mse = torch.empty(alphas.numel(), yc.shape[1], dtype=_ACC, device=yc.device)
-    for i in range(alphas.numel()):
-        gy = (u @ (b * inv[:, i, None].to(dtype))).to(_ACC) + outside / alphas[i]
-        e = gy / g_diag[:, i, None]
-        mse[i] = (e * e).mean(dim=0)
+    g_diag = (u64**2) @ inv + basis.leverage_rest[:, None] / alphas[None, :]  # (m, a)
+    mse = _loo_mse(u, b, outside, inv, g_diag, alphas)
+    if dtype != _ACC:
+        redo = torch.nonzero(near_ties(mse)).flatten()
+        if redo.numel():
+            b64 = u64.T @ yc[:, redo]
+            mse[:, redo] = _loo_mse(u64, b64, outside[:, redo], inv, g_diag, alphas)
     best = torch.argmin(mse, dim=0)  # the first minimum, as RidgeCV's strict ">" update
     chosen = alphas[best]
     weights = (1.0 / (lam[:, None] + chosen[None, :])).to(dtype)
