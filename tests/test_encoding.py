@@ -110,16 +110,20 @@ def test_layers_share_folds_and_equal_single_runs():
 
 
 def test_float32_products_choose_the_float64_alphas():
-    rng = np.random.default_rng(4)
-    z = rng.normal(size=(150, 16))
-    x = np.maximum(z @ rng.normal(size=(16, 400)) / 4 + 0.5 * rng.normal(size=(150, 400)), 0)  # ReLU-like, mean > 0
-    y = z @ rng.normal(size=(16, 30)) / 4 + rng.normal(size=(150, 30)) * np.linspace(0.5, 8, 30)
+    rng = np.random.default_rng(0)  # benchmarks/encoding.py's data at n=300, d=2000, t=200: ReLU features of a latent
+    f32 = np.float32
+    z = rng.normal(size=(300, 64)).astype(f32)
+    x = z @ (rng.normal(size=(64, 2000)).astype(f32) / 8)
+    x = np.maximum(x + 0.5 * rng.normal(size=(300, 2000)).astype(f32), 0)
+    y = z @ rng.normal(size=(64, 200)).astype(f32) / 8
+    y += rng.normal(size=(300, 200)).astype(f32) * np.linspace(0.5, 8, 200, dtype=f32)
     kw = dict(alphas=[10.0**k for k in range(-3, 9)], progress=False, return_predictions=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        exact = repsim.encoding_score(x, y, **kw)
-        fast = repsim.encoding_score(x.astype(np.float32), y, **kw)
-    # the part of y outside the features' span is exact (0 here), so tiny alphas are not mis-scored
+        exact = repsim.encoding_score(x, y, dtype=torch.float64, **kw)
+        fast = repsim.encoding_score(x, y, **kw)
+    # the part of y outside the features' span is exact (0 here), so tiny alphas are not mis-scored: with it
+    # rounded from float32 products, 7 of 1000 choices here were alpha = 1e-3 where float64 picks 100
     assert np.array_equal(exact.alphas["features"], fast.alphas["features"])
     assert np.abs(exact.table["score"] - fast.table["score"]).max() < 1e-5
 
