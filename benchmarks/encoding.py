@@ -163,6 +163,7 @@ def compare(args) -> None:
 
 
 def brainscore_plans(budget: str) -> None:
+    sys.path.insert(0, str(ROOT))  # this checkout's repsim, as the workers use
     import torch
 
     import repsim

@@ -138,7 +138,7 @@ def _bases(cols: Columns, folds, route: str, dtype: torch.dtype, device):
         eps = torch.finfo(dtype).eps
         for tr, te in folds:
             tr_t, te_t = torch.as_tensor(tr, device=device), torch.as_tensor(te, device=device)
-            yield dual_basis(k[tr_t][:, tr_t], k[te_t][:, tr_t], eps)
+            yield dual_basis(k[tr_t[:, None], tr_t], k[te_t[:, None], tr_t], eps)  # no m x n temporaries
     else:
         x = _dense(cols, device)
         if not bool((x != x[:1]).any()):

@@ -36,6 +36,11 @@ COLUMN_BLOCK_BYTES = 1 << 28
 n × n product runs at full speed, small enough to sit beside the n² kernel."""
 
 
+MAX_BLOCK = 4096
+"""Most targets per block the plan chooses by itself: the m × r × t products run at full speed well
+below that, and a larger block only holds more memory."""
+
+
 def column_block(n: int, itemsize: int) -> int:
     """Feature columns per block: :data:`COLUMN_BLOCK_BYTES` of the block and its float64 centring."""
     return max(1, COLUMN_BLOCK_BYTES // max(1, n * (itemsize + _F64)))
@@ -123,7 +128,7 @@ def plan_encoding(
     """The memory plan of :func:`repsim.encoding_score` for these shapes, without any data.
 
     ``cv``: the number of contiguous folds (``n_train``: the largest training fold instead);
-    ``block_size``: targets per block (default: the most that fit the budget, at most all);
+    ``block_size``: targets per block (default: the most that fit the budget, at most :data:`MAX_BLOCK`);
     ``memory``: the budget (bytes or "8GB"; default 60 % of the memory available now: free GPU
     memory when ``device`` is a CUDA device, else RAM).
     Layers run one after another, so the peak does not grow with ``layers`` (only the results do).
@@ -149,7 +154,7 @@ def _largest_block(n, d, m, p, a, s, t, route, room) -> int:
     per = _phases(n, d, m, p, a, s, 1, route)["fit"] - base["fit"]
     if max(base.values()) > room:
         return 1
-    return int(max(1, min(t, (room - base["fit"]) // max(per, 1))))
+    return int(max(1, min(t, MAX_BLOCK, (room - base["fit"]) // max(per, 1))))
 
 
 def check_plan(plan: EncodingPlan, what: str = "encoding_score") -> None:

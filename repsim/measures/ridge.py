@@ -26,7 +26,7 @@ Precision: the decompositions run in float64; the m × r × t products in the ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -54,10 +54,24 @@ class RidgeBasis:
     test: Tensor
     leverage_rest: Tensor
     route: str
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def rank(self) -> int:
         return int(self.eigvals.numel())
+
+    def prepared(self, alphas: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(U in ``dtype``, 1/(λ+α) (r, a), diag(I - H_α)/α (m, a)), made once per fold and reused by
+        every block of targets. The diagonal is summed by row chunks: no m × r float64 temporary."""
+        key = (dtype, tuple(alphas.tolist()))
+        if key not in self._cache:
+            self._cache.clear()
+            inv = 1.0 / (self.eigvals.to(_ACC)[:, None] + alphas.to(self.eigvals.device, _ACC)[None, :])
+            rows = max(1, (1 << 22) // max(1, self.rank))
+            diag = torch.cat([(self.u[i : i + rows].to(_ACC) ** 2) @ inv for i in range(0, self.u.shape[0], rows)])
+            diag += self.leverage_rest[:, None] / alphas.to(diag.device, _ACC)[None, :]
+            self._cache[key] = (self.u.to(dtype), inv, diag)
+        return self._cache[key]
 
 
 def _kept(vals: Tensor, vecs: Tensor, eps: float, scale: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
@@ -94,9 +108,13 @@ def dual_basis(k_train: Tensor, k_test: Tensor, eps: float = torch.finfo(_ACC).e
     ``k_test`` (p, m) held-out × training (both uncentred or centred by any common vector: they are
     centred here on the training mean, in float64). ``eps``: the rounding unit of the products that
     built the Gram matrices (float32's when they were accumulated from float32 products)."""
+    scale = k_train.diagonal().to(_ACC).sum()
     kc, kt = double_centre(k_train, k_test)
+    del k_train, k_test  # the caller's slices: free before the decomposition's m² buffers
     vals, vecs = torch.linalg.eigh(kc)
-    vals, u = _kept(vals, vecs, eps, k_train.diagonal().to(_ACC).sum())
+    del kc
+    vals, u = _kept(vals, vecs, eps, scale)
+    del vecs
     return _basis(vals, u, kt @ u, "dual")
 
 
@@ -169,14 +187,12 @@ def gcv_fit(basis: RidgeBasis, y_train: Tensor, alphas: Tensor, dtype: torch.dty
     y64 = y_train.to(_ACC)
     mean = y64.mean(dim=0)
     yc = y64 - mean
+    alphas = alphas.to(device=yc.device, dtype=_ACC)
+    u, inv, g_diag = basis.prepared(alphas, dtype)
     u64 = basis.u.to(_ACC)
-    u = u64.to(dtype)
     b = u.T @ yc.to(dtype)  # (r, t)
     outside = _outside(u64, yc, basis.rank)
-    alphas = alphas.to(device=yc.device, dtype=_ACC)
     lam = basis.eigvals.to(_ACC)
-    inv = 1.0 / (lam[:, None] + alphas[None, :])  # (r, a)
-    g_diag = (u64**2) @ inv + basis.leverage_rest[:, None] / alphas[None, :]  # (m, a)
     mse = _loo_mse(u, b, outside, inv, g_diag, alphas)
     if dtype != _ACC:
         redo = torch.nonzero(near_ties(mse)).flatten()
