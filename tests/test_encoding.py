@@ -243,7 +243,7 @@ def test_invalid_data_is_refused():
     with pytest.raises(ValueError, match="constant"):
         repsim.encoding_score(x, flat, progress=False)
     with pytest.raises(ValueError, match="constant"):
-        repsim.encoding_score(np.ones((40, 60)), y, progress=False)
+        repsim.encoding_score(np.full((40, 60), 0.1), y, progress=False)  # 0.1 * 40 / 40 != 0.1 in floats
     with pytest.raises(ValueError, match="3-D"):
         repsim.split_half_ceiling(np.zeros((4, 5)))
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..core import distributed as dist_
 from ..core.numerics import center_columns
-from ..core.validation import check_choice
+from ..core.validation import check_choice, near_constant
 from ..measures.ridge import dual_basis, gcv_fit, primal_basis
 from ..measures.sketch import projection as gaussian_projection
 from .encoding_data import Columns, as_layers, folds_of, scan
@@ -103,15 +103,20 @@ def _gram(cols: Columns, dtype: torch.dtype, device) -> Tensor:
     k = torch.zeros(cols.n, cols.n, dtype=_ACC, device=device)
     varying = False
     for lo, x in cols.blocks(width, device):
-        if not torch.isfinite(x).all():
+        lo_v, hi_v = x.amin(dim=0), x.amax(dim=0)
+        if not (torch.isfinite(lo_v).all() and torch.isfinite(hi_v).all()):
             raise ValueError(f"{cols.name} contains NaN or Inf values (in columns {lo}..{lo + x.shape[1] - 1}); "
                              "clean or drop them first")  # fmt: skip
+        varying = varying or not bool(near_constant(lo_v, hi_v, x.dtype).all())
         xc = center_columns(x, dtype)
-        varying = varying or bool((xc != 0).any())
         k += (xc @ xc.T).to(_ACC)
     if not varying:
-        raise ValueError(f"{cols.name} is constant across stimuli, so it predicts nothing; check the layer")
+        _raise_constant(cols.name)
     return k
+
+
+def _raise_constant(name: str):
+    raise ValueError(f"{name} is constant across stimuli (up to rounding), so it predicts nothing; check the layer")
 
 
 def _dense(cols: Columns, device) -> Tensor:
@@ -141,8 +146,8 @@ def _bases(cols: Columns, folds, route: str, dtype: torch.dtype, device):
             yield dual_basis(k[tr_t[:, None], tr_t], k[te_t[:, None], tr_t], eps)  # no m x n temporaries
     else:
         x = _dense(cols, device)
-        if not bool((x != x[:1]).any()):
-            raise ValueError(f"{cols.name} is constant across stimuli, so it predicts nothing; check the layer")
+        if bool(near_constant(x.amin(dim=0), x.amax(dim=0), x.dtype).all()):
+            _raise_constant(cols.name)
         for tr, te in folds:
             yield primal_basis(x[torch.as_tensor(tr, device=device)], x[torch.as_tensor(te, device=device)])
 
@@ -236,6 +241,12 @@ def _warn_edges(alpha: Tensor, alphas: Tensor, what: str) -> None:
 
 
 def _table(res: dict, names, route: str, layer: str | None, target_col: str) -> pd.DataFrame:
+    undefined = int(torch.isnan(res["score"]).sum())
+    if undefined:
+        warnings.warn(f"{undefined} targets{'' if layer is None else f' of layer {layer!r}'} got held-out predictions "
+                      "that are constant over all held-out stimuli (every fold chose the largest alpha on "
+                      "features without signal): their score is NaN; extend alphas or check the features",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
     cols = {} if layer is None else {"layer": layer}
     cols.update({target_col: list(names), "score": res["score"].numpy(), "r2": res["r2"].numpy(),
                  "alpha": res["alpha"].median(dim=0).values.numpy(), "n": res["n"].numpy().astype(int),
@@ -284,9 +295,7 @@ def _route(solver: str, d: int, setup: _Setup) -> str:
     return ("primal" if d < m else "dual") if solver == "auto" else solver
 
 
-def _plan(d: int, t: int, setup: _Setup, how: dict, memory, layers: int = 1) -> EncodingPlan:
-    n = sum(len(te) for _, te in setup.folds) if setup.rows is None else len(setup.rows)
-    n = max(n, max(len(tr) + len(te) for tr, te in setup.folds))
+def _plan(n: int, d: int, t: int, setup: _Setup, how: dict, memory, layers: int = 1) -> EncodingPlan:
     m = max(len(tr) for tr, _ in setup.folds)
     p = plan_encoding(n, d, -(-t // setup.world), cv=len(setup.folds), n_train=m, n_alphas=setup.alphas.numel(),
                       layers=layers, dtype=how["dtype"], block_size=how["block_size"], memory=memory,
@@ -415,7 +424,7 @@ def encoding_layers(features, targets, **options):
         pred_cols = _predictors(cols, setup, opts["projection"], opts["seed"], how["device"])
         lhow = dict(how, route=_route(opts["solver"], pred_cols.width, setup))
         lhow["dtype"] = opts["dtype"] or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
-        plan = _plan(pred_cols.width, tcols.width, setup, lhow, opts["memory"])
+        plan = _plan(pred_cols.n, pred_cols.width, tcols.width, setup, lhow, opts["memory"])
         lhow["block_size"] = plan.block_size
         res = _gathered(_fit_sets(pred_cols, {"t": tset[:3]}, setup.folds, setup.alphas, lhow), setup.gathered)["t"]
         _warn_edges(res["alpha"], setup.alphas, f"layer {layer!r}")
@@ -465,7 +474,7 @@ def reverse_predictivity(
     how["route"] = _route(solver, pred_cols.width, setup)
     how["dtype"] = dtype or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
     sets = {layer: _target_set(cols, setup, how["device"], "keep") for layer, cols in layers.items()}
-    plan = _plan(pred_cols.width, max(s[0].width for s in sets.values()), setup, how, memory, len(sets))
+    plan = _plan(pred_cols.n, pred_cols.width, max(s[0].width for s in sets.values()), setup, how, memory, len(sets))
     how["block_size"] = plan.block_size
     res = _gathered(_fit_sets(pred_cols, {k: v[:3] for k, v in sets.items()}, setup.folds, setup.alphas, how),
                     setup.gathered)  # fmt: skip
