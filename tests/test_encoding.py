@@ -131,7 +131,7 @@ def test_float32_products_choose_the_float64_alphas():
 def test_near_ties_are_found():
     from repsim.measures.ridge import near_ties
 
-    mse = torch.tensor([[1.0, 1.0, 2.0], [1.00001, 1.5, 1.0], [3.0, 3.0, 1.00000001]], dtype=torch.float64)
+    mse = torch.tensor([[1.0, 1.0, 2.0], [1.000001, 1.5, 1.0], [3.0, 3.0, 1.00000001]], dtype=torch.float64)
     assert near_ties(mse).tolist() == [True, False, True]
 
 

@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 _ACC = torch.float64
-TIE_RTOL = 1e-4
+TIE_RTOL = 1e-5
 """Relative gap between the two smallest LOO errors below which a float32 choice of α is redone in
-float64: float32 products leave relative errors of about 1e-6 in the errors (measured up to
-~1e-5 over a few hundred rows), so a gap of 1e-4 cannot be decided by rounding; more than 1e-4
-apart, float32 picks what float64 picks."""
+float64. Float32 products left relative errors of at most 1.6e-7 in the errors (measured: 800
+training rows, 2000 targets, 12 α), so a gap above 1e-5 (60x that) is not decided by rounding; on
+that data 1.5 % of the targets are redone."""
 
 
 @dataclass
@@ -143,26 +143,34 @@ class RidgeFit:
     loo_mse: Tensor
 
 
-def _loo_mse(u: Tensor, b: Tensor, outside: Tensor, inv: Tensor, g_diag: Tensor, alphas: Tensor) -> Tensor:
-    """Mean squared leave-one-out residual of every α (rows) and target (columns), float64 sums."""
+def _loo_mse(u: Tensor, b: Tensor, outside: Tensor | None, inv: Tensor, g_diag: Tensor, alphas: Tensor) -> Tensor:
+    """Mean squared leave-one-out residual of every α (rows) and target (columns), summed in float64.
+
+    Without an ``outside`` part (the features span every centred direction) the residuals stay in
+    the products' dtype and only their sum of squares is float64: two passes over m × t instead of
+    five (measured 2x faster per α on 2 cores at m = 800, t = 2000)."""
     mse = torch.empty(alphas.numel(), b.shape[1], dtype=_ACC, device=b.device)
+    m = u.shape[0]
     for i in range(alphas.numel()):
-        gy = (u @ (b * inv[:, i, None].to(u.dtype))).to(_ACC) + outside / alphas[i]
-        e = gy / g_diag[:, i, None]
-        mse[i] = (e * e).mean(dim=0)
+        gy = u @ (b * inv[:, i, None].to(u.dtype))
+        if outside is None:
+            e = gy / g_diag[:, i, None].to(u.dtype)
+        else:
+            e = (gy.to(_ACC) + outside / alphas[i]) / g_diag[:, i, None]
+        mse[i] = torch.linalg.vector_norm(e, dim=0, dtype=_ACC) ** 2 / m
     return mse
 
 
-def _outside(u64: Tensor, yc: Tensor, rank: int) -> Tensor:
+def _outside(u64: Tensor, yc: Tensor, rank: int) -> Tensor | None:
     """y_c - U Uᵀ y_c, the part of the centred targets outside the features' span, in float64.
 
     It is divided by α in the LOO residuals, so its rounding matters at small α: a float32 product
     here (error ~1e-7 |y|, against a true value of 0 when the features span every centred direction)
     made float32 runs pick α = 1e-3 where float64 picks 100 (measured). When U spans all m - 1
-    centred directions the part is exactly 0 and is not computed.
+    centred directions the part is exactly 0: None.
     """
     if rank >= u64.shape[0] - 1:
-        return torch.zeros_like(yc)
+        return None
     return yc - u64 @ (u64.T @ yc)
 
 
@@ -198,7 +206,7 @@ def gcv_fit(basis: RidgeBasis, y_train: Tensor, alphas: Tensor, dtype: torch.dty
         redo = torch.nonzero(near_ties(mse)).flatten()
         if redo.numel():
             b64 = u64.T @ yc[:, redo]
-            mse[:, redo] = _loo_mse(u64, b64, outside[:, redo], inv, g_diag, alphas)
+            mse[:, redo] = _loo_mse(u64, b64, None if outside is None else outside[:, redo], inv, g_diag, alphas)
     best = torch.argmin(mse, dim=0)  # the first minimum, as RidgeCV's strict ">" update
     chosen = alphas[best]
     weights = (1.0 / (lam[:, None] + chosen[None, :])).to(dtype)
