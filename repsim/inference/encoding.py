@@ -205,7 +205,8 @@ def _fit_sets(predictors: Columns, sets: dict, folds, alphas: Tensor, how: dict)
         for name, (cols, mean, (t0, t1)) in sets.items():
             for lo in range(t0, t1, tb):
                 hi = min(lo + tb, t1)
-                y = cols.block(lo, hi, device).to(_ACC) - mean[lo:hi].to(device)
+                y = cols.block(lo, hi, device).to(_ACC, copy=True)  # a copy: centred in place below
+                y -= mean[lo:hi].to(device)
                 fit = gcv_fit(basis, y[tr], alphas, how["dtype"])
                 scores[name].add(slice(lo - t0, hi - t0), f, int(offsets[f]), fit.predictions, y[te], fit.alpha)
                 bar.update()
