@@ -17,6 +17,7 @@ from repsim.inference import encoding_plan
 from repsim.inference.encoding_plan import check_plan
 
 ALPHAS = np.logspace(-2, 5, 15)
+pytestmark = pytest.mark.filterwarnings("ignore:.*the grid may be too narrow:RuntimeWarning")  # tested once below
 
 
 def _data(n, d, t, seed=0, offset=3.0):
@@ -77,7 +78,7 @@ def test_known_signal_recovers_the_true_r_within_sampling_error():
     y = signal + torch.randn(n, 4, generator=g, dtype=torch.float64) * noise_sd
     res = repsim.encoding_score(x, y, cv=5, progress=False)
     se = (1 - true_r**2) / n**0.5  # sampling sd of Pearson r
-    err = (torch.from_numpy(res.table["score"].to_numpy()) - true_r).abs()
+    err = (torch.tensor(res.table["score"].to_numpy()) - true_r).abs()
     assert (err < 4 * se + d / n).all(), (res.table, se)
     assert res.summary["median_score"].iloc[0] == pytest.approx(res.table["score"].median())
 
@@ -270,3 +271,13 @@ def test_compare_encoding_layer_by_region_table():
     assert out.best["V1"] in ("1", "2") and table.groupby("region")["p_best"].sum().round(12).eq(1).all()
     assert table.groupby("region")["best"].sum().eq(1).all()
     assert len(out.targets) == 24 and {"region", "ceiling", "ceiled"} <= set(out.targets.columns)
+
+
+def test_a_grid_too_narrow_is_warned_and_ceiled_keeps_the_raw_score():
+    x, y = _data(60, 100, 4, seed=12)
+    with pytest.warns(RuntimeWarning, match="grid may be too narrow"):
+        res = repsim.encoding_score(x, y, alphas=[1e-3, 1e-2], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # ceiled > 1: tested above
+        ceiled = res.ceiled(np.full(4, 0.5))
+    assert np.allclose(ceiled["ceiled"], ceiled["score"] / 0.5) and (ceiled["score"] == res.table["score"]).all()
