@@ -86,8 +86,8 @@ def _bootstrap(pred: np.ndarray, y: np.ndarray, scale: np.ndarray, groups, n_res
 
 def _region_rows(layer, fit_table, regions, groups, names, boot, level) -> list[dict]:
     value = "ceiled" if "ceiled" in fit_table else "score"
-    point_raw = _region_medians(torch.from_numpy(fit_table["score"].to_numpy(np.float64)), groups)
-    point = _region_medians(torch.from_numpy(fit_table[value].to_numpy(np.float64)), groups)
+    point_raw = _region_medians(torch.tensor(fit_table["score"].to_numpy(np.float64)), groups)
+    point = _region_medians(torch.tensor(fit_table[value].to_numpy(np.float64)), groups)
     lo, hi = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=_ACC), dim=0)
     rows = []
     for j, name in enumerate(names):
