@@ -22,6 +22,8 @@ from .core.budget import MemoryBudgetError  # noqa: E402
 from .inference import (  # noqa: E402
     BootstrapResult,
     CalibrationResult,
+    EncodingPlan,
+    EncodingResult,
     GridCalibrationResult,
     PairedResult,
     PermutationResult,
@@ -29,9 +31,14 @@ from .inference import (  # noqa: E402
     bootstrap,
     calibrate,
     calibrate_grid,
+    ceil_scores,
     compare_paired,
     draw_permutations,
+    encoding_score,
     permutation_test,
+    plan_encoding,
+    reverse_predictivity,
+    split_half_ceiling,
 )
 from .measures import *  # noqa: E402, F403  (every measure, the registry and the kinds: repsim.measures.__all__)
 from .measures.accumulator import Accumulator  # noqa: E402
@@ -42,6 +49,7 @@ from .networks.hooks import FeatureHooks, default_layers, list_layers  # noqa: E
 from .networks.text import sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .networks.weights import WeightDistance, weight_distance  # noqa: E402
 from .pipeline.compare import Comparison, compare, plan  # noqa: E402
+from .pipeline.encoding import EncodingComparison, compare_encoding  # noqa: E402
 from .pipeline.many import compare_many  # noqa: E402
 from .pipeline.plans import MemoryPlan  # noqa: E402
 from .pipeline.text import compare_texts  # noqa: E402
@@ -55,6 +63,9 @@ __all__ = [
     "CalibrationResult",
     "CheckpointError",
     "Comparison",
+    "EncodingComparison",
+    "EncodingPlan",
+    "EncodingResult",
     "FeatureHooks",
     "GridCalibrationResult",
     "MemoryBudgetError",
@@ -68,21 +79,27 @@ __all__ = [
     "bootstrap",
     "calibrate",
     "calibrate_grid",
+    "ceil_scores",
     "compare",
+    "compare_encoding",
     "compare_many",
     "compare_paired",
     "compare_texts",
     "default_layers",
     "draw_permutations",
+    "encoding_score",
     "extract_features",
     "list_layers",
     "load_model",
     "load_state_dict",
     "permutation_test",
     "plan",
+    "plan_encoding",
+    "reverse_predictivity",
     "save_state_dict",
     "sentence_features",
     "sketch",
+    "split_half_ceiling",
     "text_batches",
     "token_features",
     "weight_distance",
