@@ -35,6 +35,7 @@ min of both).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -177,7 +178,7 @@ def subject_matrix(rdms, min_subjects: int = 2) -> Tensor:
 
 
 def resample_stimuli(v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """RDM vectors (..., M) over the stimuli ``idx`` (R, n) (with repeats) -> ((R, ..., M), keep (R, 1.., M)):
+    """RDM vectors (..., M) over the stimuli ``idx`` (R, k) (with repeats) -> ((R, ..., M'), keep (R, 1.., M')):
     pairs of a stimulus with its own copy are excluded (keep False)."""
     n = n_conditions(v.shape[-1])
     iu = torch.triu_indices(n, n, 1)
@@ -185,7 +186,9 @@ def resample_stimuli(v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     pos = torch.zeros(n, n, dtype=torch.long)
     pos[iu[0], iu[1]] = torch.arange(iu.shape[1])
     pos = pos + pos.T
-    a, b = idx[:, iu[0]], idx[:, iu[1]]  # (R, M)
+    k = idx.shape[-1]  # the sample's size (a subset of stimuli when restricting)
+    ik = torch.triu_indices(k, k, 1)
+    a, b = idx[:, ik[0]], idx[:, ik[1]]  # (R, M)
     keep = a != b
     gathered = v[..., pos[a, b]]  # (..., R, M)
     gathered = gathered.movedim(-2, 0)
@@ -193,6 +196,20 @@ def resample_stimuli(v: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
+@dataclass
+class RdmEvaluation:
+    """What :func:`evaluate_rdm_models` returns: the tidy ``table`` (one row per model), the ``pairwise``
+    comparisons, the bootstrap ``samples`` (or None) and the ``per_subject`` scores."""
+
+    table: pd.DataFrame
+    pairwise: pd.DataFrame
+    samples: np.ndarray | None
+    per_subject: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"RdmEvaluation(\n{self.table.round(4).to_string()}\n)"
+
+
 def evaluate_rdm_models(
     models: Mapping,
     rdms,
@@ -205,7 +222,7 @@ def evaluate_rdm_models(
     block_size: int = 100,
     seed: int = 0,
     progress: bool = False,
-) -> pd.DataFrame:
+) -> RdmEvaluation:
     """Evaluate fixed model RDMs against subject RDMs: a tidy table, one row per model.
 
     Args:
@@ -216,11 +233,12 @@ def evaluate_rdm_models(
             the variance correction): see :mod:`repsim.inference.rdm_models`.
         n_resamples: bootstrap samples; ``block_size``: samples evaluated at once (memory);
         ci: two-sided level of the t interval; adjust: "holm", "bh" or "none" for the pairwise tests.
-    Returns a DataFrame with columns ``model, method, bootstrap, mean, sem, ci_low, ci_high, p_zero,
-    p_ceiling, ceiling_lower, ceiling_upper, ceiled_lower, ceiled_upper, dof`` (``ceiled_*`` =
-    mean / bound, kept beside the raw ``mean``); ``df.attrs["pairwise"]`` holds the pairwise model
-    comparisons (two-sided t-tests on the same variance estimate, adjusted over the pairs) and
-    ``df.attrs["samples"]`` the bootstrap scores (resamples, models).
+    Returns an :class:`RdmEvaluation`: ``.table`` (tidy DataFrame) with columns ``model, method,
+    bootstrap, mean, sem, ci_low, ci_high, p_zero, p_ceiling, ceiling_lower, ceiling_upper,
+    ceiled_lower, ceiled_upper, dof`` (``ceiled_*`` = mean / bound, kept beside the raw ``mean``);
+    ``.pairwise``: the pairwise model comparisons (two-sided t-tests on the same variance estimate,
+    adjusted over the pairs); ``.samples``: the bootstrap scores (resamples, models) or None;
+    ``.per_subject``: the scores (subjects, models) on the full data.
     """
     check_choice(method, "method", COMPARE_METHODS)
     check_choice(bootstrap, "bootstrap", BOOTSTRAPS)
@@ -243,9 +261,8 @@ def evaluate_rdm_models(
         variances = _split_variance(cov, nc_included=bootstrap != "subjects", n_subjects=s, n_stimuli=n,
                                     mode=bootstrap)  # fmt: skip
     table = _table(names, per_subject.mean(0).numpy(), variances, ceiling.numpy(), dof, ci, method, bootstrap)
-    table.attrs["pairwise"] = _pairwise(names, per_subject.mean(0).numpy(), variances[1], dof, adjust)
-    table.attrs["samples"] = samples
-    return table
+    pairwise = _pairwise(names, per_subject.mean(0).numpy(), variances[1], dof, adjust)
+    return RdmEvaluation(table, pairwise, samples, per_subject.numpy())
 
 
 def _bootstrap_covariances(mods, data, method, mode, n_resamples, block_size, seed, progress):

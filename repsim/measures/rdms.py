@@ -333,8 +333,10 @@ def masked_ranks(v: Tensor, keep: Tensor | None) -> Tensor:
     if keep is None:
         return torch.from_numpy(scipy.stats.rankdata(arr, axis=-1)).to(v.device, _ACC)
     k = np.broadcast_to(keep.cpu().numpy(), arr.shape)
-    ranked = scipy.stats.rankdata(np.where(k, arr, np.nan), axis=-1, nan_policy="omit")
-    return torch.from_numpy(np.nan_to_num(ranked, nan=0.0)).to(v.device, _ACC)
+    # excluded entries set to +inf rank above every kept one (values are finite), leaving the kept ranks
+    # as among the kept entries alone: one vectorised call instead of nan_policy="omit"'s loop over rows
+    ranked = scipy.stats.rankdata(np.where(k, arr, np.inf), axis=-1)
+    return torch.from_numpy(np.where(k, ranked, 0.0)).to(v.device, _ACC)
 
 
 def whiten(v: Tensor, keep: Tensor | None) -> Tensor:

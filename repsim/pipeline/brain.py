@@ -56,7 +56,7 @@ def compare_brain(
     iu = torch.triu_indices(n, n, 1)
     model_rdms = {nm: layer_rdm(feats[nm].to(torch.float64), method=rdm_method)[iu[0], iu[1]] for nm in names}
     table = evaluate_rdm_models(model_rdms, data, method=method, bootstrap=bootstrap, n_resamples=n_resamples,
-                                seed=seed, progress=progress)  # fmt: skip
+                                seed=seed, progress=progress).table  # fmt: skip
     table = table.rename(columns={"model": "layer"})
     table.insert(1, "depth", np.arange(len(names)))
     table.attrs["rdms"] = model_rdms
