@@ -43,7 +43,6 @@ def _k92():
 def record(n_resamples: int, boot_method: str) -> None:
     import warnings
 
-    import rsatoolbox
     from rsatoolbox.inference import (
         boot_noise_ceiling,
         eval_bootstrap_pattern,
@@ -58,7 +57,9 @@ def record(n_resamples: int, boot_method: str) -> None:
     subjects, names, models = _k92()
     data = RDMs(subjects)
     mods = [ModelFixed(nm, RDMs(m[None])) for nm, m in zip(names, models, strict=True)]
-    out = {"rsatoolbox": rsatoolbox.__version__, "methods": {}, "models": names}
+    from importlib.metadata import version
+
+    out = {"rsatoolbox": version("rsatoolbox"), "methods": {}, "models": names}
     for method in METHODS:
         res = eval_fixed(mods, data, method=method)
         out["methods"][method] = {
@@ -69,7 +70,7 @@ def record(n_resamples: int, boot_method: str) -> None:
             "fixed_p_ceiling": res.test_noise().tolist(),
         }
         print(method, out["methods"][method]["noise_ceiling"], flush=True)
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002  (rsatoolbox draws from numpy's global generator)
     boot = {"method": boot_method, "n_resamples": n_resamples, "modes": {}}
     for mode, fn in (("subjects", eval_bootstrap_rdm), ("stimuli", eval_bootstrap_pattern)):
         res = fn(mods, data, method=boot_method, N=n_resamples)

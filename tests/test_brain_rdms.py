@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.stats
 import torch
@@ -320,8 +321,40 @@ def test_92_images_equal_rsatoolbox():
 
 
 RSATOOLBOX_NAMES = {"corr": "pearson", "spearman": "spearman", "cosine": "cosine", "rho-a": "rho_a",
-                    "tau-a": "kendall_tau_a", "corr_cov": "whitened_pearson", "cosine_cov": "whitened_cosine"}  # fmt: skip
+                    "tau-a": "kendall_tau_a", "corr_cov": "whitened_pearson",
+                    "cosine_cov": "whitened_cosine"}  # fmt: skip
 
 
 def method_name(rsatoolbox_name):
     return RSATOOLBOX_NAMES[rsatoolbox_name]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def tiny_rgb(num_classes: int = 10):
+    """TinyConvNet on RGB 8 x 8 images (the `repsim brain` test's architecture)."""
+    from tests.models import TinyConvNet
+
+    return TinyConvNet(in_channels=3, num_classes=num_classes)
+
+
+def test_brain_command_end_to_end(tmp_path, capsys):
+    from PIL import Image
+
+    from repsim.cli import main
+
+    g = np.random.default_rng(13)
+    (tmp_path / "images").mkdir()
+    for i in range(8):
+        Image.fromarray(g.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i:02d}.png")
+    np.save(tmp_path / "rdms.npy", _rand_rdms(3, 8, seed=14))
+    torch.manual_seed(0)
+    ckpt = repsim.save_state_dict(tiny_rgb().state_dict(), tmp_path / "m.pt")
+    args = ["brain", str(ckpt), "--arch", "tests.test_brain_rdms:tiny_rgb", "--images", str(tmp_path / "images"),
+            "--rdms", str(tmp_path / "rdms.npy"), "--image-size", "8", "--layers", "block1,block2",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "out" / "brain.csv")
+    assert list(table["layer"]) == ["block1", "block2"] and "wrote:" in printed
+    assert table["ceiling_lower"].nunique() == 1 and np.isfinite(table["mean"]).all()
+    assert main([*args[:6], "--rdms", str(tmp_path / "missing.npy")]) == 2
