@@ -36,8 +36,9 @@ METHODS = ["corr", "spearman", "cosine", "rho-a", "tau-a", "corr_cov", "cosine_c
 
 
 def _k92():
+    """Subject and model RDMs in float64 (the MATLAB files hold float32; rsatoolbox would compute in float32)."""
     z = np.load(DATA / "rdms.npz")
-    return z["hit"].mean(1), list(z["model_names"]), z["models"]
+    return z["hit"].astype(np.float64).mean(1), list(z["model_names"]), z["models"].astype(np.float64)
 
 
 def record(n_resamples: int, boot_method: str) -> None:

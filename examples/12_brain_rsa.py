@@ -151,7 +151,7 @@ def main() -> None:
     if args.smoke:
         args.networks, args.n_resamples, args.n_resamples_tau, methods = ["lite0", "lite0-random"], 20, 10, ["spearman"]
     z = np.load(DATA / "rdms.npz")
-    hit = z["hit"].mean(1)  # 4 subjects, the two sessions averaged
+    hit = z["hit"].astype(np.float64).mean(1)  # 4 subjects, the two sessions averaged
     names = [str(n) for n in z["model_names"]]
     models = dict(zip(names, z["models"], strict=True))
     monkey = models["monkeyIT"]

@@ -269,14 +269,22 @@ def test_weighted_model_recovers_known_weights():
 def test_split_half_reliability_is_spearman_brown():
     _, x, run, cond = _design(k=6, runs=6, p=20, seed=12, noise=0.3)
     out = repsim.rdm_split_half(x, runs=run, conditions=cond, n_splits=5)
-    assert 0 < out["r_half"] < out["reliability"] <= 1
-    assert out["reliability"] == pytest.approx(np.mean([2 * r / (1 + r) for r in [out["r_half"]]]), abs=0.05)
+    assert 0 < out["r_half"] < out["reliability"] <= 1 and len(out["r_splits"]) == 5
+    assert out["reliability"] == pytest.approx(np.mean([2 * r / (1 + r) for r in out["r_splits"]]), abs=1e-12)
+    # a split's r is the Pearson r of the two halves' correlation RDMs (condition means of 3 runs each)
+    half = np.isin(run, np.random.default_rng(0).permutation(6)[:3])
+    means = [np.stack([x[part & (cond == c)].mean(0) for c in range(6)]) for part in (half, ~half)]
+    iu = np.triu_indices(6, 1)
+    r0 = np.corrcoef(*[(1 - np.corrcoef(m))[iu] for m in means])[0, 1]
+    assert out["r_splits"][0] == pytest.approx(r0, abs=1e-10)
+    noisier = repsim.rdm_split_half(_design(k=6, runs=6, p=20, seed=12, noise=3.0)[1], runs=run, conditions=cond)
+    assert noisier["reliability"] < out["reliability"]
 
 
 # ------------------------------------------------------------------------------------------ 92 images
 def _k92():
     z = np.load(DATA / "rdms.npz")
-    return z["hit"].mean(1), dict(zip(z["model_names"], z["models"], strict=True))
+    return z["hit"].astype(np.float64).mean(1), dict(zip(z["model_names"], z["models"], strict=True))
 
 
 def test_evaluate_fixed_is_a_t_test_across_subjects():

@@ -119,10 +119,10 @@ def rdm_split_half(
     For each of ``n_splits`` random halvings of the runs: the RDM of each half's condition means
     (``rdm_method``; "crossnobis" needs >= 2 runs per half), r = compare(RDM_1, RDM_2), and the
     Spearman-Brown prediction for the full data 2r/(1 + r). Returns {"r_half", "reliability",
-    "n_splits"} (means over splits). ``reliability`` is a ceiling for one subject's RDM against a
+    "n_splits", "r_splits"} (means over splits; r per split). ``reliability`` is a ceiling for one subject's RDM against a
     model; a ceiled score is raw / reliability (report values over 1 as they are).
     """
-    from ..measures.rdms import labels_index
+    from ..measures.rdms import compare_rdms, labels_index
     from ..measures.rsa import rdm
 
     x = torch.as_tensor(x, dtype=_ACC)
@@ -144,11 +144,10 @@ def rdm_split_half(
                 names, code = np.unique(cs, return_inverse=True)
                 means = torch.zeros(len(names), x.shape[1], dtype=_ACC).index_add_(0, torch.as_tensor(code), xs)
                 pair.append(rdm(means / torch.as_tensor(np.bincount(code), dtype=_ACC)[:, None], method=rdm_method))
-        from ..measures.rdms import compare_rdms
-
         rs.append(float(compare_rdms(pair[0], pair[1], method=method)))
     r = float(np.mean(rs))
-    return {"r_half": r, "reliability": float(np.mean([2 * v / (1 + v) for v in rs])), "n_splits": n_splits}
+    reliability = float(np.mean([2 * v / (1 + v) for v in rs]))
+    return {"r_half": r, "reliability": reliability, "n_splits": n_splits, "r_splits": rs}
 
 
 # ------------------------------------------------------------------------------------------------ inputs

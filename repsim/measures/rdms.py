@@ -181,7 +181,7 @@ def _batch_chunk(b: int, rows: int, p: int, k: int, r: int, noise, memory) -> in
     """Batch elements per chunk under the memory budget, refusing before allocating if one does not fit."""
     per = 8 * (2 * rows * p + (r + 1) * k * p + 4 * k * k)
     if not (isinstance(noise, str) and noise == "identity"):
-        per += 8 * 3 * p * p  # the covariance, its shrunk copy and the precision
+        per += 8 * 6 * p * p  # the covariance, Ledoit-Wolf's temporaries, the shrunk copy and the precision
     budget = parse_memory(memory)
     if per > budget:
         raise MemoryBudgetError(
