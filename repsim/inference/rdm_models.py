@@ -119,8 +119,8 @@ def rdm_split_half(
     For each of ``n_splits`` random halvings of the runs: the RDM of each half's condition means
     (``rdm_method``; "crossnobis" needs >= 2 runs per half), r = compare(RDM_1, RDM_2), and the
     Spearman-Brown prediction for the full data 2r/(1 + r). Returns {"r_half", "reliability",
-    "n_splits", "r_splits"} (means over splits; r per split). ``reliability`` is a ceiling for one subject's RDM against a
-    model; a ceiled score is raw / reliability (report values over 1 as they are).
+    "n_splits", "r_splits"} (means over splits; r per split). ``reliability`` is a ceiling for one
+    subject's RDM against a model; a ceiled score is raw / reliability (report values over 1 as they are).
     """
     from ..measures.rdms import compare_rdms, labels_index
     from ..measures.rsa import rdm
