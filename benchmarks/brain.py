@@ -97,36 +97,48 @@ def _simulate(s, k, p, r, seed=0):
 
 
 def worker(lib: str, s: int, k: int, p: int, r: int, n_models: int) -> dict:
+    """One library's crossnobis RDMs and fixed-model evaluation; imports and a tiny warm-up run are not timed."""
     x, runs, conds, prec = _simulate(s, k, p, r)
     g = np.random.default_rng(1)
-    m = k * (k - 1) // 2
-    models = g.random((n_models, m))
+    models = g.random((n_models, k * (k - 1) // 2))
+    run = _repsim_run if lib == "repsim" else _rsatoolbox_run
+    wx, wr, wc, wp = _simulate(2, 5, 4, 2)
+    run(wx, wr, wc, wp, g.random((2, 10)))  # warm-up: imports, lazy scipy modules
+    return run(x, runs, conds, prec, models)
+
+
+def _repsim_run(x, runs, conds, prec, models) -> dict:
+    import torch
+
+    import repsim
+
     t0 = time.perf_counter()
-    if lib == "repsim":
-        import torch
+    rdms = repsim.rdm(torch.from_numpy(x), "crossnobis", runs=runs, conditions=conds, noise=prec)
+    vec = repsim.to_condensed(rdms).numpy()
+    t1 = time.perf_counter()
+    table = repsim.evaluate_rdm_models({f"m{i}": v for i, v in enumerate(models)}, vec, method="spearman").table
+    return _report(t0, t1, vec, table["mean"].to_numpy())
 
-        import repsim
 
-        rdms = repsim.rdm(torch.from_numpy(x), "crossnobis", runs=runs, conditions=conds, noise=prec)
-        vec = repsim.to_condensed(rdms).numpy()
-        t1 = time.perf_counter()
-        table = repsim.evaluate_rdm_models({f"m{i}": v for i, v in enumerate(models)}, vec, method="spearman")
-        means = table["mean"].to_numpy()
-    else:
-        import rsatoolbox
-        from rsatoolbox.inference import eval_fixed
-        from rsatoolbox.model import ModelFixed
-        from rsatoolbox.rdm import RDMs
+def _rsatoolbox_run(x, runs, conds, prec, models) -> dict:
+    import rsatoolbox
+    from rsatoolbox.inference import eval_fixed
+    from rsatoolbox.model import ModelFixed
+    from rsatoolbox.rdm import RDMs
 
-        vecs = []
-        for i in range(s):
-            ds = rsatoolbox.data.Dataset(x[i], obs_descriptors={"conds": conds, "runs": runs})
-            vecs.append(rsatoolbox.rdm.calc_rdm(ds, method="crossnobis", descriptor="conds", cv_descriptor="runs",
-                                                noise=prec).get_vectors()[0])  # fmt: skip
-        vec = np.stack(vecs)
-        t1 = time.perf_counter()
-        mods = [ModelFixed(f"m{i}", RDMs(v[None])) for i, v in enumerate(models)]
-        means = eval_fixed(mods, RDMs(vec), method="spearman").get_means()
+    t0 = time.perf_counter()
+    vecs = []
+    for i in range(x.shape[0]):
+        ds = rsatoolbox.data.Dataset(x[i], obs_descriptors={"conds": conds, "runs": runs})
+        rdm = rsatoolbox.rdm.calc_rdm(ds, method="crossnobis", descriptor="conds", cv_descriptor="runs", noise=prec)
+        vecs.append(rdm.get_vectors()[0])
+    vec = np.stack(vecs)
+    t1 = time.perf_counter()
+    mods = [ModelFixed(f"m{i}", RDMs(v[None])) for i, v in enumerate(models)]
+    return _report(t0, t1, vec, eval_fixed(mods, RDMs(vec), method="spearman").get_means())
+
+
+def _report(t0, t1, vec, means) -> dict:
     t2 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"crossnobis_s": t1 - t0, "evaluate_s": t2 - t1, "peak_bytes": peak, "rdm_head": vec[:, :5].tolist(),

@@ -124,17 +124,25 @@ def plot(table: pd.DataFrame, refs: pd.DataFrame, methods, path: Path):
             ax.fill_between(g["depth"], g["ci_low"], g["ci_high"], color=line.get_color(), alpha=0.15)
             ax.plot(g["depth"], g["monkey_it"], ls=":", color=line.get_color(), label=f"{net} vs monkey IT")
         r = refs[refs["method"] == method].reset_index(drop=True)
-        xs = 1.08 + 0.025 * np.arange(len(r))
+        xs = 1.1 + 0.06 * np.arange(len(r))
         ax.errorbar(xs, r["mean"], yerr=[r["mean"] - r["ci_low"], r["ci_high"] - r["mean"]], fmt="s", color="k", ms=3)
-        for x, (_, row) in zip(xs, r.iterrows(), strict=True):
-            ax.annotate(row["model"], (x, row["mean"]), fontsize=6, rotation=90, va="bottom", ha="center",
-                        xytext=(0, 6), textcoords="offset points")  # fmt: skip
-        ax.set_xlabel("relative depth (stem -> classifier); squares: the study's 8 model RDMs")
+        depth_ticks = [0, 0.25, 0.5, 0.75, 1]
+        ax.set_xticks(depth_ticks + list(xs), [str(t) for t in depth_ticks] + list(r["model"]))
+        for label in ax.get_xticklabels()[len(depth_ticks) :]:
+            label.set_rotation(90)
+            label.set_fontsize(7)
+        ax.set_xlabel("relative depth (stem -> classifier) | the study's 8 model RDMs")
         ax.set_ylabel(f"{method} with the IT RDM")
         ax.set_title(f"EfficientNet-Lite layers vs IT ({method})")
     axes[0][0].legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     return atomic_save_figure(fig, path, dpi=130)
+
+
+def replot(out: Path) -> Path:
+    """Redraw the figure from the CSVs of a finished run (``--replot``)."""
+    table, refs = pd.read_csv(out / "brain_rsa.csv"), pd.read_csv(out / "brain_rsa_model_rdms.csv")
+    return plot(table, refs, list(dict.fromkeys(table["method"])), out / "brain_rsa.png")
 
 
 def main() -> None:
@@ -146,7 +154,11 @@ def main() -> None:
     p.add_argument("--out", default="results/examples/brain_rsa")
     p.add_argument("--seeds", type=int, default=1, help="(ignored: no training)")
     p.add_argument("--epochs", type=int, default=None, help="(ignored: no training)")
+    p.add_argument("--replot", action="store_true", help="only redraw the figure from --out's CSVs")
     args = p.parse_args()
+    if args.replot:
+        print(f"wrote:\n  {replot(Path(args.out))}")
+        return
     methods = ["spearman", "kendall_tau_a"]
     if args.smoke:
         args.networks, args.n_resamples, args.n_resamples_tau, methods = ["lite0", "lite0-random"], 20, 10, ["spearman"]
