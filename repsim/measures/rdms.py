@@ -219,7 +219,7 @@ def _condition_rdm_chunk(x: Tensor, cell: Tensor, counts: Tensor, cond: np.ndarr
 
 
 def _precision(x: Tensor, cond: Tensor, k: int, noise) -> Tensor | None:
-    """Noise precision (b, p, p): given, identity (None) or Ledoit-Wolf shrunk covariance of the residuals."""
+    """Noise precision (p, p) or (b, p, p): given, identity (None) or Ledoit-Wolf shrunk covariance of the residuals."""
     b, rows, p = x.shape
     if isinstance(noise, str):
         if noise != "identity":
@@ -229,7 +229,7 @@ def _precision(x: Tensor, cond: Tensor, k: int, noise) -> Tensor | None:
         prec = torch.as_tensor(noise, dtype=_ACC, device=x.device)
         if prec.shape[-2:] != (p, p):
             raise ValueError(f"noise must be a precision matrix ({p}, {p}) (or batched), got {tuple(prec.shape)}")
-        return prec.expand(b, p, p) if prec.ndim == 2 else prec.reshape(b, p, p)
+        return prec if prec.ndim == 2 else prec.reshape(b, p, p)  # one shared (p, p): no batch copy in the products
     dof = rows - k
     if dof < 1:
         raise ValueError(
