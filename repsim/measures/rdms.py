@@ -197,7 +197,7 @@ def _condition_rdm_chunk(x: Tensor, cell: Tensor, counts: Tensor, cond: np.ndarr
     x = x.to(_ACC)
     # cell means (b, r*k, p): one scatter-add over rows
     sums = x.new_zeros(b, r * k, p).index_add_(1, cell.to(x.device), x)
-    means = sums / counts.to(x)[None, :, None]
+    means = sums.div_(counts.to(x)[None, :, None])  # in place: the cell sums are not needed again
     precision = _precision(x, torch.as_tensor(cond, device=x.device), k, noise)  # (b, p, p) or None
     u = means.reshape(b, r, k, p)
     if r == 1:
