@@ -200,17 +200,16 @@ def _condition_rdm_chunk(x: Tensor, cell: Tensor, counts: Tensor, cond: np.ndarr
     means = sums.div_(counts.to(x)[None, :, None])  # in place: the cell sums are not needed again
     precision = _precision(x, torch.as_tensor(cond, device=x.device), k, noise)  # (b, p, p) or None
     u = means.reshape(b, r, k, p)
+    # every run's patterns whitened in one product (R K P^2 flops, the whole cost); the sum over runs of
+    # the whitened patterns is the whitened sum, so no further product with the precision is needed
+    w = u if precision is None else (means.reshape(b, r * k, p) @ precision).reshape(b, r, k, p)
     if r == 1:
-        w = u[:, 0] if precision is None else u[:, 0] @ precision
-        gram = w @ u[:, 0].transpose(1, 2)
+        gram = w[:, 0] @ u[:, 0].transpose(1, 2)
         scale = p
     else:
-        total = u.sum(1)
-        tw = total if precision is None else total @ precision
-        cross = tw @ total.transpose(1, 2)
+        cross = w.sum(1) @ u.sum(1).transpose(1, 2)
         for a in range(r):  # minus the same-run terms: (sum_a u_a)(sum_b u_b)^T - sum_a u_a u_a^T
-            wa = u[:, a] if precision is None else u[:, a] @ precision
-            cross -= wa @ u[:, a].transpose(1, 2)
+            cross -= w[:, a] @ u[:, a].transpose(1, 2)
         gram = (cross + cross.transpose(1, 2)) / 2
         scale = p * r * (r - 1)
     d = gram.diagonal(dim1=1, dim2=2)
