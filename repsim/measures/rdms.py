@@ -13,7 +13,8 @@ rows of condition k) over P channels and a noise covariance Sigma:
   Noise independent across runs makes every cross term an unbiased estimate of the squared distance
   of the true patterns (expected 0 for equal conditions, so values can be negative).
   All fold pairs at once: sum_{a != b} A_a B_b^T = (sum_a A_a)(sum_b B_b)^T - sum_a A_a B_a^T, so the
-  cost is R + 1 products of (K, P) x (P, K) whatever the number of fold pairs.
+  cost is one whitening product (R K, P) x (P, P) and R + 1 products (K, P) x (P, K), whatever the
+  number of fold pairs (R (R - 1) of them).
 
 Sigma is estimated from the residuals of the rows around their condition's mean over all runs
 (dof = rows - conditions) and shrunk towards mu I by the Ledoit & Wolf (2004) optimal intensity,
