@@ -43,7 +43,15 @@ import torch
 from torch import Tensor
 
 from ..core.validation import check_choice
-from ..measures.rdms import COMPARE_METHODS, compare_vectors, condensed_checked, masked_ranks, n_conditions
+from ..measures.rdms import (
+    COMPARE_METHODS,
+    VECTORISED,
+    compare_vectors,
+    condensed_checked,
+    masked_ranks,
+    n_conditions,
+    prepare,
+)
 from .multiple import adjust_p_values
 
 BOOTSTRAPS = (None, "subjects", "stimuli", "both")
@@ -83,8 +91,13 @@ def ceilings(v: Tensor, method: str, counts: Tensor | None = None, keep: Tensor 
     others = n_tot - counts.unsqueeze(-1)
     alone = others == 0  # only one distinct subject: rsatoolbox's leave-one-out falls back to the full set
     lower_pool = torch.where(alone, upper_pool, (total - counts.unsqueeze(-1) * t) / others.clamp_min(1))
-    up = compare_vectors(upper_pool, v, method, kp)
-    lo = compare_vectors(lower_pool, v, method, kp)
+    if method in VECTORISED:  # the subjects' prepared vectors (their ranks, for rank comparators) once
+        pv = prepare(v, method, kp)
+        up = torch.einsum("...m,...m->...", prepare(upper_pool, method, kp), pv)
+        lo = torch.einsum("...m,...m->...", prepare(lower_pool, method, kp), pv)
+    else:
+        up = compare_vectors(upper_pool, v, method, kp)
+        lo = compare_vectors(lower_pool, v, method, kp)
     present = (counts > 0).to(_ACC)
     n_present = present.sum(-1)
     return torch.stack([(lo * present).sum(-1) / n_present, (up * present).sum(-1) / n_present], dim=-1)
@@ -287,16 +300,14 @@ def _bootstrap_covariances(mods, data, method, mode, n_resamples, block_size, se
         if mode in ("subjects", "both"):
             nc = ceilings(data, method, counts)
             out["subjects"].append(torch.cat([(counts @ full) / s, nc], -1))
-        if mode in ("stimuli", "both"):
-            nc = ceilings(dv, method, None, keep.squeeze(-2))
-            rows = torch.cat([e_stim.mean(1), nc], -1)
-            rows[~ok] = float("nan")
-            out["stimuli"].append(rows)
-        if mode == "both":
-            nc = ceilings(dv, method, counts, keep.squeeze(-2))
-            rows = torch.cat([torch.einsum("rs,rsk->rk", counts, e_stim) / s, nc], -1)
-            rows[~ok] = float("nan")
-            out["both"].append(rows)
+        if mode in ("stimuli", "both"):  # both: every subject once, and the subject draw, in one call
+            weights = torch.ones(1, r, s, dtype=_ACC) if mode == "stimuli" else torch.stack([torch.ones_like(counts),
+                                                                                           counts])  # fmt: skip
+            nc = ceilings(dv, method, weights, keep.squeeze(-2))
+            for i, key in enumerate(("stimuli", "both")[: weights.shape[0]]):
+                rows = torch.cat([torch.einsum("rs,rsk->rk", weights[i], e_stim) / s, nc[i]], -1)
+                rows[~ok] = float("nan")
+                out[key].append(rows)
     mats = {k: torch.cat(v).numpy() for k, v in out.items() if v}
     valid = np.all([np.isfinite(v).all(-1) for v in mats.values()], axis=0)
     mats = {k: v[valid] for k, v in mats.items()}
