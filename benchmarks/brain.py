@@ -113,7 +113,7 @@ def _repsim_run(x, runs, conds, prec, models) -> dict:
     import repsim
 
     t0 = time.perf_counter()
-    rdms = repsim.rdm(torch.from_numpy(x), "crossnobis", runs=runs, conditions=conds, noise=prec)
+    rdms = repsim.rdm(torch.from_numpy(x), method="crossnobis", runs=runs, conditions=conds, noise=prec)
     vec = repsim.to_condensed(rdms).numpy()
     t1 = time.perf_counter()
     table = repsim.evaluate_rdm_models({f"m{i}": v for i, v in enumerate(models)}, vec, method="spearman").table

@@ -98,7 +98,7 @@ def evaluate_network(name, args, hit, monkey, methods) -> list[pd.DataFrame]:
     layers = layer_names(model)
     feats, _ = repsim.extract_features(model, loader, layers=layers, pool="flatten", progress=False)
     iu = np.triu_indices(92, 1)
-    rdms = {ly: repsim.rdm(feats[ly].double(), "correlation").numpy()[iu] for ly in layers}
+    rdms = {ly: repsim.rdm(feats[ly].double(), method="correlation").numpy()[iu] for ly in layers}
     tables = []
     for method in methods:
         n_res = args.n_resamples if method == "spearman" else args.n_resamples_tau

@@ -161,7 +161,7 @@ def cmd_many(args) -> None:
 def cmd_brain(args) -> None:
     from .pipeline.brain import compare_brain, image_folder_loader, load_rdm_file
 
-    model = load_model(args.checkpoint, args.arch, args.num_classes)
+    model = load_model(args.checkpoint, args.arch, num_classes=args.num_classes)
     loader = image_folder_loader(args.images, image_size=args.image_size or 224)
     table = compare_brain(model, loader, load_rdm_file(args.rdms), layers=_layers(args.layers), method=args.method,
                           bootstrap=args.bootstrap, n_resamples=args.n_resamples, device=args.device)  # fmt: skip

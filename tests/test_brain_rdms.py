@@ -152,14 +152,14 @@ def test_crossnobis_matches_fold_pair_sum():
     g = np.random.default_rng(1)
     a = g.normal(size=(6, 6))
     prec = a @ a.T + np.eye(6)
-    got = repsim.rdm(torch.tensor(x), "crossnobis", runs=run, conditions=cond, noise=prec).numpy()
+    got = repsim.rdm(torch.tensor(x), method="crossnobis", runs=run, conditions=cond, noise=prec).numpy()
     u = x.reshape(4, 5, 6)
     ref = np.zeros((5, 5))
     for i, j in itertools.combinations(range(5), 2):
         terms = [(u[ra, i] - u[ra, j]) @ prec @ (u[rb, i] - u[rb, j]) for ra in range(4) for rb in range(4) if ra != rb]
         ref[i, j] = ref[j, i] = np.mean(terms) / 6
     assert np.allclose(got, ref, atol=1e-12)
-    maha = repsim.rdm(torch.tensor(x), "mahalanobis", conditions=cond, noise=prec).numpy()
+    maha = repsim.rdm(torch.tensor(x), method="mahalanobis", conditions=cond, noise=prec).numpy()
     um = u.mean(0)
     ref_m = np.array([[(um[i] - um[j]) @ prec @ (um[i] - um[j]) / 6 for j in range(5)] for i in range(5)])
     assert np.allclose(maha, ref_m, atol=1e-12)
@@ -172,7 +172,7 @@ def test_crossnobis_is_unbiased_and_can_be_negative():
     sims = []
     for _ in range(400):
         x = np.concatenate([true + g.normal(size=true.shape) for _ in range(3)])
-        sims.append(repsim.rdm(torch.tensor(x), "crossnobis", runs=np.repeat(np.arange(3), 4),
+        sims.append(repsim.rdm(torch.tensor(x), method="crossnobis", runs=np.repeat(np.arange(3), 4),
                                conditions=np.tile(np.arange(4), 3), noise="identity").numpy())  # fmt: skip
     sims = np.array(sims)
     d_true = ((true[:, None] - true[None]) ** 2).sum(-1) / 8
@@ -180,7 +180,7 @@ def test_crossnobis_is_unbiased_and_can_be_negative():
     assert (np.abs(sims.mean(0) - d_true) < 4 * se + 1e-12).all()
     assert (sims[:, 0, 1] < 0).mean() > 0.3  # unbiased around 0: negative about half the time
     # the plain (non-crossvalidated) distance is biased upwards by the noise
-    plain = np.array([repsim.rdm(torch.tensor(true + g.normal(size=true.shape) / np.sqrt(3)), "euclidean").numpy()
+    plain = np.array([repsim.rdm(torch.tensor(true + g.normal(size=true.shape) / np.sqrt(3)), method="euclidean").numpy()
                       for _ in range(50)])  # fmt: skip
     assert (plain[:, 0, 1] ** 2 / 8).mean() > 0.2
 
@@ -195,23 +195,23 @@ def test_ledoit_wolf_matches_sklearn_and_batched_crossnobis():
     _, x, run, cond = _design(seed=6)
     batch = np.stack([x, 2 * x, x[::-1].copy()])
     run_b, cond_b = run, cond
-    out = repsim.rdm(torch.tensor(batch), "crossnobis", runs=run_b, conditions=cond_b)
-    one = repsim.rdm(torch.tensor(x), "crossnobis", runs=run, conditions=cond)
+    out = repsim.rdm(torch.tensor(batch), method="crossnobis", runs=run_b, conditions=cond_b)
+    one = repsim.rdm(torch.tensor(x), method="crossnobis", runs=run, conditions=cond)
     assert out.shape == (3, 5, 5) and torch.allclose(out[0], one) and torch.allclose(out[1], one)  # scale-free
 
 
 def test_distance_errors_and_budget():
     _, x, run, cond = _design()
     with pytest.raises(ValueError, match="runs="):
-        repsim.rdm(torch.tensor(x), "crossnobis", conditions=cond)
+        repsim.rdm(torch.tensor(x), method="crossnobis", conditions=cond)
     with pytest.raises(ValueError, match="every run"):
-        repsim.rdm(torch.tensor(x[:-1]), "crossnobis", runs=run[:-1], conditions=cond[:-1])
+        repsim.rdm(torch.tensor(x[:-1]), method="crossnobis", runs=run[:-1], conditions=cond[:-1])
     with pytest.raises(ValueError, match="noise="):
-        repsim.rdm(torch.tensor(x[:5]), "mahalanobis", conditions=cond[:5])
+        repsim.rdm(torch.tensor(x[:5]), method="mahalanobis", conditions=cond[:5])
     with pytest.raises(repsim.MemoryBudgetError, match="Options"):
-        repsim.rdm(torch.tensor(x), "crossnobis", runs=run, conditions=cond, memory=1000)
+        repsim.rdm(torch.tensor(x), method="crossnobis", runs=run, conditions=cond, memory=1000)
     with pytest.raises(ValueError, match="apply to"):
-        repsim.rdm(torch.tensor(x), "euclidean", runs=run)
+        repsim.rdm(torch.tensor(x), method="euclidean", runs=run)
 
 
 # ------------------------------------------------------------------------------------------ ceilings, models

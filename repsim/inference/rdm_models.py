@@ -388,7 +388,7 @@ def _pairwise(names, means, diff_var, dof, adjust) -> pd.DataFrame:
             rows.append((names[i], names[j], means[i] - means[j], np.sqrt(max(diff_var[i, j], 0)), t,
                          2 * (1 - stats.t.cdf(abs(t), dof))))  # fmt: skip
     table = pd.DataFrame(rows, columns=["model_a", "model_b", "difference", "sem", "t", "p_value"])
-    table["p_adjusted"] = adjust_p_values(table["p_value"].to_numpy(), adjust) if rows else []
+    table["p_adjusted"] = adjust_p_values(table["p_value"].to_numpy(), method=adjust) if rows else []
     table["adjust"] = adjust
     return table
 
