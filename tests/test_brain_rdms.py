@@ -180,8 +180,8 @@ def test_crossnobis_is_unbiased_and_can_be_negative():
     assert (np.abs(sims.mean(0) - d_true) < 4 * se + 1e-12).all()
     assert (sims[:, 0, 1] < 0).mean() > 0.3  # unbiased around 0: negative about half the time
     # the plain (non-crossvalidated) distance is biased upwards by the noise
-    plain = np.array([repsim.rdm(torch.tensor(true + g.normal(size=true.shape) / np.sqrt(3)), method="euclidean").numpy()
-                      for _ in range(50)])  # fmt: skip
+    noisy = [torch.tensor(true + g.normal(size=true.shape) / np.sqrt(3)) for _ in range(50)]
+    plain = np.array([repsim.rdm(t, method="euclidean").numpy() for t in noisy])
     assert (plain[:, 0, 1] ** 2 / 8).mean() > 0.2
 
 
