@@ -40,14 +40,25 @@ from .inference import (  # noqa: E402
     reverse_predictivity,
     split_half_ceiling,
 )
+from .inference.rdm_models import (  # noqa: E402
+    FixedModel,
+    SelectModel,
+    WeightedModel,
+    crossvalidate_rdm_models,
+    evaluate_rdm_models,
+    noise_ceiling,
+    rdm_split_half,
+)
 from .measures import *  # noqa: E402, F403  (every measure, the registry and the kinds: repsim.measures.__all__)
 from .measures.accumulator import Accumulator  # noqa: E402
+from .measures.rdms import compare_rdms, to_condensed, to_square  # noqa: E402
 from .measures.sketch import sketch  # noqa: E402
 from .networks.checkpoints import CheckpointError, load_model, load_state_dict, save_state_dict  # noqa: E402
 from .networks.features import extract_features  # noqa: E402
 from .networks.hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
 from .networks.text import sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .networks.weights import WeightDistance, weight_distance  # noqa: E402
+from .pipeline.brain import compare_brain  # noqa: E402
 from .pipeline.compare import Comparison, compare, plan  # noqa: E402
 from .pipeline.encoding import EncodingComparison, compare_encoding  # noqa: E402
 from .pipeline.many import compare_many  # noqa: E402
@@ -67,14 +78,17 @@ __all__ = [
     "EncodingPlan",
     "EncodingResult",
     "FeatureHooks",
+    "FixedModel",
     "GridCalibrationResult",
     "MemoryBudgetError",
     "MemoryPlan",
     "MinibatchCKA",
     "PairedResult",
     "PermutationResult",
+    "SelectModel",
     "StreamingLinearCKA",
     "WeightDistance",
+    "WeightedModel",
     "adjust_p_values",
     "bootstrap",
     "calibrate",
@@ -82,25 +96,33 @@ __all__ = [
     "ceil_scores",
     "compare",
     "compare_encoding",
+    "compare_brain",
     "compare_many",
     "compare_paired",
+    "compare_rdms",
     "compare_texts",
+    "crossvalidate_rdm_models",
     "default_layers",
     "draw_permutations",
     "encoding_score",
+    "evaluate_rdm_models",
     "extract_features",
     "list_layers",
     "load_model",
     "load_state_dict",
+    "noise_ceiling",
     "permutation_test",
     "plan",
     "plan_encoding",
     "reverse_predictivity",
+    "rdm_split_half",
     "save_state_dict",
     "sentence_features",
     "sketch",
     "split_half_ceiling",
     "text_batches",
+    "to_condensed",
+    "to_square",
     "token_features",
     "weight_distance",
     "word_features",

@@ -1,4 +1,4 @@
-"""The ``repsim`` command: ``layers``, ``compare`` and ``many``. Errors end in one clear line."""
+"""The ``repsim`` command: ``layers``, ``compare``, ``many`` and ``brain``. Errors end in one clear line."""
 
 from __future__ import annotations
 
@@ -158,6 +158,17 @@ def cmd_many(args) -> None:
     print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
 
 
+def cmd_brain(args) -> None:
+    from .pipeline.brain import compare_brain, image_folder_loader, load_rdm_file
+
+    model = load_model(args.checkpoint, args.arch, num_classes=args.num_classes)
+    loader = image_folder_loader(args.images, image_size=args.image_size or 224)
+    table = compare_brain(model, loader, load_rdm_file(args.rdms), layers=_layers(args.layers), method=args.method,
+                          bootstrap=args.bootstrap, n_resamples=args.n_resamples, device=args.device)  # fmt: skip
+    print(table[["layer", "mean", "ci_low", "ci_high", "ceiling_lower", "ceiling_upper"]].round(4).to_string())
+    print("\nwrote:\n  " + str(atomic_write_text(Path(args.out) / "brain.csv", table.to_csv(index=False))))
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data", default="digits", help="digits | fashion-mnist[:ROOT] | cifar10:ROOT | cifar100:ROOT | folder:ROOT"
@@ -214,6 +225,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP + " (writes that matrix)")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
+
+    p = sub.add_parser("brain", help="every layer's RDM against subject RDMs, with the noise ceiling")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--images", required=True, help="folder of the stimuli, in the RDMs' order by sorted file name")
+    p.add_argument("--rdms", required=True, help=".npy/.npz of subject RDMs (subjects, n, n) or (subjects, M)")
+    p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
+    p.add_argument("--method", default="spearman", help="RDM comparator (see repsim.compare_rdms)")
+    p.add_argument("--bootstrap", default=None, choices=["subjects", "stimuli", "both"])
+    p.add_argument("--n-resamples", type=int, default=1000)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="results", help="output folder")
+    p.set_defaults(func=cmd_brain)
     return top
 
 

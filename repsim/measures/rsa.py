@@ -32,13 +32,38 @@ COMPARATORS = ("pearson", "spearman", "kendall", "kendall_tau_b")
 
 
 @deprecated_arguments(positional=("method", "dtype"))
-def rdm(x: Tensor, *, method: str = "cosine", dtype: torch.dtype | None = None) -> Tensor:
-    """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d).
+def rdm(
+    x: Tensor,
+    *,
+    method: str = "cosine",
+    dtype: torch.dtype | None = None,
+    runs=None,
+    conditions=None,
+    noise=None,
+    memory=None,
+) -> Tensor:
+    """Representational dissimilarity matrix (n, n) of the rows of ``x`` (n, d); batches (..., n, d) give (..., n, n).
 
     cosine: 1 - <x_i, x_j>/(|x_i||x_j|); correlation: 1 - Pearson r between rows x_i and x_j;
-    euclidean: |x_i - x_j|_2.
+    euclidean: |x_i - x_j|_2. "mahalanobis" and "crossnobis" (Walther et al. 2016) take rows of
+    measurements (..., rows, channels) labelled by ``conditions`` (and ``runs``: crossnobis
+    crossvalidates over them), average the rows of one condition in one run, and return (..., K, K)
+    over the K sorted condition labels: (u_i - u_j) Sigma^-1 (u_i - u_j)^T / P, crossnobis with the
+    two patterns from different runs (unbiased, so it can be negative). ``noise``: None (Sigma from
+    the residuals around each condition's mean, Ledoit-Wolf shrinkage), "identity", or a precision
+    matrix (P, P). ``memory``: budget for the batched crossnobis (refused with options before
+    allocating). Formulas: :mod:`repsim.measures.rdms`.
     """
-    check_choice(method, "rdm", RDMS)
+    from .rdms import RDM_METHODS, condition_rdm
+
+    check_choice(method, "rdm", RDM_METHODS)
+    if method in ("mahalanobis", "crossnobis"):
+        return condition_rdm(x, method, runs=runs, conditions=conditions, noise=noise, memory=memory)
+    if runs is not None or conditions is not None or noise is not None:
+        raise ValueError(f"runs, conditions and noise apply to method='mahalanobis' or 'crossnobis', not {method!r}")
+    if isinstance(x, Tensor) and x.ndim > 2:  # a batch: one RDM per leading index
+        flat = x.reshape(-1, *x.shape[-2:])
+        return torch.stack([rdm(t, method=method, dtype=dtype) for t in flat]).reshape(*x.shape[:-1], x.shape[-2])
     x = as_features(x, "x")
     return _rdm(x, method, "x", resolve_dtype(dtype, x))
 
