@@ -6,14 +6,16 @@ Batches are unpacked and walked by :mod:`repsim.networks.batches` (``split_batch
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .batches import split_batch, walk
-from .hooks import FeatureHooks, Pool, default_layers, forward_features
+from .batches import split_batch
+from .collect import Rows, collect
+from .hooks import Pool, default_layers
 
 __all__ = ["eval_mode", "expected_samples", "extract_features", "resolve_device", "split_batch"]
 
@@ -76,10 +78,13 @@ def _batches_size(batches: Sequence) -> int | None:
     return total
 
 
-@torch.no_grad()
+_LEGACY = ("layers", "pool", "device", "max_samples", "progress", "dtype", "distributed", "memory", "spill_dir")
+
+
 def extract_features(
     model: nn.Module,
     loader: Iterable,
+    *positional,
     layers: Sequence[str] | str | None = None,
     pool: Pool = "mean",
     device=None,
@@ -89,12 +94,17 @@ def extract_features(
     distributed: bool | None = None,
     memory: int | str | None = None,
     spill_dir=None,
+    out=None,
+    ids=None,
+    name: str | None = None,
+    meta: Mapping | None = None,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
     """Features of ``layers`` (default: :func:`repsim.networks.hooks.default_layers`) over a whole loader.
 
     Returns ({layer: (n, d) tensor on CPU}, labels (n,) or None). Runs in eval mode without
     gradients; the model's training flags are restored afterwards, and its hooks removed.
     ``dtype`` casts stored features (e.g. torch.float16 to halve memory); default keeps them.
+    Arguments after ``loader`` are keyword-only (passing them by position is deprecated).
 
     Memory: after the first batch the features' size n * sum(d) is checked against ``memory``
     (bytes or "8GB"; default 60 % of the available RAM; n from the loader's length or
@@ -104,34 +114,52 @@ def extract_features(
     and return memory-mapped tensors (read-only views of those files); an extraction killed midway
     resumes from its last finished batch when called again with the same arguments.
 
+    ``out``: write a :class:`repsim.FeatureSet` folder there (spilled as above, so resumable; then its
+    ids and metadata: ``name``, the weights' content hash, layers, pool, dtype, the data fingerprint,
+    repsim's version, the time, and ``meta``); read it back with :func:`repsim.load_features`.
+    ``ids``: the samples' ids, a sequence of n ints or strings or a function of the sample's position
+    (0 .. n-1 in the loader's order; default the position itself, the dataset index of an unshuffled
+    DataLoader). A resumed ``out`` continues only if the weights, layers, pool, dtype and data
+    fingerprint are those it was started with; otherwise it starts over.
+
     Under ``torchrun`` (a process group, see :mod:`repsim.core.distributed`) each rank runs its shard
     of the loader and every rank returns all features, in the global sample order (padding
     repeats of a ``DistributedSampler`` dropped); ``distributed=False`` keeps each rank's own.
+    With ``out``, rank 0 writes the gathered features.
     """
     from ..core import distributed as D
+    from ..core.arguments import legacy_positional
     from ..core.budget import parse_memory
 
-    if isinstance(pool, str) and pool == "tokens":  # rows per token need the batch's attention mask
+    given = dict(layers=layers, pool=pool, device=device, max_samples=max_samples, progress=progress, dtype=dtype,
+                 distributed=distributed, memory=memory, spill_dir=spill_dir)  # fmt: skip
+    a = legacy_positional("extract_features", positional, _LEGACY, given)
+    if isinstance(a["pool"], str) and a["pool"] == "tokens":  # rows per token need the batch's attention mask
         raise ValueError("pool='tokens' is for token sequences: use repsim.token_features(model, batches, layers)")
-    shard = D.shard_of(loader, distributed)
-    if shard.world > 1:
-        if max_samples is not None:
-            raise ValueError("max_samples is not supported under a process group; subset the dataset first")
-        if spill_dir is not None:
-            raise ValueError("spill_dir is not supported under a process group; use compare_many's cache_dir")
-        return _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard)
-    layers = _layers(model, layers)
-    device = resolve_device(device, model)
-    model.to(device)
-    budget = parse_memory(memory)
-    fingerprint = _fingerprint(loader, layers, pool, max_samples, dtype)
-    sink = _FeatureSink(layers, expected_samples(loader, max_samples), budget, dtype, spill_dir, fingerprint)
-    with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        # skip: batches already on disk (a resumed extraction) are passed over before they are copied
-        batches = walk(loader, shard, _inputs_and_labels, max_samples, device, False, progress, "features", sink.skip)
-        for batch in batches:
-            sink.add(forward_features(model, hooks, batch.inputs), batch.labels)
-    return sink.result()
+    if out is not None and a["spill_dir"] is not None:
+        raise ValueError("give out= (a FeatureSet folder) or spill_dir=, not both")
+    shard = D.shard_of(loader, a["distributed"])
+    if shard.world > 1 and a["max_samples"] is not None:
+        raise ValueError("max_samples is not supported under a process group; subset the dataset first")
+    if shard.world > 1 and a["spill_dir"] is not None:
+        raise ValueError("spill_dir is not supported under a process group; use out= (rank 0 writes the FeatureSet)")
+    names = _layers(model, a["layers"])
+    device = resolve_device(a["device"], model)
+    record = None
+    spill = a["spill_dir"]
+    if out is not None:
+        record = _record(model, loader, names, a, shard, ids, name, meta)
+        spill = out if shard.world == 1 else None
+    n = expected_samples(loader, a["max_samples"])
+    fingerprint = _fingerprint(loader, names, a["pool"], a["max_samples"], a["dtype"])
+    fingerprint = record["fingerprint"] if record else fingerprint
+    sink = Rows(names, n, parse_memory(a["memory"]), a["dtype"], spill, fingerprint, "samples")
+    collect(model, loader, names, a["pool"], sink, shard=shard, adapt=_inputs_and_labels, device=device,
+            max_samples=a["max_samples"], progress=a["progress"], desc="features")  # fmt: skip
+    feats, labels, _ = sink.result(shard)
+    if record is not None and shard.rank == 0:
+        _finish_featureset(Path(out), feats, labels, record, shard.world > 1)
+    return feats, labels
 
 
 def _layers(model: nn.Module, layers) -> list[str]:
@@ -151,152 +179,58 @@ def _fingerprint(loader, layers, pool, max_samples, dtype) -> str:
     return f"{list(layers)}|{pool}|{max_samples}|{dtype}|{n}|{getattr(loader, 'batch_size', '?')}"
 
 
-class _FeatureSink:
-    """Where extracted features go: CPU memory under a budget, or memory-mapped .npy files (resumable)."""
+def _record(model, loader, layers, a, shard, ids, name, meta) -> dict:
+    """What an ``out`` FeatureSet records: its ids, and the content fingerprint that keys its resumption."""
+    import datetime
 
-    def __init__(self, layers, n, budget, dtype, spill_dir, fingerprint) -> None:
-        from pathlib import Path
+    from ..core.featureset import repsim_version
+    from .fingerprint import data_fingerprint, describe_data, key_of, state_hash
 
-        self.layers, self.n, self.budget, self.dtype = layers, n, budget, dtype
-        self.chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
-        self.labels: list[Tensor] = []
-        self.bytes = self.seen = self.done = 0
-        self.dir = None if spill_dir is None else Path(spill_dir)
-        self.fingerprint, self.files, self.label_file = fingerprint, None, None
-        if self.dir is not None:
-            if n is None:
-                raise ValueError("spill_dir needs the number of samples: give max_samples or a loader with a length")
-            progress = self.dir / "progress.json"
-            if progress.exists():
-                import json
-
-                state = json.loads(progress.read_text())
-                if state.get("fingerprint") == fingerprint:
-                    self.done = int(state["done"])
-
-    def skip(self, size: int) -> bool:
-        if self.seen + size <= self.done:
-            self.seen += size
-            return True
-        return False
-
-    def _open(self, feats: dict[str, Tensor], labelled: bool) -> None:
-        import numpy as np
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        mode = "r+" if self.done else "w+"
-        self.files = {}
-        for i, name in enumerate(self.layers):
-            f = feats[name]
-            dt = torch.empty(0, dtype=self.dtype or f.dtype).numpy().dtype
-            self.files[name] = np.lib.format.open_memmap(
-                self.dir / f"layer{i}.npy", mode=mode, dtype=dt, shape=(self.n, f.shape[1])
-            )
-        if labelled:
-            self.label_file = np.lib.format.open_memmap(self.dir / "labels.npy", mode=mode, dtype=np.int64,
-                                                        shape=(self.n,))  # fmt: skip
-
-    def add(self, feats: dict[str, Tensor], y: Tensor | None) -> None:
-        size = feats[self.layers[0]].shape[0]
-        if self.dir is not None:
-            if self.files is None:
-                self._open(feats, y is not None)
-            lo = self.seen
-            for name in self.layers:
-                self.files[name][lo : lo + size] = feats[name].to("cpu", self.dtype or feats[name].dtype).numpy()
-            if self.label_file is not None and y is not None:
-                self.label_file[lo : lo + size] = y.cpu().numpy()
-            self.seen += size
-            self._checkpoint()
-            return
-        if self.bytes == 0:
-            self._check_budget(feats)
-        for name in self.layers:
-            f = feats[name].to("cpu", dtype=self.dtype or feats[name].dtype)
-            self.chunks[name].append(f)
-            self.bytes += f.numel() * f.element_size()
-        if self.bytes > self.budget:  # an unknown n: refuse as soon as the features outgrow the budget
-            self._check_budget(feats, grown=True)
-        if y is not None:
-            self.labels.append(y.cpu())
-        self.seen += size
-
-    def _check_budget(self, feats: dict[str, Tensor], grown: bool = False) -> None:
-        from ..core.budget import MemoryBudgetError, format_bytes
-
-        per_sample = sum(f.shape[1] * torch.empty(0, dtype=self.dtype or f.dtype).element_size()
-                         for f in feats.values())  # fmt: skip
-        need = None if self.n is None else self.n * per_sample
-        if grown or (need is not None and need > self.budget):
-            widest = max(feats.items(), key=lambda kv: kv[1].shape[1])
-            raise MemoryBudgetError(
-                f"the features of {self.n if self.n is not None else 'these'} samples "
-                f"({', '.join(f'{k}: d = {v.shape[1]}' for k, v in feats.items())}) need "
-                f"{format_bytes(need) if need is not None else 'more than ' + format_bytes(self.bytes)} but the memory "
-                f"budget is {format_bytes(self.budget)}; widest layer {widest[0]} (d = {widest[1].shape[1]}). Options: "
-                "spill_dir=... (memory-mapped files on disk), pool='mean', max_samples=..., dtype=torch.float16, "
-                "memory='...' (a larger budget), fewer layers"
-            )
-
-    def _checkpoint(self) -> None:
-        import json
-
-        from ..core.io import atomic_write_text
-
-        for f in self.files.values():
-            f.flush()
-        if self.label_file is not None:
-            self.label_file.flush()
-        atomic_write_text(self.dir / "progress.json", json.dumps({"fingerprint": self.fingerprint, "done": self.seen}))
-
-    def result(self) -> tuple[dict[str, Tensor], Tensor | None]:
-        if self.dir is not None:
-            import numpy as np
-
-            if self.files is None and self.done == 0:
-                raise ValueError("the loader yielded no samples")
-            n = self.seen
-            with warnings.catch_warnings():  # read-only views of the files, on purpose
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                feats = {
-                    name: torch.from_numpy(np.load(self.dir / f"layer{i}.npy", mmap_mode="r")[:n])
-                    for i, name in enumerate(self.layers)
-                }
-                path = self.dir / "labels.npy"
-                labels = torch.from_numpy(np.load(path, mmap_mode="r")[:n]) if path.exists() else None
-            return feats, labels
-        if not self.chunks[self.layers[0]]:
-            raise ValueError("the loader yielded no samples")
-        feats = {name: torch.cat(c) for name, c in self.chunks.items()}
-        n = feats[self.layers[0]].shape[0]
-        y = torch.cat(self.labels) if len(self.labels) and sum(len(t) for t in self.labels) == n else None
-        return feats, y
+    sample_ids = sample_ids_of(loader, ids, shard, a["max_samples"])
+    data = data_fingerprint(loader, sample_ids, _inputs_and_labels, shard, a["max_samples"])
+    weights = state_hash(model)
+    pool = a["pool"] if isinstance(a["pool"], str) else getattr(a["pool"], "__qualname__", repr(a["pool"]))
+    record = {"model": name or type(model).__name__, "weights_sha256": weights, "arch": type(model).__qualname__,
+              "layers": list(layers), "pool": pool, "dtype": str(a["dtype"]), "data_fingerprint": data,
+              "data": describe_data(loader), "repsim_version": repsim_version(),
+              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              **dict(meta or {})}  # fmt: skip
+    record["fingerprint"] = key_of(weights, record["arch"], layers, pool, record["dtype"], data,
+                                   record["repsim_version"])  # fmt: skip
+    record["ids"] = sample_ids
+    return record
 
 
-@torch.inference_mode()
-def _extract_sharded(model, loader, layers, pool, device, progress, dtype, shard):
-    """Each rank runs its shard; every rank returns all features in the global order (see extract_features)."""
-    from ..core import distributed as D
+def sample_ids_of(loader, ids, shard, max_samples) -> list:
+    """The ids of the samples a run sees, in the global order: ``ids`` given (a sequence, or a function
+    of the position), else the positions 0 .. n-1."""
+    if ids is not None and not callable(ids):
+        return list(ids)
+    n = expected_samples(loader, max_samples)
+    if n is None:  # no length: count them
+        from .batches import walk
 
-    layers = _layers(model, layers)
-    device = resolve_device(device, model)
-    model.to(device)
-    chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
-    labels: list[Tensor] = []
-    keys: list[Tensor] = []
-    with eval_mode(model), FeatureHooks(model, layers, pool) as hooks:
-        for batch in walk(loader, shard, _inputs_and_labels, None, device, False, progress, "features"):
-            for name, f in forward_features(model, hooks, batch.inputs).items():
-                chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
-            if batch.labels is not None:
-                labels.append(batch.labels.cpu())
-            keys.append(batch.keys)
-    columns = [torch.cat(chunks[n]) if chunks[n] else None for n in layers]
-    columns.append(torch.cat(labels) if labels else None)
-    order_keys, columns = D.in_global_order(torch.cat(keys) if keys else None, columns)
-    if order_keys is None:
-        raise ValueError("the loader yielded no samples")
-    y = columns[-1]
-    if y is not None and y.shape[0] != order_keys.shape[0]:
-        y = None
-    return dict(zip(layers, columns[:-1], strict=True)), y
+        n = sum(b.size for b in walk(loader, shard, _inputs_and_labels, max_samples))
+        if shard.world > 1:
+            from ..core import distributed as D
+
+            n = sum(D.gather(n))
+    return [ids(i) for i in range(n)] if callable(ids) else list(range(n))
+
+
+def _finish_featureset(folder: Path, feats, labels, record: dict, write_arrays: bool) -> None:
+    from ..core.featureset import FeatureSet, write_index
+
+    ids = record.pop("ids")
+    n = next(iter(feats.values())).shape[0]
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries but the loader gave {n} samples; give one id per sample")
+    meta = {k: v for k, v in record.items() if k != "fingerprint"} | {"fingerprint": record["fingerprint"]}
+    files_short = not write_arrays and any(
+        np.load(folder / f"layer{i}.npy", mmap_mode="r").shape[0] != n for i in range(len(feats))
+    )
+    if write_arrays or files_short:  # gathered from the ranks (or fewer samples than the loader's length)
+        FeatureSet(feats, ids, meta, labels).save(folder)
+        return
+    files = [f"layer{i}.npy" for i in range(len(feats))]
+    write_index(folder, list(feats), files, ids, meta, labels is not None)

@@ -265,26 +265,32 @@ class FeatureHooks:
         return out
 
 
+    @torch.no_grad()
+    def forward(self, model: nn.Module, x, output: bool = False) -> dict[str, Tensor]:
+        """One forward pass of ``model`` (the hooked model, or a wrapper that runs it) on ``x``; returns
+        the hooked features ({layer: (n, d)}, in ``layers`` order).
+
+        A dict ``x`` is passed by keyword, and its ``attention_mask`` (if any) reaches the sequence
+        pools. ``output=True`` adds the model's output, pooled like the layers, as ``OUTPUT_LAYER``
+        (a ``logits`` entry of a dict output, else its first tensor; float32).
+        """
+        self._captured.clear()
+        self.mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+        out = model(**x) if isinstance(x, Mapping) else model(x)
+        feats = self.pop()
+        if output:
+            if isinstance(out, Mapping) and "logits" in out:
+                out = out["logits"]
+            feats[OUTPUT_LAYER] = pool_features(first_tensor(out).detach(), self.pool, self.mask).float()
+        return feats
+
+
 OUTPUT_LAYER = "<output>"  # layer name of the model's own output among the features (functional measures)
 
 
-@torch.no_grad()
 def forward_features(model: nn.Module, hooks: FeatureHooks, x, output: bool = False) -> dict[str, Tensor]:
-    """One forward pass of ``model`` on ``x``; returns the hooked features.
-
-    A dict ``x`` is passed by keyword, and its ``attention_mask`` (if any) reaches the sequence
-    pools. ``output=True`` adds the model's output, pooled like the layers, as ``OUTPUT_LAYER``
-    (a ``logits`` entry of a dict output, else its first tensor; float32).
-    """
-    hooks._captured.clear()
-    hooks.mask = x.get("attention_mask") if isinstance(x, Mapping) else None
-    out = model(**x) if isinstance(x, Mapping) else model(x)
-    feats = hooks.pop()
-    if output:
-        if isinstance(out, Mapping) and "logits" in out:
-            out = out["logits"]
-        feats[OUTPUT_LAYER] = pool_features(first_tensor(out).detach(), hooks.pool, hooks.mask).float()
-    return feats
+    """``hooks.forward(model, x, output)`` (see :meth:`FeatureHooks.forward`), kept for existing callers."""
+    return hooks.forward(model, x, output)
 
 
 HIDDEN_STATES = "hidden_states"  # layers="hidden_states": read the model's output_hidden_states

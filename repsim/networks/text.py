@@ -22,11 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from ..core import distributed as D
+from ..core.budget import parse_memory
 from ..core.deprecation import deprecated_arguments
 from ..core.validation import check_choice
-from .batches import model_inputs, walk
-from .features import eval_mode, resolve_device
-from .hooks import SEQUENCE_POOLS, FeatureHooks, Pool, default_layers, forward_features, with_hidden_states
+from .batches import model_inputs
+from .collect import Rows, collect
+from .features import resolve_device
+from .hooks import SEQUENCE_POOLS, Pool, default_layers, with_hidden_states
 
 __all__ = [
     "UNITS",
@@ -209,11 +211,7 @@ def _collect(
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers) if layers is not None else default_layers(model)
-    device = resolve_device(device, model)
-    model.to(device)
     tokens = pool == "tokens"
-    chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
-    keys: list[Tensor] = []
 
     def adapt(batch) -> tuple[Mapping, None, None]:
         inputs = model_inputs(batch, model)
@@ -221,32 +219,12 @@ def _collect(
             raise ValueError("batches must be dicts of model inputs (see repsim.text_batches)")
         return inputs, None, None
 
-    with torch.inference_mode(), eval_mode(model), FeatureHooks(model, layers, pool=pool) as hooks:
-        for batch in walk(batches, shard, adapt, None, device, False, progress, desc):
-            feats = forward_features(model, hooks, batch.inputs)
-            batch_keys = batch.keys
-            if tokens:
-                mask = batch.inputs.get("attention_mask")
-                if mask is None:
-                    raise ValueError("token features need batches with an 'attention_mask' (see text_batches)")
-                batch_keys = batch_keys.repeat_interleave(mask.bool().sum(dim=1).cpu())
-            for name in layers:
-                f = feats[name]
-                if f.shape[0] != batch_keys.shape[0]:
-                    raise ValueError(
-                        f"layer {name!r} gave {f.shape[0]} rows for {batch_keys.shape[0]} "
-                        f"{'tokens' if tokens else 'sentences'}; hook modules whose outputs are over the input's tokens"
-                    )
-                chunks[name].append(f.to("cpu", dtype=dtype or f.dtype))
-            keys.append(batch_keys)
-    all_keys = torch.cat(keys) if keys else None
-    columns = [torch.cat(chunks[n]) if chunks[n] else None for n in layers]
-    if shard.world > 1:  # one process's keys are in order already
-        all_keys, columns = D.in_global_order(all_keys, columns)
-    if all_keys is None:
-        raise ValueError("the batches held no samples")
+    sink = Rows(layers, None, parse_memory(None), dtype, what="tokens" if tokens else "sentences")
+    collect(model, batches, layers, pool, sink, shard=shard, adapt=adapt, device=resolve_device(device, model),
+            progress=progress, desc=desc, token_rows=tokens)  # fmt: skip
+    feats, _, all_keys = sink.result(shard)
     sentence_ids = torch.unique(all_keys, return_inverse=True)[1]
-    return dict(zip(layers, columns, strict=True)), sentence_ids
+    return feats, sentence_ids
 
 
 @deprecated_arguments(positional=("layers", "pool", "device", "progress", "distributed", "dtype"))
