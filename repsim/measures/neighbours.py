@@ -76,9 +76,23 @@ def _matches(a: Tensor, b: Tensor) -> Tensor:
     return a[..., :, :, None] == b[..., :, None, :]
 
 
-def _pairwise_lists(lx, ly) -> tuple[Tensor, Tensor]:
-    """Neighbour lists broadcast over the grid: (L, 1, n, k) and (1, M, n, k)."""
-    return torch.stack([layer.knn for layer in lx])[:, None], torch.stack([layer.knn for layer in ly])[None]
+def _per_x_layer(lx, ly, stat) -> Tensor:
+    """(L, M): ``stat(eq)`` -> (M,) of one x layer's list matches with every y layer, eq (M, n, k, k)
+    boolean; one x layer at a time, so the (L, M, n, k, k) comparisons never exist at once."""
+    b = torch.stack([layer.knn for layer in ly])  # (M, n, k)
+    return torch.stack([stat(_matches(a.knn[None], b)) for a in lx])
+
+
+def _neighbour_workspace(n: int, dx: list[int], dy: list[int] | None, limit: int, k: int = 10,
+                         block_size: int = 4096, **_) -> int:  # fmt: skip
+    """Unit rows (float64 at most) and lists of every layer, one similarity row block, and one x layer's
+    (M, n, k, k) list comparisons with their float64 sums."""
+    layers = len(dx) + len(dy or [])
+    m = len(dy) if dy is not None else len(dx)
+    return 8 * n * (sum(dx) + sum(dy or [])) + 8 * layers * n * k + 8 * min(block_size, n) * n + 9 * m * n * k * k
+
+
+_NEIGHBOURS["workspace"] = _neighbour_workspace
 
 
 def _neighbour_grid(per_pair_stat, min_k: int = 1):
@@ -96,26 +110,29 @@ def _neighbour_grid(per_pair_stat, min_k: int = 1):
 
 # -------------------------------------------------------------------------------- overlap measures
 def _jaccard(lx, ly, k):
-    a, b = _pairwise_lists(lx, ly)
-    common = _matches(a, b).sum((-2, -1)).to(ACC)  # (L, M, n)
-    return (common / (2 * k - common)).mean(-1)
+    def stat(eq):
+        common = eq.sum((-2, -1)).to(ACC)  # (M, n)
+        return (common / (2 * k - common)).mean(-1)
+
+    return _per_x_layer(lx, ly, stat)
 
 
 def _mutual(lx, ly, k):
-    a, b = _pairwise_lists(lx, ly)
-    return (_matches(a, b).sum((-2, -1)).to(ACC) / k).mean(-1)
+    return _per_x_layer(lx, ly, lambda eq: (eq.sum((-2, -1)).to(ACC) / k).mean(-1))
 
 
 def _rank(lx, ly, k):
-    a, b = _pairwise_lists(lx, ly)
-    eq = _matches(a, b)  # (L, M, n, k, k): rank r in x's list equals rank s in y's list
-    r = torch.arange(1, k + 1, device=eq.device, dtype=ACC)
+    r = torch.arange(1, k + 1, device=lx[0].knn.device, dtype=ACC)
     weight = 2.0 / ((1 + (r[:, None] - r[None, :]).abs()) * (r[:, None] + r[None, :]))
-    score = (eq * weight).sum((-2, -1))
-    common = eq.sum((-2, -1))
-    harmonic = torch.cat([torch.zeros(1, dtype=ACC, device=eq.device), (1.0 / r).cumsum(0)])
-    norm = harmonic[common]
-    return torch.where(common > 0, score / norm.clamp_min(1e-300), torch.zeros_like(score)).mean(-1)
+    harmonic = torch.cat([torch.zeros(1, dtype=ACC, device=r.device), (1.0 / r).cumsum(0)])
+
+    def stat(eq):  # eq (M, n, k, k): rank r in x's list equals rank s in y's list
+        score = (eq * weight).sum((-2, -1))
+        common = eq.sum((-2, -1))
+        norm = harmonic[common]
+        return torch.where(common > 0, score / norm.clamp_min(1e-300), torch.zeros_like(score)).mean(-1)
+
+    return _per_x_layer(lx, ly, stat)
 
 
 def _cycle(lx, ly, k):

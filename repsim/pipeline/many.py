@@ -1,14 +1,16 @@
-"""``compare_many``: an N x N similarity matrix over many models or checkpoints.
+"""``compare_many``: many models, all their layers, from stored features or extracted once.
 
-Features are extracted once per model (optionally cached on disk as safetensors) and every pair
-is computed from them in one grid call, so N models cost N forward passes, not N^2.
+A source is a :class:`repsim.FeatureSet`, a path to stored features (:func:`repsim.load_features`),
+an ``nn.Module`` or a checkpoint path (run over ``loader``; with ``cache_dir`` its features are stored
+as a FeatureSet keyed on content). The sources are joined on their sample ids, then every model pair
+x every layer pair is computed by :mod:`repsim.pipeline.atlas`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -17,288 +19,338 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import distributed as D
-from ..measures.registry import get_measure, measure_grid
-from ..networks.batches import split_batch, to_device, walk
-from ..networks.checkpoints import load_model, save_state_dict
-from ..networks.features import eval_mode, extract_features, resolve_device
-from ..networks.hooks import FeatureHooks, Pool, forward_features
+from ..core.arguments import legacy_positional
+from ..core.budget import MemoryBudgetError, format_bytes, parse_memory
+from ..core.feature_files import load_features
+from ..core.featureset import FeatureSet, common_rows, is_featureset, read_featureset, repsim_version
+from ..core.validation import check_choice
+from ..measures.registry import get_measure
+from ..networks.batches import split_batch
+from ..networks.checkpoints import load_model
+from ..networks.features import extract_features, sample_ids_of
+from ..networks.fingerprint import data_fingerprint, describe_data, file_hash, key_of, source_hash
+from ..networks.hooks import Pool, default_layers
+from .atlas import AtlasJob, ManyResult, check_manifest, manifest, plan_atlas, resident_layers, run_atlas
 
-
-def _check_measure(measure: str) -> None:
-    info = get_measure(measure)  # a ValueError listing the registry for unknown names
-    if info.needs_outputs or info.needs_labels:
-        raise ValueError(f"{measure} compares model outputs or needs labels; compare_many compares layer features")
-
-
-def _extract_sharded(
-    load: Callable[[], nn.Module],
-    folder: Path | None,
-    loader: Iterable,
-    layer: str,
-    pool,
-    device,
-    max_samples: int | None,
-    shard: D.Shard,
-    chunk_batches: int,
-) -> tuple[Tensor, Tensor]:
-    """This rank's (features, global order keys) of ``layer``; padding repeats dropped.
-
-    With ``folder``, features are written every ``chunk_batches`` batches as
-    ``folder/rank{r}of{w}/chunk{i}.safetensors`` (atomic); finished chunks are read back
-    memory-mapped and their batches are not run again, so a killed extraction resumes from
-    its last finished chunk.
-    """
-    part = None if folder is None else folder / f"rank{shard.rank}of{shard.world}"
-    cache = _ChunkCache(part, chunk_batches)
-    model = hooks = None
-    feats: list[Tensor] = []
-    keys: list[Tensor] = []
-    with contextlib.ExitStack() as stack:
-        for batch in walk(loader, shard, _inputs_only, max_samples):
-            saved = cache.enter(batch.index)
-            if saved is not None:  # a finished chunk: read back (memory-mapped), its batches not run again
-                feats.append(saved["features"])
-                keys.append(saved["keys"])
-            if cache.done:
-                continue
-            if model is None:
-                model = load()
-                model.to(resolve_device(device, model))
-                stack.enter_context(eval_mode(model))
-                hooks = stack.enter_context(FeatureHooks(model, [layer], pool))
-            with torch.inference_mode():
-                x = to_device(batch.inputs, resolve_device(device, model))
-                f = forward_features(model, hooks, x)[layer].cpu()
-            feats.append(f)
-            keys.append(batch.keys)
-            cache.add(f, batch.keys)
-        cache.close()
-    if not feats:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
-    return torch.cat([f for f in feats if f.numel()]), torch.cat(keys)
-
-
-def _inputs_only(batch) -> tuple[Tensor, None, None]:
-    """walk's adapter: the batch's inputs, labels left out (compare_many compares features only)."""
-    return split_batch(batch)[0], None, None
-
-
-class _ChunkCache:
-    """One rank's features in ``chunk_batches``-batch safetensors files (``folder/chunk{i}.safetensors``).
-
-    Files are written atomically when a chunk is finished; a chunk whose file exists is read back
-    instead of run, so a killed extraction resumes from its last finished chunk. ``folder`` None: no cache.
-    """
-
-    def __init__(self, folder: Path | None, chunk_batches: int) -> None:
-        self.folder, self.chunk_batches = folder, chunk_batches
-        self.current, self.done = -1, False
-        self.features: list[Tensor] = []
-        self.keys: list[Tensor] = []
-
-    def enter(self, local_batch: int) -> dict[str, Tensor] | None:
-        """Move to the chunk of ``local_batch``; a finished chunk's saved features when it starts one."""
-        if local_batch // self.chunk_batches == self.current:
-            return None
-        self.close()
-        self.current, self.features, self.keys = local_batch // self.chunk_batches, [], []
-        path = None if self.folder is None else self.folder / f"chunk{self.current:06d}.safetensors"
-        self.done = path is not None and path.exists()
-        if not self.done:
-            return None
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-
-    def add(self, features: Tensor, keys: Tensor) -> None:
-        self.features.append(features)
-        self.keys.append(keys)
-
-    def close(self) -> None:
-        """Write the chunk just finished (unless it was read back from disk)."""
-        if self.folder is not None and self.current >= 0 and not self.done:
-            f = torch.cat(self.features) if self.features else torch.zeros(0, 0)
-            k = torch.cat(self.keys) if self.keys else torch.zeros(0, dtype=torch.int64)
-            save_state_dict({"features": f, "keys": k}, self.folder / f"chunk{self.current:06d}.safetensors")
-
-
-def _cache_key(path: Path, layer: str, pool, max_samples, loader) -> str:
-    stat = path.stat()
-    n = len(getattr(loader, "dataset", ())) if hasattr(loader, "dataset") else "?"
-    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{layer}|{pool}|{max_samples}|{n}"
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+FEATURE_SUFFIXES = (".npy", ".npz", ".h5", ".hdf5", ".txt")
+CACHE_MODES = ("verify", "strict")
+INFERENCE_KEYS = ("calibrate", "aggregate", "alpha", "seed")
+_LEGACY = ("layer", "arch", "measure", "names", "pool", "device", "max_samples", "cache_dir", "progress",
+           "chunk_batches", "distributed", "memory", "sketch", "sketch_seed", "calibrate")  # fmt: skip
 
 
 def compare_many(
-    models_or_paths: Sequence[nn.Module | str | Path],
-    loader: Iterable,
-    layer: str,
-    arch=None,
-    measure: str = "linear_cka",
+    sources: Sequence[FeatureSet | nn.Module | str | Path],
+    loader: Iterable | None = None,
+    *positional,
+    layers: str | Sequence[str] | Mapping[str, Sequence[str]] = "all",
+    measures: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
+    arch=None,
     pool: Pool = "mean",
     device=None,
-    max_samples: int | None = 5000,
+    max_samples: int | None = None,
+    dtype: torch.dtype | None = None,
+    ids=None,
     cache_dir=None,
-    progress: bool = True,
-    chunk_batches: int = 16,
-    distributed: bool | None = None,
+    cache: str = "verify",
+    out=None,
+    join: str = "exact",
+    inference: Mapping | None = None,
+    measure_options: Mapping[str, Mapping] | None = None,
+    block_models: int | None = None,
     memory: int | str | None = None,
     sketch: int | None = None,
     sketch_seed: int = 0,
-    calibrate: int = 0,
-) -> pd.DataFrame:
-    """N x N matrix of ``measure`` between the ``layer`` features of many models.
+    distributed: bool | None = None,
+    progress: bool = True,
+    layer: str | None = None,
+    measure: str | None = None,
+    calibrate: int | None = None,
+    chunk_batches: int | None = None,
+) -> ManyResult | pd.DataFrame:
+    """Every model pair x every layer pair of many models: a :class:`repsim.pipeline.atlas.ManyResult`.
 
-    ``models_or_paths``: nn.Modules, or checkpoint paths loaded with ``arch`` (see
-    :func:`repsim.load_model`). The loader must yield the samples in the same order every pass
-    (no shuffling). ``max_samples`` caps the samples (all features of all models are held in
-    memory). ``cache_dir``: features of checkpoint files are cached there, keyed by file, size,
-    mtime, layer, pooling and sample count; under a process group the cache is one folder per
-    rank (``rank{r}of{w}``) of ``chunk_batches``-batch safetensors chunks, written atomically and
-    read memory-mapped; an extraction killed midway resumes from its last finished chunk.
+    Args:
+        sources: FeatureSets, paths to stored features (repsim folders, .npy/.npz/.safetensors/HDF5/.pt
+            files, thingsvision/Net2Brain/platonic-rep layouts; see :func:`repsim.load_features`),
+            nn.Modules, or checkpoint paths (loaded with ``arch``, see :func:`repsim.load_model`).
+        loader: the samples that modules and checkpoints run over (in the same order every pass).
+        layers: ``"all"`` (every stored layer; for models :func:`repsim.default_layers`), a list of
+            names every source has, or ``{name: [layers]}`` per source.
+        measures: registered feature measures (default ``["linear_cka"]``), each computed by
+            :func:`repsim.measure_grid` with its ``measure_options``.
+        names: the models' names (default: a FeatureSet's ``meta["model"]``, a path's stem, ``model_i``).
+        ids: sample ids of the loader's samples (a sequence, or a function of the position; default
+            the positions 0 .. n-1). Sources are joined on their ids: ``join="exact"`` (default)
+            refuses when ids are missing or duplicated (with the counts) and realigns rows stored in
+            another order; ``join="inner"`` keeps the ids all sources share (and warns how many were
+            dropped).
+        cache_dir: store the features of modules and checkpoints there, one FeatureSet folder per
+            model, keyed on the weights' content hash, the arch, layers, pool, dtype, repsim's version
+            and the data's description; on reuse the stored sample ids and data fingerprint (ids, first
+            and last batch, see :mod:`repsim.networks.fingerprint`) must match the loader's, or the
+            features are extracted again (``cache="verify"``) or a ValueError says what differs
+            (``cache="strict"``). An extraction killed midway resumes from its last finished batch.
+        out: a folder: each model pair's rows are written there as they finish (``blocks/``), and the
+            table at the end (``table.csv``); a run killed at any point and started again computes only
+            the missing blocks and returns the same table.
+        inference: ``{"calibrate": B, "aggregate": "max", "alpha": 0.05, "seed": 0}`` calibrates every
+            cell and each model pair's aggregate against its own permutation null
+            (:func:`repsim.calibrate_grid`, one permutation shared by all layers).
+        block_models: models per group (default: the memory planner's, all of them when they fit);
+            a group pair is one grid call per measure, each layer's own work done once per group pair.
+        memory: the budget (bytes or "8GB"; default 60 % of the available RAM) for the resident
+            features and the measures' workspace; a MemoryBudgetError with the options otherwise.
+        sketch: project layers wider than k to k dims (an estimator; linear CKA corrects for it).
 
-    ``measure``: any registered feature measure (:func:`repsim.list_measures`), computed by
-    :func:`repsim.measure_grid` on the features (per-model work done once).
+    Under ``torchrun`` models are extracted with each rank on its shard of the loader, and the model
+    pairs are dealt to the ranks; every rank returns the table of one process.
 
-    Memory: the features of all N models are held (N n d values). Once the first model's are
-    extracted, that total and the measure's workspace are checked against ``memory`` (bytes or
-    "8GB"; default 60 % of the available RAM) and a :class:`repsim.core.budget.MemoryBudgetError` with
-    the options is raised before the other models run. ``sketch=k`` (an estimator, see
-    :mod:`repsim.measures.sketch`) projects each model's features wider than k to k dims right
-    after extraction (seeded by ``sketch_seed``, independent per model); linear CKA then corrects
-    its denominators for the projection.
-
-    Under ``torchrun`` (see :mod:`repsim.core.distributed`) each rank extracts its shard of the
-    loader; the features are gathered in the global sample order, so the matrix equals a
-    single-process run's.
-
-    ``calibrate=B`` returns the calibrated matrix instead (:func:`repsim.calibrate` of every pair
-    against its own permutation null, B permutations shared by all models, alpha = 0.05, seed 0):
-    0 where a pair is not above chance; the raw matrix and the thresholds are in its
-    ``attrs["observed"]`` and ``attrs["threshold"]``.
+    Deprecated call (until 0.5): ``compare_many(models, loader, layer, arch=..., measure=...)`` (one
+    layer, one measure) returns the N x N DataFrame, and with ``calibrate=B`` the calibrated one (the
+    raw matrix and the thresholds in its ``attrs``).
     """
-    _check_measure(measure)
-    if len(models_or_paths) < 2:
-        raise ValueError("compare_many needs at least two models or checkpoints")
-    if names is None:
-        names = [Path(m).stem if isinstance(m, (str, Path)) else f"model_{i}" for i, m in enumerate(models_or_paths)]
-    if len(names) != len(models_or_paths) or len(set(names)) != len(names):
-        raise ValueError("names must be unique and as many as the models; pass names=[...] explicitly")
-    shard = D.shard_of(loader, distributed)
-    collect = _Collector(measure, len(models_or_paths), memory, sketch, sketch_seed, calibrate)
-    if shard.world > 1 or cache_dir is not None:  # a cache_dir always takes the sharded, resumable path
-        if max_samples is not None and shard.world > 1:
-            raise ValueError(
-                "max_samples is not supported under a process group; subset the dataset before sharding it"
-            )
-        extract = (loader, layer, pool, device, max_samples, shard, chunk_batches)
-        for item in tqdm(models_or_paths, desc="models", disable=not progress or shard.rank != 0):
-            collect.add(_sharded_features(item, arch, cache_dir, extract))
-        return collect.frame(names)
-    for item in tqdm(models_or_paths, desc="models", disable=not progress):  # one process, no cache
-        feats, _ = extract_features(
-            _model_of(item, arch)(), loader, [layer], pool, device, max_samples, progress=False, memory=memory
+    kw = legacy_positional("compare_many", positional, _LEGACY, {})
+    layer, arch = kw.get("layer", layer), kw.get("arch", arch)
+    measure, calibrate = kw.get("measure", measure), kw.get("calibrate", calibrate)
+    legacy = layer is not None or measure is not None
+    if legacy or calibrate is not None or chunk_batches is not None:
+        warnings.warn("compare_many(layer=, measure=, calibrate=, chunk_batches=) are deprecated: use layers=[...], "
+                      "measures=[...], inference={'calibrate': B}", DeprecationWarning, stacklevel=2)  # fmt: skip
+    opts = dict(names=names, pool=pool, device=device, max_samples=max_samples, cache_dir=cache_dir,
+                progress=progress, distributed=distributed, memory=memory, sketch=sketch, sketch_seed=sketch_seed)
+    opts.update({k: v for k, v in kw.items() if k in opts})  # fmt: skip
+    if legacy:
+        return _legacy(sources, loader, layer, measure or "linear_cka", arch, calibrate, opts)
+    if calibrate:
+        inference = {**dict(inference or {}), "calibrate": calibrate}
+    return _atlas(sources, loader, layers, measures or ["linear_cka"], arch, dtype, ids, cache, out, join,
+                  inference, measure_options, block_models, opts)[0]  # fmt: skip
+
+
+def _atlas(sources, loader, layers, measures, arch, dtype, ids, cache, out, join, inference, measure_options,
+           block_models, o) -> tuple[ManyResult, AtlasJob]:  # fmt: skip
+    measures = _check_measures(measures)
+    inference = _check_inference(inference)
+    check_choice(cache, "cache", CACHE_MODES)
+    if not isinstance(sources, Sequence) or isinstance(sources, (str, bytes)) or len(sources) < 2:
+        raise ValueError("compare_many needs a list of at least two sources (feature sets, files, models)")
+    budget = parse_memory(o["memory"])
+    sets, names, contents = _resolve(sources, loader, layers, arch, dtype, ids, cache, o, budget)
+    chosen = _chosen_layers(sets, names, layers)
+    rows, common = common_rows(sets, join, names)
+    job = AtlasJob(sets, rows, names, chosen, measures, dict(measure_options or {}), len(common), inference,
+                   o["sketch"], o["sketch_seed"])  # fmt: skip
+    workspace = int(min(2 * 2**30, max(64 * 2**20, budget // 4)))
+    plan = plan_atlas(sets, chosen, len(common), measures, budget, workspace, block_models, D.rank_and_world()[1])
+    folder = None if out is None else Path(out)
+    if folder is not None:
+        check_manifest(folder, manifest(job, contents))
+    table = run_atlas(job, plan, folder, workspace, o["progress"])
+    result = ManyResult(table, names, dict(zip(names, chosen, strict=True)), measures, folder,
+                        inference.get("aggregate", "max") if inference.get("calibrate") else None,
+                        {m: get_measure(m).symmetric for m in measures})  # fmt: skip
+    if folder is not None and D.rank_and_world()[0] == 0:
+        from ..core.io import atomic_write_text
+
+        atomic_write_text(folder / "table.csv", table.to_csv(index=False))
+    return result, job
+
+
+def _check_measures(measures) -> list[str]:
+    if isinstance(measures, str):
+        measures = [measures]
+    for m in measures:
+        info = get_measure(m)  # a ValueError listing the registry for unknown names
+        if info.needs_outputs or info.needs_labels:
+            raise ValueError(f"{m} compares model outputs or needs labels; compare_many compares layer features")
+    return list(measures)
+
+
+def _check_inference(inference) -> dict:
+    inference = dict(inference or {})
+    unknown = sorted(set(inference) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"inference takes the keys {INFERENCE_KEYS}; got {unknown}")
+    b = inference.get("calibrate", 0)
+    if b and not (isinstance(b, int) and b >= 1):
+        raise ValueError(f"inference['calibrate'] must be a positive number of permutations, got {b!r}")
+    how = inference.get("aggregate", "max")
+    if not callable(how):
+        check_choice(how, "inference['aggregate']", ("max", "diagonal", "best_match", "mean"))
+    return inference
+
+
+def _chosen_layers(sets: list[FeatureSet], names: list[str], layers) -> list[list[str]]:
+    out = []
+    for s, nm in zip(sets, names, strict=True):
+        if isinstance(layers, Mapping):
+            want = list(layers.get(nm, s.layers))
+        elif layers is None or (isinstance(layers, str) and layers == "all"):
+            want = s.layers
+        else:
+            want = [layers] if isinstance(layers, str) else list(layers)
+        missing = [k for k in want if k not in s]
+        if missing:
+            raise ValueError(f"source {nm!r} has no layer(s) {missing}; its layers are {s.layers}")
+        out.append(want)
+    return out
+
+
+# -------------------------------------------------------------------------------- sources
+def _is_feature_path(item, loader, arch) -> bool:
+    p = Path(item)
+    return p.is_dir() or p.suffix.lower() in FEATURE_SUFFIXES or loader is None or arch is None
+
+
+def _resolve(sources, loader, layers, arch, dtype, ids, cache, o, budget):
+    """Every source as a FeatureSet (models extracted), their names, and each one's content key."""
+    given = o["names"]
+    if given is not None and len(given) != len(sources):
+        raise ValueError(f"names has {len(given)} entries for {len(sources)} sources; give one name each")
+    sets, names, contents = [], [], []
+    bar = tqdm(sources, desc="sources", disable=not o["progress"] or D.rank_and_world()[0] != 0)
+    for i, item in enumerate(bar):
+        name = given[i] if given is not None else None
+        if isinstance(item, FeatureSet):
+            fs, content = item, item.meta.get("fingerprint", f"in-memory:{i}")
+        elif isinstance(item, (str, Path)) and _is_feature_path(item, loader, arch):
+            fs = load_features(item)
+            content = fs.meta.get("fingerprint") or (file_hash(item) if Path(item).is_file() else str(item))
+        else:
+            fs = _model_features(item, name or _default_name(item, i), loader, layers, arch, dtype, ids, cache, o)
+            content = fs.meta.get("fingerprint", f"model:{i}")
+            if not sets and o["cache_dir"] is None:
+                _check_resident(fs, len(sources), budget)
+        sets.append(fs)
+        names.append(name or (fs.meta.get("model") if isinstance(item, FeatureSet) else None) or _default_name(item, i))
+        contents.append(content)
+    if len(set(names)) != len(names):
+        raise ValueError(f"the sources' names must be unique, got {names}; pass names=[...]")
+    return sets, names, contents
+
+
+def _default_name(item, i: int) -> str:
+    return Path(item).stem if isinstance(item, (str, Path)) else f"model_{i}"
+
+
+def _check_resident(first: FeatureSet, count: int, budget: int) -> None:
+    """Models extracted without a cache are held in memory: refuse before the others run when all won't fit."""
+    need = count * first.nbytes()
+    if need > budget:
+        raise MemoryBudgetError(
+            f"the features of {count} models ({first.n} samples, {first.dims}) need {format_bytes(need)} but the "
+            f"memory budget is {format_bytes(budget)}. Options: cache_dir=... (features stored on disk and read "
+            "a group at a time), max_samples=..., pool='mean', sketch=k, memory='...', fewer layers or models"
         )
-        collect.add(feats[layer])
-    return collect.frame(names)
+
+
+def _inputs_only(batch) -> tuple[Tensor, None, None]:
+    return split_batch(batch)[0], None, None
+
+
+def _model_features(item, name, loader, layers, arch, dtype, ids, cache, o) -> FeatureSet:
+    """One model's features over ``loader``: extracted, or read back from a content-keyed cache."""
+    if loader is None:
+        raise ValueError("models and checkpoints need a loader: compare_many(sources, loader, ...)")
+    load = _model_of(item, arch)
+    model = load()
+    chosen = _model_layers(model, name, layers)
+    shard = D.shard_of(loader, o["distributed"])
+    if shard.world > 1 and o["max_samples"] is not None:
+        raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
+    common = dict(layers=chosen, pool=o["pool"], device=o["device"], max_samples=o["max_samples"], dtype=dtype,
+                  progress=False, distributed=o["distributed"], ids=ids, name=name)  # fmt: skip
+    if o["cache_dir"] is None:
+        plain = {k: v for k, v in common.items() if k not in ("ids", "name")}
+        feats, labels = extract_features(model, loader, memory=o["memory"], **plain)
+        sample_ids = sample_ids_of(loader, ids, shard, o["max_samples"])
+        return FeatureSet(feats, sample_ids, {"model": name}, labels)
+    pool = o["pool"] if isinstance(o["pool"], str) else getattr(o["pool"], "__qualname__", repr(o["pool"]))
+    key = key_of(source_hash(item), _arch_name(arch, model), chosen, pool, str(dtype), repsim_version(),
+                 describe_data(loader), o["max_samples"])  # fmt: skip
+    folder = Path(o["cache_dir"]) / f"{name}-{key}"
+    if is_featureset(folder):
+        stored = read_featureset(folder)
+        why = _stale(stored, loader, ids, shard, o["max_samples"])
+        if why is None:
+            return stored
+        if cache == "strict":
+            raise ValueError(f"the cached features in {folder} are for other data ({why}); delete them or use "
+                             "cache='verify' to extract again")  # fmt: skip
+        if shard.rank == 0:
+            shutil.rmtree(folder)
+        if shard.world > 1:
+            D.gather(None)  # every rank waits for the stale folder to be gone
+    feats, labels = extract_features(model, loader, out=folder, memory=o["memory"],
+                                     meta={"arch": _arch_name(arch, model), "source_sha256": source_hash(item)},
+                                     **common)  # fmt: skip
+    if shard.world > 1:
+        D.gather(None)  # rank 0 has written the folder
+    return read_featureset(folder) if shard.world == 1 else FeatureSet(feats, read_featureset(folder).ids,
+                                                                        {"model": name}, labels)  # fmt: skip
+
+
+def _stale(stored: FeatureSet, loader, ids, shard, max_samples) -> str | None:
+    """Why stored features do not belong to this loader's data (None: they do)."""
+    current = sample_ids_of(loader, ids, shard, max_samples)
+    if stored.ids != current:
+        return f"{len(stored.ids)} stored sample ids, {len(current)} now, not the same"
+    if stored.meta.get("data_fingerprint") != data_fingerprint(loader, current, _inputs_only, shard, max_samples):
+        return "the data fingerprint (first and last batch, dataset and transform) differs"
+    return None
+
+
+def _arch_name(arch, model: nn.Module) -> str:
+    if arch is None:
+        return type(model).__qualname__
+    return arch if isinstance(arch, str) else f"{getattr(arch, '__module__', '')}.{getattr(arch, '__qualname__', arch)}"
+
+
+def _model_layers(model: nn.Module, name: str, layers) -> list[str]:
+    if isinstance(layers, Mapping):
+        layers = layers.get(name, "all")
+    if layers is None or (isinstance(layers, str) and layers == "all"):
+        return default_layers(model)
+    return [layers] if isinstance(layers, str) else list(layers)
 
 
 def _model_of(item, arch) -> Callable[[], nn.Module]:
     """How to get one model: a module as it is, a checkpoint path loaded with ``arch`` when called."""
     if not isinstance(item, (str, Path)):
+        if not isinstance(item, nn.Module):
+            raise ValueError(f"a source must be a FeatureSet, a path or an nn.Module; got {type(item).__name__}")
         return lambda: item
     if arch is None:
         raise ValueError("arch is needed to load checkpoint paths (e.g. arch='resnet18')")
     return lambda: load_model(Path(item), arch)
 
 
-def _sharded_features(item, arch, cache_dir, extract: tuple) -> Tensor:
-    """One model's features on every sample in the global order: each rank extracts its shard (cached
-    in ``cache_dir`` for checkpoint files; modules are not cached: nothing identifies their weights on
-    disk) and the shards are gathered."""
-    loader, layer, pool, _, max_samples, shard, _ = extract
-    folder = None
-    if cache_dir is not None and isinstance(item, (str, Path)):
-        path = Path(item)
-        folder = Path(cache_dir) / f"{path.stem}-{_cache_key(path, layer, pool, max_samples, loader)}"
-    f, k = _extract_sharded(_model_of(item, arch), folder, *extract)
-    if shard.world == 1:
-        return f
-    keys, (f,) = D.in_global_order(k if k.numel() else None, [f])
-    if keys is None:
-        raise ValueError("the loader yielded no samples")
-    return f
+# -------------------------------------------------------------------------------- the old call
+def _legacy(sources, loader, layer, measure, arch, calibrate, o) -> pd.DataFrame:
+    """The 0.3 call: one layer, one measure, the N x N DataFrame (calibrated with ``calibrate=B``)."""
+    result, job = _atlas(sources, loader, [layer], [measure], arch, None, None, "verify", None, "exact", None, None,
+                         None, o)  # fmt: skip
+    frame = result.matrix(measure, "max")
+    if not calibrate:
+        return frame
+    from ..inference.grid import calibrated_matrix
+
+    feats = [resident_layers(job, i)[0] for i in range(len(job.sets))]
+    cal, threshold = calibrated_matrix(measure, feats, calibrate)
+    names = result.models
+
+    def as_frame(values) -> pd.DataFrame:
+        return pd.DataFrame(values, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
+
+    out = as_frame(cal.numpy())
+    out.attrs.update(observed=frame, threshold=as_frame(threshold.numpy()))
+    return out
 
 
-class _Collector:
-    """The models' features as they come: sketched if asked, the memory plan checked after the first."""
-
-    def __init__(self, measure: str, count: int, memory, sketch: int | None, sketch_seed: int, calibrate: int) -> None:
-        from ..core.budget import parse_memory
-
-        self.measure, self.count, self.calibrate = measure, count, calibrate
-        self.budget = parse_memory(memory)
-        if sketch is not None:
-            from ..measures.sketch import projection
-
-            projection(2, sketch)  # validates k
-        self.sketch, self.seed = sketch, sketch_seed
-        self.features: list[Tensor] = []
-        self.projected: list[bool] = []
-
-    def add(self, f: Tensor) -> None:
-        if self.sketch is not None:
-            from ..measures.sketch import LayerSketch
-
-            sketcher = LayerSketch(self.sketch, self.seed, side=len(self.features))
-            f = sketcher([f])[0]
-            self.projected.append(sketcher.projected(0))
-        if not self.features:
-            self._check(f)
-        self.features.append(f)
-
-    def _check(self, f: Tensor) -> None:
-        from ..core.budget import MemoryBudgetError, format_bytes
-        from ..measures.blocked import workspace_limit
-        from .plans import workspace_estimate
-
-        n, d = f.shape
-        held = self.count * n * d * f.element_size()
-        self.workspace = int(min(2 * 2**30, max(64 * 2**20, self.budget // 4)))
-        with workspace_limit(self.workspace):
-            work = workspace_estimate(self.measure, n, [d] * self.count, None, self.workspace)
-        if held + work > self.budget:
-            raise MemoryBudgetError(
-                f"the features of {self.count} models ({n} samples, d = {d}) need {format_bytes(held)} and "
-                f"{self.measure} about {format_bytes(work)} more, but the memory budget is "
-                f"{format_bytes(self.budget)}. Options: max_samples=..., pool='mean', sketch=k (a seeded random "
-                "projection, an estimator), memory='...' (a larger budget), fewer models per call"
-            )
-
-    def frame(self, names) -> pd.DataFrame:
-        from ..measures.blocked import workspace_limit
-
-        def frame(values) -> pd.DataFrame:
-            return pd.DataFrame(values, index=pd.Index(names, name="model_a"), columns=pd.Index(names, name="model_b"))
-
-        with workspace_limit(getattr(self, "workspace", 512 * 2**20)):
-            if self.sketch is not None and self.measure == "linear_cka":
-                grid = _sketched_grid(self.features, self.sketch, self.projected).numpy()
-            else:
-                grid = measure_grid(self.measure, self.features).cpu().numpy()
-            if not self.calibrate:
-                return frame(grid)
-            from ..inference.grid import calibrated_matrix
-
-            calibrated, threshold = calibrated_matrix(self.measure, self.features, self.calibrate)
-        out = frame(calibrated.numpy())
-        out.attrs.update(observed=frame(grid), threshold=frame(threshold.numpy()))
-        return out
-
-
-def _sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Tensor:
-    """Projection-corrected linear CKA between every pair of sketched models (1 on the diagonal)."""
+def sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Tensor:
+    """Projection-corrected linear CKA between every pair of sketched layers (1 on the diagonal)."""
     from ..measures.moments import moments_of
     from ..measures.sketch import sketched_linear_cka
 
