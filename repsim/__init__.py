@@ -19,6 +19,8 @@ ensure_torchvision_importable()  # before anything in the project touches torchv
 
 from . import measures  # noqa: E402
 from .core.budget import MemoryBudgetError  # noqa: E402
+from .core.feature_files import load_features  # noqa: E402
+from .core.featureset import FeatureSet  # noqa: E402
 from .inference import (  # noqa: E402
     BootstrapResult,
     CalibrationResult,
@@ -58,6 +60,7 @@ from .networks.features import extract_features  # noqa: E402
 from .networks.hooks import FeatureHooks, default_layers, list_layers  # noqa: E402
 from .networks.text import sentence_features, text_batches, token_features, word_features  # noqa: E402
 from .networks.weights import WeightDistance, weight_distance  # noqa: E402
+from .pipeline.atlas import ManyResult  # noqa: E402
 from .pipeline.brain import compare_brain  # noqa: E402
 from .pipeline.compare import Comparison, compare, plan  # noqa: E402
 from .pipeline.encoding import EncodingComparison, compare_encoding  # noqa: E402
@@ -79,8 +82,10 @@ __all__ = [
     "EncodingResult",
     "FeatureHooks",
     "FixedModel",
+    "FeatureSet",
     "GridCalibrationResult",
     "MemoryBudgetError",
+    "ManyResult",
     "MemoryPlan",
     "MinibatchCKA",
     "PairedResult",
@@ -108,6 +113,7 @@ __all__ = [
     "evaluate_rdm_models",
     "extract_features",
     "list_layers",
+    "load_features",
     "load_model",
     "load_state_dict",
     "noise_ceiling",

@@ -130,29 +130,90 @@ def cmd_compare(args) -> None:
 
 
 def cmd_many(args) -> None:
+    if args.layer is not None:  # the 0.3 form: checkpoints at one layer
+        _many_one_layer(args)
+        return
+    sources = [*args.checkpoints, *_feature_sources(args.features or [])]
+    if len(sources) < 2:
+        raise ValueError("repsim many needs at least two sources: checkpoints and/or --features files or folders")
+    loader = None
+    if args.checkpoints:
+        if not args.arch:
+            raise ValueError("checkpoints need --arch (or pass stored features with --features)")
+        loader = _loader(args, load_model(args.checkpoints[0], args.arch, num_classes=args.num_classes))
+    layers = "all" if args.layers in (None, "all") else _layers(args.layers)
+    result = compare_many(
+        sources,
+        loader,
+        layers=layers,
+        measures=args.measures,
+        arch=args.arch,
+        pool=args.pool,
+        device=args.device,
+        max_samples=None if is_distributed() else args.max_samples,
+        cache_dir=args.cache,
+        join=args.join,
+        inference={"calibrate": args.calibrate, "aggregate": args.aggregate} if args.calibrate else None,
+        block_models=args.block_models,
+        memory=args.memory,
+        sketch=args.sketch,
+        progress=rank_and_world()[0] == 0,
+    )
+    if rank_and_world()[0] != 0:
+        return
+    written = result.save(Path(args.out), args.aggregate)
+    for measure in result.measures:
+        matrix = result.matrix(measure, args.aggregate).round(4).to_string()
+        print(f"\n{measure} ({args.aggregate} over layer pairs):\n{matrix}")
+        if args.calibrate:
+            calibrated = result.matrix(measure, args.aggregate, calibrated=True)
+            print(f"calibrated (0 = not above chance):\n{calibrated.round(4).to_string()}")
+    print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
+
+
+def _feature_sources(paths: list[str]) -> list[Path]:
+    """Feature files or folders; a folder that is not itself a feature folder gives its entries."""
+    from .core.feature_files import SUFFIXES
+    from .core.featureset import is_featureset
+
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text)
+        if not p.exists():
+            raise FileNotFoundError(f"no feature file or folder at {p}")
+        inner = sorted(c for c in p.iterdir() if c.is_dir() or c.suffix.lower() in SUFFIXES) if p.is_dir() else []
+        own = is_featureset(p) or (p.is_dir() and any(p.glob("features*")))
+        out += [p] if (own or not inner or not p.is_dir()) else inner
+    return out
+
+
+def _many_one_layer(args) -> None:
     if len(args.checkpoints) < 2:
         raise ValueError("repsim many needs at least two checkpoints")
+    if not args.arch:
+        raise ValueError("checkpoints need --arch")
+    measure = args.measures[0]
     loader = _loader(args, load_model(args.checkpoints[0], args.arch, num_classes=args.num_classes))
     matrix = compare_many(
         args.checkpoints,
         loader,
         layer=args.layer,
         arch=args.arch,
-        measure=args.measure,
+        measure=measure,
         pool=args.pool,
         device=args.device,
         max_samples=args.max_samples,
         cache_dir=args.cache,
         memory=args.memory,
         sketch=args.sketch,
-        calibrate=args.calibrate,
+        calibrate=args.calibrate or None,
     )
     out = Path(args.out)
     from .pipeline.plotting import heatmap
 
-    stem = f"many_{args.measure}" + ("_calibrated" if args.calibrate else "")
+    stem = f"many_{measure}" + ("_calibrated" if args.calibrate else "")
     written = [atomic_write_text(out / f"{stem}.csv", matrix.to_csv())]
-    ax = heatmap(matrix, title=f"{args.measure} at {args.layer}" + (" (calibrated)" if args.calibrate else ""))
+    ax = heatmap(matrix, title=f"{measure} at {args.layer}" + (" (calibrated)" if args.calibrate else ""))
     written.append(atomic_save_figure(ax.figure, out / f"{stem}.png", dpi=120))
     print(matrix.round(4).to_string())
     print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
@@ -167,6 +228,29 @@ def cmd_brain(args) -> None:
                           bootstrap=args.bootstrap, n_resamples=args.n_resamples, device=args.device)  # fmt: skip
     print(table[["layer", "mean", "ci_low", "ci_high", "ceiling_lower", "ceiling_upper"]].round(4).to_string())
     print("\nwrote:\n  " + str(atomic_write_text(Path(args.out) / "brain.csv", table.to_csv(index=False))))
+
+
+def cmd_extract(args) -> None:
+    from .networks.features import extract_features
+
+    model = load_model(args.checkpoint, args.arch, num_classes=args.num_classes)
+    layers = None if args.layers in (None, "all") else _layers(args.layers)
+    out = Path(args.out)
+    extract_features(
+        model,
+        _loader(args, model),
+        layers=layers,
+        pool=args.pool,
+        device=args.device,
+        max_samples=None if is_distributed() else args.max_samples,
+        memory=args.memory,
+        out=out,
+        name=args.name or Path(args.checkpoint).stem,
+        meta={"checkpoint": str(args.checkpoint), "data": args.data, "split": args.split},
+        progress=rank_and_world()[0] == 0,
+    )
+    if rank_and_world()[0] == 0:
+        print(f"wrote:\n  {out} (a FeatureSet: repsim.load_features({str(out)!r}))")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -216,12 +300,20 @@ def parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("many", help="N x N matrix over many checkpoints at one layer")
-    p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--layer", required=True)
-    p.add_argument("--measure", default="linear_cka", choices=registered_names())
-    p.add_argument("--cache", default=None, help="folder to cache extracted features in")
+    p = sub.add_parser("many", help="every model pair x every layer pair of many checkpoints or stored features")
+    p.add_argument("checkpoints", nargs="*", help="checkpoints (run over --data with --arch)")
+    p.add_argument("--features", nargs="+", default=None, metavar="PATH",
+                   help="stored features: FeatureSet folders, .npy/.npz/.safetensors/.h5/.pt files, thingsvision, "
+                   "Net2Brain or platonic-rep outputs, or a folder of them")  # fmt: skip
+    p.add_argument("--arch", default=None)
+    p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
+    p.add_argument("--layer", default=None, help="deprecated: one layer, the 0.3 N x N matrix")
+    p.add_argument("--measures", "--measure", nargs="+", default=["linear_cka"], choices=registered_names())
+    p.add_argument("--aggregate", default="max", choices=["max", "diagonal", "best_match", "mean"],
+                   help="how a model pair's layer grid becomes one number")  # fmt: skip
+    p.add_argument("--join", default="exact", choices=["exact", "inner"], help="how sample ids are matched")
+    p.add_argument("--block-models", type=int, default=None, help="models per group (default: the memory planner's)")
+    p.add_argument("--cache", default=None, help="folder to cache extracted features in (keyed on content)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N", help=_CALIBRATE_HELP + " (writes that matrix)")
     _data_args(p)
     p.set_defaults(func=cmd_many, max_samples=5000)
@@ -240,12 +332,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="results", help="output folder")
     p.set_defaults(func=cmd_brain)
+
+    p = sub.add_parser("extract", help="store a checkpoint's layer features as a FeatureSet folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--layers", default="all", help="'all' (the default layers) or comma-separated layer names")
+    p.add_argument("--name", default=None, help="the model's name in the metadata (default: the file's stem)")
+    _data_args(p)
+    p.set_defaults(func=cmd_extract)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    started = init_from_env() if args.command in ("compare",) else False
+    started = init_from_env() if args.command in ("compare", "many", "extract") else False
     if getattr(args, "device", None) is None and hasattr(args, "device"):
         args.device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     try:

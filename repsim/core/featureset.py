@@ -51,7 +51,7 @@ def _as_array(value, layer: str) -> np.ndarray | Tensor:
         if t.ndim != 2:
             raise ValueError(f"features[{layer!r}] must be (n, d); got shape {tuple(t.shape)}")
         return t
-    a = np.asarray(value)
+    a = value if isinstance(value, np.ndarray) else np.asarray(value)  # a memory map stays one
     if a.ndim > 2:
         a = a.reshape(a.shape[0], -1)
     if a.ndim != 2:
@@ -227,7 +227,7 @@ def align(a: FeatureSet, b: FeatureSet, join: str = "exact", names: tuple[str, s
     dup_a, dup_b = _duplicates(ids_a), _duplicates(ids_b)
     if dup_a or dup_b:
         raise ValueError(
-            f"sample ids must be unique to join on them: {names[0]} has {dup_a} duplicated, {names[1]} has "
+            f"sample ids must be unique to join on them: {names[0]} has {dup_a} duplicated ids, {names[1]} has "
             f"{dup_b}; fix the ids (e.g. FeatureSet(..., ids=...)) before comparing"
         )
     where_b = {i: r for r, i in enumerate(ids_b)}
