@@ -78,46 +78,38 @@ def compare_many(
         loader: the samples that modules and checkpoints run over (in the same order every pass).
         layers: ``"all"`` (every stored layer; for models :func:`repsim.default_layers`), a list of
             names every source has, or ``{name: [layers]}`` per source.
-        measures: registered feature measures (default ``["linear_cka"]``), each computed by
-            :func:`repsim.measure_grid` with its ``measure_options``.
+        measures: registered feature measures (default ``["linear_cka"]``), options in ``measure_options``.
         names: the models' names (default: a FeatureSet's ``meta["model"]``, a path's stem, ``model_i``).
-        ids: sample ids of the loader's samples (a sequence, or a function of the position; default
-            the positions 0 .. n-1). Sources are joined on their ids: ``join="exact"`` (default)
-            refuses when ids are missing or duplicated (with the counts) and realigns rows stored in
-            another order; ``join="inner"`` keeps the ids all sources share (and warns how many were
-            dropped).
-        cache_dir: store the features of modules and checkpoints there, one FeatureSet folder per
-            model, keyed on the weights' content hash, the arch, layers, pool, dtype, repsim's version
-            and the data's description; on reuse the stored sample ids and data fingerprint (ids, first
-            and last batch, see :mod:`repsim.networks.fingerprint`) must match the loader's, or the
-            features are extracted again (``cache="verify"``) or a ValueError says what differs
-            (``cache="strict"``). An extraction killed midway resumes from its last finished batch.
-        out: a folder: each model pair's rows are written there as they finish (``blocks/``), and the
-            table at the end (``table.csv``); a run killed at any point and started again computes only
-            the missing blocks and returns the same table.
+        ids: the loader's sample ids (a sequence or a function of the position; default 0 .. n-1).
+            Sources are joined on ids: ``join="exact"`` (default) realigns rows stored in another order
+            and refuses missing or duplicated ids with their counts; ``join="inner"`` keeps the common
+            ids (warning how many were dropped).
+        cache_dir: store the features of modules and checkpoints there (a FeatureSet folder each), keyed
+            on the weights' content hash, arch, layers, pool, dtype, repsim's version and the data's
+            description; reused only if the stored sample ids and data fingerprint (first and last batch,
+            :mod:`repsim.networks.fingerprint`) match the loader's, else extracted again
+            (``cache="verify"``) or refused (``cache="strict"``). A killed extraction resumes.
+        out: a folder: each model pair's rows are written there as they finish (``blocks/``), the table
+            at the end (``table.csv``); a killed run started again computes only the missing blocks.
         inference: ``{"calibrate": B, "aggregate": "max", "alpha": 0.05, "seed": 0}`` calibrates every
             cell and each model pair's aggregate against its own permutation null
             (:func:`repsim.calibrate_grid`, one permutation shared by all layers).
-        block_models: models per group (default: the memory planner's, all of them when they fit);
-            a group pair is one grid call per measure, each layer's own work done once per group pair.
-        memory: the budget (bytes or "8GB"; default 60 % of the available RAM) for the resident
-            features and the measures' workspace; a MemoryBudgetError with the options otherwise.
+        block_models: models per group (default: the memory planner's, all when they fit); a group
+            pair is one grid call per measure (:mod:`repsim.pipeline.atlas`).
+        memory: the budget (bytes or "8GB"; default 60 % of the available RAM) for the resident features
+            and the workspace; a MemoryBudgetError with the options otherwise.
         sketch: project layers wider than k to k dims (an estimator; linear CKA corrects for it).
 
-    Under ``torchrun`` models are extracted with each rank on its shard of the loader, and the model
-    pairs are dealt to the ranks; every rank returns the table of one process.
+    Under ``torchrun`` each rank extracts its shard of the loader and the model pairs are dealt to the
+    ranks; every rank returns the table of one process.
 
-    Deprecated call (until 0.5): ``compare_many(models, loader, layer, arch=..., measure=...)`` (one
-    layer, one measure) returns the N x N DataFrame, and with ``calibrate=B`` the calibrated one (the
-    raw matrix and the thresholds in its ``attrs``).
+    Deprecated (until 0.5): ``compare_many(models, loader, layer, measure=...)`` returns 0.3's N x N
+    DataFrame (``calibrate=B``: the calibrated one, the raw one and the thresholds in ``attrs``).
     """
-    kw = legacy_positional("compare_many", positional, _LEGACY, {})
-    layer, arch = kw.get("layer", layer), kw.get("arch", arch)
-    measure, calibrate = kw.get("measure", measure), kw.get("calibrate", calibrate)
+    kw = _old_arguments(positional, layer=layer, arch=arch, measure=measure, calibrate=calibrate,
+                        chunk_batches=chunk_batches)  # fmt: skip
+    layer, arch, measure, calibrate = kw["layer"], kw["arch"], kw["measure"], kw["calibrate"]
     legacy = layer is not None or measure is not None
-    if legacy or calibrate is not None or chunk_batches is not None:
-        warnings.warn("compare_many(layer=, measure=, calibrate=, chunk_batches=) are deprecated: use layers=[...], "
-                      "measures=[...], inference={'calibrate': B}", DeprecationWarning, stacklevel=2)  # fmt: skip
     opts = dict(names=names, pool=pool, device=device, max_samples=max_samples, cache_dir=cache_dir,
                 progress=progress, distributed=distributed, memory=memory, sketch=sketch, sketch_seed=sketch_seed)
     opts.update({k: v for k, v in kw.items() if k in opts})  # fmt: skip
@@ -127,6 +119,15 @@ def compare_many(
         inference = {**dict(inference or {}), "calibrate": calibrate}
     return _atlas(sources, loader, layers, measures or ["linear_cka"], arch, dtype, ids, cache, out, join,
                   inference, measure_options, block_models, opts)[0]  # fmt: skip
+
+
+def _old_arguments(positional: tuple, **given) -> dict:
+    """The 0.3 arguments (positional ones bound by name), with one DeprecationWarning when used."""
+    kw = legacy_positional("compare_many", positional, _LEGACY, given)
+    if any(kw.get(k) is not None for k in ("layer", "measure", "calibrate", "chunk_batches")):
+        warnings.warn("compare_many(layer=, measure=, calibrate=, chunk_batches=) are deprecated: use layers=[...], "
+                      "measures=[...], inference={'calibrate': B}", DeprecationWarning, stacklevel=3)  # fmt: skip
+    return kw
 
 
 def _atlas(sources, loader, layers, measures, arch, dtype, ids, cache, out, join, inference, measure_options,
