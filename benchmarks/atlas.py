@@ -10,8 +10,10 @@ its peak RSS is its own; they run one after another.
 Methods:
 
 * ``repsim atlas``: ``compare_many(paths, measures=[...])`` (memory planner, default budget).
-* ``(a) bare products``: each layer's centring, self product and kNN lists once, then every layer
-  pair's cross product ||Xc_i^T Xc_j||_F^2 and list overlap, in plain torch (no orchestration).
+* ``(a) bare products``: what the atlas must compute, in plain torch (no orchestration): linear CKA
+  from every layer's Gram once (float32, by row blocks) and the pair inner products <K_i, K_j>
+  (float64: repsim's precision policy); mutual kNN from each layer's lists once and every pair's
+  overlaps. ``(a')``: linear CKA from every pair's feature-space product ||Xc_i^T Xc_j||_F^2 instead.
 * ``(b) loop of grids``: a loop over model pairs of ``repsim.measure_grid`` on that pair's layers
   (what a user writes today; each model's per-layer work redone for every pair).
 * ``(b') loop of pairwise calls``: ``repsim.measure`` per layer pair, timed on ``--sample`` layer
@@ -35,8 +37,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("repsim atlas", "(a) bare products", "(b) loop of grids", "(b') loop of pairwise calls",
-           "(c) platonic-rep's loop")  # fmt: skip
+METHODS = ("repsim atlas", "(a) bare products", "(a') bare feature-space products", "(b) loop of grids",
+           "(b') loop of pairwise calls", "(c) platonic-rep's loop")  # fmt: skip
 
 
 def make_sets(folder: Path, models: int, layers: int, n: int, d: int) -> list[str]:
@@ -68,7 +70,10 @@ def run_atlas(paths, measures, args) -> dict:
     return {m: res.matrix(m, "max").to_numpy().tolist() for m in measures}
 
 
-def run_bare(paths, measures, args) -> dict:
+def run_bare(paths, measures, args, feature_space: bool = False) -> dict:
+    """Linear CKA: every layer's Gram K = Xc Xc^T once (float32, by row blocks) and the pair inner
+    products <K_i, K_j> in float64 (repsim's precision policy); or, ``feature_space``, every pair's
+    ||Xc_i^T Xc_j||_F^2 (float32). Mutual kNN: each layer's lists once, then every pair's overlaps."""
     import torch
 
     from repsim.measures.neighbours import knn_indices
@@ -79,14 +84,8 @@ def run_bare(paths, measures, args) -> dict:
     out = {}
     if "linear_cka" in measures:
         centred = [x - x.mean(0) for x in flat]
-        selfs = torch.stack([(c.T @ c).pow(2).sum().double().sqrt() for c in centred])
-        z = torch.cat(centred, 1)
-        d = flat[0].shape[1]
-        grid = torch.empty(len(flat), len(flat), dtype=torch.float64)
-        for i, c in enumerate(centred):  # the upper triangle of the layer x layer cross products
-            cross = (c.T @ z[:, i * d :]).pow(2).reshape(d, -1, d).sum((0, 2)).double()
-            grid[i, i:] = cross / (selfs[i] * selfs[i:])
-        out["linear_cka"] = _max_by_model(torch.triu(grid) + torch.triu(grid, 1).T, count, per)
+        grid = (_feature_space if feature_space else _gram_space)(centred)
+        out["linear_cka"] = _max_by_model(grid, count, per)
     if "mutual_knn" in measures:
         lists = torch.stack([knn_indices(x / x.norm(dim=1, keepdim=True), 10) for x in flat])
         grid = torch.empty(len(flat), len(flat), dtype=torch.float64)
@@ -95,6 +94,32 @@ def run_bare(paths, measures, args) -> dict:
             grid[i, i:] = eq.sum((-2, -1)).double().div(10).mean(-1)
         out["mutual_knn"] = _max_by_model(torch.triu(grid) + torch.triu(grid, 1).T, count, per)
     return out
+
+
+def _gram_space(centred):
+    import torch
+
+    n, count = centred[0].shape[0], len(centred)
+    acc = torch.zeros(count, count, dtype=torch.float64)
+    rows = max(1, (256 * 2**20) // (8 * n * count))  # row blocks of every layer's Gram within 256 MB
+    for lo in range(0, n, rows):
+        block = torch.stack([(c[lo : lo + rows] @ c.T).reshape(-1) for c in centred]).double()
+        acc += block @ block.T
+    norms = acc.diagonal().sqrt()
+    return acc / (norms[:, None] * norms[None, :])
+
+
+def _feature_space(centred):
+    import torch
+
+    selfs = torch.stack([(c.T @ c).pow(2).sum().double().sqrt() for c in centred])
+    z = torch.cat(centred, 1)
+    d = centred[0].shape[1]
+    grid = torch.empty(len(centred), len(centred), dtype=torch.float64)
+    for i, c in enumerate(centred):  # the upper triangle of the layer x layer cross products
+        cross = (c.T @ z[:, i * d :]).pow(2).reshape(d, -1, d).sum((0, 2)).double()
+        grid[i, i:] = cross / (selfs[i] * selfs[i:])
+    return torch.triu(grid) + torch.triu(grid, 1).T
 
 
 def _max_by_model(grid, count: int, per: int) -> list:
@@ -120,7 +145,8 @@ def run_loop_grids(paths, measures, args) -> dict:
 def _sampled_pairs(count: int, per: int, sample: int):
     import random
 
-    pairs = [(a, la, b, lb) for a in range(count) for b in range(a + 1, count) for la in range(per) for lb in range(per)]
+    pairs = [(a, la, b, lb) for a in range(count) for b in range(a + 1, count)
+             for la in range(per) for lb in range(per)]  # fmt: skip
     return random.Random(0).sample(pairs, min(sample, len(pairs))), len(pairs)
 
 
@@ -168,7 +194,9 @@ def run_platonic(paths, measures, args) -> dict:
     return {"sampled": len(sample), "total": total}
 
 
-RUNNERS = {"repsim atlas": run_atlas, "(a) bare products": run_bare, "(b) loop of grids": run_loop_grids,
+RUNNERS = {"repsim atlas": run_atlas, "(a) bare products": run_bare,
+           "(a') bare feature-space products": lambda p, m, a: run_bare(p, m, a, feature_space=True),
+           "(b) loop of grids": run_loop_grids,
            "(b') loop of pairwise calls": run_loop_pairs, "(c) platonic-rep's loop": run_platonic}  # fmt: skip
 
 
