@@ -66,7 +66,8 @@ def _load_all(paths):
 def run_atlas(paths, measures, args) -> dict:
     import repsim
 
-    res = repsim.compare_many(paths, measures=measures, measure_options={"mutual_knn": {"k": 10}}, progress=False)
+    res = repsim.compare_many(paths, measures=measures, measure_options={"mutual_knn": {"k": 10}}, progress=False,
+                              memory=args.memory)  # fmt: skip
     return {m: res.matrix(m, "max").to_numpy().tolist() for m in measures}
 
 
@@ -224,6 +225,7 @@ def main() -> None:
     p.add_argument("--sample", type=int, default=20, help="layer pairs timed for the extrapolated loops")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--memory", default=None, help="the atlas's memory budget, e.g. 24GB (default: 60%% of available)")
     p.add_argument("--repeats", type=int, default=1, help="runs per method (the minimum time is kept)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_atlas_cpu.md"))
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -242,6 +244,7 @@ def main() -> None:
 def _run_method(method: str, data: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--data", data, "--measures", *args.measures,
            "--sample", str(args.sample), "--threads", str(args.threads)]  # fmt: skip
+    cmd += ["--memory", args.memory] if args.memory else []
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads)}
     runs = []
     for _ in range(args.repeats):

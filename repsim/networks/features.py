@@ -150,6 +150,8 @@ def extract_features(
     if out is not None:
         record = _record(model, loader, names, a, shard, ids, name, meta)
         spill = out if shard.world == 1 else None
+        if shard.rank == 0:  # the folder is incomplete until its index is written again at the end
+            (Path(out) / "featureset.json").unlink(missing_ok=True)
     n = expected_samples(loader, a["max_samples"])
     fingerprint = _fingerprint(loader, names, a["pool"], a["max_samples"], a["dtype"])
     fingerprint = record["fingerprint"] if record else fingerprint

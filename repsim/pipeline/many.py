@@ -138,7 +138,8 @@ def _atlas(sources, loader, layers, measures, arch, dtype, ids, cache, out, join
     if not isinstance(sources, Sequence) or isinstance(sources, (str, bytes)) or len(sources) < 2:
         raise ValueError("compare_many needs a list of at least two sources (feature sets, files, models)")
     budget = parse_memory(o["memory"])
-    sets, names, contents = _resolve(sources, loader, layers, arch, dtype, ids, cache, o, budget)
+    sets, names, contents = _resolve(sources, loader, layers, arch, dtype, ids, cache, {**o, "hash_files": bool(out)},
+                                     budget)  # fmt: skip
     chosen = _chosen_layers(sets, names, layers)
     rows, common = common_rows(sets, join, names)
     job = AtlasJob(sets, rows, names, chosen, measures, dict(measure_options or {}), len(common), inference,
@@ -218,7 +219,9 @@ def _resolve(sources, loader, layers, arch, dtype, ids, cache, o, budget):
             fs, content = item, item.meta.get("fingerprint", f"in-memory:{i}")
         elif isinstance(item, (str, Path)) and _is_feature_path(item, loader, arch):
             fs = load_features(item)
-            content = fs.meta.get("fingerprint") or (file_hash(item) if Path(item).is_file() else str(item))
+            content = fs.meta.get("fingerprint") or str(item)
+            if o["hash_files"] and Path(item).is_file():  # what an out= folder's blocks were computed from
+                content = file_hash(item)
         else:
             fs = _model_features(item, name or _default_name(item, i), loader, layers, arch, dtype, ids, cache, o)
             content = fs.meta.get("fingerprint", f"model:{i}")
