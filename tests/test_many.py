@@ -309,3 +309,10 @@ def test_cli_extract_then_many_from_features(tmp_path, capsys):
     assert set(table["model_a"]) == {"c0", "c1"} and set(table["layer_a"]) == {"block1", "block2"}
     m = pd.read_csv(out / "matrix_rsa_best_match.csv", index_col=0)
     assert m.shape == (2, 2) and (out / "atlas_linear_cka_best_match.png").stat().st_size > 1000
+    # checkpoints with --layers: the same atlas, extracted on the fly
+    assert main(["many", *map(str, ckpts), "--arch", "tests.models:TinyConvNet", "--layers", "block1,block2",
+                 "--max-samples", "80", "--out", str(tmp_path / "out2")]) == 0
+    again = pd.read_csv(tmp_path / "out2" / "matrix_linear_cka_max.csv", index_col=0)
+    stored = pd.read_csv(out / "table.csv")
+    stored = stored[stored["measure"] == "linear_cka"].groupby(["model_a", "model_b"])["value"].max()
+    assert again.loc["c0", "c1"] == pytest.approx(stored.loc[("c0", "c1")], abs=1e-12)
