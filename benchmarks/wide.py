@@ -112,8 +112,8 @@ def run_one(method: str, n: int, size: int, batch: int, device: str, layers: lis
         import repsim
 
         t_fwd = time.perf_counter()
-        fa = repsim.extract_features(a, loader, layers, pool="flatten", device=device, progress=False)[0]
-        fb = repsim.extract_features(b, loader, layers, pool="flatten", device=device, progress=False)[0]
+        fa = repsim.extract_features(a, loader, layers=layers, pool="flatten", device=device, progress=False)[0]
+        fb = repsim.extract_features(b, loader, layers=layers, pool="flatten", device=device, progress=False)[0]
         out["forward_s"] = time.perf_counter() - t_fwd
         for dtype in (torch.float64, torch.float32):
             feats = [f.to(dtype) for f in [*fa.values(), *fb.values()]]

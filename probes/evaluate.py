@@ -32,7 +32,8 @@ def extract(
     """Frozen features of one layer and the labels, through repsim's hooks (refused before they
     would exceed ``memory``, see :func:`repsim.extract_features`)."""
     feats, labels = extract_features(
-        model, loader, [layer], pool=pool, device=device, max_samples=max_samples, progress=progress, memory=memory
+        model, loader, layers=[layer], pool=pool, device=device, max_samples=max_samples, progress=progress,
+        memory=memory,
     )
     if labels is None:
         raise ValueError("the loader yields no labels; probes need (x, y) batches or dicts with a 'label' key")

@@ -319,8 +319,9 @@ def test_compare_adds_calibrated_columns_and_a_max_row(batches):
 
 def test_compare_many_calibrated_matrix(batches):
     models = [seeded(TinyConvNet, s) for s in range(3)]
-    raw = repsim.compare_many(models, batches, layer="block2", measure="debiased_cka", progress=False)
-    cal = repsim.compare_many(models, batches, layer="block2", measure="debiased_cka", progress=False, calibrate=19)
+    with pytest.warns(DeprecationWarning):  # the 0.3 call, kept until 0.5
+        raw = repsim.compare_many(models, batches, layer="block2", measure="debiased_cka", progress=False)
+        cal = repsim.compare_many(models, batches, layer="block2", measure="debiased_cka", progress=False, calibrate=19)
     assert cal.shape == (3, 3) and isinstance(cal.attrs["observed"], pd.DataFrame)
     assert np.allclose(cal.attrs["observed"].to_numpy(), raw.to_numpy())
     assert (cal.to_numpy() >= 0).all() and (cal.to_numpy() <= 1).all()
@@ -338,5 +339,8 @@ def test_cli_calibrate(tmp_path, capsys):
     assert "grid maximum" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
     assert {"calibrated", "threshold"} <= set(table.columns) and "<max>" in set(table["layer_a"])
-    assert main(["many", str(pa), str(pb), "--layer", "block2", "--calibrate", "19", *args]) == 0
+    with pytest.warns(DeprecationWarning):  # --layer: the 0.3 form
+        assert main(["many", str(pa), str(pb), "--layer", "block2", "--calibrate", "19", *args]) == 0
     assert (tmp_path / "out" / "many_linear_cka_calibrated.csv").exists()
+    assert main(["many", str(pa), str(pb), "--layers", "block2", "--calibrate", "19", *args]) == 0
+    assert "calibrated" in pd.read_csv(tmp_path / "out" / "table.csv")

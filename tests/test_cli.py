@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 
 import repsim
@@ -54,25 +55,10 @@ def test_many_end_to_end(tmp_path, capsys):
     pa, pb = _save(tmp_path)
     pc = repsim.save_state_dict(seeded(TinyConvNet, 2).state_dict(), tmp_path / "c.pt")
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "many",
-                str(pa),
-                str(pb),
-                str(pc),
-                "--arch",
-                ARCH,
-                "--layer",
-                "block2",
-                "--out",
-                str(out),
-                "--cache",
-                str(tmp_path / "cache"),
-            ]
-        )
-        == 0
-    )
+    args = ["many", str(pa), str(pb), str(pc), "--arch", ARCH, "--layer", "block2", "--out", str(out), "--cache",
+            str(tmp_path / "cache")]  # fmt: skip
+    with pytest.warns(DeprecationWarning):  # --layer: the 0.3 form, kept until 0.5
+        assert main(args) == 0
     m = pd.read_csv(out / "many_linear_cka.csv", index_col=0)
     assert m.shape == (3, 3) and abs(m.loc["a", "a"] - 1) < 1e-9
     assert "many_linear_cka.png" in capsys.readouterr().out

@@ -34,8 +34,8 @@ def test_streaming_compare_equals_one_shot(batches):
         measures=["linear_cka", "debiased_cka", "rsa", "kernel_cka"],
         progress=False,
     )
-    fa, _ = extract_features(a, batches, ["block1", "block2"], progress=False)
-    fb, _ = extract_features(b, batches, ["block2"], progress=False)
+    fa, _ = extract_features(a, batches, layers=["block1", "block2"], progress=False)
+    fb, _ = extract_features(b, batches, layers=["block2"], progress=False)
     for (la, lb), row in res.table.set_index(["layer_a", "layer_b"]).groupby(level=[0, 1]):
         values = row.set_index("measure")["value"]
         x, y = fa[la].double(), fb[lb].double()  # compare's products run in float64 by default
@@ -111,25 +111,26 @@ def test_memory_of_streaming_measures_does_not_grow_with_data():
 
 
 def test_extract_features_labels(batches):
-    feats, y = extract_features(seeded(TinyConvNet, 0), batches, "block2", progress=False)
+    feats, y = extract_features(seeded(TinyConvNet, 0), batches, layers="block2", progress=False)
     assert feats["block2"].shape == (200, 16) and y.shape == (200,)
 
 
 def test_compare_many_matches_pairwise(tmp_path, batches):
     models = [seeded(TinyConvNet, s) for s in range(3)]
-    m = repsim.compare_many(models, batches, layer="block2", progress=False)
+    m = repsim.compare_many(models, batches, layers=["block2"], progress=False).matrix("linear_cka")
     assert m.shape == (3, 3) and np.allclose(np.diag(m.to_numpy()), 1.0)
-    fa, _ = extract_features(models[0], batches, ["block2"], progress=False)
-    fb, _ = extract_features(models[2], batches, ["block2"], progress=False)
+    fa, _ = extract_features(models[0], batches, layers=["block2"], progress=False)
+    fb, _ = extract_features(models[2], batches, layers=["block2"], progress=False)
     assert m.iloc[0, 2] == pytest.approx(repsim.linear_cka(fa["block2"], fb["block2"]).item(), abs=1e-10)
     # checkpoints with an on-disk feature cache
     paths = []
     for i, model in enumerate(models):
         paths.append(repsim.save_state_dict(model.state_dict(), tmp_path / f"m{i}.pt"))
     cache = tmp_path / "cache"
-    first = repsim.compare_many(paths, batches, layer="block2", arch=TinyConvNet, cache_dir=cache, progress=False)
+    kw = dict(layers=["block2"], arch=TinyConvNet, cache_dir=cache, progress=False)
+    first = repsim.compare_many(paths, batches, **kw).matrix("linear_cka")
     assert len(list(cache.iterdir())) == 3
-    second = repsim.compare_many(paths, batches, layer="block2", arch=TinyConvNet, cache_dir=cache, progress=False)
+    second = repsim.compare_many(paths, batches, **kw).matrix("linear_cka")
     assert np.allclose(first.to_numpy(), m.to_numpy(), atol=1e-12) and np.allclose(second, first)
 
 
@@ -152,8 +153,8 @@ def test_compare_accepts_the_whole_registry(batches):
         measure_options=options,
         progress=False,
     )
-    fa, labels = extract_features(a, batches, ["head"], progress=False)
-    fb, _ = extract_features(b, batches, ["head"], progress=False)
+    fa, labels = extract_features(a, batches, layers=["head"], progress=False)
+    fb, _ = extract_features(b, batches, layers=["head"], progress=False)
     fa, fb = fa["head"].double(), fb["head"].double()  # compare's products run in float64 by default
     table = res.table.set_index("measure")
     assert set(table.index) == set(names)
@@ -183,12 +184,13 @@ def test_compare_measure_errors(batches):
 
 def test_compare_many_takes_any_registered_measure(batches):
     models = [seeded(TinyConvNet, s) for s in range(3)]
-    table = repsim.compare_many(models, batches, layer="block2", measure="procrustes", progress=False)
-    feats = [extract_features(m, batches, ["block2"], progress=False)[0]["block2"] for m in models]
+    table = repsim.compare_many(models, batches, layers=["block2"], measures=["procrustes"], progress=False)
+    table = table.matrix("procrustes")
+    feats = [extract_features(m, batches, layers=["block2"], progress=False)[0]["block2"] for m in models]
     assert table.values[0, 1] == pytest.approx(float(repsim.procrustes(feats[0], feats[1])), abs=1e-10)
     assert np.allclose(np.diag(table.values), 0.0)
     with pytest.raises(ValueError, match="compares model outputs"):
-        repsim.compare_many(models, batches, layer="block2", measure="jsd", progress=False)
+        repsim.compare_many(models, batches, layers=["block2"], measures=["jsd"], progress=False)
 
 
 def test_compare_with_inference_columns_and_marked_heatmap(batches, tmp_path):

@@ -109,10 +109,10 @@ def _worker(rank, world, init_file, result_file):
         a, b = _models()
         many_loader = _cases(rank, world)["sampler_shuffle=True"]
         results["many"] = {
-            m: repsim.compare_many([a, b, a], many_loader, "2", measure=m, max_samples=None, progress=False)
+            m: repsim.compare_many([a, b, a], many_loader, layers=["2"], measures=[m], progress=False).matrix(m)
             for m in ("linear_cka", "rsa")
         }
-        results["features"] = repsim.extract_features(a, many_loader, ["0", "2"], progress=False)
+        results["features"] = repsim.extract_features(a, many_loader, layers=["0", "2"], progress=False)
         results["wide"] = _wide_run(many_loader).table
         results["probes"] = _probe_table(*_probe_loaders(rank, world))
         rank0_only = _run(_cases(rank, world)["sampler_shuffle=False"], result_on="rank0")
@@ -141,12 +141,12 @@ def test_two_gloo_processes_equal_one_process():
     order = list(DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=5))
     for m in ("linear_cka", "rsa"):
         expected = repsim.compare_many(
-            [a, b, a], DataLoader(data, batch_size=3, sampler=order), "2", measure=m, max_samples=None, progress=False
-        )
+            [a, b, a], DataLoader(data, batch_size=3, sampler=order), layers=["2"], measures=[m], progress=False
+        ).matrix(m)
         for rank in range(2):
             assert (got[rank]["many"][m] - expected).abs().to_numpy().max() < 1e-10, (m, rank)
     feats, labels = repsim.extract_features(
-        a, DataLoader(data, batch_size=3, sampler=order), ["0", "2"], progress=False
+        a, DataLoader(data, batch_size=3, sampler=order), layers=["0", "2"], progress=False
     )
     for rank in range(2):
         got_feats, got_labels = got[rank]["features"]

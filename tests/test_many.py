@@ -62,7 +62,7 @@ def test_extract_features_out_writes_a_featureset_with_ids_and_metadata(tmp_path
     for k in ("block1", "block2"):
         assert torch.equal(fs[k], plain[k]) and torch.equal(feats[k], plain[k])
     assert torch.equal(fs.labels, plain_labels) and torch.equal(labels, plain_labels)
-    with pytest.warns(DeprecationWarning, match="by position"):
+    with pytest.warns(DeprecationWarning, match="by keyword"):
         repsim.extract_features(model, loader, ["block1"], "mean", progress=False)
 
 

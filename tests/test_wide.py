@@ -52,7 +52,7 @@ def _loader(n=60, batch=16):
 
 
 def _features(model, loader, layers):
-    feats, _ = repsim.extract_features(model, loader, layers, pool="flatten", progress=False)
+    feats, _ = repsim.extract_features(model, loader, layers=layers, pool="flatten", progress=False)
     return [feats[name].double().numpy() for name in layers]
 
 
@@ -68,8 +68,8 @@ def test_each_route_equals_the_gram_reference_for_every_layer_pair(pool, route):
     table = res.table.set_index(["layer_a", "layer_b", "measure"])
     streamed = table.xs("linear_cka", level="measure")["route"].unique().tolist()
     assert streamed == [route]
-    feats_a = repsim.extract_features(a, loader, LAYERS, pool=pool, progress=False)[0]
-    feats_b = repsim.extract_features(b, loader, LAYERS, pool=pool, progress=False)[0]
+    feats_a = repsim.extract_features(a, loader, layers=LAYERS, pool=pool, progress=False)[0]
+    feats_b = repsim.extract_features(b, loader, layers=LAYERS, pool=pool, progress=False)[0]
     for la in LAYERS:
         for lb in LAYERS:
             x, y = feats_a[la].double().numpy(), feats_b[lb].double().numpy()
@@ -294,11 +294,11 @@ def test_extract_features_refuses_or_spills_to_disk_and_resumes(tmp_path):
 
     a, loader = Wide(0), _loader()
     layers = ["c1", "fc"]
-    full, labels = repsim.extract_features(a, loader, layers, pool="flatten", progress=False)
+    full, labels = repsim.extract_features(a, loader, layers=layers, pool="flatten", progress=False)
     with pytest.raises(MemoryBudgetError, match="spill_dir"):
-        repsim.extract_features(a, loader, layers, pool="flatten", memory="50KB", progress=False)
+        repsim.extract_features(a, loader, layers=layers, pool="flatten", memory="50KB", progress=False)
     spilled, spilled_labels = repsim.extract_features(
-        a, loader, layers, pool="flatten", memory="50KB", spill_dir=tmp_path, progress=False
+        a, loader, layers=layers, pool="flatten", memory="50KB", spill_dir=tmp_path, progress=False
     )
     assert all(torch.equal(spilled[k], full[k]) for k in layers) and torch.equal(spilled_labels, labels)
     # a run killed after two batches: the files hold them and progress.json says so; the rest is redone
@@ -306,16 +306,17 @@ def test_extract_features_refuses_or_spills_to_disk_and_resumes(tmp_path):
     state = json.loads(progress.read_text())
     state["done"] = 32
     progress.write_text(json.dumps(state))
-    resumed, _ = repsim.extract_features(a, loader, layers, pool="flatten", spill_dir=tmp_path, progress=False)
+    resumed, _ = repsim.extract_features(a, loader, layers=layers, pool="flatten", spill_dir=tmp_path, progress=False)
     assert all(torch.equal(resumed[k], full[k]) for k in layers)
 
 
 def test_compare_many_checks_the_budget_and_sketches():
     models, loader = [Wide(0), Wide(1), Wide(2)], _loader()
     with pytest.raises(MemoryBudgetError, match="3 models"):
-        repsim.compare_many(models, loader, "c1", pool="flatten", memory="1MB", progress=False)
-    exact = repsim.compare_many(models, loader, "c1", pool="flatten", progress=False)
-    sketched = repsim.compare_many(models, loader, "c1", pool="flatten", sketch=256, progress=False)
+        repsim.compare_many(models, loader, layers=["c1"], pool="flatten", memory="1MB", progress=False)
+    exact = repsim.compare_many(models, loader, layers=["c1"], pool="flatten", progress=False).matrix("linear_cka")
+    sketched = repsim.compare_many(models, loader, layers=["c1"], pool="flatten", sketch=256, progress=False)
+    sketched = sketched.matrix("linear_cka")
     assert np.allclose(np.diag(sketched.to_numpy()), 1.0)
     assert np.abs(sketched.to_numpy() - exact.to_numpy()).max() < 0.15  # an estimator, close at k = 256
 

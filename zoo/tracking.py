@@ -14,7 +14,7 @@ LAYERS = ("encoder", "projector")
 
 
 def model_features(model: nn.Module, loader: Iterable, device, layers=LAYERS) -> tuple[dict[str, Tensor], Tensor]:
-    feats, labels = repsim.extract_features(model, loader, list(layers), device=device, progress=False)
+    feats, labels = repsim.extract_features(model, loader, layers=list(layers), device=device, progress=False)
     return feats, labels
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.arguments import keyword_only
 from .batches import split_batch
 from .collect import Rows, collect
 from .hooks import Pool, default_layers
@@ -81,10 +82,11 @@ def _batches_size(batches: Sequence) -> int | None:
 _LEGACY = ("layers", "pool", "device", "max_samples", "progress", "dtype", "distributed", "memory", "spill_dir")
 
 
+@keyword_only(_LEGACY)
 def extract_features(
     model: nn.Module,
     loader: Iterable,
-    *positional,
+    *,
     layers: Sequence[str] | str | None = None,
     pool: Pool = "mean",
     device=None,
@@ -104,7 +106,7 @@ def extract_features(
     Returns ({layer: (n, d) tensor on CPU}, labels (n,) or None). Runs in eval mode without
     gradients; the model's training flags are restored afterwards, and its hooks removed.
     ``dtype`` casts stored features (e.g. torch.float16 to halve memory); default keeps them.
-    Arguments after ``loader`` are keyword-only (passing them by position is deprecated).
+    Arguments after ``loader`` are keyword-only (by position: deprecated, until 0.5).
 
     Memory: after the first batch the features' size n * sum(d) is checked against ``memory``
     (bytes or "8GB"; default 60 % of the available RAM; n from the loader's length or
@@ -128,36 +130,31 @@ def extract_features(
     With ``out``, rank 0 writes the gathered features.
     """
     from ..core import distributed as D
-    from ..core.arguments import legacy_positional
     from ..core.budget import parse_memory
 
-    given = dict(layers=layers, pool=pool, device=device, max_samples=max_samples, progress=progress, dtype=dtype,
-                 distributed=distributed, memory=memory, spill_dir=spill_dir)  # fmt: skip
-    a = legacy_positional("extract_features", positional, _LEGACY, given)
-    if isinstance(a["pool"], str) and a["pool"] == "tokens":  # rows per token need the batch's attention mask
+    if isinstance(pool, str) and pool == "tokens":  # rows per token need the batch's attention mask
         raise ValueError("pool='tokens' is for token sequences: use repsim.token_features(model, batches, layers)")
-    if out is not None and a["spill_dir"] is not None:
+    if out is not None and spill_dir is not None:
         raise ValueError("give out= (a FeatureSet folder) or spill_dir=, not both")
-    shard = D.shard_of(loader, a["distributed"])
-    if shard.world > 1 and a["max_samples"] is not None:
+    shard = D.shard_of(loader, distributed)
+    if shard.world > 1 and max_samples is not None:
         raise ValueError("max_samples is not supported under a process group; subset the dataset first")
-    if shard.world > 1 and a["spill_dir"] is not None:
+    if shard.world > 1 and spill_dir is not None:
         raise ValueError("spill_dir is not supported under a process group; use out= (rank 0 writes the FeatureSet)")
-    names = _layers(model, a["layers"])
-    device = resolve_device(a["device"], model)
+    names = _layers(model, layers)
+    a = {"pool": pool, "max_samples": max_samples, "dtype": dtype}
     record = None
-    spill = a["spill_dir"]
+    spill = spill_dir
     if out is not None:
         record = _record(model, loader, names, a, shard, ids, name, meta)
         spill = out if shard.world == 1 else None
         if shard.rank == 0:  # the folder is incomplete until its index is written again at the end
             (Path(out) / "featureset.json").unlink(missing_ok=True)
-    n = expected_samples(loader, a["max_samples"])
-    fingerprint = _fingerprint(loader, names, a["pool"], a["max_samples"], a["dtype"])
-    fingerprint = record["fingerprint"] if record else fingerprint
-    sink = Rows(names, n, parse_memory(a["memory"]), a["dtype"], spill, fingerprint, "samples")
-    collect(model, loader, names, a["pool"], sink, shard=shard, adapt=_inputs_and_labels, device=device,
-            max_samples=a["max_samples"], progress=a["progress"], desc="features")  # fmt: skip
+    fingerprint = record["fingerprint"] if record else _fingerprint(loader, names, pool, max_samples, dtype)
+    n = expected_samples(loader, max_samples)
+    sink = Rows(names, n, parse_memory(memory), dtype, spill, fingerprint, "samples")
+    collect(model, loader, names, pool, sink, shard=shard, adapt=_inputs_and_labels,
+            device=resolve_device(device, model), max_samples=max_samples, progress=progress, desc="features")
     feats, labels, _ = sink.result(shard)
     if record is not None and shard.rank == 0:
         _finish_featureset(Path(out), feats, labels, record, shard.world > 1)

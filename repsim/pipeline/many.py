@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import distributed as D
-from ..core.arguments import legacy_positional
+from ..core.arguments import keyword_only
 from ..core.budget import MemoryBudgetError, format_bytes, parse_memory
 from ..core.feature_files import load_features
 from ..core.featureset import FeatureSet, common_rows, is_featureset, read_featureset, repsim_version
@@ -39,10 +39,11 @@ _LEGACY = ("layer", "arch", "measure", "names", "pool", "device", "max_samples",
            "chunk_batches", "distributed", "memory", "sketch", "sketch_seed", "calibrate")  # fmt: skip
 
 
+@keyword_only(_LEGACY)
 def compare_many(
     sources: Sequence[FeatureSet | nn.Module | str | Path],
     loader: Iterable | None = None,
-    *positional,
+    *,
     layers: str | Sequence[str] | Mapping[str, Sequence[str]] = "all",
     measures: Sequence[str] | None = None,
     names: Sequence[str] | None = None,
@@ -106,13 +107,10 @@ def compare_many(
     Deprecated (until 0.5): ``compare_many(models, loader, layer, measure=...)`` returns 0.3's N x N
     DataFrame (``calibrate=B``: the calibrated one, the raw one and the thresholds in ``attrs``).
     """
-    kw = _old_arguments(positional, layer=layer, arch=arch, measure=measure, calibrate=calibrate,
-                        chunk_batches=chunk_batches)  # fmt: skip
-    layer, arch, measure, calibrate = kw["layer"], kw["arch"], kw["measure"], kw["calibrate"]
+    _warn_old(layer=layer, measure=measure, calibrate=calibrate, chunk_batches=chunk_batches)
     legacy = layer is not None or measure is not None
     opts = dict(names=names, pool=pool, device=device, max_samples=max_samples, cache_dir=cache_dir,
                 progress=progress, distributed=distributed, memory=memory, sketch=sketch, sketch_seed=sketch_seed)
-    opts.update({k: v for k, v in kw.items() if k in opts})  # fmt: skip
     if legacy:
         return _legacy(sources, loader, layer, measure or "linear_cka", arch, calibrate, opts)
     if calibrate:
@@ -121,13 +119,11 @@ def compare_many(
                   inference, measure_options, block_models, opts)[0]  # fmt: skip
 
 
-def _old_arguments(positional: tuple, **given) -> dict:
-    """The 0.3 arguments (positional ones bound by name), with one DeprecationWarning when used."""
-    kw = legacy_positional("compare_many", positional, _LEGACY, given)
-    if any(kw.get(k) is not None for k in ("layer", "measure", "calibrate", "chunk_batches")):
+def _warn_old(**given) -> None:
+    """One DeprecationWarning when a 0.3 argument is used."""
+    if any(v is not None for v in given.values()):
         warnings.warn("compare_many(layer=, measure=, calibrate=, chunk_batches=) are deprecated: use layers=[...], "
-                      "measures=[...], inference={'calibrate': B}", DeprecationWarning, stacklevel=3)  # fmt: skip
-    return kw
+                      "measures=[...], inference={'calibrate': B}", DeprecationWarning, stacklevel=4)  # fmt: skip
 
 
 def _atlas(sources, loader, layers, measures, arch, dtype, ids, cache, out, join, inference, measure_options,
