@@ -139,7 +139,7 @@ def run_loop_grids(paths, measures, args) -> dict:
             xs, ys = [a[k] for k in a.layers], [sets[j][k] for k in sets[j].layers]
             for m in measures:
                 opts = {"k": 10} if m == "mutual_knn" else {}
-                out[m][i][j] = out[m][j][i] = float(torch.as_tensor(repsim.measure_grid(m, xs, ys, **opts)).max())
+                out[m][i][j] = out[m][j][i] = float(torch.as_tensor(repsim.measure_grid(xs, ys, m, **opts)).max())
     return out
 
 
@@ -158,7 +158,7 @@ def run_loop_pairs(paths, measures, args) -> dict:
     sample, total = _sampled_pairs(len(layers), len(layers[0]), args.sample)
     for a, la, b, lb in sample:
         for m in measures:
-            repsim.measure(m, layers[a][la], layers[b][lb], **({"k": 10} if m == "mutual_knn" else {}))
+            repsim.measure(layers[a][la], layers[b][lb], m, **({"k": 10} if m == "mutual_knn" else {}))
     return {"sampled": len(sample), "total": total}
 
 

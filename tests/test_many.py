@@ -62,7 +62,7 @@ def test_extract_features_out_writes_a_featureset_with_ids_and_metadata(tmp_path
     for k in ("block1", "block2"):
         assert torch.equal(fs[k], plain[k]) and torch.equal(feats[k], plain[k])
     assert torch.equal(fs.labels, plain_labels) and torch.equal(labels, plain_labels)
-    with pytest.warns(DeprecationWarning, match="by keyword"):
+    with pytest.warns(DeprecationWarning, match="keyword-only"):
         repsim.extract_features(model, loader, ["block1"], "mean", progress=False)
 
 
@@ -172,7 +172,7 @@ def test_aggregates_equal_a_hand_loop_over_measure_grid():
             mat = res.matrix(m, aggregate=how)
             for i, a in enumerate(sets):
                 for j, b in enumerate(sets):
-                    g = repsim.measure_grid(m, [a[k] for k in a.layers], [b[k] for k in b.layers], **opts)
+                    g = repsim.measure_grid([a[k] for k in a.layers], [b[k] for k in b.layers], m, **opts)
                     if how == "max":
                         want = g.max()
                     elif how == "diagonal":
@@ -222,7 +222,7 @@ def test_asymmetric_measures_have_both_directions():
     sets = [_set(0, layers=2), _set(1, layers=2)]
     res = repsim.compare_many(sets, measures=["cycle_knn"], block_models=1, progress=False)
     ab, ba = res.grid("cycle_knn", "m0", "m1"), res.grid("cycle_knn", "m1", "m0")
-    want = repsim.measure_grid("cycle_knn", [sets[1][k] for k in sets[1].layers], [sets[0][k] for k in sets[0].layers])
+    want = repsim.measure_grid([sets[1][k] for k in sets[1].layers], [sets[0][k] for k in sets[0].layers], "cycle_knn")
     assert np.allclose(ba.to_numpy(), want.numpy(), atol=1e-12) and not np.allclose(ab.to_numpy(), ba.to_numpy().T)
 
 

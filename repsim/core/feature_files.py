@@ -61,9 +61,9 @@ def load_features(path, *, layers: Sequence[str] | str | None = None, ids=None, 
             if missing:
                 raise ValueError(f"layers {missing} are not in {path}; it holds {list(feats)}")
             feats = {k: feats[k] for k in wanted}
-        fs = FeatureSet(feats, stored_ids, {"source": str(path), **meta})
+        fs = FeatureSet(feats, ids=stored_ids, meta={"source": str(path), **meta})
     if ids is not None:
-        fs = FeatureSet({k: fs._features[k] for k in fs.layers}, ids, fs.meta, fs.labels)
+        fs = FeatureSet({k: fs._features[k] for k in fs.layers}, ids=ids, meta=fs.meta, labels=fs.labels)
     fs.meta.setdefault("model", name or path.stem)
     if name is not None:
         fs.meta["model"] = name

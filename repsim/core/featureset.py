@@ -90,7 +90,7 @@ class FeatureSet:
     ``fs[layer]`` is an (n, d) tensor (a read-only view of a memory-mapped file for a loaded set).
     """
 
-    def __init__(self, features: Mapping[str, Tensor | np.ndarray], ids=None, meta=None, labels=None) -> None:
+    def __init__(self, features: Mapping[str, Tensor | np.ndarray], *, ids=None, meta=None, labels=None) -> None:
         if not isinstance(features, Mapping) or not features:
             raise ValueError("features must be a non-empty mapping {layer name: (n, d) array}")
         self._features = {str(k): _as_array(v, str(k)) for k, v in features.items()}
@@ -141,11 +141,11 @@ class FeatureSet:
         if missing:
             raise ValueError(f"layers {missing} are not in the feature set; its layers are {self.layers}")
         if rows is None:
-            return FeatureSet({k: self._features[k] for k in names}, self.ids, self.meta, self.labels)
+            return FeatureSet({k: self._features[k] for k in names}, ids=self.ids, meta=self.meta, labels=self.labels)
         rows = np.asarray(rows, dtype=np.int64)
         feats = {k: self[k][torch.from_numpy(rows)] for k in names}
         labels = None if self.labels is None else self.labels[torch.from_numpy(rows)]
-        return FeatureSet(feats, [self.ids[i] for i in rows], self.meta, labels)
+        return FeatureSet(feats, ids=[self.ids[i] for i in rows], meta=self.meta, labels=labels)
 
     def save(self, path) -> Path:
         """Write the set as a folder (see the module's docstring), every file atomically; returns it."""
@@ -202,7 +202,7 @@ def read_featureset(path, layers: Sequence[str] | None = None) -> FeatureSet:
     feats = {k: np.load(folder / files[k], mmap_mode="r") for k in names}
     ids = json.loads((folder / index["ids"]).read_text())
     labels = np.load(folder / index["labels"]) if index.get("labels") else None
-    return FeatureSet(feats, ids, index.get("meta", {}), labels)
+    return FeatureSet(feats, ids=ids, meta=index.get("meta", {}), labels=labels)
 
 
 # -------------------------------------------------------------------------------- joining on ids

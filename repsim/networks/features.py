@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.arguments import keyword_only
+from ..core.deprecation import deprecated_arguments
 from .batches import split_batch
 from .collect import Rows, collect
 from .hooks import Pool, default_layers
@@ -82,7 +82,7 @@ def _batches_size(batches: Sequence) -> int | None:
 _LEGACY = ("layers", "pool", "device", "max_samples", "progress", "dtype", "distributed", "memory", "spill_dir")
 
 
-@keyword_only(_LEGACY)
+@deprecated_arguments(positional=_LEGACY)
 def extract_features(
     model: nn.Module,
     loader: Iterable,
@@ -229,7 +229,7 @@ def _finish_featureset(folder: Path, feats, labels, record: dict, write_arrays: 
         np.load(folder / f"layer{i}.npy", mmap_mode="r").shape[0] != n for i in range(len(feats))
     )
     if write_arrays or files_short:  # gathered from the ranks (or fewer samples than the loader's length)
-        FeatureSet(feats, ids, meta, labels).save(folder)
+        FeatureSet(feats, ids=ids, meta=meta, labels=labels).save(folder)
         return
     files = [f"layer{i}.npy" for i in range(len(feats))]
     write_index(folder, list(feats), files, ids, meta, labels is not None)

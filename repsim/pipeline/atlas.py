@@ -291,7 +291,7 @@ def _grids(job: AtlasJob, xs: list[Tensor], ys: list[Tensor] | None, proj) -> di
             g = sketched_grid(both, job.sketch, proj[0] if ys is None else proj[0] + proj[1])
             out[m] = g if ys is None else g[: len(xs), len(xs) :]
         else:
-            out[m] = measure_grid(m, xs, ys, **dict(job.options.get(m, {}))).cpu()
+            out[m] = measure_grid(xs, ys, m, **dict(job.options.get(m, {}))).cpu()
     return out
 
 
@@ -311,8 +311,8 @@ def _calibration_rows(job: AtlasJob, a: int, b: int, xs, ys, m: str, rows: list[
 
     info = get_measure(m)
     how = job.inference.get("aggregate", "max")
-    res = calibrate_grid(xs, ys, m, _grid_aggregate(how, info.larger_is_more_similar),
-                         int(job.inference["calibrate"]), float(job.inference.get("alpha", 0.05)),
+    res = calibrate_grid(xs, ys, m, aggregate=_grid_aggregate(how, info.larger_is_more_similar),
+                         n_permutations=int(job.inference["calibrate"]), alpha=float(job.inference.get("alpha", 0.05)),
                          seed=int(job.inference.get("seed", 0)) + 7919 * a + b,
                          **dict(job.options.get(m, {})))  # fmt: skip
     cells = res.cells

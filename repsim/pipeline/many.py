@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import distributed as D
-from ..core.arguments import keyword_only
 from ..core.budget import MemoryBudgetError, format_bytes, parse_memory
+from ..core.deprecation import deprecated_arguments
 from ..core.feature_files import load_features
 from ..core.featureset import FeatureSet, common_rows, is_featureset, read_featureset, repsim_version
 from ..core.validation import check_choice
@@ -39,7 +39,7 @@ _LEGACY = ("layer", "arch", "measure", "names", "pool", "device", "max_samples",
            "chunk_batches", "distributed", "memory", "sketch", "sketch_seed", "calibrate")  # fmt: skip
 
 
-@keyword_only(_LEGACY)
+@deprecated_arguments(positional=_LEGACY)
 def compare_many(
     sources: Sequence[FeatureSet | nn.Module | str | Path],
     loader: Iterable | None = None,
@@ -266,7 +266,7 @@ def _model_features(item, name, loader, layers, arch, dtype, ids, cache, o) -> F
         plain = {k: v for k, v in common.items() if k not in ("ids", "name")}
         feats, labels = extract_features(model, loader, memory=o["memory"], **plain)
         sample_ids = sample_ids_of(loader, ids, shard, o["max_samples"])
-        return FeatureSet(feats, sample_ids, {"model": name}, labels)
+        return FeatureSet(feats, ids=sample_ids, meta={"model": name}, labels=labels)
     pool = o["pool"] if isinstance(o["pool"], str) else getattr(o["pool"], "__qualname__", repr(o["pool"]))
     key = key_of(source_hash(item), _arch_name(arch, model), chosen, pool, str(dtype), repsim_version(),
                  describe_data(loader), o["max_samples"])  # fmt: skip
@@ -288,8 +288,9 @@ def _model_features(item, name, loader, layers, arch, dtype, ids, cache, o) -> F
                                      **common)  # fmt: skip
     if shard.world > 1:
         D.gather(None)  # rank 0 has written the folder
-    return read_featureset(folder) if shard.world == 1 else FeatureSet(feats, read_featureset(folder).ids,
-                                                                        {"model": name}, labels)  # fmt: skip
+    if shard.world == 1:
+        return read_featureset(folder)
+    return FeatureSet(feats, ids=read_featureset(folder).ids, meta={"model": name}, labels=labels)
 
 
 def _stale(stored: FeatureSet, loader, ids, shard, max_samples) -> str | None:
