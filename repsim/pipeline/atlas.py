@@ -284,11 +284,12 @@ def _grids(job: AtlasJob, xs: list[Tensor], ys: list[Tensor] | None, proj) -> di
     """Every measure's grid between ``xs`` and ``ys`` (None: xs with itself; per-layer work once)."""
     out = {}
     for m in job.measures:
-        if job.sketch is not None and m == "linear_cka":
+        corrected = get_measure(m).sketch_corrected if job.sketch is not None else None
+        if corrected is not None:  # the measure's declared projection-corrected form
             from .many import sketched_grid
 
             both = xs if ys is None else xs + ys
-            g = sketched_grid(both, job.sketch, proj[0] if ys is None else proj[0] + proj[1])
+            g = sketched_grid(both, job.sketch, proj[0] if ys is None else proj[0] + proj[1], corrected)
             out[m] = g if ys is None else g[: len(xs), len(xs) :]
         else:
             out[m] = measure_grid(xs, ys, m, **dict(job.options.get(m, {}))).cpu()

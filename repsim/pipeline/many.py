@@ -350,15 +350,15 @@ def _legacy(sources, loader, layer, measure, arch, calibrate, o) -> pd.DataFrame
     return out
 
 
-def sketched_grid(features: list[Tensor], k: int, projected: list[bool]) -> Tensor:
-    """Projection-corrected linear CKA between every pair of sketched layers (1 on the diagonal)."""
+def sketched_grid(features: list[Tensor], k: int, projected: list[bool], corrected) -> Tensor:
+    """A measure's projection-corrected form (``MeasureInfo.sketch_corrected``) between every pair of
+    sketched layers (1 on the diagonal)."""
     from ..measures.moments import moments_of
-    from ..measures.sketch import sketched_linear_cka
 
     count = len(features)
     grid = torch.eye(count, dtype=torch.float64)
     for i in range(count):
         for j in range(i + 1, count):
             m = moments_of(features[i], features[j])
-            grid[i, j] = grid[j, i] = sketched_linear_cka(m, k, projected[i], projected[j]).cpu()
+            grid[i, j] = grid[j, i] = corrected(m, k, projected[i], projected[j]).cpu()
     return grid
