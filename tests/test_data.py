@@ -97,3 +97,19 @@ def test_digits_split_is_seeded_and_ordered():
     x2, y2 = next(iter(reference_loader("digits", batch_size=100)))
     assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (100, 1, 8, 8)
     assert len(loader.dataset) == 450 and len(reference_dataset("digits", train=True)) == 1347
+
+
+@pytest.mark.parametrize(
+    "name, archive, folder",
+    [
+        ("cifar10", "cifar-10-python.tar.gz", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python.tar.gz", "cifar-100-python"),
+    ],
+)
+def test_cifar_not_found_names_the_real_archive(tmp_path, name, archive, folder):
+    """Defect 5 of issue 32: the message named archives that do not exist (cifar-100thon-python.tar.gz)."""
+    with pytest.raises(DatasetNotFoundError) as err:
+        read_cifar(tmp_path / "nowhere", name)
+    message = str(err.value)
+    assert f" {archive}," in message and f"{folder}/" in message
+    assert "thon-python" not in message and "batches-python" not in message

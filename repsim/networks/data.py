@@ -40,6 +40,8 @@ _CIFAR = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
 }
+# The archives' names on https://www.cs.toronto.edu/~kriz/cifar.html (python versions).
+CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -107,7 +109,7 @@ def cifar_root(root, name: str) -> Path:
     raise DatasetNotFoundError(
         f"{name} not found under {root}: put the extracted python version there so that "
         f"{root / folder / _CIFAR[name][2][0]} exists (the archive from the CIFAR page, "
-        f"{folder.replace('-py', '').replace('-python', '')}-python.tar.gz, extracted as is). Nothing is downloaded."
+        f"{CIFAR_ARCHIVES[name]}, extracted as is). Nothing is downloaded."
     )
 
 
