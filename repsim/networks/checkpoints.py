@@ -8,7 +8,11 @@ and refuses everything else (a crafted file cannot run code). Both are untrusted
 from __future__ import annotations
 
 import importlib
+import json
+import math
 import pickle
+import re
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -41,19 +45,140 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not fit the requested architecture."""
 
 
+# Bytes per element of the safetensors dtypes (the format's spec: huggingface/safetensors README).
+_SAFETENSORS_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+
+
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is damaged: {what}. The file was changed or truncated after it was written (an interrupted "
+        "copy or download, a disk error); nothing was loaded from it. Copy or save it again"
+    )
+
+
+def _storage_names(obj, prefix: str = "") -> list[str]:
+    """The tensors of ``obj`` by storage, in the order torch.save numbers its storage records (first use,
+    depth first, in the pickler's traversal order): entry i names the tensor(s) stored in ``data/i``."""
+    order: dict[int, str] = {}
+
+    def walk(o, name):
+        if isinstance(o, Tensor):
+            order.setdefault(o.untyped_storage()._cdata, name)
+        elif isinstance(o, Mapping):
+            for k, v in o.items():
+                walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{name}[{i}]")
+
+    walk(obj, prefix)
+    return list(order.values())
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a ``torch.save`` zip whose records fail their CRC-32 (a few ms for a ResNet-18).
+
+    ``torch.load`` reads the records without checking them, so flipped bytes inside a tensor load as
+    silently wrong weights. Legacy (non-zip) files carry no checksum and are not checked.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise _damaged(path, f"its zip structure is broken ({err or type(err).__name__})") from None
+    if bad is None:
+        return
+    record = re.search(r"/data/(\d+)$", bad)
+    tensor = ""
+    if record:  # name the tensor as well: the payload loads (torch does not check), only its bytes are wrong
+        try:
+            names = _storage_names(torch.load(path, map_location="cpu", weights_only=True))
+            tensor = f" (tensor {names[int(record.group(1))]!r})" if int(record.group(1)) < len(names) else ""
+        except Exception:  # the name is a courtesy; the refusal stands without it
+            tensor = ""
+    raise _damaged(path, f"record {bad!r}{tensor} fails its CRC-32 check")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header and size disagree (truncated, padded or overwritten header).
+
+    The format has no checksum: this checks the header length, that each tensor's byte range matches its
+    dtype and shape, that the ranges tile the data section from 0 without gaps or overlaps, and that the
+    file ends where the last one does. Bytes flipped inside a tensor's data cannot be detected.
+    """
+    size = path.stat().st_size
+    raw = path.open("rb").read(8) if size >= 8 else b""
+    n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if n < 2 or 8 + n > size:
+        raise _damaged(path, f"its header length ({n} bytes) does not fit the file's {size} bytes")
+    with path.open("rb") as f:
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise _damaged(path, f"its header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    end = 0
+    tensors = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    entries = sorted(tensors, key=lambda kv: _offsets(path, kv)[0])
+    for name, entry in entries:
+        begin, stop = _offsets(path, (name, entry))
+        width = _SAFETENSORS_BYTES.get(entry.get("dtype"))
+        shape = entry.get("shape")
+        if width is None or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _damaged(path, f"record {name!r} has dtype {entry.get('dtype')!r} and shape {shape!r}")
+        if begin != end or stop - begin != width * math.prod(shape):
+            raise _damaged(
+                path,
+                f"record {name!r} spans bytes {begin}..{stop} of the data, but its {entry['dtype']} {shape} needs "
+                f"{width * math.prod(shape)} bytes from {end}",
+            )
+        end = stop
+    if 8 + n + end != size:
+        last = f"record {entries[-1][0]!r} ends" if entries else "the header ends"
+        raise _damaged(path, f"the file has {size} bytes but its {last} at byte {8 + n + end}")
+
+
+def _offsets(path: Path, item) -> tuple[int, int]:
+    name, entry = item
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise _damaged(path, f"record {name!r} has no valid data_offsets ({offsets!r})")
+    if not 0 <= offsets[0] <= offsets[1]:
+        raise _damaged(path, f"record {name!r} has data_offsets {offsets} out of order")
+    return offsets[0], offsets[1]
+
+
 def load_state_dict(path) -> dict[str, Tensor]:
-    """Read a state dict from ``path``, unwrapping common nestings and wrapper prefixes."""
+    """Read a state dict from ``path``, unwrapping common nestings and wrapper prefixes.
+
+    The file is checked before it is read: a ``torch.save`` zip's per-record CRC-32, a safetensors
+    file's header against its size. A damaged file raises :class:`CheckpointError` naming the record.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): the save that wrote it was probably interrupted; save it again"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        _check_safetensors(path)
         try:
             raw = load_file(str(path), device="cpu")
         except Exception as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
     else:
+        _check_torch_zip(path)
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
@@ -69,7 +194,8 @@ def load_state_dict(path) -> dict[str, Tensor]:
             detail = next((ln for ln in lines if ln.lower().startswith("unsupported")), type(err).__name__)
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail})") from None
         except (RuntimeError, EOFError, OSError) as err:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from None
+            detail = str(err).strip() or f"{type(err).__name__}, the file ends early"
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {detail}") from None
     return unwrap_state_dict(raw, str(path))
 
 
