@@ -89,3 +89,51 @@ def test_streaming_errors(gen):
     acc.update(torch.randn(3, 3, generator=gen), torch.randn(3, 3, generator=gen))
     with pytest.raises(ValueError, match="needs at least 4"):
         acc.compute()
+
+
+def _minibatch_reference(x, y, size):
+    """sum_i HSIC_1(K_i, L_i) / sqrt(...) from the textbook unbiased estimator on float64 Grams of centred batches."""
+    kl = kk = ll = 0.0
+    for s in _batches(x.shape[0], size):
+        xb, yb = x[s].double(), y[s].double()
+        xb, yb = xb - xb.mean(0), yb - yb.mean(0)  # the estimator is shift-invariant; centring keeps float64 exact
+        k, l = (xb @ xb.T).numpy(), (yb @ yb.T).numpy()
+        kl += reference.hsic_unbiased(k, l)
+        kk += reference.hsic_unbiased(k, k)
+        ll += reference.hsic_unbiased(l, l)
+    return kl / (kk * ll) ** 0.5
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_minibatch_float32_products_stay_honest_at_large_offsets(gen, offset):
+    """The per-batch mean is removed in the product dtype before the product (issue 32's speed-up): float32
+    features with an offset of 1e3 still give the float64 value to the float32 policy's 1e-6."""
+    x, y = related(gen, n=200, p=300, q=40)
+    x, y = (torch.relu(x) + offset).float(), (y + offset).float()
+    expected = _minibatch_reference(x, y, 50)
+    for dtype, tol in ((None, 1e-6), (torch.float64, 1e-12)):
+        acc = repsim.MinibatchCKA(dtype=dtype)
+        for s in _batches(200, 50):
+            acc.update(x[s], y[s])
+        assert acc.compute().item() == pytest.approx(expected, abs=tol), (dtype, offset)
+
+
+def test_minibatch_refuses_nan_and_constant_layers_in_compute(gen):
+    x, y = related(gen, n=64)
+    bad = x.clone()
+    bad[5, 2] = float("nan")
+    acc = repsim.MinibatchCKA()
+    acc.update([x[:32], bad[:32]], [y[:32]])  # no error in update: checked once, in compute
+    acc.update([x[32:], bad[32:]], [y[32:]])
+    with pytest.raises(ValueError, match="layer 1 of the stream contains NaN or Inf"):
+        acc.compute()
+    acc = repsim.MinibatchCKA()
+    for s in _batches(64, 16):
+        acc.update([x[s], torch.full((16, 3), 7.0)], [y[s]])
+    with pytest.raises(ValueError, match="layer 1 of the stream is constant"):
+        acc.compute()
+    acc = repsim.MinibatchCKA()
+    for s in _batches(64, 16):  # rounding-level spread on a large value: constant up to rounding
+        acc.update([x[s]], [(1e4 + 1e-9 * torch.randn(16, 3, generator=gen, dtype=torch.float64)).float()])
+    with pytest.raises(ValueError, match="layer 1 of the stream is constant"):
+        acc.compute()

@@ -10,13 +10,14 @@ import torch
 from torch import Tensor
 
 from ..core.deprecation import deprecated_arguments
-from ..core.numerics import ACC, center_columns
-from ..core.validation import near_constant, resolve_dtype
+from ..core.numerics import ACC
+from ..core.validation import constant_tolerance, near_constant, resolve_dtype
 from .accumulator import LayerStream, combine_states
 from .hsic import (
     CrossMoments,
     LayerMoments,
     cka_from_hsic,
+    double_center,
     estimator_name,
     gram_hsic_grid,
     min_samples,
@@ -161,13 +162,21 @@ class StreamingLinearCKA(LayerGridAccumulator):
         return self._finish(self.debiased, kl, kk, ll)
 
 
-class MinibatchCKA(LayerGridAccumulator):
+class MinibatchCKA(LayerStream):
     """Minibatch CKA (Nguyen et al. 2021): sum_i HSIC(K_i, L_i) / sqrt(sum_i HSIC(K_i, K_i) sum_i HSIC(L_i, L_i)).
 
     Each batch contributes the unbiased HSIC (Song et al. 2012) of its own b x b Gram matrices
     (``debiased=False`` switches to the biased estimator). Each batch needs b >= 4 samples for the
     unbiased estimator. The value estimates population CKA without the O(n^2) cost, but is not
     equal to full-data CKA: use :class:`StreamingLinearCKA` for that.
+
+    Cost per batch and layer: one pass for the batch's column mean, one for the centred copy, the
+    b x b product (in ``dtype``: float32 for float32 features by default) and O(b^2) float64 work.
+    Subtracting the mean in the product dtype before the product is what keeps float32 products
+    honest on features with a large offset (the subtraction is exact where x is near its mean); the
+    rounding of the mean itself leaves a common shift, which the float64 double centring of the
+    Gram matrix removes. NaN/Inf and constant layers are refused in ``compute`` from per-layer
+    energies: the centred energy sum_i |x_i - mean_b|^2 against the raw one sum_i |x_i|^2.
     """
 
     @deprecated_arguments(positional=("debiased", "dtype"))
@@ -175,11 +184,18 @@ class MinibatchCKA(LayerGridAccumulator):
         super().__init__()
         self.debiased, self.dtype = debiased, dtype
         self.add_state("_sums", None, "sum")  # [sum_i HSIC(K_i, L_i) (L, M), sum HSIC(K_i, K_i) (L,), ... (M,)]
+        self.add_state("_energy", None, "sum")  # (2, L + M): centred and raw energies, float64
+        self.add_state("_widths", None, "same")
+        self.add_state("_dtypes", None, "same")
 
     def update(self, xs, ys=None) -> None:
         """Add one batch; see :meth:`StreamingLinearCKA.update`."""
         same = ys is None
-        xs, ys = self._inputs(xs, ys)
+        xs, ys = self._layer_lists(xs, ys)
+        both = xs if same else xs + ys
+        widths = [t.shape[1] for t in both]
+        if self._widths is not None and widths != self._widths:
+            raise ValueError("update() got a different number of layers or feature sizes than the first batch")
         need = min_samples(estimator_name(self.debiased))
         if xs[0].shape[0] < need:
             raise ValueError(
@@ -188,14 +204,52 @@ class MinibatchCKA(LayerGridAccumulator):
                 "drop or merge small batches"
             )
         compute = resolve_dtype(self.dtype, *xs, *ys)
-        ks = torch.stack([(c := center_columns(x, compute)) @ c.T for x in xs])
-        ls = ks if same else torch.stack([(c := center_columns(y, compute)) @ c.T for y in ys])
+        ks, e_x = _centred_grams(xs, compute)
+        ls, e_y = (ks, e_x) if same else _centred_grams(ys, compute)
         terms = list(gram_hsic_grid(ks, ls, estimator_name(self.debiased)))
-        self._sums = terms if self._sums is None else [a + b for a, b in zip(self._sums, terms, strict=True)]
+        energy = e_x if same else torch.cat([e_x, e_y], dim=1)
+        if self._sums is None:
+            self._sums, self._energy = terms, energy
+            self._widths, self._dtypes = widths, [t.dtype for t in both]
+        else:
+            self._sums = [a + b for a, b in zip(self._sums, terms, strict=True)]
+            self._energy = self._energy + energy
         self.n += xs[0].shape[0]
 
     def compute(self) -> Tensor:
         """Minibatch CKA over all batches so far: 0-d for single tensors, (L, M) for layer lists."""
         if self._sums is None:
             raise ValueError("compute() called before any update(); feed at least one batch")
-        return self._finish(self.debiased, *self._sums)
+        need = min_samples(estimator_name(self.debiased))
+        if self.n < need:
+            raise ValueError(f"only {self.n} samples were accumulated; this estimator needs at least {need}")
+        centred, raw = self._energy
+        tol = torch.tensor([constant_tolerance(dt) ** 2 for dt in self._dtypes], dtype=ACC, device=raw.device)
+        finite = torch.isfinite(raw) & torch.isfinite(centred)
+        flags = torch.cat([finite, finite & (centred > tol * raw)]).tolist()  # the one host synchronisation
+        layers = len(self._dtypes)
+        if not all(flags[:layers]):
+            bad = flags.index(False)
+            raise ValueError(f"layer {bad} of the stream contains NaN or Inf values; clean or drop those samples first")
+        if not all(flags[layers:]):
+            bad = flags[layers:].index(False)
+            raise ValueError(
+                f"layer {bad} of the stream is constant within every batch (up to rounding), so minibatch CKA "
+                "is undefined"
+            )
+        grid = cka_from_hsic(*self._sums, self.debiased)
+        return grid[0, 0] if self._single else grid
+
+
+def _centred_grams(xs: list[Tensor], compute: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Doubly centred float64 Gram matrices (L, b, b) of a batch's layers, and their energies (2, L):
+    sum_i |x_i - mu|^2 and sum_i |x_i|^2 = that + b |mu|^2 (mu the batch's column mean)."""
+    grams, means = [], []
+    for x in xs:
+        mu = x.mean(0, dtype=compute)
+        xc = x - mu  # in compute (type promotion); exact where x is near mu (Sterbenz)
+        grams.append((xc @ xc.T).to(ACC))
+        means.append(mu.to(ACC).pow(2).sum())
+    ks = double_center(torch.stack(grams))  # removes the common shift the rounded mean left, in float64
+    centred = ks.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return ks, torch.stack([centred, centred + xs[0].shape[0] * torch.stack(means)])
