@@ -8,8 +8,11 @@ stored features, A^l[r, :] = f(X_l[r] X_l^T), so the grid accumulates block by b
 
 and the largest live object is (L + M) c n entries for c rows, whatever n. The block height c
 is chosen from the workspace limit (:func:`workspace_limit`, set by ``repsim.compare``'s memory
-plan; 512 MiB by default), so the flops are exactly those of the full Gram matrices:
-n^2 (sum_l d_l) for the products and n^2 L M for the grid, nothing recomputed.
+plan; 512 MiB by default). Every matrix is symmetric, so only the blocks on and above the
+diagonal are made, the ones above counted twice: the flops are half those of the full Gram
+matrices, n^2 (sum_l d_l) / 2 for the products and n^2 L M / 2 for the grid, nothing recomputed.
+Each block is written in place into one buffer per matrix (no stacking copies), and the Gram
+diagonals |xc_i|^2 that the unbiased HSIC needs come from the square blocks (no extra pass).
 
 Precision: the per-block products run in the features' ``compute`` dtype; every reduction over
 entries runs in float64 (an n^2-long sum).
@@ -60,46 +63,63 @@ def blocked_workspace(n: int, matrices: int, itemsize: int, limit: int | None = 
     return max(1, matrices) * c * n * (itemsize + 2 * 8) + 4 * max(1, matrices) * n * 8
 
 
-def _multi_sums(xs, ys, blocks, row_sums: tuple[bool, ...], n: int, itemsize: int, device) -> list[tuple]:
+def _multi_sums(xs, ys, blocks, row_sums: tuple[bool, ...], n: int, itemsize: int, device, summed=None) -> list:
     """sum_ij A^l_ij B^m_ij for every layer pair, sum_ij (A^l_ij)^2 per layer and optionally the row sums,
-    for ``len(row_sums)`` matrices per layer made from one shared piece of work per block.
+    for ``len(row_sums)`` symmetric matrices per layer made from one shared piece of work per block.
 
-    ``blocks(i, item, lo, hi)`` returns the row blocks lo..hi (float64) of layer i's matrices (e.g. a Gram
-    block and an RDM block derived from it; None for a matrix not accumulated); layers are numbered xs
-    then ys (``ys=None``: a self-grid of xs). Returns one (cross (L, M), self_x (L,), self_y (M,),
-    (rows_x, rows_y) or None) per matrix, all float64.
+    Every matrix here is symmetric, so only the blocks on and above the diagonal are made: for row
+    block lo..hi, its square part (columns lo..hi, counted once) and the rest of its row (columns
+    hi..n, counted twice, for its mirror image below the diagonal): half the products of full rows.
+    ``blocks(i, item, lo, hi, cols, outs)`` writes layer i's blocks rows lo..hi x columns cols (float64)
+    into ``outs`` (one per matrix, e.g. a Gram block and an RDM block derived from it); ``summed[k]``
+    False: matrix k is only an intermediate, not accumulated. Layers are numbered xs then ys (``ys=None``:
+    a self-grid of xs). Returns one (cross (L, M), self_x (L,), self_y (M,), (rows_x, rows_y) or None)
+    per matrix, all float64.
     """
     layers = xs if ys is None else xs + ys
-    big = len(xs)
-    c = block_rows(n, len(layers) * (len(row_sums) + 1), itemsize)
-    shape = (big, big if ys is None else len(ys))
+    big, count = len(xs), len(xs) + (0 if ys is None else len(ys))
+    summed = summed or (True,) * len(row_sums)
+    c = block_rows(n, count * (len(row_sums) + 1), itemsize)
+    shape = (big, big if ys is None else count - big)
     sums = [
-        (torch.zeros(shape, dtype=ACC, device=device), torch.zeros(len(layers), dtype=ACC, device=device),
-         torch.zeros(len(layers), n, dtype=ACC, device=device) if wanted else None)
+        (torch.zeros(shape, dtype=ACC, device=device), torch.zeros(count, dtype=ACC, device=device),
+         torch.zeros(count, n, dtype=ACC, device=device) if wanted else None)
         for wanted in row_sums
     ]  # fmt: skip
     for lo in range(0, n, c):
         hi = min(n, lo + c)
-        per_layer = [blocks(i, item, lo, hi) for i, item in enumerate(layers)]
-        for k, (cross, selfs, rows) in enumerate(sums):
-            if per_layer[0][k] is None:
+        for cols, weight in (((lo, hi), 1.0), ((hi, n), 2.0)):
+            if cols[0] == cols[1]:
                 continue
-            flat = torch.stack([b[k] for b in per_layer]).reshape(len(layers), -1)
-            if ys is None:
-                prod = flat @ flat.T
-                cross += prod
-                selfs += prod.diagonal()
-            else:
-                cross += flat[:big] @ flat[big:].T
-                selfs += flat.pow(2).sum(1)
-            if rows is not None:
-                rows[:, lo:hi] = flat.reshape(len(layers), hi - lo, n).sum(-1)
+            outs = [torch.empty(count, hi - lo, cols[1] - cols[0], dtype=ACC, device=device) for _ in row_sums]
+            for i, item in enumerate(layers):
+                blocks(i, item, lo, hi, cols, [o[i] for o in outs])
+            for (cross, selfs, rows), out, wanted in zip(sums, outs, summed, strict=True):
+                if wanted:
+                    _add_block(cross, selfs, rows, out, big, ys is None, weight, (lo, hi, *cols))
     out = []
     for cross, selfs, rows in sums:
         self_y = selfs if ys is None else selfs[big:]
         rows_y = None if rows is None else (rows if ys is None else rows[big:])
         out.append((cross, selfs[:big], self_y, None if rows is None else (rows[:big], rows_y)))
     return out
+
+
+def _add_block(cross, selfs, rows, block: Tensor, big: int, same: bool, weight: float, span) -> None:
+    """Add one piece (L, rows, cols) of every layer's matrix, counted ``weight`` times, to the sums."""
+    flat = block.reshape(block.shape[0], -1)  # contiguous: a view
+    if same:
+        prod = flat @ flat.T
+        cross.add_(prod, alpha=weight)
+        selfs.add_(prod.diagonal(), alpha=weight)
+    else:
+        cross.add_(flat[:big] @ flat[big:].T, alpha=weight)
+        selfs.add_(torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).flatten(), alpha=weight)
+    if rows is not None:
+        lo, hi, c0, c1 = span
+        rows[:, lo:hi] += block.sum(-1)
+        if weight != 1.0:  # the mirror image: these columns' rows get the block's column sums
+            rows[:, c0:c1] += block.sum(-2)
 
 
 def hsic_grids_blocked(
@@ -118,8 +138,11 @@ def hsic_grids_blocked(
     return gram_grids_blocked(xcs, ycs, estimators, None, None)[0]
 
 
-def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...]) -> dict:
-    """The HSIC estimators from the Gram-block sums of centred features (see :func:`hsic_grids_blocked`)."""
+def hsic_from_sums(
+    sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple[str, ...], diagonals: Tensor | None = None
+) -> dict:
+    """The HSIC estimators from the Gram-block sums of centred features (see :func:`hsic_grids_blocked`);
+    ``diagonals``: the Gram diagonals |xc_i|^2 (L + M, n) if the blocks gave them (saves a pass)."""
     cross, kk, ll, _ = sums
     n = xcs[0].shape[0]
     out = {}
@@ -127,8 +150,12 @@ def hsic_from_sums(sums, xcs: list[Tensor], ycs: list[Tensor], estimators: tuple
         scale = (n - 1) ** 2
         out["biased"] = (cross / scale, kk / scale, ll / scale)
     if "unbiased" in estimators:
-        dx = torch.stack([sq_row_norms(t) for t in xcs])  # (L, n)
-        dy = dx if ycs is xcs else torch.stack([sq_row_norms(t) for t in ycs])
+        if diagonals is None:
+            dx = torch.stack([sq_row_norms(t) for t in xcs])  # (L, n)
+            dy = dx if ycs is xcs else torch.stack([sq_row_norms(t) for t in ycs])
+        else:
+            dx = diagonals[: len(xcs)]
+            dy = dx if ycs is xcs else diagonals[len(xcs) :]
         sx, sy = -dx.sum(1), -dy.sum(1)
         kl_diag = dx @ dy.T
         out["unbiased"] = (
@@ -153,8 +180,8 @@ class RdmRows:
 
     def __init__(self, x: Tensor, xc: Tensor, method: str, name: str, from_gram: bool = True) -> None:
         self.method, self.shift, self.from_gram, self.z = method, None, from_gram, None
-        self.c = sq_row_norms(xc)
         if method == "euclidean":
+            self.c = sq_row_norms(xc)
             return
         n, self.d = x.shape
         # float64 reductions without a float64 copy of the features (they can be large)
@@ -185,25 +212,39 @@ class RdmRows:
             z = center_columns(z, ACC)
             self.s, self.z = sq_row_norms(z), z.to(xc.dtype)
 
-    def rows(self, gc: Tensor | None, lo: int, hi: int) -> Tensor:
-        """RDM rows lo..hi (float64, shifted, diagonal zero) from the Gram block gc = Gc[lo:hi, :] (float64)."""
+    def rows(self, gc: Tensor | None, lo: int, hi: int, cols: tuple[int, int], out: Tensor) -> Tensor:
+        """The RDM block rows lo..hi x columns ``cols`` (float64, shifted, zero diagonal) into ``out``, from
+        the Gram block gc = Gc[lo:hi, cols] (float64; left unchanged)."""
+        c0, c1 = cols
         if self.z is not None:
-            zz = (self.z[lo:hi] @ self.z.T).to(ACC)
-            out = gram_sq_distances(self.s[lo:hi], self.s, zz) / 2  # 1 - <z_i, z_j> = |z_i - z_j|^2 / 2
+            zz = (self.z[lo:hi] @ self.z[c0:c1].T).to(ACC)
+            out.copy_(gram_sq_distances(self.s[lo:hi], self.s[c0:c1], zz)).div_(2)  # 1 - <z_i, z_j> = |z_i - z_j|^2/2
         elif self.method == "euclidean":
-            out = safe_sqrt(gram_sq_distances(self.c[lo:hi], self.c, gc))  # zero gradient at zero distance
-        else:
-            g = gc + self.b[lo:hi, None] + self.b[None, :] + self.mu2
+            if gc.requires_grad and torch.is_grad_enabled():  # safe_sqrt: zero gradient at zero distance
+                out.copy_(safe_sqrt(gram_sq_distances(self.c[lo:hi], self.c[c0:c1], gc)))
+            else:  # the same values (sqrt's, 0 where the squared distance is <= 0), in place
+                torch.add(self.c[lo:hi, None], self.c[None, c0:c1], out=out)
+                out.sub_(gc, alpha=2).clamp_min_(0).sqrt_()
+        elif gc.requires_grad and torch.is_grad_enabled():  # differentiable: out of place, then copied in
+            g = gc + self.b[lo:hi, None] + self.b[None, c0:c1] + self.mu2
             if self.t is not None:
-                g = g - self.d * self.t[lo:hi, None] * self.t[None, :]
-            out = (1 - g / (self.r[lo:hi, None] * self.r[None, :])).clamp_min_(0)
-        idx = torch.arange(hi - lo, device=out.device)
-        if self.shift is None:  # the first block: the mean of its off-diagonal entries
+                g = g - self.d * self.t[lo:hi, None] * self.t[None, c0:c1]
+            out.copy_((1 - g / (self.r[lo:hi, None] * self.r[None, c0:c1])).clamp_min(0))
+        else:  # in place: (gc + b_i + b_j + |mu|^2 [- d t_i t_j]) / (r_i r_j)
+            torch.add(gc, self.b[lo:hi, None], out=out)
+            out.add_(self.b[None, c0:c1]).add_(self.mu2)
+            if self.t is not None:
+                out.sub_(self.d * self.t[lo:hi, None] * self.t[None, c0:c1])
+            out.div_(self.r[lo:hi, None] * self.r[None, c0:c1]).neg_().add_(1).clamp_min_(0)
+        square = c0 == lo
+        idx = torch.arange(hi - lo, device=out.device) if square else None
+        if self.shift is None:  # the first block (a square one): the mean of its off-diagonal entries
             off = torch.ones_like(out, dtype=torch.bool)
-            off[idx, idx + lo] = False
+            off[idx, idx] = False
             self.shift = out[off].mean() if bool(off.any()) else out.mean()
-        out = out - self.shift
-        out[idx, idx + lo] = 0.0
+        out.sub_(self.shift)
+        if square:
+            out[idx, idx] = 0.0
         return out
 
 
@@ -231,15 +272,27 @@ def gram_grids_blocked(
     layers = xcs if ys is None else xcs + ycs
 
     own = rdms is not None and not estimators and all(r.z is not None for r in rdms)  # no Gram block needed
+    diagonals = torch.empty(len(items), n, dtype=ACC, device=xcs[0].device) if estimators else None
 
-    def blocks(i: int, _, lo: int, hi: int) -> list[Tensor | None]:
-        gc = None if own else (layers[i][lo:hi] @ layers[i].T).to(ACC)
-        summed = gc if estimators else None  # the Gram sums only feed the HSIC estimators
-        return [summed] if rdms is None else [summed, rdms[i].rows(gc, lo, hi)]
+    def blocks(i: int, _, lo: int, hi: int, cols: tuple[int, int], outs: list[Tensor]) -> None:
+        gc = None if own else outs[0]
+        if gc is not None:
+            a, b = layers[i][lo:hi], layers[i][cols[0] : cols[1]]
+            if a.dtype == ACC and not (a.requires_grad and torch.is_grad_enabled()):
+                torch.matmul(a, b.T, out=gc)  # straight into the buffer (out= has no autograd)
+            else:
+                product = (a @ b.T).to(ACC)
+                gc.copy_(product)  # the buffer joins the graph (autograd tracks the copy)
+                gc = product if product.requires_grad else gc
+            if diagonals is not None and cols[0] == lo:
+                diagonals[i, lo:hi] = gc.diagonal()
+        if rdms is not None:
+            rdms[i].rows(gc, lo, hi, cols, outs[1])
 
     big = len(xcs)
     split = (items[:big], None if ys is None else items[big:])
     row_sums = (False,) if rdms is None else (False, True)  # only the Pearson terms need row sums
-    sums = _multi_sums(split[0], split[1], blocks, row_sums, n, xcs[0].element_size(), xcs[0].device)
-    hsic = hsic_from_sums(sums[0], xcs, ycs, estimators) if estimators else {}
+    summed = (bool(estimators),) if rdms is None else (bool(estimators), True)  # the Gram sums feed HSIC only
+    sums = _multi_sums(split[0], split[1], blocks, row_sums, n, xcs[0].element_size(), xcs[0].device, summed)
+    hsic = hsic_from_sums(sums[0], xcs, ycs, estimators, diagonals) if estimators else {}
     return hsic, (pearson_from_sums(sums[1], n) if rdms is not None else None)
