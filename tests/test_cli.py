@@ -90,3 +90,18 @@ def test_errors_are_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("repsim: error:"), proc.stderr
         assert "Traceback" not in proc.stderr
     assert torch.load(pa, weights_only=True)
+
+
+def test_help_lists_the_measure_names_once(capsys):
+    """Issue 32: `repsim compare --help` printed the 43 names in the usage line and again in the options."""
+    import pytest
+
+    from repsim.pipeline.routes import available_measures
+
+    for command in ("compare", "many"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert text.count("uniformity_difference") == 1, command
+        assert "NAME" in text
+    assert all(name in text for name in available_measures() if name != "minibatch_cka")  # many: the registry
