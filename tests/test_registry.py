@@ -172,3 +172,16 @@ def test_temporary_measure_leaves_the_registry_as_it_was(gen):
 
 def _declared(x, y):
     """A toy measure (its body is its docstring)."""
+
+
+def test_declared_invariances_include_the_groups_they_contain():
+    """Issue 32: mean_cca declared invertible_linear and affine but not the orthogonal, scaling, translation
+    and permutation invariances they imply, so list_measures() showed False for them."""
+    from tests.test_measure_properties import IMPLIES
+
+    for name in repsim.list_measures()["name"]:
+        declared = set(registry.get_measure(name).invariances)
+        for inv in declared:
+            assert IMPLIES.get(inv, set()) <= declared, (name, inv, IMPLIES[inv] - declared)
+    row = repsim.list_measures().set_index("name").loc["mean_cca"]
+    assert all(row[f"inv_{k}"] for k in repsim.INVARIANCES)

@@ -117,12 +117,13 @@ def _check_variance(variance: float = _DEFAULT_VARIANCE, n_components: int | Non
 _COST = "O(n d^2 + d^3)"
 
 
-# plain CCA: every canonical correlation, invariant to any invertible affine map of either side
+# plain CCA: every canonical correlation, invariant to any invertible affine map of either side, and so
+# to the smaller groups inside it (declared too: list_measures() shows each one, and the tests check each)
 _CCA = dict(
     prepare=_whiten,
     family="cca",
     larger_is_more_similar=True,
-    invariances=("invertible_linear", "affine"),
+    invariances=("invertible_linear", "affine", "orthogonal", "isotropic_scaling", "translation", "permutation"),
     cost=_COST,
     identity_value=1.0,
 )
