@@ -199,3 +199,17 @@ def test_paired_blocks_and_bad_blocks():
         repsim.bootstrap(x, y, blocks=torch.arange(39))
     with pytest.raises(ValueError, match="blocks: 2 distinct blocks"):
         repsim.bootstrap(x, y, blocks=torch.arange(40) % 2)
+
+
+def test_more_permutations_than_shifts_draws_random_ones(gen):
+    """Issue 32: n_permutations=1000 at n = 200 silently ran the 199 cyclic shifts. Now B is what was asked:
+    past n - 1, scheme='auto' draws random permutations; an explicit scheme='shifts' is refused."""
+    x = torch.randn(40, 6, generator=gen, dtype=torch.float64)
+    y = x[:, :4] + torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    few = repsim.permutation_test(x, y, "linear_cka", 39, seed=0)
+    assert few.scheme == "shifts" and few.n_permutations == 39
+    many = repsim.permutation_test(x, y, "linear_cka", 120, seed=0)
+    assert many.scheme == "random" and many.n_permutations == 120 and many.null.unique().numel() > 39
+    assert many.p_value == pytest.approx(1 / 121)  # strongly related: no permutation reaches the statistic
+    with pytest.raises(ValueError, match=r"n_permutations=120 exceeds the n - 1 = 39 cyclic shifts"):
+        repsim.permutation_test(x, y, "linear_cka", 120, scheme="shifts")

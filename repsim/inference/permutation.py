@@ -94,10 +94,12 @@ def permutation_test(
 
     The rows of ``y`` are permuted while ``x`` stays fixed; under the null every arrangement is
     equally likely, so the p-value (1 + #{null >= observed}) / (1 + B) is exact. Distances test
-    the lower tail. ``scheme="shifts"`` (the default for linear/debiased CKA and RSA) uses the
-    cyclic-shift group of one random ordering and computes all its statistics with one FFT; with
-    ``n_permutations >= n - 1`` every shift is used (B = n - 1). ``scheme="random"`` draws
-    uniformly random permutations and calls the measure B times. The same ``seed`` gives
+    the lower tail. ``scheme="shifts"`` uses the cyclic-shift group of one random ordering and
+    computes all its statistics with one FFT; it has only n - 1 non-identity shifts, so it serves
+    B <= n - 1 (a larger B with ``scheme="shifts"`` is refused). ``scheme="random"`` draws B
+    uniformly random permutations and calls the measure B times. ``scheme="auto"`` takes the
+    shifts for linear/debiased CKA and RSA when B <= n - 1 and random permutations otherwise, so
+    B is always the number asked for (``result.n_permutations``). The same ``seed`` gives
     bit-identical results.
 
     ``groups`` (one label per sample) permutes only within each label; ``blocks`` (one id per
@@ -126,10 +128,17 @@ def permutation_test(
     shifts_fn = _shift_statistics(measure, opts) if scheme != "random" and not design.restricted else None
     if scheme == "shifts" and shifts_fn is None:
         raise ValueError(f"{measure} with these options has no shift form; use scheme='random'")
+    if scheme == "shifts" and n_permutations > n - 1:
+        raise ValueError(
+            f"n_permutations={n_permutations} exceeds the n - 1 = {n - 1} cyclic shifts of {n} samples; "
+            "use scheme='auto' or 'random' (random permutations), or n_permutations <= n - 1"
+        )
+    if n_permutations > n - 1:  # auto: past the shifts, random permutations (B as asked, not n - 1 silently)
+        shifts_fn = None
     if shifts_fn is not None:
         all_shifts = shifts_fn(x[order], y[order])
         chosen = (
-            torch.arange(1, n) if n_permutations >= n - 1 else torch.randperm(n - 1, generator=gen)[:n_permutations] + 1
+            torch.arange(1, n) if n_permutations == n - 1 else torch.randperm(n - 1, generator=gen)[:n_permutations] + 1
         )
         null = all_shifts[chosen.to(all_shifts.device)]
         used = "shifts"
