@@ -213,7 +213,8 @@ def _many_one_layer(args) -> None:
 
     stem = f"many_{measure}" + ("_calibrated" if args.calibrate else "")
     written = [atomic_write_text(out / f"{stem}.csv", matrix.to_csv())]
-    ax = heatmap(matrix, title=f"{measure} at {args.layer}" + (" (calibrated)" if args.calibrate else ""))
+    title = f"{measure} at {args.layer}" + (" (calibrated)" if args.calibrate else "")
+    ax = heatmap(matrix, title=title, measure=measure)  # the scale compare's heatmaps use
     written.append(atomic_save_figure(ax.figure, out / f"{stem}.png", dpi=120))
     print(matrix.round(4).to_string())
     print("\nwrote:\n" + "\n".join(f"  {p}" for p in written))

@@ -59,16 +59,10 @@ class Comparison:
         from .plotting import heatmap
 
         measure = self._measure(measure)
+        # the colour scale comes from the measure (plotting.colour_scale), the same in every heatmap
         info = self._info(measure)
-        bounded = info is None or (info.larger_is_more_similar and info.identity_value == 1.0)
-        return heatmap(
-            self.matrix(measure),
-            title=measure,
-            ax=ax,
-            marks=self._not_significant(measure),
-            **({"vmin": 0.0, "vmax": 1.0} if bounded else {}),
-            **kwargs,
-        )
+        return heatmap(self.matrix(measure), title=measure, ax=ax, marks=self._not_significant(measure),
+                       measure=info if info is not None else measure, **kwargs)  # fmt: skip
 
     def _info(self, measure: str) -> MeasureInfo | None:
         """The registry entry of a measure of this table (None: batch-dependent, not a registry measure)."""
