@@ -64,3 +64,20 @@ def test_pooling():
         pool_features(t, "median")
     with pytest.raises(ValueError, match="2-D outputs only"):
         pool_features(t, "none")
+
+
+def test_default_layers_of_torchvision_models_go_into_their_blocks():
+    """Issue 32: torchvision models other than ResNet got two coarse layers (``features``, ``classifier``)."""
+    mobilenet = torchvision.models.mobilenet_v3_small(weights=None)
+    layers = default_layers(mobilenet)
+    stage_ends = ["features.1", "features.3", "features.6", "features.8", "features.11", "features.12"]
+    assert layers == [*stage_ends, "classifier"]
+    x = torch.randn(2, 3, 64, 64)
+    feats, _ = repsim.extract_features(mobilenet, [(x, torch.zeros(2))], layers, progress=False)
+    assert [feats[name].shape[1] for name in layers] == [16, 24, 40, 48, 96, 576, 1000]  # every stage's width
+    vit = torchvision.models.vit_b_16(weights=None)
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+    assert default_layers(vit) == [*blocks, "encoder.ln", "heads"]
+    convnext = torchvision.models.convnext_tiny(weights=None)
+    assert default_layers(convnext) == [f"features.{i}" for i in range(8)] + ["classifier"]
+    assert default_layers(torchvision.models.resnet18()) == ["layer1", "layer2", "layer3", "layer4"]  # unchanged

@@ -90,7 +90,9 @@ def default_layers(model: nn.Module) -> list[str]:
     encoder.final_layer_norm``.
     Otherwise the top-level children that hold parameters, keeping only the composite ones
     (ResNet's ``layer1..layer4``, the zoo's ``encoder``/``projector``) when there are at least two.
-    A ``ModuleList``, which never runs itself, is never a default layer: its items are.
+    A ``ModuleList``, which never runs itself, is never a default layer: its items are. torchvision
+    models whose top level is one or two containers (MobileNet, EfficientNet, ConvNeXt, VGG, ViT,
+    Swin, RegNet...) get the blocks inside them (see :func:`_torchvision_blocks`).
     """
     info = getattr(model, "feature_info", None)
     if info is not None:
@@ -108,9 +110,48 @@ def default_layers(model: nn.Module) -> list[str]:
         for i, item in (enumerate(m) if isinstance(m, nn.ModuleList) else [(0, m)])
     ]
     composite = [name for name, m in children if list(m.children())]
-    if len(composite) >= 2:
-        return composite
-    return [name for name, _ in children] or list_layers(model)[-1:]
+    names = composite if len(composite) >= 2 else [name for name, _ in children] or list_layers(model)[-1:]
+    if type(model).__module__.startswith("torchvision.models") and len(names) < 4:
+        return _torchvision_blocks(model, names)
+    return names
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _expand(module: nn.Module, name: str) -> list[str]:
+    """A coarse torchvision container (``features``, ``encoder``...) as its blocks: its parameterised
+    children when there are at least 3 (the composite ones if at least 2 are), or, through a child
+    holding 80 % of its parameters (ViT's ``encoder.layers``), that child's blocks and its siblings."""
+    kids = [(f"{name}.{k}", c) for k, c in module.named_children() if _n_params(c)]
+    if len(kids) >= 3:
+        composite = [k for k, c in kids if list(c.children())]
+        return composite if len(composite) >= 2 else [k for k, _ in kids]
+    if kids:
+        big, child = max(kids, key=lambda kc: _n_params(kc[1]))
+        if list(child.children()) and _n_params(child) >= 0.8 * _n_params(module):
+            return [n for k, _ in kids for n in (_expand(child, big) if k == big else [k])]
+    return [name]
+
+
+def _width(module: nn.Module) -> int | None:
+    """The output width of a block: the leading size of its last weight (conv, norm or linear)."""
+    weights = [m.weight for m in module.modules() if isinstance(getattr(m, "weight", None), nn.Parameter)]
+    return int(weights[-1].shape[0]) if weights and weights[-1].ndim else None
+
+
+def _torchvision_blocks(model: nn.Module, names: list[str]) -> list[str]:
+    """torchvision models other than ResNet (MobileNet, EfficientNet, ConvNeXt, VGG, ViT, Swin...) have
+    one or two containers at the top (``features``, ``classifier``): their blocks instead, as timm's
+    ``feature_info`` gives. Past 12 blocks, the last block of each run of equal width (a stage, where
+    a CNN's resolution changes) when that leaves at least 4: MobileNetV2's 19 blocks give 8."""
+    blocks = [n for name in names for n in _expand(model.get_submodule(name), name)]
+    if len(blocks) <= 12:
+        return blocks
+    widths = [_width(model.get_submodule(n)) for n in blocks]
+    ends = [n for i, n in enumerate(blocks) if i == len(blocks) - 1 or widths[i] != widths[i + 1]]
+    return ends if len(ends) >= 4 else blocks
 
 
 def first_tensor(output) -> Tensor:
