@@ -213,3 +213,15 @@ def test_more_permutations_than_shifts_draws_random_ones(gen):
     assert many.p_value == pytest.approx(1 / 121)  # strongly related: no permutation reaches the statistic
     with pytest.raises(ValueError, match=r"n_permutations=120 exceeds the n - 1 = 39 cyclic shifts"):
         repsim.permutation_test(x, y, "linear_cka", 120, scheme="shifts")
+
+
+def test_inference_progress_counts_resamples_for_an_estimate(gen, capsys):
+    """Issue 32: the inference bar counted cells, so it gave no estimate in real units; it counts resamples."""
+    from repsim.inference.grid import inference_table
+
+    xs = [torch.randn(30, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    table = inference_table(xs, xs[:1], ["a1", "a2"], ["b1"], ["linear_cka"], permutations=9, bootstrap_resamples=7,
+                            progress=True)  # fmt: skip
+    assert len(table) == 2
+    err = capsys.readouterr().err
+    assert "32/32" in err and "resample" in err  # 2 cells x (9 + 7)

@@ -52,7 +52,11 @@ def inference_table(
         for i, la in enumerate(layers_a)
         for j, lb in enumerate(layers_b)
     ]
-    for k, (m, i, la, j, lb) in enumerate(tqdm(cells, desc="inference", disable=not progress)):
+    # the bar counts resamples, not cells, so its rate and time left (tqdm's estimate) are in real units
+    per_cell = permutations + bootstrap_resamples
+    bar = tqdm(total=len(cells) * per_cell, desc="inference", unit="resample", disable=not progress)
+    for k, (m, i, la, j, lb) in enumerate(cells):
+        bar.set_postfix_str(f"{m} {la} x {lb}", refresh=False)
         row = {"layer_a": la, "layer_b": lb, "measure": m}
         opts = dict(options.get(m, {}))
         errors = []  # a cell whose test or interval cannot run gets NaN and its reason; the others keep theirs
@@ -79,6 +83,8 @@ def inference_table(
             row["inference_error"] = "; ".join(errors)
         row["n_inference"] = int(feats_a[i].shape[0])
         rows.append(row)
+        bar.update(per_cell)
+    bar.close()
     table = pd.DataFrame(rows)
     if permutations and len(table):
         table["p_adjusted"] = table.groupby("measure")["p_value"].transform(lambda p: _adjusted(p, adjust))
