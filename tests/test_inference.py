@@ -220,8 +220,8 @@ def test_inference_progress_counts_resamples_for_an_estimate(gen, capsys):
     from repsim.inference.grid import inference_table
 
     xs = [torch.randn(30, 4, generator=gen, dtype=torch.float64) for _ in range(2)]
-    table = inference_table(xs, xs[:1], ["a1", "a2"], ["b1"], ["linear_cka"], permutations=9, bootstrap_resamples=7,
+    table = inference_table(xs, xs[:1], ["a1", "a2"], ["b1"], ["linear_cka"], permutations=9, bootstrap_resamples=11,
                             progress=True)  # fmt: skip
     assert len(table) == 2
     err = capsys.readouterr().err
-    assert "32/32" in err and "resample" in err  # 2 cells x (9 + 7)
+    assert "40/40" in err and "resample" in err  # 2 cells x (9 + 11)
