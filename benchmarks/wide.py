@@ -6,6 +6,15 @@ script, one after another (two torch processes at once slow each other several-f
     .venv/bin/python benchmarks/wide.py                      # n = 1000, 5000, 10000 -> results_wide_cpu.md
     .venv/bin/python benchmarks/wide.py --sizes 1000 --smoke  # a quick check (the suite runs a smaller one)
     .venv/bin/python benchmarks/wide.py --device cuda         # on a GPU machine
+    .venv/bin/python benchmarks/wide.py --ratios --repeats 5  # same-process ratios, phases: results_wide_ratios_cpu.md
+
+``--ratios`` runs every method in one process, interleaved, ``--repeats`` times, and reports the
+minimum wall and CPU (process) time of each and its ratio to the minibatch baseline: pytorch-cka
+when it is importable (run the script with .benchvenv's python and PYTHONPATH=. for that),
+otherwise ``reference minibatch``, the same arithmetic written here from Nguyen et al. (2021) and
+Song et al. (2012): hooks that flatten, float32 Gram matrices of each batch, the unbiased HSIC.
+On a shared machine CPU time is the steadier measure. A per-phase profile of each repsim method
+follows (cProfile, CPU time, grouped by operation).
 
 Methods (the peers from .benchvenv, see benchmarks/setup_env.sh):
 
@@ -216,6 +225,112 @@ def _table(results: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reference_minibatch(a, b, loader, layers):
+    """Minibatch CKA as pytorch-cka computes it (its arithmetic, our code): flatten in hooks, float32 Gram
+    matrices per batch, unbiased HSIC (Song et al. 2012) summed over batches."""
+    import torch
+
+    mods = {"a": dict(a.named_modules()), "b": dict(b.named_modules())}
+    feats: dict = {}
+    hooks = [mods[s][name].register_forward_hook(lambda m, i, o, key=(s, name): feats.__setitem__(key, o.flatten(1)))
+             for s in ("a", "b") for name in layers]  # fmt: skip
+
+    def hsic_terms(k, l):  # (L, b, b), (M, b, b) with zero diagonals
+        n = k.shape[-1]
+        ks, ls, kr, lr = k.sum((1, 2)), l.sum((1, 2)), k.sum(1), l.sum(1)
+        tr = torch.einsum("aij,bij->ab", k, l)
+        return (tr + torch.outer(ks, ls) / ((n - 1) * (n - 2)) - 2 * kr @ lr.T / (n - 2)) / (n * (n - 3))
+
+    total = None
+    with torch.no_grad():
+        for x, _ in loader:
+            a(x), b(x)
+            grams = [torch.stack([(f := feats[(s, name)]) @ f.T for name in layers]) for s in ("a", "b")]
+            k, l = (g - torch.diag_embed(g.diagonal(dim1=-2, dim2=-1)) for g in grams)
+            terms = (hsic_terms(k, l), hsic_terms(k, k).diagonal(), hsic_terms(l, l).diagonal())
+            total = terms if total is None else tuple(t + u for t, u in zip(total, terms, strict=True))
+    for h in hooks:
+        h.remove()
+    return total[0] / (total[1][:, None] * total[2][None, :]).sqrt()
+
+
+_PHASES = {  # cProfile function names -> phase (tottime summed); the rest is "other"
+    "conv2d": "forward", "batch_norm": "forward", "max_pool2d": "forward", "linear": "forward", "relu_": "forward",
+    "adaptive_avg_pool2d": "forward", "matmul": "products", "mm": "products", "bmm": "reductions",
+    "aminmax": "validation", "amin": "validation", "amax": "validation", "isfinite": "validation",
+    "center_columns": "centring", "column_mean": "centring", "_centred_grams": "centring + products",
+    "mean": "centring", "to": "centring", "sub": "centring", "sub_": "centring", "cat": "hooks/flatten/concat",
+    "flatten": "hooks/flatten/concat", "pool_features": "hooks/flatten/concat", "stack": "reductions",
+    "sum": "reductions", "_add_block": "reductions", "gram_hsic_grid": "reductions", "rows": "RDM rows",
+    "linalg_vector_norm": "norms", "blocks": "products", "__init__": "RDM setup",
+}  # fmt: skip
+
+
+def _phases(fn) -> dict:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile(time.process_time)
+    prof.runcall(fn)
+    out: dict = {}
+    for (_, _, name), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
+        key = name.strip("<>").replace("method '", "").replace("' of 'torch._C.TensorBase' objects", "")
+        key = key.replace("built-in method torch.", "").replace("built-in method torch._C._nn.", "")
+        key = key.replace("built-in method torch._C._linalg.", "")
+        phase = _PHASES.get(key, "other")
+        out[phase] = out.get(phase, 0.0) + tottime
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def run_ratios(args) -> str:
+    """Every method in one process, interleaved, min of ``args.repeats``; ratios to the minibatch baseline."""
+    a, b, loader = _setup(args.sizes[0], args.size, args.batch, args.device)
+    import torch
+
+    import repsim
+
+    kw = {"layers_a": args.layers, "layers_b": args.layers, "pool": "flatten", "progress": False,
+          "device": args.device, "memory": "16GB"}  # fmt: skip
+    methods = {"reference minibatch": lambda: _reference_minibatch(a, b, loader, args.layers)}
+    try:
+        from cka import compute_cka
+
+        methods["pytorch-cka"] = lambda: compute_cka(a, b, loader, layers=args.layers, device=args.device,
+                                                     progress=False)  # fmt: skip
+    except ImportError:
+        pass
+    methods.update({
+        "repsim minibatch": lambda: repsim.compare(a, b, loader, measures=["minibatch_cka"], **kw),
+        "repsim minibatch float32": lambda: repsim.compare(a, b, loader, measures=["minibatch_cka"], dtype=None, **kw),
+        "repsim default": lambda: repsim.compare(a, b, loader, **kw),
+        "forward passes": lambda: [(a(x), b(x)) for x, _ in loader],
+    })  # fmt: skip
+    wall: dict = {m: [] for m in methods}
+    cpu: dict = {m: [] for m in methods}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for name, fn in methods.items():
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                wall[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+    base = "pytorch-cka" if "pytorch-cka" in methods else "reference minibatch"
+    lines = [f"# Wide layers, same-process ratios: n = {args.sizes[0]}, batch {args.batch}, {len(args.layers)} "
+             f"flattened ResNet-18 layers, {args.size}x{args.size}", "",
+             f"Device {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats "
+             f"(min). Baseline: {base}.", "", "| method | wall (s) | CPU (s) | wall / baseline | CPU / baseline |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name in methods:
+        w, c = min(wall[name]), min(cpu[name])
+        lines.append(f"| {name} | {w:.3f} | {c:.3f} | {w / min(wall[base]):.2f} | {c / min(cpu[base]):.2f} |")
+    lines += ["", "Phases (cProfile, CPU s, one run each):", ""]
+    with torch.inference_mode():
+        for name in ("repsim minibatch float32", "repsim minibatch", "repsim default"):
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in _phases(methods[name]).items() if v >= 0.01)
+            lines.append(f"- {name}: {phases}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
@@ -228,11 +343,21 @@ def main(argv=None) -> None:
     p.add_argument("--methods", nargs="+", default=None, help="a subset of the methods (default: all)")
     p.add_argument("--no-single", action="store_true", help="skip the one-layer d = 16384 case")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_wide_cpu.md"))
+    p.add_argument("--ratios", action="store_true", help="same-process ratios and phases (first of --sizes)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats for --ratios (min reported)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(args.one, args.n, args.size, args.batch, args.device, args.layers)))
+        return
+    if args.ratios:
+        out = Path(args.out).with_name("results_wide_ratios_cpu.md") if args.out == p.get_default("out") else args.out
+        text = run_ratios(argparse.Namespace(**{**vars(args), "sizes": args.sizes if args.sizes != [1000, 5000, 10000]
+                                                 else [1000]}))  # fmt: skip
+        Path(out).write_text(text)
+        print(text)
+        print(f"wrote {out}")
         return
     methods = ["bare products", "repsim default", "repsim linear_cka", "repsim linear_cka float32",
                "repsim minibatch", "repsim minibatch float32", "pytorch-cka", "torch-cka"]  # fmt: skip
