@@ -79,9 +79,9 @@ def _multi_sums(xs, ys, blocks, row_sums: tuple[bool, ...], n: int, itemsize: in
     layers = xs if ys is None else xs + ys
     big, count = len(xs), len(xs) + (0 if ys is None else len(ys))
     summed = summed or (True,) * len(row_sums)
-    # at most n / 8 rows per block: the square blocks, made whole though symmetric, then add ~n c / 2
-    # entries to the n^2 / 2 of the upper triangle (6% at most), while each product stays large
-    c = min(block_rows(n, count * (len(row_sums) + 1), itemsize), max(64, -(-n // 8)))
+    # at most max(64, n / 16) rows per block: the square blocks, made whole though symmetric, add n c / 2
+    # entries to the n^2 / 2 of the upper triangle (c / n: 6% at n = 1000), while each product stays large
+    c = min(block_rows(n, count * (len(row_sums) + 1), itemsize), max(64, -(-n // 16)))
     shape = (big, big if ys is None else count - big)
     sums = [
         (torch.zeros(shape, dtype=ACC, device=device), torch.zeros(count, dtype=ACC, device=device),
