@@ -246,8 +246,13 @@ def _centred_grams(xs: list[Tensor], compute: torch.dtype) -> tuple[Tensor, Tens
     sum_i |x_i - mu|^2 and sum_i |x_i|^2 = that + b |mu|^2 (mu the batch's column mean)."""
     grams, means = [], []
     for x in xs:
-        mu = x.mean(0, dtype=compute)
-        xc = x - mu  # in compute (type promotion); exact where x is near mu (Sterbenz)
+        if x.dtype == compute:
+            mu = x.mean(0)
+            xc = x - mu  # exact where x is near mu (Sterbenz)
+        else:  # converted once, centred in place (a mixed-dtype subtraction is many times slower)
+            xc = x.to(compute)
+            mu = xc.mean(0)
+            xc.sub_(mu)
         grams.append((xc @ xc.T).to(ACC))
         means.append(mu.to(ACC).pow(2).sum())
     ks = double_center(torch.stack(grams))  # removes the common shift the rounded mean left, in float64
