@@ -69,6 +69,21 @@ def _shift_statistics(name: str, options: dict):
     return None if form is None else (lambda x, y: shift_statistics(form, x, y))
 
 
+def _shifts_if_used(measure: str, opts: dict, scheme: str, restricted: bool, n_permutations: int, n: int):
+    """The shift statistics when the test uses them (``scheme`` "shifts", or "auto" with a shift form and
+    B <= n - 1), else None; refuses "shifts" where they cannot serve."""
+    shifts_fn = _shift_statistics(measure, opts) if scheme != "random" and not restricted else None
+    if scheme == "shifts" and shifts_fn is None:
+        raise ValueError(f"{measure} with these options has no shift form; use scheme='random'")
+    if scheme == "shifts" and n_permutations > n - 1:
+        raise ValueError(
+            f"n_permutations={n_permutations} exceeds the n - 1 = {n - 1} cyclic shifts of {n} samples; "
+            "use scheme='auto' or 'random' (random permutations), or n_permutations <= n - 1"
+        )
+    # auto: past the n - 1 shifts, random permutations (B as asked, never n - 1 silently)
+    return shifts_fn if n_permutations <= n - 1 else None
+
+
 # -------------------------------------------------------------------------------- the test
 def seeded_generator(seed: int | None, device) -> torch.Generator:
     """A CPU generator seeded by ``seed`` (None: 0, so an unseeded test is reproducible)."""
@@ -125,16 +140,7 @@ def permutation_test(
     gen = seeded_generator(seed, x.device)
     order = torch.randperm(n, generator=gen).to(x.device)
     statistic = info.fn(x, y, **opts)
-    shifts_fn = _shift_statistics(measure, opts) if scheme != "random" and not design.restricted else None
-    if scheme == "shifts" and shifts_fn is None:
-        raise ValueError(f"{measure} with these options has no shift form; use scheme='random'")
-    if scheme == "shifts" and n_permutations > n - 1:
-        raise ValueError(
-            f"n_permutations={n_permutations} exceeds the n - 1 = {n - 1} cyclic shifts of {n} samples; "
-            "use scheme='auto' or 'random' (random permutations), or n_permutations <= n - 1"
-        )
-    if n_permutations > n - 1:  # auto: past the shifts, random permutations (B as asked, not n - 1 silently)
-        shifts_fn = None
+    shifts_fn = _shifts_if_used(measure, opts, scheme, design.restricted, n_permutations, n)
     if shifts_fn is not None:
         all_shifts = shifts_fn(x[order], y[order])
         chosen = (
