@@ -262,7 +262,8 @@ _PHASES = {  # cProfile function names -> phase (tottime summed); the rest is "o
     "mean": "centring", "to": "centring", "sub": "centring", "sub_": "centring", "cat": "hooks/flatten/concat",
     "flatten": "hooks/flatten/concat", "pool_features": "hooks/flatten/concat", "stack": "reductions",
     "sum": "reductions", "_add_block": "reductions", "gram_hsic_grid": "reductions", "rows": "RDM rows",
-    "linalg_vector_norm": "norms", "blocks": "products", "__init__": "RDM setup",
+    "linalg_vector_norm": "norms", "blocks": "products", "__init__": "RDM setup", "add_": "RDM rows",
+    "div_": "RDM rows", "add": "RDM rows",
 }  # fmt: skip
 
 
@@ -275,8 +276,7 @@ def _phases(fn) -> dict:
     out: dict = {}
     for (_, _, name), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
         key = name.strip("<>").replace("method '", "").replace("' of 'torch._C.TensorBase' objects", "")
-        key = key.replace("built-in method torch.", "").replace("built-in method torch._C._nn.", "")
-        key = key.replace("built-in method torch._C._linalg.", "")
+        key = key.replace("built-in method ", "").split(".")[-1]  # torch.conv2d, torch._C._nn.linear -> the op
         phase = _PHASES.get(key, "other")
         out[phase] = out.get(phase, 0.0) + tottime
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
