@@ -292,6 +292,8 @@ def run_ratios(args) -> str:
     kw = {"layers_a": args.layers, "layers_b": args.layers, "pool": "flatten", "progress": False,
           "device": args.device, "memory": "16GB"}  # fmt: skip
     methods = {"reference minibatch": lambda: _reference_minibatch(a, b, loader, args.layers)}
+    if args.cka_path:  # pytorch-cka from another environment's site-packages (it is pure Python)
+        sys.path.append(args.cka_path)
     try:
         from cka import compute_cka
 
@@ -345,6 +347,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_wide_cpu.md"))
     p.add_argument("--ratios", action="store_true", help="same-process ratios and phases (first of --sizes)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats for --ratios (min reported)")
+    p.add_argument("--cka-path", default=None, help="--ratios: a site-packages folder to import pytorch-cka from")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
