@@ -307,6 +307,9 @@ def run_ratios(args) -> str:
         "repsim default": lambda: repsim.compare(a, b, loader, **kw),
         "forward passes": lambda: [(a(x), b(x)) for x, _ in loader],
     })  # fmt: skip
+    import warnings
+
+    warnings.simplefilter("ignore")  # the chance warning of biased CKA at d >> n, once per run: timing only here
     wall: dict = {m: [] for m in methods}
     cpu: dict = {m: [] for m in methods}
     with torch.inference_mode():
