@@ -222,12 +222,12 @@ class RdmRows:
             zz = (self.z[lo:hi] @ self.z[c0:c1].T).to(ACC)
             out.copy_(gram_sq_distances(self.s[lo:hi], self.s[c0:c1], zz)).div_(2)  # 1 - <z_i, z_j> = |z_i - z_j|^2/2
         elif self.method == "euclidean":
-            if gc.requires_grad and torch.is_grad_enabled():  # safe_sqrt: zero gradient at zero distance
+            if _tracked(gc, out):  # safe_sqrt: zero gradient at zero distance
                 out.copy_(safe_sqrt(gram_sq_distances(self.c[lo:hi], self.c[c0:c1], gc)))
             else:  # the same values (sqrt's, 0 where the squared distance is <= 0), in place
                 torch.add(self.c[lo:hi, None], self.c[None, c0:c1], out=out)
                 out.sub_(gc, alpha=2).clamp_min_(0).sqrt_()
-        elif gc.requires_grad and torch.is_grad_enabled():  # differentiable: out of place, then copied in
+        elif _tracked(gc, out):  # differentiable: out of place, then copied in
             g = gc + self.b[lo:hi, None] + self.b[None, c0:c1] + self.mu2
             if self.t is not None:
                 g = g - self.d * self.t[lo:hi, None] * self.t[None, c0:c1]
@@ -248,6 +248,11 @@ class RdmRows:
         if square:
             out[idx, idx] = 0.0
         return out
+
+
+def _tracked(*tensors: Tensor | None) -> bool:
+    """Autograd records these: the in-place and ``out=`` shortcuts (no autograd) must not be taken."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def pearson_from_sums(sums, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -280,7 +285,7 @@ def gram_grids_blocked(
         gc = None if own else outs[0]
         if gc is not None:
             a, b = layers[i][lo:hi], layers[i][cols[0] : cols[1]]
-            if a.dtype == ACC and not (a.requires_grad and torch.is_grad_enabled()):
+            if a.dtype == ACC and not _tracked(a, gc):
                 torch.matmul(a, b.T, out=gc)  # straight into the buffer (out= has no autograd)
             else:
                 product = (a @ b.T).to(ACC)
