@@ -153,6 +153,7 @@ class ManyResult:
         layer x layer heatmap); returns the Axes."""
         from .plotting import heatmap
 
+        kwargs.setdefault("measure", measure)  # the colour scale compare's heatmaps use (plotting.colour_scale)
         if len(self.models) == 2:
             a, b = self.models
             return heatmap(self.grid(measure, a, b), title=f"{measure}: {a} vs {b}", ax=ax, **kwargs)
