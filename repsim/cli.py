@@ -270,9 +270,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sketch", type=int, default=None, help="project layers wider than K to K dims (an estimator)")
 
 
-def _names(names=None) -> str:
-    # argparse expands %-formats in help strings
-    return ", ".join(available_measures() if names is None else names).replace("%", "%%")
+def _measures_arg(p: argparse.ArgumentParser, flags: list[str], default: list[str], names: list[str]) -> None:
+    # metavar NAME: the choices are listed once, in the help text, not in the usage line and again there
+    listed = ", ".join(names).replace("%", "%%")  # argparse expands %-formats in help strings
+    p.add_argument(*flags, nargs="+", default=default, choices=names, metavar="NAME",
+                   help=f"measures (default: {' '.join(default)}); one or more of: {listed}")  # fmt: skip
 
 
 _CALIBRATE_HELP = "calibrated similarity (0 = chance) from N permutations shared by all layers"
@@ -294,14 +296,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-b", default=None, help="architecture of B when it differs from A")
     p.add_argument("--layers", default=None, help="comma-separated module names (default: top-level blocks)")
     p.add_argument("--layers-b", default=None)
-    p.add_argument(
-        "--measures",
-        nargs="+",
-        default=["linear_cka", "debiased_cka", "rsa"],
-        choices=available_measures(),
-        metavar="NAME",  # the choices are listed once, in the help text, not in the usage line and again here
-        help=f"measures to compute (default: linear_cka debiased_cka rsa); one or more of: {_names()}",
-    )
+    _measures_arg(p, ["--measures"], ["linear_cka", "debiased_cka", "rsa"], available_measures())
     p.add_argument("--sample-cap", type=int, default=5000, help="samples kept for RSA/kernel measures and inference")
     p.add_argument("--dry-run", action="store_true", help="print the memory plan (routes, bytes) and stop")
     p.add_argument("--permutations", type=int, default=0, help="permutation test with this many permutations")
@@ -321,15 +316,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None)
     p.add_argument("--layers", default="all", help="'all' (default) or comma-separated layer names")
     p.add_argument("--layer", default=None, help="deprecated: one layer, the 0.3 N x N matrix")
-    p.add_argument(
-        "--measures",
-        "--measure",
-        nargs="+",
-        default=["linear_cka"],
-        choices=registered_names(),
-        metavar="NAME",  # the choices once, in the help text
-        help=f"measures (default: linear_cka); one or more of: {_names(registered_names())}",
-    )
+    _measures_arg(p, ["--measures", "--measure"], ["linear_cka"], registered_names())
     p.add_argument("--aggregate", default="max", choices=["max", "diagonal", "best_match", "mean"],
                    help="how a model pair's layer grid becomes one number")  # fmt: skip
     p.add_argument("--join", default="exact", choices=["exact", "inner"], help="how sample ids are matched")
