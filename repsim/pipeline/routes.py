@@ -46,7 +46,10 @@ from .plans import MeasureRequest, MemoryPlan, plan_routes
 # not registry measures (a registry measure is a function of x and y). minibatch CKA (Nguyen et al.
 # 2021) is the one; its accumulator is built from compare's dtype.
 BATCH_DEPENDENT: dict[str, Callable[[torch.dtype | None], object]] = {
-    "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=dtype),
+    # compare's float64 default is for the exact routes; the minibatch estimator follows the precision
+    # policy instead: each b x b Gram in the features' own dtype after centring in that dtype, then
+    # double-centred and reduced in float64 (pytorch-cka's float32 arithmetic without its drift)
+    "minibatch_cka": lambda dtype: MinibatchCKA(debiased=True, dtype=None if dtype == torch.float64 else dtype),
 }
 COMPARE_ONLY = BATCH_DEPENDENT  # its name before 0.4
 CHECK_EVERY = 16  # batches between reads of the device-side NaN/Inf flags (see Pass._check_finite)
