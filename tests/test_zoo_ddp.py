@@ -1,5 +1,6 @@
 """Two gloo processes on the CPU reproduce single-process losses and gradients."""
 
+import gc
 import os
 import tempfile
 
@@ -55,8 +56,11 @@ def _worker(rank, world, init_file, result_file):
         results[objective] = (loss, _grads(model.module))
     if rank == 0:
         torch.save(results, result_file)
-    # Both ranks leave the last collective together: a rank tearing gloo down while the other
-    # still works aborts the process ("terminate called without an active exception").
+    # Both ranks leave the last collective together, and no DDP reducer outlives the process group:
+    # a rank tearing gloo down while the other still works, or a reducer destroyed after it, aborts
+    # the process ("terminate called without an active exception").
+    del model
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
