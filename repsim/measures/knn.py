@@ -23,7 +23,7 @@ relabels y's lists: see :meth:`KNNLists.permuted`). Two routes:
 :data:`AUTO_EXACT_FLOPS` (about a minute on one core), approximate beyond when faiss is installed.
 
 Within :func:`knn_cache` (what ``calibrate``, ``permutation_test`` and ``compare`` open), lists
-are kept per tensor (the same object, unmodified) and reused by every neighbour measure.
+are kept per tensor (the same values in memory, unmodified) and reused by every neighbour measure.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -377,15 +376,18 @@ class KNNCache:
     in order, searched here or found in an enclosing scope (what a comparison's route column reports)."""
 
     def __init__(self) -> None:
-        self._store: dict[tuple, tuple[weakref.ref, int, KNNLists]] = {}
+        self._store: dict[tuple, tuple[Tensor, int, KNNLists]] = {}
         self.computed: list[KNNLists] = []
 
     def find(self, x: Tensor, key: tuple) -> KNNLists | None:
-        hit = self._store.get((id(x), *key))
-        return hit[2] if hit is not None and hit[0]() is x and hit[1] == _version(x) else None
+        hit = self._store.get((*_where(x), *key))
+        return hit[2] if hit is not None and hit[1] == _version(x) else None
 
     def keep(self, x: Tensor, key: tuple, lists: KNNLists) -> None:
-        self._store[(id(x), *key)] = (weakref.ref(x), _version(x), lists)
+        # the tensor is held (not a weak reference) while the scope is open, so its memory cannot be
+        # reused by another tensor: the same address, layout and version counter are the same data,
+        # also through a view or a detached alias (which share the counter)
+        self._store[(*_where(x), *key)] = (x, _version(x), lists)
         self.computed.append(lists)
 
     def routes(self) -> str:
@@ -396,6 +398,11 @@ class KNNCache:
 _SCOPES: list[KNNCache] = []
 
 
+def _where(x: Tensor) -> tuple:
+    """Where a tensor's values live: address, layout, dtype and device."""
+    return (x.data_ptr(), x.storage_offset(), tuple(x.shape), x.stride(), str(x.dtype), str(x.device))
+
+
 def _version(x: Tensor) -> int:
     """The tensor's in-place modification counter (-1 for inference-mode tensors, which have none)."""
     return -1 if x.is_inference() else x._version
@@ -404,7 +411,7 @@ def _version(x: Tensor) -> int:
 @contextlib.contextmanager
 def knn_cache() -> Iterator[KNNCache]:
     """Reuse neighbour lists within the block: every neighbour measure computed on the same tensor
-    (the same object, unmodified) with the same k and route options reads one search.
+    (the same values in memory, unmodified) with the same k and route options reads one search.
 
     Example:
         >>> with repsim.knn_cache() as cache:

@@ -86,22 +86,20 @@ def compare(
     """Compare two models layer by layer on the samples of ``loader``: a :class:`Comparison` (a tidy
     table of every measure between every pair of ``layers_a`` x ``layers_b``).
 
-    One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``),
-    hooks capture the layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"``
-    for transformers; ``layers=`` for both models; ``layers_b`` left out: ``layers_a``'s when
-    ``model_b`` is ``model_a``, else ``model_b``'s defaults), ``pool`` makes (n, d) rows (default
-    ``"mask_mean"``: the mean over the real tokens of batches with an ``attention_mask``, else the
-    plain ``"mean"``; "flatten", ..., "tokens", or a callable). ``measures``: registry names
-    (:func:`repsim.list_measures`) or ``minibatch_cka``; streaming ones see every sample, the others
-    the first ``sample_cap``. A memory plan made after the first batch chooses each measure's route
-    within ``memory`` or refuses before any work (``dry_run=True`` returns it; ``sketch=k`` projects
-    wide layers); every row's ``route`` says how it was computed; a cell that cannot be computed is
-    NaN with its reason in ``error``; ``knn`` sets the neighbour measures' kNN route
-    (:func:`repsim.knn_lists`). ``inference`` adds p-values, intervals or calibrated scores.
-    Batches may be tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/
-    ``paired`` give the two models different inputs. ``autocast``/``channels_last`` for speed. Under
-    ``torchrun`` each rank reads its shard and the states merge in rank order (``result_on``,
-    ``distributed``). Hooks and training flags are restored afterwards, also after an exception.
+    One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``), hooks capture the
+    layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"`` for transformers; ``layers=`` for
+    both models; ``layers_b`` left out: ``layers_a``'s when ``model_b`` is ``model_a``, else ``model_b``'s defaults),
+    ``pool`` makes (n, d) rows (default ``"mask_mean"``: the mean over the real tokens of batches with an
+    ``attention_mask``, else the plain ``"mean"``; "flatten", ..., "tokens", or a callable). ``measures``: registry
+    names (:func:`repsim.list_measures`) or ``minibatch_cka``; streaming ones see every sample, the others the first
+    ``sample_cap``. A memory plan made after the first batch chooses each measure's route within ``memory`` or refuses
+    before any work (``dry_run=True`` returns it; ``sketch=k`` projects wide layers); every row's ``route`` says how it
+    was computed; a cell that cannot be computed is NaN with its reason in ``error``; ``knn`` sets the neighbour
+    measures' kNN route (:func:`repsim.knn_lists`). ``inference`` adds p-values, intervals or calibrated scores.
+    Batches may be tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/ ``paired`` give
+    the two models different inputs. ``autocast``/``channels_last`` for speed. Under ``torchrun`` each rank reads its
+    shard and the states merge in rank order (``result_on``, ``distributed``). Hooks and training flags are restored
+    afterwards, also after an exception.
     Every argument after ``loader`` is keyword-only; in detail: docs/guide/compare.md.
     """
     specs, inference = _checked(measures, with_knn(measures, measure_options, knn), inference, pool, sample_cap,
