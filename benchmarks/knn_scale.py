@@ -108,7 +108,7 @@ def _repsim_case(task: str, route: str, xs, ys, k: int, b: int) -> dict:
         elif task == "calibrated":
             value = repsim.calibrate(xs[0], ys[0], "mutual_knn", n_permutations=b, seed=0, **opts).score
         else:
-            value = repsim.calibrate_grid(xs, ys, "mutual_knn", "max", n_permutations=b, seed=0, **opts).score
+            value = repsim.calibrate_grid(xs, ys, "mutual_knn", aggregate="max", n_permutations=b, seed=0, **opts).score
     lists = cache.computed
     out = {"value": value, "route": cache.routes()}
     if route == "approx":
