@@ -98,6 +98,7 @@ def cmd_compare(args) -> None:
         memory=args.memory,
         sketch=args.sketch,
         dry_run=args.dry_run,
+        knn=args.knn,
     )
     if args.dry_run:
         if rank_and_world()[0] == 0:
@@ -207,6 +208,7 @@ def _many_one_layer(args) -> None:
         memory=args.memory,
         sketch=args.sketch,
         calibrate=args.calibrate or None,
+        knn=args.knn,
     )
     out = Path(args.out)
     from .pipeline.plotting import heatmap
@@ -268,6 +270,10 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="output folder")
     p.add_argument("--memory", default=None, help="memory budget, e.g. 8GB (default: 60%% of the available memory)")
     p.add_argument("--sketch", type=int, default=None, help="project layers wider than K to K dims (an estimator)")
+    p.add_argument(
+        "--knn", default=None, choices=["exact", "approx", "auto"],
+        help="neighbour measures' kNN lists: exact search, a faiss index with measured recall, or auto",
+    )  # fmt: skip
 
 
 def _measures_arg(p: argparse.ArgumentParser, flags: list[str], default: list[str], names: list[str]) -> None:

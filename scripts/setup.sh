@@ -28,7 +28,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONWARNINGS=ignore
     quietly .venv/bin/python -m pip install --upgrade pip
     # torch, torchvision and timm in one resolver run, pinned, or pip fetches CUDA builds.
-    quietly .venv/bin/python -m pip install ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology,text,text-example,brain-example,features]"
+    quietly .venv/bin/python -m pip install ${CONSTRAINTS:+-c "$CONSTRAINTS"} -e ".[test,topology,text,text-example,brain-example,features,knn]"
     unset PYTHONWARNINGS
     echo "$want" > "$stamp"
 fi

@@ -157,8 +157,11 @@ def test_generic_measures_use_one_grid_call_per_permutation(gen, monkeypatch):
     real = calibration.measure_grid
     monkeypatch.setattr(calibration, "measure_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
     xs, ys = _features(gen, 40, (4, 5, 6)), _features(gen, 40, (3, 4))
-    repsim.calibrate_grid(xs, ys, "mutual_knn", n_permutations=7, seed=0, k=4)
+    repsim.calibrate_grid(xs, ys, "procrustes", n_permutations=7, seed=0)
     assert len(calls) == 1 + 7  # the observed grid, then one per permutation: never one per cell
+    calls.clear()
+    repsim.calibrate_grid(xs, ys, "mutual_knn", n_permutations=7, seed=0, k=4)
+    assert len(calls) == 1  # the observed grid; the null relabels its kNN lists (no search per permutation)
 
 
 # -------------------------------------------------------------------------------- restricted permutations

@@ -37,6 +37,16 @@ def _wide_run(loader):
     return repsim.compare(a, b, loader, layers_a=["0", "2"], layers_b=["0", "2"], measures=measures, progress=False)
 
 
+KNN = ["mutual_knn", "jaccard_knn", "cknna"]
+
+
+def _knn_run(loader):
+    """Neighbour measures on every rank's gathered samples, calibrated (the null relabels the lists)."""
+    a, b = _models()
+    return repsim.compare(a, b, loader, layers_a=["0", "2"], layers_b=["1", "2"], measures=KNN, progress=False,
+                          measure_options={m: {"k": 3} for m in KNN}, inference={"calibrate": 19})  # fmt: skip
+
+
 def _data(n):
     g = torch.Generator().manual_seed(3)
     return TensorDataset(torch.randn(n, 5, generator=g, dtype=torch.float64), torch.arange(n) % 3)
@@ -114,6 +124,7 @@ def _worker(rank, world, init_file, result_file):
         }
         results["features"] = repsim.extract_features(a, many_loader, layers=["0", "2"], progress=False)
         results["wide"] = _wide_run(many_loader).table
+        results["knn"] = _knn_run(many_loader).table
         results["probes"] = _probe_table(*_probe_loaders(rank, world))
         rank0_only = _run(_cases(rank, world)["sampler_shuffle=False"], result_on="rank0")
         if rank == 1:
@@ -167,7 +178,13 @@ def test_two_gloo_processes_equal_one_process():
     for rank in range(2):
         assert list(got[rank]["wide"]["route"]) == list(wide["route"])
         assert (got[rank]["wide"]["value"] - wide["value"]).abs().max() < 1e-10, rank
-    for name in [k for k in got[0] if k not in ("many", "features", "probes", "wide")]:
+    # neighbour measures and their calibration (lists searched once, relabelled per permutation)
+    knn = _knn_run(DataLoader(data, batch_size=3, sampler=order)).table
+    assert set(KNN) <= set(knn["measure"]) and "calibrated" in knn
+    for rank in range(2):
+        for column in ("value", "calibrated"):
+            assert (got[rank]["knn"][column] - knn[column]).abs().max() < 1e-10, (column, rank)
+    for name in [k for k in got[0] if k not in ("many", "features", "probes", "wide", "knn")]:
         expected = _reference(name).table
         for rank in range(2):
             table = got[rank][name]

@@ -156,15 +156,22 @@ def calibration_table(
 
 
 def calibrated_matrix(
-    measure: str, features: Sequence[Tensor], permutations: int, alpha: float = 0.05, seed: int = 0
+    measure: str,
+    features: Sequence[Tensor],
+    permutations: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    options: Mapping | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(calibrated, threshold) N x N matrices of ``measure`` between N models' features (one shared
-    permutation per draw; each pair is calibrated against its own null)."""
+    """(calibrated, threshold) N x N matrices of ``measure`` (with ``options``) between N models'
+    features (one shared permutation per draw; each pair is calibrated against its own null)."""
     from .calibration import calibrate_grid
 
+    feats = list(features)
     res = calibrate_grid(
-        list(features), list(features), measure, aggregate="max", n_permutations=permutations, alpha=alpha, seed=seed
-    )
+        feats, feats, measure, aggregate="max", n_permutations=permutations, alpha=alpha, seed=seed,
+        **dict(options or {}),
+    )  # fmt: skip
     n = len(features)
     return (
         torch.tensor(res.cells["calibrated"].to_numpy()).reshape(n, n),

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..core.deprecation import deprecated_arguments
 from ..core.numerics import ACC
 from ..core.validation import as_features, check_choice, check_same_samples
+from ..measures.knn import knn_cache
 from ..measures.registry import get_measure
 from ._quadratic import shift_statistics
 from .restricted import permutation_design
@@ -85,6 +86,11 @@ def _shifts_if_used(measure: str, opts: dict, scheme: str, restricted: bool, n_p
 
 
 # -------------------------------------------------------------------------------- the test
+def _draws(n: int, count: int, gen: torch.Generator) -> Tensor:
+    """(count, n) uniform permutations, drawn one after another as the per-permutation loop draws them."""
+    return torch.stack([torch.randperm(n, generator=gen) for _ in range(count)])
+
+
 def seeded_generator(seed: int | None, device) -> torch.Generator:
     """A CPU generator seeded by ``seed`` (None: 0, so an unseeded test is reproducible)."""
     gen = torch.Generator(device="cpu")
@@ -137,6 +143,12 @@ def permutation_test(
     design = permutation_design(n, groups, blocks)
     if design.restricted and scheme == "shifts":
         raise ValueError("scheme='shifts' cannot respect groups/blocks; use scheme='auto' or 'random'")
+    with knn_cache():  # the observed value and a list-based null share the neighbour lists
+        return _permutation_test(info, x, y, opts, n_permutations, seed, scheme, design)
+
+
+def _permutation_test(info, x, y, opts, n_permutations, seed, scheme, design) -> PermutationResult:
+    measure, n = info.name, x.shape[0]
     gen = seeded_generator(seed, x.device)
     order = torch.randperm(n, generator=gen).to(x.device)
     statistic = info.fn(x, y, **opts)
@@ -148,15 +160,16 @@ def permutation_test(
         )
         null = all_shifts[chosen.to(all_shifts.device)]
         used = "shifts"
+    elif info.null_grid is not None:  # lists searched once, relabelled per permutation (same draws)
+        perms = design.draw(n_permutations, gen) if design.restricted else _draws(n, n_permutations, gen)
+        null = info.null_grid([x], [y], perms.to(y.device), **opts)[0, 0].to(ACC)
+        used = "random"
     elif design.restricted:
         values = [info.fn(x, y[perm.to(y.device)], **opts) for perm in design.draw(n_permutations, gen)]
         null = torch.stack(values).to(ACC)
         used = "random"
     else:
-        values = []
-        for _ in range(n_permutations):
-            perm = torch.randperm(n, generator=gen).to(y.device)
-            values.append(info.fn(x, y[perm], **opts))
+        values = [info.fn(x, y[perm.to(y.device)], **opts) for perm in _draws(n, n_permutations, gen)]
         null = torch.stack(values).to(ACC)
         used = "random"
     return PermutationResult(

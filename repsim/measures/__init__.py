@@ -25,6 +25,7 @@ from .functional import abs_acc_diff, disagreement, jsd
 from .gram import GramGap, cka_lower_bound, cosine_similarity_matrix, frobenius_gap, gram_gap, rbf_gram
 from .hsic import hsic
 from .kinds import MomentParts, layer_measure, moment_measure
+from .knn import KNNLists, knn_cache, knn_lists
 from .moments import Moments, StreamingMoments, moments_of
 from .neighbours import cknna, cycle_knn, jaccard_knn, knn_indices, mutual_knn, rank_similarity, second_order_cosine
 from .registry import INVARIANCES, MeasureInfo, get_measure, list_measures, measure, measure_grid, temporary_measure
@@ -37,6 +38,7 @@ __all__ = [
     "INVARIANCES",
     "BiasedCKAChanceWarning",
     "GramGap",
+    "KNNLists",
     "MeasureInfo",
     "MomentParts",
     "Moments",
@@ -71,7 +73,9 @@ __all__ = [
     "kendall_tau_a",
     "kendall_tau_b",
     "kernel_cka",
+    "knn_cache",
     "knn_indices",
+    "knn_lists",
     "layer_measure",
     "linear_cka",
     "linear_regression",

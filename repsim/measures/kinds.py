@@ -294,6 +294,7 @@ def layer_measure(
     reason: str | Callable[..., str] = "",
     aliases: dict[str, dict[str, Any]] | None = None,
     renamed: dict[str, str] | None = None,
+    null_grid: Callable[..., Tensor] | None = None,
     **properties,
 ) -> Callable[[Callable], Callable]:
     """Declare a measure computed per layer pair: ``prepare(x, **options)`` once per layer and
@@ -311,6 +312,9 @@ def layer_measure(
     self-grid, returned as ``xs`` itself).
     ``aliases``: further registry entries of the same function, ``{name: {"defaults": {...},
     other properties}}`` (``debiased_cka`` is ``linear_cka`` with ``debiased=True``).
+    ``null_grid(xs, ys, perms, **options, names=...)``: the grid under each permutation of y's
+    samples, (L, M, B), from per-layer state computed once (neighbour lists, relabelled), for the
+    permutation engines (:attr:`~repsim.MeasureInfo.null_grid`).
     ``properties``: the registry's.
     """
     renamed = dict(renamed or {})
@@ -319,6 +323,7 @@ def layer_measure(
     if (validate_pair is None) != (validate_layers is None):
         raise TypeError(f"{name}: give both validate_pair and validate_layers, or neither")
     parts = _LayerParts(prepare, pair, grid, validate_pair, validate_layers, options_check, min_samples, reason)
+    parts.null_grid = null_grid
 
     def declare(declaration: Callable) -> Callable:
         _check_declaration_body(declaration)
@@ -328,9 +333,17 @@ def layer_measure(
         grid_fn = _grid_function(declaration, sig, parts.all_pairs, renamed, detach)
         grid_fn.batched = grid is not None or prepare is not None  # type: ignore[attr-defined]  # list_measures
         fn.grid = grid_fn  # type: ignore[attr-defined]
-        register(name, fn=fn, grid=grid_fn, renamed=renamed, **properties)
+        nulls = None
+        if null_grid is not None:
+            defaults = _options_in(sig)
+
+            def nulls(xs, ys, perms, **given):
+                options = _options_of(name, defaults, renamed_options(name, renamed, given))
+                return parts.permuted_pairs(xs, ys, perms, options)
+
+        register(name, fn=fn, grid=grid_fn, renamed=renamed, null_grid=nulls, **properties)
         for alias, overrides in (aliases or {}).items():
-            register(alias, fn=fn, grid=grid_fn, renamed=renamed, **{**properties, **overrides})
+            register(alias, fn=fn, grid=grid_fn, renamed=renamed, null_grid=nulls, **{**properties, **overrides})
         return fn
 
     return declare
@@ -367,14 +380,21 @@ class _LayerParts:
         rows = [torch.stack([self.pair(a, b, **options) for b in preps_y]) for a in preps_x]
         return torch.stack(rows).to(torch.float64)
 
-    def all_pairs(self, xs, ys, options) -> Tensor:
+    def _validated(self, xs, ys, options):
         if self.options_check is not None:
             self.options_check(**options)
         if self.validate_layers is not None:
-            xs, ys = self.validate_layers(xs, ys)
-        else:
-            xs, ys = as_layer_lists(xs, ys, *self._needed(options), varying=True)
+            return self.validate_layers(xs, ys)
+        return as_layer_lists(xs, ys, *self._needed(options), varying=True)
+
+    def all_pairs(self, xs, ys, options) -> Tensor:
+        xs, ys = self._validated(xs, ys, options)
         return self._compute(xs, ys, options, _layer_names(len(xs), len(ys)))
+
+    def permuted_pairs(self, xs, ys, perms, options) -> Tensor:
+        """(L, M, B): the grid with y's samples permuted by each of ``perms`` (the declared null_grid)."""
+        xs, ys = self._validated(xs, ys, options)
+        return self.null_grid(xs, ys, perms, **options, names=_layer_names(len(xs), len(ys))).to(torch.float64)
 
     def one_shot(self, x, y, options) -> Tensor:
         if self.options_check is not None:

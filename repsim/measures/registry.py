@@ -95,6 +95,10 @@ class MeasureInfo:
     :meth:`symmetric_at`. ``symmetric`` holds that of the default options."""
     needs_package: str | None = None
     """The optional package the measure imports (``"ripser"``, ``"gudhi"``), or None; see :meth:`available`."""
+    null_grid: Callable[..., Tensor] | None = None
+    """``null_grid(xs, ys, perms, **options)`` -> (L, M, B) float64: the grid with y's samples permuted
+    by each row of ``perms`` (B, n), from per-layer state computed once (the neighbour measures:
+    y[perm]'s lists are y's lists relabelled); None: the engines call the grid per permutation."""
     quadratic: Callable[..., QuadraticForm | None] | None = None
     """``quadratic(**options)`` -> the measure's quadratic form with these options
     (:class:`~repsim.measures.quadratic.QuadraticForm`: how to build a layer's matrices and finish
@@ -209,6 +213,7 @@ def register(
     needs_package: str | None = None,
     gram_pass: str | None = None,
     sketch_corrected: Callable[..., Tensor] | None = None,
+    null_grid: Callable[..., Tensor] | None = None,
 ):
     """Register ``fn`` under ``name`` (what the kinds of :mod:`repsim.measures.kinds` call; a measure
     is declared with a kind, not with this).
@@ -250,6 +255,7 @@ def register(
         renamed=dict(renamed or {}),
         gram_pass=gram_pass,
         sketch_corrected=sketch_corrected,
+        null_grid=null_grid,
     )
     info = _with_option_dependent(info, given, symmetric, differentiable)
     unknown = set(info.invariances) - set(INVARIANCES)

@@ -25,6 +25,7 @@ from ..core.deprecation import deprecated_arguments
 from ..core.validation import check_choice
 from ..measures.blocked import workspace_limit
 from ..measures.cka import BiasedCKAChanceWarning
+from ..measures.knn import knn_cache, with_knn
 from ..networks.batches import Batch, batch_labels, model_inputs, walk
 from ..networks.features import eval_mode, expected_samples, resolve_device
 from ..networks.hooks import (
@@ -80,28 +81,29 @@ def compare(
     sketch: int | None = None,
     sketch_seed: int = 0,
     layers: Sequence[str] | str | None = None,
+    knn: str | None = None,
 ) -> Comparison | MemoryPlan | None:
     """Compare two models layer by layer on the samples of ``loader``: a :class:`Comparison` (a tidy
     table of every measure between every pair of ``layers_a`` x ``layers_b``).
 
-    One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``),
-    hooks capture the layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"``
-    for transformers; ``layers=`` for both models; ``layers_b`` left out: ``layers_a``'s when
-    ``model_b`` is ``model_a``, else ``model_b``'s defaults), ``pool`` makes (n, d) rows (default
-    ``"mask_mean"``: the mean over the real tokens of batches with an ``attention_mask``, else the
-    plain ``"mean"``; "flatten", ..., "tokens", or a callable). ``measures``: registry names
-    (:func:`repsim.list_measures`) or ``minibatch_cka``; streaming ones see every sample, the others
-    the first ``sample_cap``. A memory plan made after the first batch chooses each measure's route
-    within ``memory`` or refuses before any work (``dry_run=True`` returns it; ``sketch=k`` projects
-    wide layers); every row's ``route`` says how it was computed; a cell that cannot be computed is
-    NaN with its reason in ``error``. ``inference`` adds p-values, intervals or calibrated scores.
-    Batches may be tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/
-    ``paired`` give the two models different inputs. ``autocast``/``channels_last`` for speed. Under
-    ``torchrun`` each rank reads its shard and the states merge in rank order (``result_on``,
-    ``distributed``). Hooks and training flags are restored afterwards, also after an exception.
+    One pass: each batch goes through both models (eval mode, ``inference_mode``, on ``device``), hooks capture the
+    layers (default :func:`repsim.networks.hooks.default_layers`; ``"hidden_states"`` for transformers; ``layers=`` for
+    both models; ``layers_b`` left out: ``layers_a``'s when ``model_b`` is ``model_a``, else ``model_b``'s defaults),
+    ``pool`` makes (n, d) rows (default ``"mask_mean"``: the mean over the real tokens of batches with an
+    ``attention_mask``, else the plain ``"mean"``; "flatten", ..., "tokens", or a callable). ``measures``: registry
+    names (:func:`repsim.list_measures`) or ``minibatch_cka``; streaming ones see every sample, the others the first
+    ``sample_cap``. A memory plan made after the first batch chooses each measure's route within ``memory`` or refuses
+    before any work (``dry_run=True`` returns it; ``sketch=k`` projects wide layers); every row's ``route`` says how it
+    was computed; a cell that cannot be computed is NaN with its reason in ``error``; ``knn`` sets the neighbour
+    measures' kNN route (:func:`repsim.knn_lists`). ``inference`` adds p-values, intervals or calibrated scores.
+    Batches may be tensors, ``(x, y)`` tuples or dicts (passed by keyword); ``inputs_a``/``inputs_b``/ ``paired`` give
+    the two models different inputs. ``autocast``/``channels_last`` for speed. Under ``torchrun`` each rank reads its
+    shard and the states merge in rank order (``result_on``, ``distributed``). Hooks and training flags are restored
+    afterwards, also after an exception.
     Every argument after ``loader`` is keyword-only; in detail: docs/guide/compare.md.
     """
-    specs, inference = _checked(measures, measure_options, inference, pool, sample_cap, result_on, sketch)
+    specs, inference = _checked(measures, with_knn(measures, measure_options, knn), inference, pool, sample_cap,
+                                result_on, sketch)  # fmt: skip
     shard = D.shard_of(loader, distributed)
     if max_samples is not None and shard.world > 1:
         raise ValueError("max_samples is not supported under a process group; subset the dataset before sharding it")
@@ -124,7 +126,7 @@ def compare(
     memory = run.memory or run.plan(None)  # a rank that saw no sample still joins the plan's collective
     if dry_run:
         return memory
-    with workspace_limit(memory.workspace), warnings.catch_warnings():
+    with workspace_limit(memory.workspace), warnings.catch_warnings(), knn_cache():  # one kNN search per layer
         warnings.simplefilter("ignore", BiasedCKAChanceWarning)  # given once below, for the whole comparison
         result = run.finish(result_on)
         if inference and result is not None:

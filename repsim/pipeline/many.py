@@ -24,6 +24,7 @@ from ..core.deprecation import deprecated_arguments
 from ..core.feature_files import load_features
 from ..core.featureset import FeatureSet, common_rows, is_featureset, read_featureset, repsim_version
 from ..core.validation import check_choice
+from ..measures.knn import with_knn
 from ..measures.registry import get_measure
 from ..networks.batches import split_batch
 from ..networks.checkpoints import load_model
@@ -69,6 +70,7 @@ def compare_many(
     measure: str | None = None,
     calibrate: int | None = None,
     chunk_batches: int | None = None,
+    knn: str | None = None,
 ) -> ManyResult | pd.DataFrame:
     """Every model pair x every layer pair of many models: a :class:`repsim.pipeline.atlas.ManyResult`.
 
@@ -79,7 +81,8 @@ def compare_many(
         loader: the samples that modules and checkpoints run over (in the same order every pass).
         layers: ``"all"`` (every stored layer; for models :func:`repsim.default_layers`), a list of
             names every source has, or ``{name: [layers]}`` per source.
-        measures: registered feature measures (default ``["linear_cka"]``), options in ``measure_options``.
+        measures: registered feature measures (default ``["linear_cka"]``), options in ``measure_options``;
+            ``knn`` ("exact", "approx", "auto") sets the neighbour measures' kNN route (:func:`repsim.knn_lists`).
         names: the models' names (default: a FeatureSet's ``meta["model"]``, a path's stem, ``model_i``).
         ids: the loader's sample ids (a sequence or a function of the position; default 0 .. n-1).
             Sources are joined on ids: ``join="exact"`` (default) realigns rows stored in another order
@@ -115,8 +118,9 @@ def compare_many(
         return _legacy(sources, loader, layer, measure or "linear_cka", arch, calibrate, opts)
     if calibrate:
         inference = {**dict(inference or {}), "calibrate": calibrate}
-    return _atlas(sources, loader, layers, measures or ["linear_cka"], arch, dtype, ids, cache, out, join,
-                  inference, measure_options, block_models, opts)[0]  # fmt: skip
+    measures = measures or ["linear_cka"]
+    return _atlas(sources, loader, layers, measures, arch, dtype, ids, cache, out, join, inference,
+                  with_knn(measures, measure_options, knn), block_models, opts)[0]  # fmt: skip
 
 
 def _warn_old(**given) -> None:

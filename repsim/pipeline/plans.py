@@ -214,8 +214,21 @@ def _non_exact_row(r: MeasureRequest, dx, dy, n, n_cap: int, workspace: int, ite
                 float(n or 0) * (p + q) * k + moment_flops(n, sk_x, sk_y))  # fmt: skip
     if r.capped:
         ws = workspace_estimate(r.info or r.name, n_cap, dx, dy, workspace, r.options)
-        return (r.name, f"capped at {n_cap}", 0, ws, gram_flops(n_cap, dx, dy))
+        route = f"capped at {n_cap}{_knn_label(r, n_cap, [*dx, *(dy or [])])}"
+        return (r.name, route, 0, ws, gram_flops(n_cap, dx, dy))
     return None
+
+
+def _knn_label(r: MeasureRequest, n: int, dims: Sequence[int]) -> str:
+    """The plan's kNN label of a neighbour measure (", knn exact" / ", knn approx"), else ""."""
+    from ..measures.knn import resolve_route
+    from ..measures.registry import get_measure
+
+    info = get_measure(r.name)
+    if info.family != "neighbours":
+        return ""
+    knn = {**info.option_defaults(), **r.options}.get("knn", "exact")
+    return f", knn {resolve_route(str(knn), n, max(dims))}"
 
 
 def _refusal(plan: MemoryPlan, failures: list[str], dims_x, dims_y, n, budget: int) -> str:
@@ -232,4 +245,9 @@ def _refusal(plan: MemoryPlan, failures: list[str], dims_x, dims_y, n, budget: i
         "memory='...' (a larger budget), measures=['minibatch_cka'] (minibatch CKA, another estimator), "
         "sketch=k (seeded random projection to k dims, an estimator with stated error), or fewer layers."
     )
+    if any(", knn " in str(route) for route in plan.table["route"]) or any("knn" in f for f in failures):
+        lines.append(
+            "Neighbour measures: sample_cap=... (fewer samples), knn='approx' (a faiss index: no n x n block, "
+            "recall measured), block_size=... (smaller blocks of the exact search)."
+        )
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..core import distributed as D
 from ..measures.cka import CHANCE_WARNING_LEVEL, BiasedCKAChanceWarning, biased_cka_chance_level
 from ..measures.gram_pass import fused_gram_grids
+from ..measures.knn import knn_cache
 from ..measures.moments import StreamingMoments
 from ..measures.registry import MeasureInfo, call_with_supported, get_measure, registered_names, renamed_options
 from ..measures.sketch import LayerSketch
@@ -421,9 +422,20 @@ class Rows:
         from ..measures.registry import measure_grid
 
         xs, ys = samples.xs, samples.ys
-        whole = (lambda: shared) if shared is not None else (lambda: measure_grid(xs, ys, spec.info, **opts))
+        scope = []  # the neighbour lists the grid used (knn_cache), for the route column
+
+        def computed() -> Tensor:
+            with knn_cache() as knn:
+                scope.append(knn)
+                return measure_grid(xs, ys, spec.info, **opts)
+
+        whole = (lambda: shared) if shared is not None else computed
         # cell by cell (only after the grid failed): the one-shot function, whose errors call the pair x and y
         self.add(spec, whole, lambda i, j: spec.info.fn(xs[i], ys[j], **opts), samples.n)
+        if scope and scope[0].computed:  # the lists' route: exact, or the index, its parameters and recall@k
+            for row in self.rows:
+                if row["measure"] == spec.name:
+                    row["route"] = row["route"].split(", knn ")[0] + ", knn " + scope[0].routes()
 
     def moments(self, spec: MeasureSpec, stream: StreamingMoments) -> None:
         opts = {k: v for k, v in spec.options.items() if k != "dtype"}
