@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.numerics import ACC
 from ..core.validation import check_choice
 from .permutation import seeded_generator
 
-_ACC = torch.float64
 KINDS = ("r", "r2", "brainscore")
 _BLOCK = 1 << 22  # entries of one half-mean block (32 MiB in float64)
 
@@ -49,7 +49,7 @@ def _responses(responses) -> Tensor:
         raise ValueError(f"responses has {r} repeat; split-half reliability needs at least 2 repeats per stimulus")
     if s < 3:
         raise ValueError(f"responses has {s} stimuli; a correlation over stimuli needs at least 3")
-    x = x.to(_ACC)
+    x = x.to(ACC)
     if not torch.isfinite(x).all():
         raise ValueError("responses contains NaN or Inf (missing repeats?); impute or drop those stimuli or "
                          "targets first: every stimulus needs the same repeats")  # fmt: skip
@@ -96,7 +96,7 @@ def split_half_ceiling(
     for lo in range(0, n_splits, chunk):
         size = min(chunk, n_splits - lo)
         perms = torch.stack([torch.randperm(reps, generator=gen) for _ in range(size)])
-        halves = torch.empty(size, reps, dtype=_ACC)
+        halves = torch.empty(size, reps, dtype=ACC)
         halves.scatter_(1, perms[:, :half], 1.0 / half)
         halves.scatter_(1, perms[:, half:], -1.0 / (reps - half))
         halves = halves.to(x.device)

@@ -35,14 +35,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import distributed as dist_
-from ..core.numerics import center_columns
+from ..core.numerics import ACC, center_columns
 from ..core.validation import check_choice, near_constant
 from ..measures.ridge import dual_basis, gcv_fit, primal_basis
 from ..measures.sketch import projection as gaussian_projection
 from .encoding_data import Columns, as_layers, folds_of, scan
 from .encoding_plan import EncodingPlan, check_plan, column_block, plan_encoding
 
-_ACC = torch.float64
 DEFAULT_ALPHAS = tuple(float(10.0**k) for k in range(-3, 9))
 """10^-3 ... 10^8, one per decade: the scale of α is that of the Gram eigenvalues (sum of squared
 features), so the grid is wide; a warning says when many targets pick an end of it."""
@@ -100,7 +99,7 @@ def _gram(cols: Columns, dtype: torch.dtype, device) -> Tensor:
     products free of the cancellation a large feature mean would cause). Refuses NaN/Inf and
     all-constant features on the way."""
     width = column_block(cols.n, torch.empty((), dtype=dtype).element_size())
-    k = torch.zeros(cols.n, cols.n, dtype=_ACC, device=device)
+    k = torch.zeros(cols.n, cols.n, dtype=ACC, device=device)
     varying = False
     for lo, x in cols.blocks(width, device):
         lo_v, hi_v = x.amin(dim=0), x.amax(dim=0)
@@ -109,7 +108,7 @@ def _gram(cols: Columns, dtype: torch.dtype, device) -> Tensor:
                              "clean or drop them first")  # fmt: skip
         varying = varying or not bool(near_constant(lo_v, hi_v, x.dtype).all())
         xc = center_columns(x, dtype)
-        k += (xc @ xc.T).to(_ACC)
+        k += (xc @ xc.T).to(ACC)
     if not varying:
         _raise_constant(cols.name)
     return k
@@ -120,7 +119,7 @@ def _raise_constant(name: str):
 
 
 def _dense(cols: Columns, device) -> Tensor:
-    x = torch.cat([b.to(_ACC) for _, b in cols.blocks(column_block(cols.n, 8), device)], dim=1)
+    x = torch.cat([b.to(ACC) for _, b in cols.blocks(column_block(cols.n, 8), device)], dim=1)
     if not torch.isfinite(x).all():
         raise ValueError(f"{cols.name} contains NaN or Inf values; clean or drop them first")
     return x
@@ -156,10 +155,10 @@ class _Scores:
     """Per-target sums over every fold's held-out pairs (float64), the chosen α, and the predictions."""
 
     def __init__(self, t: int, n_folds: int, n_held: int | None, device) -> None:
-        z = lambda: torch.zeros(t, dtype=_ACC, device=device)  # noqa: E731
+        z = lambda: torch.zeros(t, dtype=ACC, device=device)  # noqa: E731
         self.n, self.sp, self.sy, self.spp, self.syy, self.spy, self.sres = (z() for _ in range(7))
-        self.alpha = torch.zeros(n_folds, t, dtype=_ACC, device=device)
-        self.pred = None if n_held is None else torch.zeros(n_held, t, dtype=_ACC, device=device)
+        self.alpha = torch.zeros(n_folds, t, dtype=ACC, device=device)
+        self.pred = None if n_held is None else torch.zeros(n_held, t, dtype=ACC, device=device)
 
     def add(self, cols: slice, fold: int, row0: int, pred: Tensor, y: Tensor, alpha: Tensor) -> None:
         self.n[cols] += y.shape[0]
@@ -205,7 +204,7 @@ def _fit_sets(predictors: Columns, sets: dict, folds, alphas: Tensor, how: dict)
         for name, (cols, mean, (t0, t1)) in sets.items():
             for lo in range(t0, t1, tb):
                 hi = min(lo + tb, t1)
-                y = cols.block(lo, hi, device).to(_ACC, copy=True)  # a copy: centred in place below
+                y = cols.block(lo, hi, device).to(ACC, copy=True)  # a copy: centred in place below
                 y -= mean[lo:hi].to(device)
                 fit = gcv_fit(basis, y[tr], alphas, how["dtype"])
                 scores[name].add(slice(lo - t0, hi - t0), f, int(offsets[f]), fit.predictions, y[te], fit.alpha)
@@ -424,7 +423,7 @@ def encoding_layers(features, targets, **options):
     for layer, cols in layers.items():
         pred_cols = _predictors(cols, setup, opts["projection"], opts["seed"], how["device"])
         lhow = dict(how, route=_route(opts["solver"], pred_cols.width, setup))
-        lhow["dtype"] = opts["dtype"] or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
+        lhow["dtype"] = opts["dtype"] or (torch.float32 if pred_cols.dtype == torch.float32 else ACC)
         plan = _plan(pred_cols.n, pred_cols.width, tcols.width, setup, lhow, opts["memory"])
         lhow["block_size"] = plan.block_size
         res = _gathered(_fit_sets(pred_cols, {"t": tset[:3]}, setup.folds, setup.alphas, lhow), setup.gathered)["t"]
@@ -437,7 +436,7 @@ def encoding_layers(features, targets, **options):
 def _held_out(tset: tuple, test_idx: np.ndarray) -> np.ndarray:
     cols = tset[0]
     width = column_block(cols.n, 8)
-    return np.concatenate([b.to(_ACC).numpy()[test_idx] for _, b in cols.blocks(width)], axis=1)
+    return np.concatenate([b.to(ACC).numpy()[test_idx] for _, b in cols.blocks(width)], axis=1)
 
 
 def reverse_predictivity(
@@ -473,7 +472,7 @@ def reverse_predictivity(
     how = _how(dtype, device, block_size, return_predictions, progress)
     pred_cols = _predictors(pcols, setup, None, 0, how["device"])
     how["route"] = _route(solver, pred_cols.width, setup)
-    how["dtype"] = dtype or (torch.float32 if pred_cols.dtype == torch.float32 else _ACC)
+    how["dtype"] = dtype or (torch.float32 if pred_cols.dtype == torch.float32 else ACC)
     sets = {layer: _target_set(cols, setup, how["device"], "keep") for layer, cols in layers.items()}
     plan = _plan(pred_cols.n, pred_cols.width, max(s[0].width for s in sets.values()), setup, how, memory, len(sets))
     how["block_size"] = plan.block_size

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..core.numerics import ACC
 from ..core.validation import near_constant
-
-_ACC = torch.float64
 
 
 class Columns:
@@ -66,7 +65,7 @@ class Columns:
         if rows is not None:
             x = x[torch.as_tensor(rows)]
         if not x.is_floating_point():
-            x = x.to(_ACC)
+            x = x.to(ACC)
         return x.to(device) if device is not None else x
 
     def blocks(self, width: int, device=None):
@@ -76,11 +75,11 @@ class Columns:
 
 def _torch_dtype(dt) -> torch.dtype:
     if isinstance(dt, torch.dtype):
-        return dt if dt.is_floating_point else _ACC
+        return dt if dt.is_floating_point else ACC
     try:
-        return {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float32}.get(np.dtype(dt), _ACC)
+        return {np.dtype("float32"): torch.float32, np.dtype("float16"): torch.float32}.get(np.dtype(dt), ACC)
     except TypeError:
-        return _ACC
+        return ACC
 
 
 def as_layers(features) -> dict[str, Columns]:
@@ -102,7 +101,7 @@ def scan(cols: Columns, width: int, device=None) -> tuple[Tensor, Tensor]:
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{cols.name} contains {bad} NaN or Inf values (columns {lo}..{lo + x.shape[1] - 1}); "
                              "clean or drop them first")  # fmt: skip
-        means.append(x.to(_ACC).mean(dim=0))
+        means.append(x.to(ACC).mean(dim=0))
         constant.append(near_constant(lo_v, hi_v, x.dtype))
     return torch.cat(means), torch.cat(constant)
 

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..core.numerics import ACC
 from ..core.validation import check_choice
 from ..measures.rdms import (
     COMPARE_METHODS,
@@ -55,13 +56,12 @@ from ..measures.rdms import (
 from .multiple import adjust_p_values
 
 BOOTSTRAPS = (None, "subjects", "stimuli", "both")
-_ACC = torch.float64
 
 
 # ------------------------------------------------------------------------------------------------ ceilings
 def pool_transform(v: Tensor, method: str, keep: Tensor | None = None) -> Tensor:
     """Per-RDM transform whose mean over RDMs is the comparator's pooled RDM (excluded entries 0)."""
-    w = None if keep is None else keep.to(_ACC).expand(v.shape)
+    w = None if keep is None else keep.to(ACC).expand(v.shape)
     if method in ("spearman", "rho_a", "kendall_tau_a", "kendall_tau_b"):
         return masked_ranks(v, keep)
     cnt = v.shape[-1] if w is None else w.sum(-1, keepdim=True)
@@ -81,8 +81,8 @@ def ceilings(v: Tensor, method: str, counts: Tensor | None = None, keep: Tensor 
     bounds average over the subjects present."""
     s = v.shape[-2]
     if counts is None:
-        counts = torch.ones(s, dtype=_ACC)
-    counts = counts.to(_ACC)
+        counts = torch.ones(s, dtype=ACC)
+    counts = counts.to(ACC)
     kp = None if keep is None else keep.unsqueeze(-2)
     t = pool_transform(v, method, kp)
     total = (counts.unsqueeze(-1) * t).sum(-2, keepdim=True)
@@ -98,7 +98,7 @@ def ceilings(v: Tensor, method: str, counts: Tensor | None = None, keep: Tensor 
     else:
         up = compare_vectors(upper_pool, v, method, kp)
         lo = compare_vectors(lower_pool, v, method, kp)
-    present = (counts > 0).to(_ACC)
+    present = (counts > 0).to(ACC)
     n_present = present.sum(-1)
     return torch.stack([(lo * present).sum(-1) / n_present, (up * present).sum(-1) / n_present], dim=-1)
 
@@ -138,7 +138,7 @@ def rdm_split_half(
     from ..measures.rdms import compare_rdms, labels_index
     from ..measures.rsa import rdm
 
-    x = torch.as_tensor(x, dtype=_ACC)
+    x = torch.as_tensor(x, dtype=ACC)
     run_names, run = labels_index(runs, x.shape[0], "runs")
     if len(run_names) < 2:
         raise ValueError("runs holds one label: a split-half reliability needs at least 2 runs")
@@ -155,8 +155,8 @@ def rdm_split_half(
                 pair.append(rdm(xs, method=rdm_method, runs=rn, conditions=cs))
             else:
                 names, code = np.unique(cs, return_inverse=True)
-                means = torch.zeros(len(names), x.shape[1], dtype=_ACC).index_add_(0, torch.as_tensor(code), xs)
-                pair.append(rdm(means / torch.as_tensor(np.bincount(code), dtype=_ACC)[:, None], method=rdm_method))
+                means = torch.zeros(len(names), x.shape[1], dtype=ACC).index_add_(0, torch.as_tensor(code), xs)
+                pair.append(rdm(means / torch.as_tensor(np.bincount(code), dtype=ACC)[:, None], method=rdm_method))
         rs.append(float(compare_rdms(pair[0], pair[1], method=method)))
     r = float(np.mean(rs))
     reliability = float(np.mean([2 * v / (1 + v) for v in rs]))
@@ -289,7 +289,7 @@ def _bootstrap_covariances(mods, data, method, mode, n_resamples, block_size, se
     for start in tqdm(range(0, n_resamples, block_size), disable=not progress, desc="bootstrap"):
         r = min(block_size, n_resamples - start)
         counts = torch.stack([torch.bincount(torch.randint(s, (s,), generator=gen), minlength=s) for _ in range(r)])
-        counts = counts.to(_ACC)
+        counts = counts.to(ACC)
         idx = torch.randint(n, (r, n), generator=gen) if mode in ("stimuli", "both") else None
         if idx is not None:
             idx = idx.sort(-1).values
@@ -301,7 +301,7 @@ def _bootstrap_covariances(mods, data, method, mode, n_resamples, block_size, se
             nc = ceilings(data, method, counts)
             out["subjects"].append(torch.cat([(counts @ full) / s, nc], -1))
         if mode in ("stimuli", "both"):  # both: every subject once, and the subject draw, in one call
-            weights = torch.ones(1, r, s, dtype=_ACC) if mode == "stimuli" else torch.stack([torch.ones_like(counts),
+            weights = torch.ones(1, r, s, dtype=ACC) if mode == "stimuli" else torch.stack([torch.ones_like(counts),
                                                                                            counts])  # fmt: skip
             nc = ceilings(dv, method, weights, keep.squeeze(-2))
             for i, key in enumerate(("stimuli", "both")[: weights.shape[0]]):
@@ -463,7 +463,7 @@ class WeightedModel:
         return self
 
     def predict(self, stimuli=None) -> Tensor:
-        return torch.as_tensor(self.weights_, dtype=_ACC) @ _restrict(self.components_, stimuli)
+        return torch.as_tensor(self.weights_, dtype=ACC) @ _restrict(self.components_, stimuli)
 
 
 def _restrict(v: Tensor, stimuli) -> Tensor:

@@ -38,12 +38,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.numerics import unit_rows
+from ..core.numerics import ACC, unit_rows
 from ..core.validation import as_features, check_choice, resolve_dtype
 
 __all__ = ["AUTO_EXACT_FLOPS", "KNNCache", "KNNLists", "knn_bytes", "knn_cache", "knn_lists", "resolve_route"]
 
-_ACC = torch.float64
 ROUTES = ("exact", "approx", "auto")
 INDEXES = ("auto", "hnsw", "ivf-flat")
 AUTO_EXACT_FLOPS = 1e12
@@ -158,27 +157,27 @@ def exact_indices(z: Tensor, k: int, block_size: int = 4096, timings: dict | Non
 
 def _rescored(x: Tensor, idx: Tensor) -> Tensor:
     """float64 cosines cos(x_i, x_idx[i, r]), by row blocks (never n x k x d at once)."""
-    norms = x.to(_ACC).norm(dim=1) if x.shape[0] * x.shape[1] <= 2**24 else _block_norms(x)
-    out = torch.empty(idx.shape, dtype=_ACC, device=x.device)
+    norms = x.to(ACC).norm(dim=1) if x.shape[0] * x.shape[1] <= 2**24 else _block_norms(x)
+    out = torch.empty(idx.shape, dtype=ACC, device=x.device)
     step = max(1, 2**22 // max(1, idx.shape[1] * x.shape[1]))
     for start in range(0, idx.shape[0], step):
         i = idx[start : start + step]
-        rows = x[start : start + step].to(_ACC)
-        dots = (rows[:, None, :] * x[i].to(_ACC)).sum(-1)
+        rows = x[start : start + step].to(ACC)
+        dots = (rows[:, None, :] * x[i].to(ACC)).sum(-1)
         out[start : start + step] = dots / (norms[start : start + step, None] * norms[i])
     return out
 
 
 def _block_norms(x: Tensor) -> Tensor:
     step = max(1, 2**24 // x.shape[1])
-    return torch.cat([x[s : s + step].to(_ACC).norm(dim=1) for s in range(0, x.shape[0], step)])
+    return torch.cat([x[s : s + step].to(ACC).norm(dim=1) for s in range(0, x.shape[0], step)])
 
 
 def unit_rows_in(x: Tensor, dtype, name: str = "x") -> Tensor:
     """Unit rows normalised in float64 (by blocks), returned in the compute dtype."""
     dtype = resolve_dtype(dtype, x)
     step = max(1, 2**24 // max(1, x.shape[1]))
-    return torch.cat([unit_rows(x[s : s + step].to(_ACC), name).to(dtype) for s in range(0, x.shape[0], step)])
+    return torch.cat([unit_rows(x[s : s + step].to(ACC), name).to(dtype) for s in range(0, x.shape[0], step)])
 
 
 # -------------------------------------------------------------------------------- approximate

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from ..core.budget import MemoryBudgetError, format_bytes, parse_memory
+from ..core.numerics import ACC
 from ..core.validation import check_choice
 
 RDM_METHODS = ("cosine", "correlation", "euclidean", "mahalanobis", "crossnobis")
@@ -62,7 +63,6 @@ COMPARE_METHODS = (
 )
 # the comparators that are one dot product of prepared vectors (no Python loop over pairs of RDMs)
 VECTORISED = ("pearson", "spearman", "rho_a", "cosine", "whitened_cosine", "whitened_pearson")
-_ACC = torch.float64
 
 
 # ------------------------------------------------------------------------------------------------ forms
@@ -108,7 +108,7 @@ def _as_tensor(x, name: str) -> Tensor:
         raise ValueError(f"{name} must be a torch.Tensor or numpy array (square (..., n, n) or condensed (..., M))")
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError(f"{name} must have at least one dissimilarity, got shape {tuple(x.shape)}")
-    return x.to(_ACC)
+    return x.to(ACC)
 
 
 def _is_square(x: Tensor) -> bool:
@@ -195,7 +195,7 @@ def _batch_chunk(b: int, rows: int, p: int, k: int, r: int, noise, memory) -> in
 
 def _condition_rdm_chunk(x: Tensor, cell: Tensor, counts: Tensor, cond: np.ndarray, k: int, r: int, noise) -> Tensor:
     b, _, p = x.shape
-    x = x.to(_ACC)
+    x = x.to(ACC)
     # cell means (b, r*k, p): one scatter-add over rows
     sums = x.new_zeros(b, r * k, p).index_add_(1, cell.to(x.device), x)
     means = sums.div_(counts.to(x)[None, :, None])  # in place: the cell sums are not needed again
@@ -226,7 +226,7 @@ def _precision(x: Tensor, cond: Tensor, k: int, noise) -> Tensor | None:
             raise ValueError(f"noise must be None (estimate), 'identity' or a precision matrix (p, p), got {noise!r}")
         return None
     if noise is not None:
-        prec = torch.as_tensor(noise, dtype=_ACC, device=x.device)
+        prec = torch.as_tensor(noise, dtype=ACC, device=x.device)
         if prec.shape[-2:] != (p, p):
             raise ValueError(f"noise must be a precision matrix ({p}, {p}) (or batched), got {tuple(prec.shape)}")
         return prec if prec.ndim == 2 else prec.reshape(b, p, p)  # one shared (p, p): no batch copy in the products
@@ -296,15 +296,15 @@ def compare_vectors(va: Tensor, vb: Tensor, method: str, keep: Tensor | None, na
 
 def prepare(v: Tensor, method: str, keep: Tensor | None, name: str = "rdm") -> Tensor:
     """Vectors whose dot product is the comparator (unit vectors except rho_a)."""
-    v = v.to(_ACC)
-    w = None if keep is None else keep.to(_ACC).expand(v.shape)
+    v = v.to(ACC)
+    w = None if keep is None else keep.to(ACC).expand(v.shape)
     if method in ("spearman", "rho_a"):
         v = masked_ranks(v, keep)
     if method in ("pearson", "spearman", "rho_a", "whitened_pearson"):
         v = v - _mean(v, w)
     if method == "rho_a":
         m = v.shape[-1] if w is None else w.sum(-1, keepdim=True)
-        return _masked(v, w) * torch.sqrt(torch.as_tensor(12 / (m**3 - m), dtype=_ACC))
+        return _masked(v, w) * torch.sqrt(torch.as_tensor(12 / (m**3 - m), dtype=ACC))
     if method in ("whitened_cosine", "whitened_pearson"):
         v = whiten(v, keep)
         w = None
@@ -331,12 +331,12 @@ def masked_ranks(v: Tensor, keep: Tensor | None) -> Tensor:
 
     arr = v.detach().cpu().numpy()
     if keep is None:
-        return torch.from_numpy(scipy.stats.rankdata(arr, axis=-1)).to(v.device, _ACC)
+        return torch.from_numpy(scipy.stats.rankdata(arr, axis=-1)).to(v.device, ACC)
     k = np.broadcast_to(keep.cpu().numpy(), arr.shape)
     # excluded entries set to +inf rank above every kept one (values are finite), leaving the kept ranks
     # as among the kept entries alone: one vectorised call instead of nan_policy="omit"'s loop over rows
     ranked = scipy.stats.rankdata(np.where(k, arr, np.inf), axis=-1)
-    return torch.from_numpy(np.where(k, ranked, 0.0)).to(v.device, _ACC)
+    return torch.from_numpy(np.where(k, ranked, 0.0)).to(v.device, ACC)
 
 
 def whiten(v: Tensor, keep: Tensor | None) -> Tensor:
@@ -355,7 +355,7 @@ def whiten(v: Tensor, keep: Tensor | None) -> Tensor:
         cen = sq - row - row.transpose(-1, -2) + sq.mean((-1, -2), keepdim=True)
         pairs, diag = cen[..., iu[0], iu[1]], cen.diagonal(dim1=-2, dim2=-1)
     else:
-        kp = keep.to(_ACC).expand(v.shape)
+        kp = keep.to(ACC).expand(v.shape)
         y = y * kp
         kmat = kp.new_zeros(*kp.shape[:-1], n, n)
         kmat[..., iu[0], iu[1]] = kp
@@ -364,7 +364,7 @@ def whiten(v: Tensor, keep: Tensor | None) -> Tensor:
         ymat[..., iu[0], iu[1]] = y
         ymat = ymat + ymat.transpose(-1, -2)
         # normal equations of min sum_kept 2 (y_ij - (a_i + a_j)/2)^2 + sum_i (0 - a_i)^2
-        lhs = 0.5 * (torch.diag_embed(kmat.sum(-1)) + kmat) + torch.eye(n, dtype=_ACC, device=v.device)
+        lhs = 0.5 * (torch.diag_embed(kmat.sum(-1)) + kmat) + torch.eye(n, dtype=ACC, device=v.device)
         rhs = ymat.sum(-1)
         a = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
         pairs = (y - (a[..., iu[0]] + a[..., iu[1]]) / 2) * kp
@@ -382,7 +382,7 @@ def _kendall_broadcast(va: Tensor, vb: Tensor, method: str, keep: Tensor | None)
     a = va.expand(*shape, m).reshape(-1, m)
     b = vb.expand(*shape, m).reshape(-1, m)
     kk = None if keep is None else keep.expand(*shape, m).reshape(-1, m)
-    out = torch.empty(a.shape[0], dtype=_ACC)
+    out = torch.empty(a.shape[0], dtype=ACC)
     for i in range(a.shape[0]):
         ai, bi = (a[i], b[i]) if kk is None else (a[i][kk[i]], b[i][kk[i]])
         out[i] = tau(ai, bi)

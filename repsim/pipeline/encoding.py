@@ -21,12 +21,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from ..core.numerics import ACC
 from ..inference.ceiling import ceil_scores
 from ..inference.encoding import DEFAULT_ALPHAS, encoding_layers
 from ..inference.permutation import seeded_generator
 from ..networks.features import extract_features
-
-_ACC = torch.float64
 
 
 @dataclass
@@ -70,7 +69,7 @@ def _bootstrap(pred: np.ndarray, y: np.ndarray, scale: np.ndarray, groups, n_res
     """(n_resamples, regions) region medians of scale * r under seeded stimulus resamples."""
     gen = seeded_generator(seed, "cpu")
     n = pred.shape[0]
-    p, yy = torch.from_numpy(pred).to(_ACC), torch.from_numpy(y).to(_ACC)
+    p, yy = torch.from_numpy(pred).to(ACC), torch.from_numpy(y).to(ACC)
     mu_p, mu_y = p.mean(0), yy.mean(0)  # centred first: the weighted moments then do not cancel
     p, yy = p - mu_p, yy - mu_y
     s = torch.from_numpy(scale)
@@ -78,7 +77,7 @@ def _bootstrap(pred: np.ndarray, y: np.ndarray, scale: np.ndarray, groups, n_res
     for lo in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - lo)
         idx = torch.randint(n, (size, n), generator=gen)
-        counts = torch.zeros(size, n, dtype=_ACC).scatter_add_(1, idx, torch.ones(size, n, dtype=_ACC))
+        counts = torch.zeros(size, n, dtype=ACC).scatter_add_(1, idx, torch.ones(size, n, dtype=ACC))
         r = torch.nan_to_num(_resampled_r(p, yy, counts), nan=0.0)  # a resample with a constant prediction
         out.append(_region_medians(r * s, groups))
     return torch.cat(out)
@@ -88,7 +87,7 @@ def _region_rows(layer, fit_table, regions, groups, names, boot, level) -> list[
     value = "ceiled" if "ceiled" in fit_table else "score"
     point_raw = _region_medians(torch.tensor(fit_table["score"].to_numpy(np.float64)), groups)
     point = _region_medians(torch.tensor(fit_table[value].to_numpy(np.float64)), groups)
-    lo, hi = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=_ACC), dim=0)
+    lo, hi = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=ACC), dim=0)
     rows = []
     for j, name in enumerate(names):
         row = {"layer": layer, "region": name, "n_targets": len(groups[j]), "score": float(point_raw[j])}
