@@ -36,10 +36,10 @@ def test_rsa_and_cka_grids_by_upper_blocks(limit, kind):
     xs = [torch.randn(23, d, generator=g, dtype=torch.float64) + 2 for d in (30, 7)]
     ys = [torch.randn(23, d, generator=g, dtype=torch.float64).exp() for d in (12, 40, 5)]  # positive, as after a ReLU
     with workspace_limit(limit):
-        cross = repsim.measure_grid("rsa", xs, ys, rdm=kind)
-        own = repsim.measure_grid("rsa", xs, rdm=kind)
+        cross = repsim.measure_grid(xs, ys, "rsa", rdm=kind)
+        own = repsim.measure_grid(xs, measure="rsa", rdm=kind)
         cka = repsim.cka_grid(xs, ys, method="gram")
-        cross32 = repsim.measure_grid("rsa", [x.float() for x in xs], [y.float() for y in ys], rdm=kind)
+        cross32 = repsim.measure_grid([x.float() for x in xs], [y.float() for y in ys], "rsa", rdm=kind)
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
             expected = _rsa(x.numpy(), y.numpy(), kind)
