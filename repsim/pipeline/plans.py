@@ -224,7 +224,7 @@ def _knn_label(r: MeasureRequest, n: int, dims: Sequence[int]) -> str:
     from ..measures.knn import resolve_route
     from ..measures.registry import get_measure
 
-    info = get_measure(r.name)
+    info = r.info or get_measure(r.name)  # the request's resolved entry: no second look-up
     if info.family != "neighbours":
         return ""
     knn = {**info.option_defaults(), **r.options}.get("knn", "exact")
