@@ -69,7 +69,7 @@ from .pipeline.plans import MemoryPlan  # noqa: E402
 from .pipeline.text import compare_texts  # noqa: E402
 from .streaming import MinibatchCKA, StreamingLinearCKA  # noqa: E402
 
-__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.4.0.dev0"  # the one place the version is written (pyproject.toml reads it)
 
 __all__ = [
     "Accumulator",
