@@ -57,15 +57,7 @@ class LayerGridAccumulator(LayerStream):
             [torch.isfinite(lo).all() & torch.isfinite(hi).all() for lo, hi in zip(self._lo, self._hi, strict=True)]
             + [~near_constant(lo, hi, dt).all() for lo, hi, dt in zip(self._lo, self._hi, self._dtypes, strict=True)]
         ).tolist()
-        layers = len(self._lo)
-        if not all(flags[:layers]):
-            bad = flags.index(False)
-            raise ValueError(f"layer {bad} of the stream contains NaN or Inf values; clean or drop those samples first")
-        if not all(flags[layers:]):
-            bad = flags[layers:].index(False)
-            raise ValueError(
-                f"layer {bad} of the stream is constant across all samples (up to rounding), so CKA is undefined"
-            )
+        _raise_flags(flags, "across all samples (up to rounding), so CKA is undefined")
 
     def _finish(self, debiased: bool, kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
         need = min_samples(estimator_name(debiased))
@@ -227,16 +219,7 @@ class MinibatchCKA(LayerStream):
         tol = torch.tensor([constant_tolerance(dt) ** 2 for dt in self._dtypes], dtype=ACC, device=raw.device)
         finite = torch.isfinite(raw) & torch.isfinite(centred)
         flags = torch.cat([finite, finite & (centred > tol * raw)]).tolist()  # the one host synchronisation
-        layers = len(self._dtypes)
-        if not all(flags[:layers]):
-            bad = flags.index(False)
-            raise ValueError(f"layer {bad} of the stream contains NaN or Inf values; clean or drop those samples first")
-        if not all(flags[layers:]):
-            bad = flags[layers:].index(False)
-            raise ValueError(
-                f"layer {bad} of the stream is constant within every batch (up to rounding), so minibatch CKA "
-                "is undefined"
-            )
+        _raise_flags(flags, "within every batch (up to rounding), so minibatch CKA is undefined")
         grid = cka_from_hsic(*self._sums, self.debiased)
         return grid[0, 0] if self._single else grid
 
@@ -258,3 +241,14 @@ def _centred_grams(xs: list[Tensor], compute: torch.dtype) -> tuple[Tensor, Tens
     ks = double_center(torch.stack(grams))  # removes the common shift the rounded mean left, in float64
     centred = ks.diagonal(dim1=-2, dim2=-1).sum(-1)
     return ks, torch.stack([centred, centred + xs[0].shape[0] * torch.stack(means)])
+
+
+def _raise_flags(flags: list[bool], constant: str) -> None:
+    """Raise for the first failing layer of ``flags``: per layer "finite", then per layer "varies"."""
+    layers = len(flags) // 2
+    if not all(flags[:layers]):
+        bad = flags.index(False)
+        raise ValueError(f"layer {bad} of the stream contains NaN or Inf values; clean or drop those samples first")
+    if not all(flags[layers:]):
+        bad = flags[layers:].index(False)
+        raise ValueError(f"layer {bad} of the stream is constant {constant}")
